@@ -1,0 +1,29 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A --configfile names a whole study: it replaces the default one instead of being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    split="none|layer|row",
+
+include: "workflow/rules/build.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,48 @@
+import polars as pl
+import pytest
+
+from llmbench.costs import cost_table, to_markdown, usd_per_1m_tokens
+from llmbench.runs import ENERGY_NOT_MEASURED
+
+CLOUD = [{"name": "GPT-4o", "input_usd_per_1m": 2.5, "output_usd_per_1m": 10.0, "as_of": "2024-10", "source": "s"}]
+
+
+def runs(energy, tokens=(100, 300)):
+    n = len(tokens)
+    return pl.DataFrame(
+        {
+            "tool": ["llama-server"] * n, "model": ["m"] * n, "quant": ["Q4_0"] * n, "split": ["none"] * n,
+            "generated_tokens": list(tokens), "decode_tokens_per_s": [50.0, 70.0][:n],
+            "energy_j": energy, "energy_source": [None if e is None else "nvml" for e in energy],
+            "energy_null_reason": [ENERGY_NOT_MEASURED if e is None else None for e in energy],
+        },
+        schema_overrides={"energy_j": pl.Float64},
+    )
+
+
+def test_usd_per_million_tokens_matches_the_field_formula():
+    # $0.14/kWh: 0.0389 $ per 1M tokens per J/token.
+    assert usd_per_1m_tokens(1.0, 0.14) == pytest.approx(0.0388889, rel=1e-5)
+
+
+def test_energy_is_summed_over_generations_before_dividing():
+    t = cost_table(runs([40.0, 80.0]), 0.14, CLOUD).row(0, named=True)
+    assert t["j_per_token"] == pytest.approx(120 / 400)
+    assert t["kwh_per_1m_tokens"] == pytest.approx(0.3 * 1e6 / 3.6e6)
+    assert t["usd_per_1m_tokens"] == pytest.approx(usd_per_1m_tokens(0.3, 0.14))
+    assert t["local / GPT-4o output"] == pytest.approx(usd_per_1m_tokens(0.3, 0.14) / 10.0)
+    assert t["energy_status"] == "measured"
+
+
+def test_unmeasured_energy_stays_null_with_its_reason():
+    t = cost_table(runs([None, None]), 0.14, CLOUD)
+    row = t.row(0, named=True)
+    assert row["j_per_token"] is None and row["usd_per_1m_tokens"] is None
+    assert row["energy_status"].startswith("not measured: ")
+    assert "GPT-4o output usd_per_1m (2024-10)" in t.columns
+    md = to_markdown(t)
+    assert "not measured" in md and md.count("\n|") >= 2
+
+
+def test_one_unmeasured_generation_makes_the_group_unmeasured():
+    assert cost_table(runs([40.0, None]), 0.14, []).row(0, named=True)["j_per_token"] is None

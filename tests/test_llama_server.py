@@ -1,0 +1,106 @@
+"""llama-server backend: parsing the server's real answer, and the process lifecycle.
+
+Lifecycle tests use a stand-in executable (a small Python HTTP server that takes llama-server's arguments),
+named as such; the real llama-server runs in tests/test_workflow.py.
+"""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from llmbench.backend import BackendError
+from llmbench.llama_server import LlamaServer, LlamaServerSettings, parse_chat_response, server_command
+
+
+def test_parse_recorded_real_response():
+    body = json.loads((REPO / "tests/data/llama_server_chat_response.json").read_text())
+    g = parse_chat_response(body, wall_ms=420.0)
+    assert (g.prompt_tokens, g.prefill_tokens, g.generated_tokens) == (42, 42, 8)
+    assert (g.prefill_ms, g.decode_ms) == (293.742, 85.966)
+    assert g.decode_tokens_per_s == pytest.approx(81.42754112090827)
+    assert g.finish_reason == "stop" and "Paris" in g.text
+
+
+def test_cached_prompt_tokens_count_as_prompt_but_not_as_prefill():
+    body = json.loads((REPO / "tests/data/llama_server_chat_response.json").read_text())
+    body["timings"].update(cache_n=40, prompt_n=2)
+    g = parse_chat_response(body, wall_ms=1.0)
+    assert (g.prompt_tokens, g.prefill_tokens) == (42, 2)
+
+
+def test_answer_without_timings_is_an_error():
+    with pytest.raises(BackendError, match="without 'timings'"):
+        parse_chat_response({"choices": []}, wall_ms=1.0)
+
+
+def test_command_carries_offload_split_and_threads(tmp_path):
+    s = LlamaServerSettings(binary=Path("llama-server"), model=tmp_path / "m.gguf", n_gpu_layers=33, split_mode="row", threads=8)
+    cmd = server_command(s, 8080)
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == "33" and cmd[cmd.index("--split-mode") + 1] == "row"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--parallel") + 1] == "1"
+
+
+def standin(tmp_path: Path, body: str) -> Path:
+    """Write a stand-in for the llama-server executable."""
+    exe = tmp_path / "standin-llama-server"
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    exe.chmod(0o755)
+    return exe
+
+
+def settings(exe: Path, tmp_path: Path, **kw) -> LlamaServerSettings:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    return LlamaServerSettings(binary=exe, model=model, start_timeout_s=20, **kw)
+
+
+def test_server_dying_while_loading_says_why(tmp_path):
+    exe = standin(tmp_path, """
+        import sys
+        print("llama_model_load: error loading model: tensor 'blk.3.attn_q.weight' data is not within the file bounds")
+        sys.exit(1)
+    """)
+    server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
+    with pytest.raises(BackendError, match=r"exited with code 1 while loading .*corrupt or truncated"):
+        server.start()
+
+
+def test_missing_binary_says_to_build(tmp_path):
+    server = LlamaServer(settings(tmp_path / "nope", tmp_path), tmp_path / "server.log")
+    with pytest.raises(BackendError, match="does not exist; build llama.cpp first"):
+        server.start()
+
+
+HEALTHY = """
+    import http.server, json, sys
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers(); self.wfile.write(json.dumps({"build_info": "standin"}).encode())
+        def log_message(self, *a): pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_server_is_stopped_when_the_job_fails(tmp_path):
+    exe = standin(tmp_path, HEALTHY)
+    server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
+    with pytest.raises(RuntimeError, match="job failed"):
+        with server:
+            proc = server.proc
+            assert proc.poll() is None and server.facts()["engine_build"] == "standin"
+            raise RuntimeError("job failed")
+    assert proc.poll() is not None and server.proc is None
+
+
+def test_dead_server_during_a_run_is_named(tmp_path):
+    exe = standin(tmp_path, HEALTHY)
+    with LlamaServer(settings(exe, tmp_path), tmp_path / "server.log") as server:
+        server.proc.kill()
+        server.proc.wait()
+        with pytest.raises(BackendError, match="llama-server is not running"):
+            server.generate("hi", 4, 0.0, 1)

@@ -1,0 +1,134 @@
+"""The real workflow end to end on a small study: real llama.cpp build, real model, real llama-server.
+
+The llama.cpp sdist and build are cached in the checkout's resources/ (shared with the Quickstart) so that a
+test run builds at most once; everything else happens in a fresh working directory per test module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import REPO, load_config
+from llmbench.runs import ENERGY_NOT_MEASURED, RUN_SCHEMA
+
+pytestmark = pytest.mark.e2e
+CACHE = REPO / "resources"
+MODEL = "smollm2-135m"
+
+
+def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    table = dry_run_output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def write_config(work: Path, quants: list[str]) -> str:
+    """The default study, smaller: fewer quants, two prompts, two repetitions."""
+    cfg = load_config()
+    cfg["resources_dir"] = "res"
+    cfg["models"][MODEL]["quants"] = quants
+    cfg["bench"].update(
+        repetitions=2,
+        prompts=[
+            {"id": "capital", "text": "What is the capital of France? Answer in one sentence.", "max_tokens": 24},
+            {"id": "sky", "text": "Explain in one short paragraph why the sky is blue.", "max_tokens": 48},
+        ],
+    )
+    (work / "config" / "test.yaml").write_text(yaml.safe_dump(cfg))
+    return "config/test.yaml"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("study")
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / item)
+    for shared in ("llama.cpp", "src"):
+        (CACHE / shared).mkdir(parents=True, exist_ok=True)
+        (work / "res").mkdir(exist_ok=True)
+        (work / "res" / shared).symlink_to(CACHE / shared)
+    snakemake(work, "--configfile", write_config(work, ["Q8_0", "Q4_0"]))
+    return work
+
+
+def test_study_writes_one_row_per_generation_with_engine_counts(study):
+    runs = pl.read_parquet(study / "results/summary/runs.parquet")
+    assert runs.height == 2 * 2 * 2
+    assert set(RUN_SCHEMA) <= set(runs.columns)
+    assert sorted(runs["quant"].unique()) == ["Q4_0", "Q8_0"]
+    assert (runs["generated_tokens"] > 0).all() and (runs["generated_tokens"] <= runs["max_tokens"]).all()
+    # cache_prompt is off, so every repetition processes its whole prompt.
+    assert (runs["prefill_tokens"] == runs["prompt_tokens"]).all()
+    assert (runs["decode_tokens_per_s"] > 0).all() and (runs["prefill_ms"] > 0).all()
+    assert runs["energy_j"].is_null().all()
+    assert set(runs["energy_null_reason"]) == {ENERGY_NOT_MEASURED}
+    assert "paris" in " ".join(runs.filter(pl.col("prompt_id") == "capital")["output_text"]).lower()
+
+
+def test_study_renders_statistics_figures_and_cost_table(study):
+    stats = pl.read_csv(study / "results/summary/stats.csv")
+    decode = stats.filter(pl.col("metric") == "decode_tokens_per_s")
+    assert decode.height == 2 and (decode["n"] == 4).all()
+    assert {"median", "q1", "q3", "iqr", "n_outliers", "mean", "sd"} <= set(stats.columns)
+    png = study / "results/figures/decode_tokens_per_s.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (study / "results/figures/decode_tokens_per_s.svg").read_text()[:500]
+    html = (study / "results/figures/decode_tokens_per_s.html").read_text()
+    assert "vega" in html and "cdn.jsdelivr" not in html
+    md = (study / "results/tables/cost_per_1m_tokens.md").read_text()
+    assert "not measured" in md and "GPT-4o mini" in md
+    build = yaml.safe_load((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", build["commit"]) and build["cuda"] is False
+    derived = yaml.safe_load((study / f"res/models/{MODEL}/Q4_0.json").read_text())
+    assert derived["from_record"]["requantized"] is True and derived["from_record"]["from_record"]["kind"] == "pypi"
+
+
+def test_second_run_has_nothing_to_do(study):
+    out = snakemake(study, "-n", "--configfile", "config/test.yaml").stdout
+    assert "Nothing to be done" in out
+
+
+def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
+    kept = study / f"results/runs/llama-server/{MODEL}/Q8_0/none.parquet"
+    before = kept.stat().st_mtime_ns
+    cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
+    plan = job_counts(snakemake(study, "-n", "--configfile", cfg).stdout)
+    assert plan == {"quantize": 1, "bench_llama_server": 1, "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1,
+                    "all": 1}
+    snakemake(study, "--configfile", cfg)
+    assert kept.stat().st_mtime_ns == before
+    assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3
+
+
+def test_corrupt_model_fails_its_job_and_keeps_every_other_result(study):
+    cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
+    bad = study / f"res/models/{MODEL}/Q4_0.gguf"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    others = {q: study / f"results/runs/llama-server/{MODEL}/{q}/none.parquet" for q in ("Q8_0", "Q2_K")}
+    mtimes = {q: p.stat().st_mtime_ns for q, p in others.items()}
+    proc = snakemake(study, "--keep-going", "--configfile", cfg, check=False)
+    assert proc.returncode != 0
+    log = (study / f"results/logs/bench/llama-server/{MODEL}/Q4_0/none.log").read_text()
+    assert "Q4_0.gguf is truncated" in log or "Q4_0.gguf is a damaged GGUF" in log
+    assert "Delete it and run the workflow again" in log
+    assert {q: p.stat().st_mtime_ns for q, p in others.items()} == mtimes
+    assert not (study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet").exists()

@@ -1,0 +1,48 @@
+rule bench_llama_server:
+    input:
+        model=model_file,
+        server=llama_tool("llama-server"),
+        build=f"{BUILD_DIR}/build.json",
+        code=package_files("backend.py", "llama_server.py", "models.py", "runs.py"),
+    output:
+        f"{RESULTS}/runs/llama-server/{{model}}/{{quant}}/{{split}}.parquet",
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    params:
+        tool="llama-server",
+        plan=bench_plan,
+        gpus=tool_gpus("llama-server"),
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("llama-server"),
+    log:
+        f"{RESULTS}/logs/bench/llama-server/{{model}}/{{quant}}/{{split}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_ollama:
+    input:
+        code=package_files("backend.py", "ollama_backend.py", "runs.py"),
+    output:
+        f"{RESULTS}/runs/ollama/{{model}}/{{quant}}/{{split}}.parquet",
+    wildcard_constraints:
+        model=study.alternation(study.ollama_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    params:
+        tool="ollama",
+        plan=bench_plan,
+        gpus=tool_gpus("ollama"),
+        tag=ollama_tag,
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("ollama"),
+    log:
+        f"{RESULTS}/logs/bench/ollama/{{model}}/{{quant}}/{{split}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/bench.py"

@@ -1,0 +1,118 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+
+from llmbench import study
+from llmbench.build import TOOLS as LLAMA_TOOLS
+from llmbench.build import BuildSpec
+from llmbench.configcheck import load_schema, validate_config
+from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
+
+validate_config(
+    config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+)
+for _unpinned in study.unpinned_revisions(config):
+    logger.warning(
+        f"{_unpinned} is not a commit: the file can change under the study. "
+        "Pin the 40-hex commit; the one it resolves to is recorded in the model's .json."
+    )
+
+RES = config["resources_dir"]
+RESULTS = config["results_dir"]
+ENV = "../envs/llmbench.yaml"
+PKG = Path(workflow.basedir) / "workflow/scripts/llmbench"
+
+BUILD_SPEC = BuildSpec(
+    version=config["llama_cpp"]["version"],
+    cuda=study.cuda_enabled(config["llama_cpp"]["cuda"]),
+    cmake_args=tuple(config["llama_cpp"]["cmake_args"]),
+)
+BUILD_DIR = f"{RES}/llama.cpp/{BUILD_SPEC.variant}"
+SDIST = f"{RES}/src/llama_cpp_python-{BUILD_SPEC.version}.tar.gz"
+JOBS = study.bench_jobs(config)
+
+
+def package_files(*names):
+    """Package modules a job depends on (editing one reruns what it made)."""
+    return [str(PKG / n) for n in ("__init__.py", *names)]
+
+
+def build_dir_of(wildcards, output):
+    return str(Path(output.info).parent)
+
+
+def llama_tool(name):
+    return f"{BUILD_DIR}/bin/{name}"
+
+
+def model_file(wildcards):
+    return f"{RES}/models/{wildcards.model}/{wildcards.quant}.gguf"
+
+
+def model_source(wildcards):
+    return config["models"][wildcards.model]["source"]
+
+
+def hf_quant_source(wildcards):
+    src = config["models"][wildcards.model]["source"]
+    entry = src["files"][wildcards.quant]
+    return {
+        "repo": src["repo"],
+        "revision": src["revision"],
+        "filename": entry["filename"],
+        "sha256": entry["sha256"],
+    }
+
+
+def run_file(job):
+    return f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.parquet"
+
+
+def all_run_files():
+    return [run_file(job) for job in JOBS]
+
+
+def tool_gpus(tool):
+    """GPUs a job of this tool holds (0 for a tool the study does not use: its rule then makes no job)."""
+    return config["tools"].get(tool, {}).get("gpus", 0)
+
+
+def ollama_tag(wildcards):
+    return config["models"][wildcards.model]["source"]["tag"]
+
+
+def bench_plan(wildcards):
+    """Everything a bench job's result depends on, as plain values (a change reruns it)."""
+    bench = config["bench"]
+    return {
+        "prompts": bench["prompts"],
+        "repetitions": bench["repetitions"],
+        "warmup": bench["warmup"],
+        "temperature": bench["temperature"],
+        "seed": bench["seed"],
+        "ctx_size": bench["ctx_size"],
+        "start_timeout_s": bench["start_timeout_s"],
+        "request_timeout_s": bench["request_timeout_s"],
+        "n_gpu_layers": gpu_layers(wildcards),
+    }
+
+
+def gpu_layers(wildcards):
+    """llama.cpp's -ngl from the model; for Ollama its num_gpu option (None lets Ollama decide)."""
+    if wildcards.get("tool", None) == "ollama" or study.source_kind(config["models"][wildcards.model]) == "ollama":
+        return config["tools"].get("ollama", {}).get("num_gpu")
+    return config["models"][wildcards.model]["n_gpu_layers"]
+
+
+def bench_job_threads():
+    return config["bench"]["threads"] or workflow.cores
+
+
+def final_outputs():
+    return [
+        *all_run_files(),
+        f"{RESULTS}/summary/stats.csv",
+        f"{RESULTS}/figures/decode_tokens_per_s.png",
+        f"{RESULTS}/tables/cost_per_1m_tokens.md",
+    ]

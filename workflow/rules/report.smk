@@ -1,0 +1,35 @@
+rule plot_decode_speed:
+    input:
+        runs=f"{RESULTS}/summary/runs.parquet",
+        code=package_files("plots.py", "quants.py"),
+    output:
+        png=f"{RESULTS}/figures/decode_tokens_per_s.png",
+        svg=f"{RESULTS}/figures/decode_tokens_per_s.svg",
+        html=f"{RESULTS}/figures/decode_tokens_per_s.html",
+    params:
+        study=config["study"],
+    log:
+        "logs/plot_decode_speed.log",
+    conda:
+        ENV
+    script:
+        "../scripts/plot_decode_speed.py"
+
+
+rule cost_table:
+    input:
+        runs=f"{RESULTS}/summary/runs.parquet",
+        code=package_files("costs.py", "stats.py"),
+    output:
+        csv=f"{RESULTS}/tables/cost_per_1m_tokens.csv",
+        md=f"{RESULTS}/tables/cost_per_1m_tokens.md",
+    params:
+        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
+        electricity_note=config["costs"]["electricity_note"],
+        cloud=config["costs"]["cloud"],
+    log:
+        "logs/cost_table.log",
+    conda:
+        ENV
+    script:
+        "../scripts/cost_table.py"

@@ -1,0 +1,23 @@
+"""All bench runs in one table, Tukey outlier flags added, and the robust statistics per group."""
+
+import polars as pl
+
+from llmbench.logs import script_logging
+from llmbench.stats import summarize, tukey_flags
+
+METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "energy_j"]
+
+
+def main(snakemake):
+    with script_logging(snakemake.log[0]) as log:
+        runs = pl.concat([pl.read_parquet(f) for f in snakemake.input.runs], how="vertical")
+        runs = tukey_flags(runs, "decode_tokens_per_s")
+        runs.write_parquet(snakemake.output.runs)
+        stats = summarize(runs, METRICS)
+        stats.write_parquet(snakemake.output.stats)
+        stats.write_csv(snakemake.output.stats_csv)
+        log.info("%d generations from %d runs; %d statistics rows", runs.height, len(snakemake.input.runs), stats.height)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,64 @@
+"""One bench job: start the tool's engine, generate every prompt × repetition, write one row per generation.
+
+A tool that is not installed here ends its job with a 'skipped' row that says why; any other failure fails
+the job (and only that job: every other job's results are separate files).
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+from llmbench.backend import ToolUnavailable
+from llmbench.llama_server import LlamaServer, LlamaServerSettings
+from llmbench.logs import script_logging
+from llmbench.models import check_gguf
+from llmbench.ollama_backend import OllamaBackend
+from llmbench.runs import Prompt, RunPlan, run_generations, skipped_run
+
+
+def make_backend(snakemake, plan: RunPlan, engine_log: Path, log):
+    p = snakemake.params.plan
+    if snakemake.rule == "bench_ollama":
+        return OllamaBackend(
+            snakemake.params.tag, engine_log, num_gpu=plan.n_gpu_layers, num_thread=plan.threads,
+            num_ctx=p["ctx_size"], start_timeout_s=p["start_timeout_s"], request_timeout_s=p["request_timeout_s"],
+        )
+    model = Path(snakemake.input.model)
+    log.info("model %s: %s", model, check_gguf(model))
+    return LlamaServer(
+        LlamaServerSettings(
+            binary=Path(snakemake.input.server), model=model, n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split,
+            threads=plan.threads, ctx_size=p["ctx_size"], start_timeout_s=p["start_timeout_s"],
+            request_timeout_s=p["request_timeout_s"],
+        ),
+        engine_log,
+    )
+
+
+def main(snakemake):
+    # Snakemake stops jobs with SIGTERM: turn it into an exception so the engine is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with script_logging(snakemake.log[0]) as log:
+        w, p = snakemake.wildcards, snakemake.params.plan
+        plan = RunPlan(
+            tool=snakemake.params.tool, model=w.model, quant=w.quant, split=w.split,
+            prompts=tuple(Prompt(x["id"], x["text"], x["max_tokens"]) for x in p["prompts"]),
+            repetitions=p["repetitions"], warmup=p["warmup"], temperature=p["temperature"], seed=p["seed"],
+            n_gpu_layers=p["n_gpu_layers"], gpus=snakemake.params.gpus, threads=snakemake.threads,
+        )
+        engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
+        engine_log.unlink(missing_ok=True)
+        try:
+            with make_backend(snakemake, plan, engine_log, log) as backend:
+                facts = backend.facts()
+                log.info("%s ready: %s", plan.tool, facts)
+                rows = run_generations(backend, plan, engine_build=facts.get("engine_build"))
+        except ToolUnavailable as e:
+            log.warning("skipped: %s", e)
+            rows = skipped_run(plan, str(e))
+        rows.write_parquet(snakemake.output[0])
+        log.info("wrote %d rows to %s", rows.height, snakemake.output[0])
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,70 @@
+"""The one interface every bench tool implements: start, generate, stop; counts and times from the engine."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation as the engine reported it (token counts are the engine's, never counted chunks)."""
+
+    prompt_tokens: int
+    prefill_tokens: int
+    generated_tokens: int
+    prefill_ms: float
+    decode_ms: float
+    prefill_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    wall_ms: float
+    finish_reason: str | None
+    text: str
+
+
+class Backend(Protocol):
+    tool: str
+
+    def start(self) -> None: ...
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation: ...
+
+    def stop(self) -> None: ...
+
+    def facts(self) -> dict:
+        """What the engine reports about this run (layers offloaded, engine version, …)."""
+        ...
+
+
+class ToolUnavailable(RuntimeError):
+    """The tool is not installed on this machine: its jobs end 'skipped' with this reason, and the study goes on."""
+
+
+class BackendError(RuntimeError):
+    """An engine that failed to start, died, or answered something unusable; the message says which and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+    """A JSON request on loopback; returns (status, parsed body). Connection errors propagate as OSError."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return status, {"raw": raw.decode(errors="replace")}

@@ -1,0 +1,159 @@
+"""Validate a study config against its JSON schema, fill defaults, and say precisely what is wrong.
+
+Runs at parse time (from ``common.smk``) so that a bad config fails before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator
+
+from llmbench.quants import KNOWN_QUANTS
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message lists every problem with its fix."""
+
+
+def fill_defaults(instance, schema: dict, root: dict) -> None:
+    """Set every missing key that has a default, following $ref and the oneOf branch the instance matches.
+
+    Done after validation, on a valid config: filling while validating would add one branch's defaults to an
+    instance that belongs to another.
+    """
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if "oneOf" in schema:
+        for branch in schema["oneOf"]:
+            if Draft202012Validator({**branch, "$defs": root.get("$defs", {})}).is_valid(instance):
+                fill_defaults(instance, branch, root)
+                return
+    if isinstance(instance, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in instance and "default" in sub:
+                instance[name] = copy.deepcopy(sub["default"])
+            if name in instance:
+                fill_defaults(instance[name], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name, value in instance.items():
+                if name not in schema.get("properties", {}):
+                    fill_defaults(value, extra, root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            fill_defaults(item, schema["items"], root)
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
+    where = key_path(error.absolute_path)
+    v = error.validator
+    if v == "oneOf" and isinstance(error.instance, dict):
+        # A source fails every branch of oneOf; report against the branch its 'kind' selects.
+        kind = error.instance.get("kind")
+        branches = [b for b in error.schema["oneOf"] if _branch_kind(b, schema) == kind]
+        if not branches:
+            kinds = sorted({k for b in error.schema["oneOf"] if (k := _branch_kind(b, schema))})
+            yield f"{where}.kind = {kind!r} is not a known source kind; allowed: {', '.join(kinds)}"
+            return
+        best = None
+        for b in branches:
+            sub = Draft202012Validator(
+                {"$ref": b["$ref"], "$defs": schema.get("$defs", {})}
+            )
+            errs = list(sub.iter_errors(error.instance))
+            if not errs:
+                return
+            if best is None or len(errs) < len(best):
+                best = errs
+        for e in best:
+            e.path.extendleft(reversed(error.absolute_path))
+            yield from _describe(e, schema)
+        return
+    if v == "enum":
+        allowed = ", ".join(str(a) for a in error.validator_value)
+        yield f"{where} = {error.instance!r} is not allowed; allowed: {allowed}"
+    elif v == "required":
+        missing = error.message.split("'")[1]
+        yield f"{where} has no {missing!r}: add it ({_required_hint(missing)})"
+    elif v in ("minimum", "exclusiveMinimum"):
+        yield f"{where} = {error.instance!r} is too small; it must be {'>=' if v == 'minimum' else '>'} {error.validator_value}"
+    elif v == "additionalProperties":
+        yield f"{where}: {error.message}; remove it or check its spelling"
+    elif v == "propertyNames":
+        yield f"{where}: {error.message}"
+    else:
+        yield f"{where} = {error.instance!r}: {error.message}"
+
+
+def _required_hint(key: str) -> str:
+    return {
+        "source": "kind pypi (package, version, member), hf (repo, revision, filename or files) or ollama (tag)",
+        "quants": f"a list of quant types such as Q8_0, Q4_K_M; known: {', '.join(KNOWN_QUANTS)}",
+    }.get(key, "see workflow/schemas/config.schema.yaml for what it means")
+
+
+def _branch_kind(branch: dict, schema: dict) -> str | None:
+    ref = branch.get("$ref", "")
+    target = schema.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {})
+    return target.get("properties", {}).get("kind", {}).get("const")
+
+
+def semantic_problems(config: dict) -> list[str]:
+    """Checks a schema cannot express: cross-references between keys."""
+    problems: list[str] = []
+    for name, model in config.get("models", {}).items():
+        source = model.get("source", {})
+        quants = model.get("quants", [])
+        kind = source.get("kind")
+        if kind == "hf" and "files" in source:
+            for q in source["files"]:
+                if q not in KNOWN_QUANTS:
+                    problems.append(
+                        f"models.{name}.source.files.{q}: {q!r} is not a known quant type; allowed: {', '.join(KNOWN_QUANTS)}"
+                    )
+            for q in quants:
+                if q not in source["files"]:
+                    problems.append(
+                        f"models.{name}.quants: {q!r} has no file in models.{name}.source.files; add its filename there or drop it"
+                    )
+        if kind == "ollama" and len(quants) != 1:
+            problems.append(
+                f"models.{name}.quants = {quants!r}: an Ollama library tag is one quant; list exactly the tag's quant (e.g. [Q4_0])"
+            )
+    ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")
+    return problems
+
+
+def validate_config(config: dict, schema: dict) -> dict:
+    """Fill defaults into ``config`` in place and return it, or raise ConfigError naming every problem."""
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [line for e in errors for line in _describe(e, schema)]
+    if not problems:
+        problems = semantic_problems(config)
+    if problems:
+        raise ConfigError(
+            "invalid study config:\n"
+            + "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
+            + "\nFix these keys in the config file (see workflow/schemas/config.schema.yaml for every key)."
+        )
+    fill_defaults(config, schema, schema)
+    return config

@@ -1,0 +1,203 @@
+"""llama.cpp's llama-server as a bench backend: one server per job on a free loopback port, always stopped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmbench.backend import BackendError, Generation, free_port, http_json
+
+
+@dataclass
+class LlamaServerSettings:
+    binary: Path
+    model: Path
+    n_gpu_layers: int = 0
+    split_mode: str = "none"
+    threads: int = 1
+    ctx_size: int = 2048
+    start_timeout_s: float = 300.0
+    request_timeout_s: float = 900.0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def server_command(s: LlamaServerSettings, port: int) -> list[str]:
+    return [
+        str(s.binary),
+        "--model", str(s.model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n-gpu-layers", str(s.n_gpu_layers),
+        "--split-mode", s.split_mode,
+        "--threads", str(s.threads),
+        "--threads-batch", str(s.threads),
+        "--ctx-size", str(s.ctx_size),
+        # One slot: requests never share the engine, so each generation's timings are its own.
+        "--parallel", "1",
+        "--no-webui",
+        *s.extra_args,
+    ]
+
+
+def parse_chat_response(body: dict, wall_ms: float) -> Generation:
+    """A /v1/chat/completions answer → Generation, from its ``timings`` (llama-server's own counters)."""
+    t = body.get("timings")
+    if not t:
+        raise BackendError(f"llama-server answered without 'timings': {str(body)[:300]}")
+    choice = (body.get("choices") or [{}])[0]
+    return Generation(
+        prompt_tokens=int(t["prompt_n"]) + int(t.get("cache_n", 0)),
+        prefill_tokens=int(t["prompt_n"]),
+        generated_tokens=int(t["predicted_n"]),
+        prefill_ms=float(t["prompt_ms"]),
+        decode_ms=float(t["predicted_ms"]),
+        prefill_tokens_per_s=_rate(t.get("prompt_per_second")),
+        decode_tokens_per_s=_rate(t.get("predicted_per_second")),
+        wall_ms=wall_ms,
+        finish_reason=choice.get("finish_reason"),
+        text=(choice.get("message") or {}).get("content") or "",
+    )
+
+
+def _rate(value) -> float | None:
+    # llama-server reports 1e6/0 as a huge number or inf when a phase had no tokens; that is no rate.
+    if value is None:
+        return None
+    v = float(value)
+    return v if 0 < v < 1e12 else None
+
+
+class LlamaServer:
+    tool = "llama-server"
+
+    def __init__(self, settings: LlamaServerSettings, log_path: Path):
+        self.settings = settings
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._props: dict = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        s = self.settings
+        if not Path(s.binary).exists():
+            raise BackendError(f"llama-server binary {s.binary} does not exist; build llama.cpp first (rule build_llama_cpp)")
+        if not Path(s.model).exists():
+            raise BackendError(f"model file {s.model} does not exist")
+        for _attempt in range(3):
+            self.port = free_port()
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(
+                server_command(s, self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "LLAMA_ARG_HOST": "127.0.0.1"},
+            )
+            log.close()
+            try:
+                self._wait_healthy()
+                return
+            except _PortTaken:
+                self.stop()
+        raise BackendError("llama-server could not bind a free loopback port in 3 attempts")
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                tail = self.log_tail()
+                if "couldn't bind" in tail or "Address already in use" in tail:
+                    raise _PortTaken()
+                raise BackendError(
+                    f"llama-server exited with code {code} while loading {self.settings.model}. "
+                    f"{_diagnose(tail)}\nlast lines of {self.log_path}:\n{tail}"
+                )
+            try:
+                status, _ = http_json("GET", f"{self.url}/health", timeout=5)
+                if status == 200:
+                    _, self._props = http_json("GET", f"{self.url}/props", timeout=5)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise BackendError(
+            f"llama-server did not become healthy within {self.settings.start_timeout_s:.0f} s loading "
+            f"{self.settings.model}; raise bench.start_timeout_s for large models. Log: {self.log_path}"
+        )
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BackendError(f"llama-server is not running (log: {self.log_path})")
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            # Every repetition must process its whole prompt, or prefill times would mix cached and uncached.
+            "cache_prompt": False,
+            "stream": False,
+        }
+        t0 = time.perf_counter()
+        try:
+            status, answer = http_json(
+                "POST", f"{self.url}/v1/chat/completions", body, timeout=self.settings.request_timeout_s
+            )
+        except OSError as e:
+            raise BackendError(f"llama-server stopped answering ({e}); log: {self.log_path}\n{self.log_tail()}") from None
+        wall_ms = (time.perf_counter() - t0) * 1000
+        if status != 200:
+            raise BackendError(f"llama-server answered HTTP {status}: {str(answer)[:500]}")
+        return parse_chat_response(answer, wall_ms)
+
+    def facts(self) -> dict:
+        settings = self._props.get("default_generation_settings", {})
+        return {
+            "engine_build": self._props.get("build_info"),
+            "n_gpu_layers": self.settings.n_gpu_layers,
+            "n_ctx": settings.get("n_ctx"),
+        }
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _diagnose(log_tail: str) -> str:
+    low = log_tail.lower()
+    if "failed to load model" in low or "gguf" in low or "invalid magic" in low or "tensor" in low:
+        return "The model file looks corrupt or truncated: delete it and rerun so the workflow fetches or derives it again."
+    if "out of memory" in low or "cudamalloc failed" in low:
+        return "Out of memory: lower n_gpu_layers or ctx_size in the config."
+    return "See the log lines below."

@@ -1,0 +1,171 @@
+"""Ollama as a bench backend, through the official client: a running server (OLLAMA_HOST) or one started for the job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port
+
+NS_PER_MS = 1e6
+
+
+def parse_chat(r, wall_ms: float) -> Generation:
+    """An /api/chat answer (non-streaming) → Generation; durations are nanoseconds, counts are Ollama's."""
+    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
+    if not get("done"):
+        raise BackendError(f"Ollama answered an unfinished generation: {str(r)[:300]}")
+    prompt_n, gen_n = get("prompt_eval_count") or 0, get("eval_count") or 0
+    prompt_ns, gen_ns = get("prompt_eval_duration") or 0, get("eval_duration") or 0
+    message = get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
+    return Generation(
+        prompt_tokens=int(prompt_n),
+        prefill_tokens=int(prompt_n),
+        generated_tokens=int(gen_n),
+        prefill_ms=prompt_ns / NS_PER_MS,
+        decode_ms=gen_ns / NS_PER_MS,
+        prefill_tokens_per_s=prompt_n / prompt_ns * 1e9 if prompt_ns and prompt_n else None,
+        decode_tokens_per_s=gen_n / gen_ns * 1e9 if gen_ns and gen_n else None,
+        wall_ms=wall_ms,
+        finish_reason=get("done_reason"),
+        text=content or "",
+    )
+
+
+class OllamaBackend:
+    tool = "ollama"
+
+    def __init__(
+        self,
+        tag: str,
+        log_path: Path,
+        *,
+        num_gpu: int | None = None,
+        num_thread: int | None = None,
+        num_ctx: int | None = None,
+        host: str | None = None,
+        start_timeout_s: float = 120.0,
+        request_timeout_s: float = 900.0,
+    ):
+        self.tag = tag
+        self.log_path = Path(log_path)
+        self.options = {k: v for k, v in {"num_gpu": num_gpu, "num_thread": num_thread, "num_ctx": num_ctx}.items()
+                        if v is not None}
+        self.host = host if host is not None else os.environ.get("OLLAMA_HOST")
+        self.start_timeout_s = start_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.client = None
+        self.version: str | None = None
+
+    def start(self) -> None:
+        import ollama
+
+        if not self.host:
+            binary = shutil.which("ollama")
+            if binary is None:
+                raise ToolUnavailable(
+                    "Ollama is not installed here: OLLAMA_HOST is unset and no `ollama` binary is on PATH "
+                    "(install it from ollama.com, or point OLLAMA_HOST at a running server)"
+                )
+            self.host = f"127.0.0.1:{free_port()}"
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [binary, "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, "OLLAMA_HOST": self.host},
+                )
+        try:
+            self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s)
+            self._wait_ready()
+            self._ensure_model()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BackendError(f"`ollama serve` exited with code {self.proc.returncode}; log: {self.log_path}")
+            try:
+                self.version = self.client._client.get("/api/version").json().get("version")
+                return
+            except Exception as e:  # connection refused while the server starts
+                last = e
+                if self.proc is None:
+                    break
+                time.sleep(0.2)
+        raise BackendError(
+            f"no Ollama server answers at {self.host} ({last}). Start one with `ollama serve`, or unset OLLAMA_HOST "
+            "so the job starts its own."
+        )
+
+    def _ensure_model(self) -> None:
+        import ollama
+
+        try:
+            self.client.show(self.tag)
+        except ollama.ResponseError as e:
+            if e.status_code != 404:
+                raise BackendError(f"Ollama could not show {self.tag!r}: {e}") from None
+            try:
+                self.client.pull(self.tag)
+            except ollama.ResponseError as pull_error:
+                raise BackendError(
+                    f"Ollama could not pull {self.tag!r}: {pull_error}. Check the tag in the config "
+                    "(source.tag) and that the server can reach its registry."
+                ) from None
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
+        import ollama
+
+        t0 = time.perf_counter()
+        try:
+            r = self.client.chat(
+                model=self.tag,
+                messages=[{"role": "user", "content": prompt}],
+                options={"temperature": temperature, "seed": seed, "num_predict": max_tokens, **self.options},
+                stream=False,
+                keep_alive="10m",
+            )
+        except ollama.ResponseError as e:
+            raise BackendError(f"Ollama failed to generate with {self.tag!r}: {e}") from None
+        except Exception as e:  # httpx connection errors: the server went away
+            raise BackendError(f"Ollama at {self.host} stopped answering: {e}") from None
+        return parse_chat(r, (time.perf_counter() - t0) * 1000)
+
+    def facts(self) -> dict:
+        """Offload as Ollama reports it (/api/ps): bytes of the model in VRAM over its size."""
+        loaded = [m for m in self.client.ps().models if (m.model or m.name) == self.tag]
+        size = loaded[0].size if loaded else None
+        vram = loaded[0].size_vram if loaded else None
+        return {
+            "engine_build": self.version,
+            "num_gpu": self.options.get("num_gpu"),
+            "size_bytes": int(size) if size is not None else None,
+            "size_vram_bytes": int(vram) if vram is not None else None,
+            "vram_fraction": (int(vram) / int(size)) if size else None,
+        }
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,128 @@
+"""Bench runs: every prompt × repetition through a backend, one row per generation, in one fixed schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from llmbench.backend import Backend
+
+log = logging.getLogger(__name__)
+
+ENERGY_NOT_MEASURED = (
+    "not measured: this version of the workflow reads no power sensor (energy metering is not implemented yet)"
+)
+
+RUN_SCHEMA: dict[str, pl.DataType] = {
+    "tool": pl.String,
+    "model": pl.String,
+    "quant": pl.String,
+    "split": pl.String,
+    "status": pl.String,
+    "status_reason": pl.String,
+    "engine_build": pl.String,
+    "prompt_id": pl.String,
+    "repetition": pl.Int64,
+    "seed": pl.Int64,
+    "temperature": pl.Float64,
+    "max_tokens": pl.Int64,
+    "prompt_tokens": pl.Int64,
+    "prefill_tokens": pl.Int64,
+    "generated_tokens": pl.Int64,
+    "prefill_ms": pl.Float64,
+    "decode_ms": pl.Float64,
+    "prefill_tokens_per_s": pl.Float64,
+    "decode_tokens_per_s": pl.Float64,
+    "wall_ms": pl.Float64,
+    "finish_reason": pl.String,
+    "n_gpu_layers": pl.Int64,
+    "gpus": pl.Int64,
+    "threads": pl.Int64,
+    "energy_j": pl.Float64,
+    "energy_source": pl.String,
+    "energy_null_reason": pl.String,
+    "started_at": pl.Datetime("us", "UTC"),
+    "output_text": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    tool: str
+    model: str
+    quant: str
+    split: str
+    prompts: tuple[Prompt, ...]
+    repetitions: int
+    warmup: int
+    temperature: float
+    seed: int
+    n_gpu_layers: int | None
+    gpus: int
+    threads: int
+
+    def row_base(self) -> dict:
+        return {"tool": self.tool, "model": self.model, "quant": self.quant, "split": self.split,
+                "temperature": self.temperature, "n_gpu_layers": self.n_gpu_layers, "gpus": self.gpus,
+                "threads": self.threads}
+
+
+def skipped_run(plan: RunPlan, reason: str) -> pl.DataFrame:
+    """One row saying the job did not run here and why; it keeps the group visible in every table."""
+    row = {**plan.row_base(), "status": "skipped", "status_reason": reason,
+           "energy_null_reason": "not measured: the job was skipped"}
+    return pl.DataFrame([row], schema=RUN_SCHEMA)
+
+
+def run_generations(backend: Backend, plan: RunPlan, engine_build: str | None = None) -> pl.DataFrame:
+    """Warm up, then generate every prompt × repetition; the backend must already be started."""
+    first = plan.prompts[0]
+    for i in range(plan.warmup):
+        backend.generate(first.text, min(first.max_tokens, 16), plan.temperature, plan.seed + i)
+    rows = []
+    for prompt in plan.prompts:
+        for rep in range(plan.repetitions):
+            seed = plan.seed + rep
+            started = dt.datetime.now(dt.UTC)
+            g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+            log.info(
+                "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
+                prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
+            )
+            rows.append(
+                {
+                    **plan.row_base(),
+                    "status": "ok",
+                    "status_reason": None,
+                    "engine_build": engine_build,
+                    "prompt_id": prompt.id,
+                    "repetition": rep,
+                    "seed": seed,
+                    "max_tokens": prompt.max_tokens,
+                    "prompt_tokens": g.prompt_tokens,
+                    "prefill_tokens": g.prefill_tokens,
+                    "generated_tokens": g.generated_tokens,
+                    "prefill_ms": g.prefill_ms,
+                    "decode_ms": g.decode_ms,
+                    "prefill_tokens_per_s": g.prefill_tokens_per_s,
+                    "decode_tokens_per_s": g.decode_tokens_per_s,
+                    "wall_ms": g.wall_ms,
+                    "finish_reason": g.finish_reason,
+                    "energy_j": None,
+                    "energy_source": None,
+                    "energy_null_reason": ENERGY_NOT_MEASURED,
+                    "started_at": started,
+                    "output_text": g.text,
+                }
+            )
+    return pl.DataFrame(rows, schema=RUN_SCHEMA)

@@ -1,0 +1,54 @@
+"""Robust statistics per group: n, median, quartiles, IQR, Tukey outliers at 1.5 IQR, mean and sd."""
+
+from __future__ import annotations
+
+import polars as pl
+
+GROUP = ["tool", "model", "quant", "split"]
+TUKEY_K = 1.5
+
+
+def _q(col: str, q: float) -> pl.Expr:
+    # 'linear' is the quartile definition of numpy's default and of box plots drawn by Vega.
+    return pl.col(col).quantile(q, interpolation="linear")
+
+
+def tukey_flags(df: pl.DataFrame, metric: str, by: list[str] = GROUP) -> pl.DataFrame:
+    """Add ``{metric}_outlier``: outside [Q1 − 1.5 IQR, Q3 + 1.5 IQR] of its group."""
+    q1, q3 = _q(metric, 0.25).over(by), _q(metric, 0.75).over(by)
+    iqr = q3 - q1
+    flag = (pl.col(metric) < q1 - TUKEY_K * iqr) | (pl.col(metric) > q3 + TUKEY_K * iqr)
+    return df.with_columns(flag.fill_null(False).alias(f"{metric}_outlier"))
+
+
+def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl.DataFrame:
+    """One row per group × metric; null values (not measured) are left out of n and reported in n_null."""
+    parts = []
+    for metric in metrics:
+        flagged = tukey_flags(df.filter(pl.col(metric).is_not_null()), metric, by)
+        stats = flagged.group_by(by).agg(
+            pl.len().alias("n"),
+            pl.col(metric).median().alias("median"),
+            _q(metric, 0.25).alias("q1"),
+            _q(metric, 0.75).alias("q3"),
+            pl.col(metric).mean().alias("mean"),
+            pl.col(metric).std(ddof=1).alias("sd"),
+            pl.col(metric).min().alias("min"),
+            pl.col(metric).max().alias("max"),
+            pl.col(f"{metric}_outlier").sum().cast(pl.Int64).alias("n_outliers"),
+        )
+        nulls = df.group_by(by).agg(pl.col(metric).is_null().sum().cast(pl.Int64).alias("n_null"))
+        stats = nulls.join(stats, on=by, how="left").with_columns(
+            pl.lit(metric).alias("metric"),
+            pl.col("n").fill_null(0),
+            pl.col("n_outliers").fill_null(0),
+            (pl.col("q3") - pl.col("q1")).alias("iqr"),
+        )
+        stats = stats.with_columns(
+            (pl.col("q1") - TUKEY_K * pl.col("iqr")).alias("lower_fence"),
+            (pl.col("q3") + TUKEY_K * pl.col("iqr")).alias("upper_fence"),
+        )
+        parts.append(stats)
+    cols = [*by, "metric", "n", "n_null", "median", "q1", "q3", "iqr", "lower_fence", "upper_fence",
+            "n_outliers", "mean", "sd", "min", "max"]
+    return pl.concat([p.select(cols) for p in parts]).sort([*by, "metric"])

@@ -1,0 +1,114 @@
+"""The study's grid, derived from a validated config: which model files exist and which bench jobs run."""
+
+from __future__ import annotations
+
+import ctypes.util
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmbench.quants import REFERENCE_QUANT, order_by_bits
+
+# Tools and the model source kinds each can run.
+TOOL_SOURCES: dict[str, tuple[str, ...]] = {
+    "llama-server": ("pypi", "hf"),
+    "ollama": ("ollama",),
+}
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    tool: str
+    model: str
+    quant: str
+    split: str
+    gpus: int
+
+
+def source_kind(model: dict) -> str:
+    return model["source"]["kind"]
+
+
+def derives_ladder(model: dict) -> bool:
+    """A model with one source GGUF gets every quant from llama-quantize (an F16 first)."""
+    src = model["source"]
+    return src["kind"] == "pypi" or (src["kind"] == "hf" and "filename" in src)
+
+
+def models_where(config: dict, predicate) -> list[str]:
+    return [name for name, m in config["models"].items() if predicate(m)]
+
+
+def derived_models(config: dict) -> list[str]:
+    return models_where(config, derives_ladder)
+
+
+def pypi_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] == "pypi")
+
+
+def hf_single_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] == "hf" and "filename" in m["source"])
+
+
+def hf_file_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] == "hf" and "files" in m["source"])
+
+
+def ollama_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] == "ollama")
+
+
+def gguf_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] in ("pypi", "hf"))
+
+
+def unpinned_revisions(config: dict) -> list[str]:
+    return [
+        f"models.{name}.source.revision = {m['source']['revision']!r}"
+        for name, m in config["models"].items()
+        if m["source"]["kind"] == "hf" and not re.fullmatch(r"[0-9a-f]{40}", m["source"]["revision"])
+    ]
+
+
+def quants_of(config: dict, model: str) -> list[str]:
+    return order_by_bits(config["models"][model]["quants"])
+
+
+def bench_jobs(config: dict) -> list[BenchJob]:
+    jobs = []
+    for tool, settings in config["tools"].items():
+        for model, m in config["models"].items():
+            if source_kind(m) not in TOOL_SOURCES[tool]:
+                continue
+            for quant in quants_of(config, model):
+                for split in settings["split_modes"]:
+                    jobs.append(BenchJob(tool, model, quant, split, settings["gpus"]))
+    return jobs
+
+
+def alternation(values) -> str:
+    """A wildcard constraint matching exactly these values (never an empty pattern)."""
+    values = sorted(set(values))
+    return "|".join(re.escape(v) for v in values) if values else "(?!)"
+
+
+def derived_quants(config: dict) -> list[str]:
+    """Quants made from the F16 (every derived ladder's quants except the F16 itself)."""
+    return sorted({q for m in derived_models(config) for q in config["models"][m]["quants"]} - {REFERENCE_QUANT})
+
+
+def nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or ctypes.util.find_library("cuda") is not None
+
+
+def cuda_enabled(setting: str) -> bool:
+    """GGML_CUDA for the build.
+
+    'auto' is on when nvcc is on PATH *and* an NVIDIA driver is loaded: nvcc alone (e.g. from pip's CUDA wheels)
+    would give an hour-long build whose binaries cannot start without libcuda.
+    """
+    if setting == "auto":
+        return shutil.which("nvcc") is not None and nvidia_driver_present()
+    return setting == "on"

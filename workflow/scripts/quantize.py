@@ -1,0 +1,23 @@
+"""Derive one quant with llama-quantize and record the derivation."""
+
+import json
+from pathlib import Path
+
+from llmbench.logs import script_logging
+from llmbench.models import derive_quant
+
+
+def main(snakemake):
+    with script_logging(snakemake.log[0]) as log:
+        with open(snakemake.log[0], "a") as qlog:
+            record = derive_quant(
+                Path(snakemake.input.quantize), Path(snakemake.input.gguf), Path(snakemake.input.record),
+                Path(snakemake.output.gguf), snakemake.params.quant, snakemake.threads,
+                snakemake.params.allow_requantize, qlog,
+            )
+        Path(snakemake.output.record).write_text(json.dumps(record, indent=2) + "\n")
+        log.info("derived %s (%s bytes)", snakemake.output.gguf, f"{record['bytes']:,}")
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
