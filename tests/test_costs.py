@@ -15,8 +15,9 @@ def runs(energy, tokens=(100, 300)):
             "generated_tokens": list(tokens), "decode_tokens_per_s": [50.0, 70.0][:n],
             "energy_j": energy, "energy_source": [None if e is None else "nvml" for e in energy],
             "energy_null_reason": [ENERGY_NOT_MEASURED if e is None else None for e in energy],
+            "status_reason": [None] * n,
         },
-        schema_overrides={"energy_j": pl.Float64},
+        schema_overrides={"energy_j": pl.Float64, "status_reason": pl.String},
     )
 
 

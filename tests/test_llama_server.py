@@ -104,3 +104,42 @@ def test_dead_server_during_a_run_is_named(tmp_path):
         server.proc.wait()
         with pytest.raises(BackendError, match="llama-server is not running"):
             server.generate("hi", 4, 0.0, 1)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_server_is_stopped_when_the_job_is_interrupted(tmp_path, signame):
+    """Snakemake stops a job with SIGTERM, a user with Ctrl-C (SIGINT): either way the engine goes too."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    exe = standin(tmp_path, HEALTHY)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    job = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import signal, sys, time
+            from pathlib import Path
+            from llmbench.llama_server import LlamaServer, LlamaServerSettings
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as workflow/scripts/bench.py does
+            s = LlamaServerSettings(binary=Path({str(exe)!r}), model=Path({str(model)!r}), start_timeout_s=20)
+            with LlamaServer(s, Path({str(tmp_path / 'server.log')!r})) as server:
+                print(server.proc.pid, flush=True)
+                time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "workflow/scripts")},
+    )
+    server_pid = int(job.stdout.readline())
+    os.kill(job.pid, getattr(signal, signame))
+    job.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        pytest.fail(f"the engine (pid {server_pid}) outlived its job after {signame}")

@@ -1,7 +1,8 @@
 import polars as pl
 import pytest
 
-from llmbench.stats import summarize, tukey_flags
+from llmbench.runs import RunPlan, skipped_run
+from llmbench.stats import summarize, summarize_runs, tukey_flags
 
 
 def frame(values, quant="Q4_0"):
@@ -36,3 +37,15 @@ def test_metric_never_measured_gives_n_zero_and_null_statistics():
     s = summarize(frame([None, None]), ["x"]).row(0, named=True)
     assert s["n"] == 0 and s["n_null"] == 2
     assert s["median"] is None and s["mean"] is None
+
+
+def test_skipped_job_keeps_its_group_with_the_reason_and_no_numbers():
+    plan = RunPlan("ollama", "m", "Q4_0", "none", (), 1, 0, 0.7, 1, None, 0, 2)
+    ran = frame([10.0, 12.0]).with_columns(pl.col("x").alias("decode_tokens_per_s"), status_reason=pl.lit(None, pl.String))
+    runs = pl.concat([ran.select("tool", "model", "quant", "split", "decode_tokens_per_s", "status_reason"),
+                      skipped_run(plan, "Ollama is not installed here").select(
+                          "tool", "model", "quant", "split", "decode_tokens_per_s", "status_reason")])
+    s = summarize_runs(runs, ["decode_tokens_per_s"]).sort("tool")
+    assert s["tool"].to_list() == ["llama-server", "ollama"]
+    assert s["n"].to_list() == [2, 0] and s["median"].to_list() == [11.0, None]
+    assert s["not_run_reason"].to_list() == [None, "Ollama is not installed here"]

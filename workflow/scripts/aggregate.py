@@ -3,7 +3,7 @@
 import polars as pl
 
 from llmbench.logs import script_logging
-from llmbench.stats import summarize, tukey_flags
+from llmbench.stats import summarize_runs, tukey_flags
 
 METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "energy_j"]
 
@@ -13,7 +13,7 @@ def main(snakemake):
         runs = pl.concat([pl.read_parquet(f) for f in snakemake.input.runs], how="vertical")
         runs = tukey_flags(runs, "decode_tokens_per_s")
         runs.write_parquet(snakemake.output.runs)
-        stats = summarize(runs, METRICS)
+        stats = summarize_runs(runs, METRICS)
         stats.write_parquet(snakemake.output.stats)
         stats.write_csv(snakemake.output.stats_csv)
         log.info("%d generations from %d runs; %d statistics rows", runs.height, len(snakemake.input.runs), stats.height)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ class ToolUnavailable(RuntimeError):
 
 class BackendError(RuntimeError):
     """An engine that failed to start, died, or answered something unusable; the message says which and why."""
+
+
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 15.0) -> None:
+    """Terminate an engine process, kill it if it does not exit within the grace time, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -26,6 +26,7 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("energy_j").sum().alias("_energy_j"),
         pl.col("energy_source").drop_nulls().unique().sort().str.join(", ").alias("energy_source"),
         pl.col("energy_null_reason").drop_nulls().unique().sort().str.join("; ").alias("energy_null_reason"),
+        pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason"),
     ).with_columns(
         pl.when(pl.col("_any_null")).then(None).otherwise(pl.col("_energy_j") / pl.col("generated_tokens"))
         .alias("j_per_token")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, free_port, http_json
+from llmbench.backend import BackendError, Generation, free_port, http_json, stop_process
 
 
 @dataclass
@@ -165,15 +165,7 @@ class LlamaServer:
         }
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def log_tail(self, lines: int = 15) -> str:

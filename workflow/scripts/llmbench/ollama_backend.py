@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port
+from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port, stop_process
 
 NS_PER_MS = 1e6
 
@@ -154,13 +154,7 @@ class OllamaBackend:
         }
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self):

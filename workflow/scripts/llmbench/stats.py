@@ -18,6 +18,7 @@ def tukey_flags(df: pl.DataFrame, metric: str, by: list[str] = GROUP) -> pl.Data
     q1, q3 = _q(metric, 0.25).over(by), _q(metric, 0.75).over(by)
     iqr = q3 - q1
     flag = (pl.col(metric) < q1 - TUKEY_K * iqr) | (pl.col(metric) > q3 + TUKEY_K * iqr)
+    # Nulls (a skipped job, a metric not measured) are not outliers.
     return df.with_columns(flag.fill_null(False).alias(f"{metric}_outlier"))
 
 
@@ -52,3 +53,12 @@ def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl
     cols = [*by, "metric", "n", "n_null", "median", "q1", "q3", "iqr", "lower_fence", "upper_fence",
             "n_outliers", "mean", "sd", "min", "max"]
     return pl.concat([p.select(cols) for p in parts]).sort([*by, "metric"])
+
+
+def summarize_runs(runs: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
+    """Statistics of the generations that ran; a group whose job was skipped keeps a row with n = 0 and why."""
+    reasons = runs.group_by(GROUP).agg(
+        pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason")
+    ).with_columns(pl.when(pl.col("not_run_reason") == "").then(None).otherwise(pl.col("not_run_reason"))
+                   .alias("not_run_reason"))
+    return summarize(runs, metrics).join(reasons, on=GROUP, how="left")

@@ -1,0 +1,48 @@
+"""Planning the studies: which jobs exist and which GPUs they declare, on a machine without GPU or network."""
+
+import re
+import subprocess
+import sys
+from collections import Counter
+
+from conftest import REPO, load_config
+
+from llmbench import study
+from llmbench.configcheck import validate_config
+
+
+def dry_run(*args):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "4", *args],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def planned(out: str) -> Counter:
+    """(rule, gpu resource) of every job in a dry run's listing."""
+    jobs = Counter()
+    for block in re.split(r"\n(?=(?:local)?rule )", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            gpu = re.search(r"resources:.*\bgpu=(\d+)", block)
+            jobs[(m.group(1), int(gpu.group(1)) if gpu else 0)] += 1
+    return jobs
+
+
+def test_article_study_plans_every_job_with_its_gpus(schema):
+    cfg = validate_config(load_config("llama31-quantfactory.yaml"), schema)
+    jobs = planned(dry_run("--resources", "gpu=2", "--configfile", "config/llama31-quantfactory.yaml"))
+    hf_files = sum(len(m["quants"]) for m in cfg["models"].values() if m["source"]["kind"] == "hf")
+    assert hf_files == 15
+    assert jobs[("fetch_hf_quant", 0)] == hf_files
+    assert jobs[("bench_llama_server", 2)] == hf_files * 2  # split modes layer and row
+    assert jobs[("bench_ollama", 2)] == 5
+    assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
+    assert len(study.bench_jobs(cfg)) == hf_files * 2 + 5
+
+
+def test_default_study_plans_the_ladder_on_the_cpu(schema):
+    jobs = planned(dry_run("--forceall"))
+    assert jobs[("bench_llama_server", 0)] == 8
+    assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
+    assert not any(gpu for _, gpu in jobs)
