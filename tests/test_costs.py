@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from llmbench.costs import cost_table, to_markdown, usd_per_1m_tokens
+from llmbench.costs import cost_table, render_markdown, usd_per_1m_tokens
 from llmbench.runs import ENERGY_NOT_MEASURED
 
 CLOUD = [{"name": "GPT-4o", "input_usd_per_1m": 2.5, "output_usd_per_1m": 10.0, "as_of": "2024-10", "source": "s"}]
@@ -41,8 +41,10 @@ def test_unmeasured_energy_stays_null_with_its_reason():
     assert row["j_per_token"] is None and row["usd_per_1m_tokens"] is None
     assert row["energy_status"].startswith("not measured: ")
     assert "GPT-4o output usd_per_1m (2024-10)" in t.columns
-    md = to_markdown(t)
-    assert "not measured" in md and md.count("\n|") >= 2
+    md = render_markdown(t, 0.14, "test price", CLOUD)
+    assert "| llama-server | m | Q4_0 | none | 2 | 60 | not measured [1] | not measured [1] | not measured [1] |" in md
+    assert f"[1] {ENERGY_NOT_MEASURED}" in md
+    assert "| GPT-4o | 2.5 | 10 | 2024-10 | s |" in md
 
 
 def test_one_unmeasured_generation_makes_the_group_unmeasured():

@@ -6,7 +6,6 @@ import sys
 from collections import Counter
 
 from conftest import REPO, load_config
-
 from llmbench import study
 from llmbench.configcheck import validate_config
 

@@ -49,3 +49,10 @@ def test_skipped_job_keeps_its_group_with_the_reason_and_no_numbers():
     assert s["tool"].to_list() == ["llama-server", "ollama"]
     assert s["n"].to_list() == [2, 0] and s["median"].to_list() == [11.0, None]
     assert s["not_run_reason"].to_list() == [None, "Ollama is not installed here"]
+
+
+def test_integer_and_float_metrics_stack_in_one_table():
+    df = frame([1.0, 2.0, 3.0]).with_columns(tokens=pl.Series([10, 20, 30], dtype=pl.Int64))
+    s = summarize(df, ["x", "tokens"]).sort("metric")
+    assert s["metric"].to_list() == ["tokens", "x"]
+    assert s["max"].to_list() == [30.0, 3.0] and s.schema["min"] == pl.Float64

@@ -3,6 +3,7 @@
 import polars as pl
 
 from llmbench.logs import script_logging
+from llmbench.runs import RUN_SCHEMA
 from llmbench.stats import summarize_runs, tukey_flags
 
 METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "energy_j"]
@@ -10,7 +11,8 @@ METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "e
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        runs = pl.concat([pl.read_parquet(f) for f in snakemake.input.runs], how="vertical")
+        # By name, in RUN_SCHEMA's order: a run file missing a column fails here, naming the file.
+        runs = pl.concat([pl.read_parquet(f, columns=list(RUN_SCHEMA)) for f in snakemake.input.runs])
         runs = tukey_flags(runs, "decode_tokens_per_s")
         runs.write_parquet(snakemake.output.runs)
         stats = summarize_runs(runs, METRICS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from llmbench.quants import KNOWN_QUANTS
 from llmbench.stats import GROUP
 
 J_PER_KWH = 3.6e6
@@ -57,15 +58,53 @@ def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict]) -> pl.
 
 def fmt(value, digits: int = 4) -> str:
     if value is None:
-        return "not measured"
+        return ""
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
 
 
-def to_markdown(df: pl.DataFrame, note: str = "") -> str:
-    cols = df.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.iter_rows():
-        lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |")
-    return ("\n".join(lines) + "\n") + (f"\n{note}\n" if note else "")
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: str, cloud: list[dict]) -> str:
+    """The cost table for people: quants by bits per weight, one footnote per reason instead of repeated cells."""
+    notes: dict[str, int] = {}
+
+    def cell(value, reason: str | None) -> str:
+        if value is not None:
+            return fmt(value)
+        mark = notes.setdefault(reason or "not measured", len(notes) + 1)
+        return f"not measured [{mark}]"
+
+    ranked = table.with_columns(
+        pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
+        .alias("_rank")
+    ).sort(["tool", "model", "split", "_rank"])
+    header = ["tool", "model", "quant", "split", "generations", "median decode tok/s", "J/token",
+              "kWh per 1M tokens", "$ per 1M tokens", *[f"local / {c['name']} output" for c in cloud]]
+    rows = []
+    for r in ranked.iter_rows(named=True):
+        reason = r["not_run_reason"] or r["energy_null_reason"]
+        rows.append([
+            r["tool"], r["model"], r["quant"], r["split"], str(r["generations"]),
+            fmt(r["median_decode_tokens_per_s"]) or f"not run [{notes.setdefault(reason, len(notes) + 1)}]",
+            cell(r["j_per_token"], reason), cell(r["kwh_per_1m_tokens"], reason), cell(r["usd_per_1m_tokens"], reason),
+            *[cell(r[f"local / {c['name']} output"], reason) for c in cloud],
+        ])
+    out = [f"## Local cost per 1M generated tokens at ${usd_per_kwh}/kWh\n\n", _md_table(header, rows)]
+    if cloud:
+        out += ["\n## Cloud API prices\n\n", _md_table(
+            ["API", "input $ per 1M tokens", "output $ per 1M tokens", "as of", "source"],
+            [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"], c["source"]]
+             for c in cloud],
+        )]
+    out.append(
+        f"\nElectricity: ${usd_per_kwh}/kWh ({electricity_note or 'no source given'}). Energy only: hardware, "
+        "operations and maintenance are excluded, so a local cost is a lower bound.\n"
+    )
+    out += [f"\n[{n}] {reason}\n" for reason, n in notes.items()]
+    return "".join(out)

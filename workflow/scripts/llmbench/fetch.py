@@ -55,6 +55,10 @@ def atomic_path(dest: str | Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); the result should have the mode any new file gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,7 +26,9 @@ def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl
     """One row per group × metric; null values (not measured) are left out of n and reported in n_null."""
     parts = []
     for metric in metrics:
-        flagged = tukey_flags(df.filter(pl.col(metric).is_not_null()), metric, by)
+        # Statistics are floats whatever the metric's type, so that all metrics stack in one table.
+        values = df.filter(pl.col(metric).is_not_null()).with_columns(pl.col(metric).cast(pl.Float64))
+        flagged = tukey_flags(values, metric, by)
         stats = flagged.group_by(by).agg(
             pl.len().alias("n"),
             pl.col(metric).median().alias("median"),
