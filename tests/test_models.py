@@ -25,3 +25,18 @@ def test_not_a_gguf(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CorruptModelError, match="does not exist"):
         check_gguf(tmp_path / "nope.gguf")
+
+
+def test_header_cut_inside_the_metadata_is_damaged(tiny_gguf):
+    tiny_gguf.write_bytes(tiny_gguf.read_bytes()[:40])
+    with pytest.raises(CorruptModelError, match=r"tiny\.gguf is a damaged GGUF"):
+        check_gguf(tiny_gguf)
+
+
+def test_walk_agrees_with_the_gguf_library(tiny_gguf):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(tiny_gguf)
+    info = check_gguf(tiny_gguf)
+    assert info["tensors"] == len(reader.tensors)
+    assert info["weights"] == sum(int(t.n_elements) for t in reader.tensors)
