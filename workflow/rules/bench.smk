@@ -3,7 +3,7 @@ rule bench_llama_server:
         model=model_file,
         server=llama_tool("llama-server"),
         build=f"{BUILD_DIR}/build.json",
-        code=package_files("backend.py", "llama_server.py", "models.py", "runs.py"),
+        code=package_files("backend.py", "llama_server.py", "meters.py", "models.py", "runs.py"),
     output:
         f"{RESULTS}/runs/llama-server/{{model}}/{{quant}}/{{split}}.parquet",
     wildcard_constraints:
@@ -26,7 +26,7 @@ rule bench_llama_server:
 
 rule bench_ollama:
     input:
-        code=package_files("backend.py", "ollama_backend.py", "runs.py"),
+        code=package_files("backend.py", "meters.py", "ollama_backend.py", "runs.py"),
     output:
         f"{RESULTS}/runs/ollama/{{model}}/{{quant}}/{{split}}.parquet",
     wildcard_constraints:

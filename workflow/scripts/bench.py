@@ -11,6 +11,7 @@ from pathlib import Path
 from llmbench.backend import ToolUnavailable
 from llmbench.llama_server import LlamaServer, LlamaServerSettings
 from llmbench.logs import script_logging
+from llmbench.meters import open_energy_meter
 from llmbench.models import check_gguf
 from llmbench.ollama_backend import OllamaBackend
 from llmbench.runs import Prompt, RunPlan, run_generations, skipped_run
@@ -48,11 +49,13 @@ def main(snakemake):
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
+        meter = open_energy_meter(list(range(plan.gpus)))
+        log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
         try:
             with make_backend(snakemake, plan, engine_log, log) as backend:
                 facts = backend.facts()
                 log.info("%s ready: %s", plan.tool, facts)
-                rows = run_generations(backend, plan, engine_build=facts.get("engine_build"))
+                rows = run_generations(backend, plan, meter, engine_build=facts.get("engine_build"))
         except ToolUnavailable as e:
             log.warning("skipped: %s", e)
             rows = skipped_run(plan, str(e))

@@ -9,12 +9,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from llmbench.backend import Backend
+from llmbench.meters import EnergyMeter
 
 log = logging.getLogger(__name__)
 
-ENERGY_NOT_MEASURED = (
-    "not measured: this version of the workflow reads no power sensor (energy metering is not implemented yet)"
-)
 
 RUN_SCHEMA: dict[str, pl.DataType] = {
     "tool": pl.String,
@@ -42,6 +40,7 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "gpus": pl.Int64,
     "threads": pl.Int64,
     "energy_j": pl.Float64,
+    "energy_window_s": pl.Float64,
     "energy_source": pl.String,
     "energy_null_reason": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
@@ -84,8 +83,14 @@ def skipped_run(plan: RunPlan, reason: str) -> pl.DataFrame:
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
-def run_generations(backend: Backend, plan: RunPlan, engine_build: str | None = None) -> pl.DataFrame:
-    """Warm up, then generate every prompt × repetition; the backend must already be started."""
+def run_generations(
+    backend: Backend, plan: RunPlan, meter: EnergyMeter, engine_build: str | None = None
+) -> pl.DataFrame:
+    """Warm up, then generate every prompt × repetition, each in its own energy window.
+
+    The backend must already be started. A window's length is kept with its energy: short windows read low on
+    counters that update every ~100 ms, so per-token energy is computed over sums of windows downstream.
+    """
     first = plan.prompts[0]
     for i in range(plan.warmup):
         backend.generate(first.text, min(first.max_tokens, 16), plan.temperature, plan.seed + i)
@@ -94,7 +99,10 @@ def run_generations(backend: Backend, plan: RunPlan, engine_build: str | None = 
         for rep in range(plan.repetitions):
             seed = plan.seed + rep
             started = dt.datetime.now(dt.UTC)
+            window = f"{prompt.id}/{rep}"
+            meter.begin_window(window)
             g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+            energy = meter.end_window(window)
             log.info(
                 "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
                 prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
@@ -118,9 +126,10 @@ def run_generations(backend: Backend, plan: RunPlan, engine_build: str | None = 
                     "decode_tokens_per_s": g.decode_tokens_per_s,
                     "wall_ms": g.wall_ms,
                     "finish_reason": g.finish_reason,
-                    "energy_j": None,
-                    "energy_source": None,
-                    "energy_null_reason": ENERGY_NOT_MEASURED,
+                    "energy_j": energy.energy_j,
+                    "energy_window_s": energy.window_s,
+                    "energy_source": energy.source,
+                    "energy_null_reason": energy.null_reason,
                     "started_at": started,
                     "output_text": g.text,
                 }
