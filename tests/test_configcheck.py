@@ -30,7 +30,7 @@ def test_article_config_is_valid(schema):
         (lambda c: c["bench"].__setitem__("repetitions", -1),
          r"bench\.repetitions = -1 is too small; it must be >= 1"),
         (lambda c: c["tools"].__setitem__("vllm-nightly", {}),
-         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, ollama"),
+         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, llama-bench, ollama"),
         (lambda c: c["models"]["smollm2-135m"].pop("source"),
          r"models\.smollm2-135m has no 'source': add it \(kind pypi"),
         (lambda c: c["models"]["smollm2-135m"]["source"].__setitem__("kind", "ftp"),

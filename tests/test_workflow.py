@@ -46,6 +46,7 @@ def write_config(work: Path, quants: list[str]) -> str:
     cfg = load_config()
     cfg["resources_dir"] = "res"
     cfg["models"][MODEL]["quants"] = quants
+    cfg["tools"]["llama-bench"] = {"split_modes": ["none"], "gpus": 0, "n_prompt": 32, "n_gen": 16}
     cfg["bench"].update(
         repetitions=2,
         prompts=[
@@ -71,8 +72,16 @@ def study(tmp_path_factory) -> Path:
     return work
 
 
+def test_llama_bench_rows_are_its_raw_samples(study):
+    runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-bench")
+    assert runs.height == 2 * 2 * 2  # quants × (pp32, tg16) × repetitions
+    assert sorted(runs["prompt_id"].unique()) == ["pp32", "tg16"]
+    assert (runs.filter(pl.col("prompt_id") == "tg16")["decode_tokens_per_s"] > 0).all()
+    assert re.fullmatch(r"[0-9a-f]{7,}", runs["engine_build"][0])
+
+
 def test_study_writes_one_row_per_generation_with_engine_counts(study):
-    runs = pl.read_parquet(study / "results/summary/runs.parquet")
+    runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-server")
     assert runs.height == 2 * 2 * 2
     assert set(RUN_SCHEMA) <= set(runs.columns)
     assert sorted(runs["quant"].unique()) == ["Q4_0", "Q8_0"]
@@ -92,7 +101,7 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
 
 def test_study_renders_statistics_figures_and_cost_table(study):
     stats = pl.read_csv(study / "results/summary/stats.csv")
-    decode = stats.filter(pl.col("metric") == "decode_tokens_per_s")
+    decode = stats.filter((pl.col("metric") == "decode_tokens_per_s") & (pl.col("tool") == "llama-server"))
     assert decode.height == 2 and (decode["n"] == 4).all()
     assert {"median", "q1", "q3", "iqr", "n_outliers", "mean", "sd"} <= set(stats.columns)
     png = study / "results/figures/decode_tokens_per_s.png"
@@ -118,8 +127,8 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     before = kept.stat().st_mtime_ns
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     plan = job_counts(snakemake(study, "-n", "--configfile", cfg).stdout)
-    assert plan == {"quantize": 1, "bench_llama_server": 1, "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1,
-                    "all": 1}
+    assert plan == {"quantize": 1, "bench_llama_server": 1, "bench_llama_bench": 1, "aggregate": 1,
+                    "plot_decode_speed": 1, "cost_table": 1, "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3

@@ -46,3 +46,31 @@ rule bench_ollama:
         ENV
     script:
         "../scripts/bench.py"
+
+
+rule bench_llama_bench:
+    input:
+        model=model_file,
+        bench=llama_tool("llama-bench"),
+        build=f"{BUILD_DIR}/build.json",
+        code=package_files("llama_bench.py", "models.py", "runs.py"),
+    output:
+        f"{RESULTS}/runs/llama-bench/{{model}}/{{quant}}/{{split}}.parquet",
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    params:
+        tool="llama-bench",
+        plan=bench_plan,
+        gpus=tool_gpus("llama-bench"),
+        n_prompt=tool_setting("llama-bench", "n_prompt"),
+        n_gen=tool_setting("llama-bench", "n_gen"),
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("llama-bench"),
+    log:
+        f"{RESULTS}/logs/bench/llama-bench/{{model}}/{{quant}}/{{split}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/bench.py"

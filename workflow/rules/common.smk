@@ -78,6 +78,10 @@ def tool_gpus(tool):
     return config["tools"].get(tool, {}).get("gpus", 0)
 
 
+def tool_setting(tool, key):
+    return config["tools"].get(tool, {}).get(key)
+
+
 def ollama_tag(wildcards):
     return config["models"][wildcards.model]["source"]["tag"]
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from llmbench.backend import ToolUnavailable
+from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.llama_server import LlamaServer, LlamaServerSettings
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
@@ -49,6 +50,18 @@ def main(snakemake):
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
+        if snakemake.rule == "bench_llama_bench":
+            model = Path(snakemake.input.model)
+            log.info("model %s: %s", model, check_gguf(model))
+            settings = LlamaBenchSettings(
+                binary=Path(snakemake.input.bench), model=model, n_prompt=snakemake.params.n_prompt,
+                n_gen=snakemake.params.n_gen, repetitions=plan.repetitions, threads=plan.threads,
+                n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split,
+            )
+            rows = run_llama_bench(settings, plan, engine_log)
+            rows.write_parquet(snakemake.output[0])
+            log.info("wrote %d samples to %s", rows.height, snakemake.output[0])
+            return
         meter = open_energy_meter(list(range(plan.gpus)))
         log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
         try:

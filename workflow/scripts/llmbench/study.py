@@ -13,6 +13,7 @@ from llmbench.quants import REFERENCE_QUANT, order_by_bits
 # Tools and the model source kinds each can run.
 TOOL_SOURCES: dict[str, tuple[str, ...]] = {
     "llama-server": ("pypi", "hf"),
+    "llama-bench": ("pypi", "hf"),
     "ollama": ("ollama",),
 }
 
