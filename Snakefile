@@ -9,12 +9,12 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-
 include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
     split="none|layer|row",
+
 
 include: "workflow/rules/build.smk"
 include: "workflow/rules/models.smk"
@@ -24,6 +24,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

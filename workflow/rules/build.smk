@@ -1,14 +1,14 @@
 rule fetch_llama_cpp_sdist:
     output:
         SDIST,
-    params:
-        version=BUILD_SPEC.version,
-        sha256=config["llama_cpp"]["sdist_sha256"],
     log:
         f"logs/fetch_llama_cpp_sdist/{BUILD_SPEC.version}.log",
     retries: 2
     conda:
         ENV
+    params:
+        version=BUILD_SPEC.version,
+        sha256=config["llama_cpp"]["sdist_sha256"],
     script:
         "../scripts/fetch_sdist.py"
 
@@ -20,16 +20,16 @@ rule build_llama_cpp:
     output:
         tools=[llama_tool(t) for t in LLAMA_TOOLS],
         info=f"{BUILD_DIR}/build.json",
+    log:
+        f"logs/build_llama_cpp/{BUILD_SPEC.variant}.log",
+    conda:
+        ENV
+    threads: workflow.cores
     params:
         version=BUILD_SPEC.version,
         cuda=BUILD_SPEC.cuda,
         cmake_args=list(BUILD_SPEC.cmake_args),
         source_dir=f"{RES}/llama.cpp/src-{BUILD_SPEC.version}",
         build_dir=build_dir_of,
-    threads: workflow.cores
-    log:
-        f"logs/build_llama_cpp/{BUILD_SPEC.variant}.log",
-    conda:
-        ENV
     script:
         "../scripts/build_llama_cpp.py"

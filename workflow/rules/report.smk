@@ -6,12 +6,12 @@ rule plot_decode_speed:
         png=f"{RESULTS}/figures/decode_tokens_per_s.png",
         svg=f"{RESULTS}/figures/decode_tokens_per_s.svg",
         html=f"{RESULTS}/figures/decode_tokens_per_s.html",
-    params:
-        study=config["study"],
     log:
         "logs/plot_decode_speed.log",
     conda:
         ENV
+    params:
+        study=config["study"],
     script:
         "../scripts/plot_decode_speed.py"
 
@@ -23,13 +23,13 @@ rule cost_table:
     output:
         csv=f"{RESULTS}/tables/cost_per_1m_tokens.csv",
         md=f"{RESULTS}/tables/cost_per_1m_tokens.md",
-    params:
-        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
-        electricity_note=config["costs"]["electricity_note"],
-        cloud=config["costs"]["cloud"],
     log:
         "logs/cost_table.log",
     conda:
         ENV
+    params:
+        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
+        electricity_note=config["costs"]["electricity_note"],
+        cloud=config["costs"]["cloud"],
     script:
         "../scripts/cost_table.py"
