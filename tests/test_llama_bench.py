@@ -7,7 +7,7 @@ from llmbench.backend import BackendError
 from llmbench.llama_bench import LlamaBenchSettings, bench_command, parse_jsonl, samples_to_rows
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
-PLAN = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.7, 1, 0, 0, 2)
+PLAN = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.0, 0.7, 1, 0, 0, 2)
 
 
 def recorded():

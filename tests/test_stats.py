@@ -40,7 +40,7 @@ def test_metric_never_measured_gives_n_zero_and_null_statistics():
 
 
 def test_skipped_job_keeps_its_group_with_the_reason_and_no_numbers():
-    plan = RunPlan("ollama", "m", "Q4_0", "none", (), 1, 0, 0.7, 1, None, 0, 2)
+    plan = RunPlan("ollama", "m", "Q4_0", "none", (), 1, 0, 0.0, 0.7, 1, None, 0, 2)
     ran = frame([10.0, 12.0]).with_columns(pl.col("x").alias("decode_tokens_per_s"), status_reason=pl.lit(None, pl.String))
     runs = pl.concat([ran.select("tool", "model", "quant", "split", "decode_tokens_per_s", "status_reason"),
                       skipped_run(plan, "Ollama is not installed here").select(

@@ -96,6 +96,7 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
         assert runs["energy_j"].is_null().all()
         assert set(runs["energy_null_reason"]) == {"not measured: " + "; ".join(meter.unavailable)}
     assert (runs["energy_window_s"] > 0).all()
+    assert (runs["peak_rss_bytes"] > 50 * 2**20).all()  # the engine holds at least the ~90 MB model
     assert "paris" in " ".join(runs.filter(pl.col("prompt_id") == "capital")["output_text"]).lower()
 
 

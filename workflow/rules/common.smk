@@ -93,6 +93,7 @@ def bench_plan(wildcards):
         "prompts": bench["prompts"],
         "repetitions": bench["repetitions"],
         "warmup": bench["warmup"],
+        "idle_s": bench["idle_s"],
         "temperature": bench["temperature"],
         "seed": bench["seed"],
         "ctx_size": bench["ctx_size"],

@@ -45,7 +45,7 @@ def main(snakemake):
         plan = RunPlan(
             tool=snakemake.params.tool, model=w.model, quant=w.quant, split=w.split,
             prompts=tuple(Prompt(x["id"], x["text"], x["max_tokens"]) for x in p["prompts"]),
-            repetitions=p["repetitions"], warmup=p["warmup"], temperature=p["temperature"], seed=p["seed"],
+            repetitions=p["repetitions"], warmup=p["warmup"], idle_s=p["idle_s"], temperature=p["temperature"], seed=p["seed"],
             n_gpu_layers=p["n_gpu_layers"], gpus=snakemake.params.gpus, threads=snakemake.threads,
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")

@@ -40,6 +40,10 @@ class Backend(Protocol):
         """What the engine reports about this run (layers offloaded, engine version, …)."""
         ...
 
+    def peak_rss_bytes(self) -> int | None:
+        """Peak resident memory of the engine process so far; None where the engine is not our child."""
+        ...
+
 
 class ToolUnavailable(RuntimeError):
     """The tool is not installed on this machine: its jobs end 'skipped' with this reason, and the study goes on."""
@@ -47,6 +51,17 @@ class ToolUnavailable(RuntimeError):
 
 class BackendError(RuntimeError):
     """An engine that failed to start, died, or answered something unusable; the message says which and why."""
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of a process's resident memory (VmHWM), or None where unreadable."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def stop_process(proc: subprocess.Popen | None, grace_s: float = 15.0) -> None:

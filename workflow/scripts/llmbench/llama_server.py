@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, free_port, http_json, stop_process
+from llmbench.backend import BackendError, Generation, free_port, http_json, peak_rss_bytes, stop_process
 
 
 @dataclass
@@ -163,6 +163,9 @@ class LlamaServer:
             "n_gpu_layers": self.settings.n_gpu_layers,
             "n_ctx": settings.get("n_ctx"),
         }
+
+    def peak_rss_bytes(self) -> int | None:
+        return peak_rss_bytes(self.proc.pid) if self.proc is not None else None
 
     def stop(self) -> None:
         stop_process(self.proc)

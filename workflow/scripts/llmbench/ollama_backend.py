@@ -153,6 +153,10 @@ class OllamaBackend:
             "vram_fraction": (int(vram) / int(size)) if size else None,
         }
 
+    def peak_rss_bytes(self) -> int | None:
+        # The model lives in a runner process that `ollama serve` spawns, not in a process of ours.
+        return None
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 
 import polars as pl
@@ -35,11 +36,14 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "prefill_tokens_per_s": pl.Float64,
     "decode_tokens_per_s": pl.Float64,
     "wall_ms": pl.Float64,
+    "peak_rss_bytes": pl.Int64,
     "finish_reason": pl.String,
     "n_gpu_layers": pl.Int64,
     "gpus": pl.Int64,
     "threads": pl.Int64,
     "energy_j": pl.Float64,
+    "energy_net_j": pl.Float64,
+    "idle_power_w": pl.Float64,
     "energy_window_s": pl.Float64,
     "energy_source": pl.String,
     "energy_null_reason": pl.String,
@@ -64,6 +68,7 @@ class RunPlan:
     prompts: tuple[Prompt, ...]
     repetitions: int
     warmup: int
+    idle_s: float
     temperature: float
     seed: int
     n_gpu_layers: int | None
@@ -83,6 +88,18 @@ def skipped_run(plan: RunPlan, reason: str) -> pl.DataFrame:
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
+def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str | None]:
+    """Idle power with the model loaded, over one window; (None, why) where nothing can be measured."""
+    if not meter.sensors:
+        return None, "not measured: " + "; ".join(meter.unavailable)
+    if seconds <= 0:
+        return None, "not measured: bench.idle_s is 0"
+    meter.begin_window("idle")
+    time.sleep(seconds)
+    idle = meter.end_window("idle")
+    return idle.energy_j / idle.window_s, None
+
+
 def run_generations(
     backend: Backend, plan: RunPlan, meter: EnergyMeter, engine_build: str | None = None
 ) -> pl.DataFrame:
@@ -91,6 +108,9 @@ def run_generations(
     The backend must already be started. A window's length is kept with its energy: short windows read low on
     counters that update every ~100 ms, so per-token energy is computed over sums of windows downstream.
     """
+    idle_w, idle_reason = measure_idle(meter, plan.idle_s)
+    if idle_reason:
+        log.info("idle baseline %s", idle_reason)
     first = plan.prompts[0]
     for i in range(plan.warmup):
         backend.generate(first.text, min(first.max_tokens, 16), plan.temperature, plan.seed + i)
@@ -125,8 +145,12 @@ def run_generations(
                     "prefill_tokens_per_s": g.prefill_tokens_per_s,
                     "decode_tokens_per_s": g.decode_tokens_per_s,
                     "wall_ms": g.wall_ms,
+                    "peak_rss_bytes": backend.peak_rss_bytes(),
                     "finish_reason": g.finish_reason,
                     "energy_j": energy.energy_j,
+                    "energy_net_j": (energy.energy_j - idle_w * energy.window_s
+                                     if energy.energy_j is not None and idle_w is not None else None),
+                    "idle_power_w": idle_w,
                     "energy_window_s": energy.window_s,
                     "energy_source": energy.source,
                     "energy_null_reason": energy.null_reason,
