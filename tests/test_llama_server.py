@@ -13,7 +13,13 @@ import pytest
 
 from conftest import REPO
 from llmbench.backend import BackendError
-from llmbench.llama_server import LlamaServer, LlamaServerSettings, parse_chat_response, server_command
+from llmbench.llama_server import (
+    LlamaServer,
+    LlamaServerSettings,
+    parse_chat_response,
+    parse_chat_stream,
+    server_command,
+)
 
 
 def test_parse_recorded_real_response():
@@ -23,6 +29,20 @@ def test_parse_recorded_real_response():
     assert (g.prefill_ms, g.decode_ms) == (293.742, 85.966)
     assert g.decode_tokens_per_s == pytest.approx(81.42754112090827)
     assert g.finish_reason == "stop" and "Paris" in g.text
+
+
+def test_parse_recorded_real_stream_with_ttft():
+    lines = (REPO / "tests/data/llama_server_chat_stream.txt").read_bytes().splitlines(keepends=True)
+    clock = iter([0.25, 0.9])  # read at the first content (250 ms) and at the end (900 ms)
+    g = parse_chat_stream(lines, 0.0, clock=lambda: next(clock))
+    assert g.ttft_ms == 250.0 and g.wall_ms == 900.0
+    assert (g.prompt_tokens, g.generated_tokens) == (42, 12) and g.finish_reason == "length"
+    assert g.text.startswith("The") and g.decode_ms == 255.368
+
+
+def test_stream_without_timings_is_an_error():
+    with pytest.raises(BackendError, match="ended without 'timings'"):
+        parse_chat_stream([b'data: {"choices":[{"delta":{"content":"x"}}]}\n', b"data: [DONE]\n"], 0.0)
 
 
 def test_cached_prompt_tokens_count_as_prompt_but_not_as_prefill():

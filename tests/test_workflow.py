@@ -89,6 +89,7 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
     # cache_prompt is off, so every repetition processes its whole prompt.
     assert (runs["prefill_tokens"] == runs["prompt_tokens"]).all()
     assert (runs["decode_tokens_per_s"] > 0).all() and (runs["prefill_ms"] > 0).all()
+    assert (runs["ttft_ms"] > 0).all() and (runs["ttft_ms"] < runs["wall_ms"]).all()
     meter = open_energy_meter([])
     if meter.sensors:  # a machine with readable RAPL measures CPU energy
         assert (runs["energy_j"] > 0).all() and set(runs["energy_source"]) == {meter.source}

@@ -25,6 +25,7 @@ class Generation:
     wall_ms: float
     finish_reason: str | None
     text: str
+    ttft_ms: float | None = None
 
 
 class Backend(Protocol):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +47,33 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
     ]
 
 
+def parse_chat_stream(lines: Iterable[bytes], t0: float, clock: Callable[[], float] = time.perf_counter) -> Generation:
+    """A streamed /v1/chat/completions answer → Generation.
+
+    TTFT is the client's clock from the request to the first event carrying content; counts and phase times
+    still come from the ``timings`` that llama-server sends with its last event.
+    """
+    text, ttft_ms, last = [], None, {}
+    for raw in lines:
+        line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line[len("data: "):])
+        delta = ((event.get("choices") or [{}])[0].get("delta") or {}).get("content")
+        if delta:
+            if ttft_ms is None:
+                ttft_ms = (clock() - t0) * 1000
+            text.append(delta)
+        if "timings" in event:
+            last = event
+    if not last:
+        raise BackendError("llama-server's stream ended without 'timings'")
+    wall_ms = (clock() - t0) * 1000
+    choice = (last.get("choices") or [{}])[0]
+    g = parse_chat_response(last, wall_ms)
+    return dataclasses.replace(g, text="".join(text), ttft_ms=ttft_ms, finish_reason=choice.get("finish_reason"))
+
+
 def parse_chat_response(body: dict, wall_ms: float) -> Generation:
     """A /v1/chat/completions answer → Generation, from its ``timings`` (llama-server's own counters)."""
     t = body.get("timings")
@@ -59,6 +91,7 @@ def parse_chat_response(body: dict, wall_ms: float) -> Generation:
         wall_ms=wall_ms,
         finish_reason=choice.get("finish_reason"),
         text=(choice.get("message") or {}).get("content") or "",
+        ttft_ms=None,
     )
 
 
@@ -142,19 +175,20 @@ class LlamaServer:
             "seed": seed,
             # Every repetition must process its whole prompt, or prefill times would mix cached and uncached.
             "cache_prompt": False,
-            "stream": False,
+            "stream": True,
         }
+        req = urllib.request.Request(
+            f"{self.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         t0 = time.perf_counter()
         try:
-            status, answer = http_json(
-                "POST", f"{self.url}/v1/chat/completions", body, timeout=self.settings.request_timeout_s
-            )
+            with urllib.request.urlopen(req, timeout=self.settings.request_timeout_s) as resp:
+                return parse_chat_stream(resp, t0)
+        except urllib.error.HTTPError as e:
+            raise BackendError(f"llama-server answered HTTP {e.code}: {e.read()[:500]!r}") from None
         except OSError as e:
             raise BackendError(f"llama-server stopped answering ({e}); log: {self.log_path}\n{self.log_tail()}") from None
-        wall_ms = (time.perf_counter() - t0) * 1000
-        if status != 200:
-            raise BackendError(f"llama-server answered HTTP {status}: {str(answer)[:500]}")
-        return parse_chat_response(answer, wall_ms)
 
     def facts(self) -> dict:
         settings = self._props.get("default_generation_settings", {})
