@@ -105,10 +105,7 @@ def bench_plan(wildcards):
 
 def gpu_layers(wildcards):
     """llama.cpp's -ngl from the model; for Ollama its num_gpu option (None lets Ollama decide)."""
-    if (
-        wildcards.get("tool", None) == "ollama"
-        or study.source_kind(config["models"][wildcards.model]) == "ollama"
-    ):
+    if study.source_kind(config["models"][wildcards.model]) == "ollama":
         return config["tools"].get("ollama", {}).get("num_gpu")
     return config["models"][wildcards.model]["n_gpu_layers"]
 
