@@ -30,7 +30,7 @@ def test_article_config_is_valid(schema):
         (lambda c: c["bench"].__setitem__("repetitions", -1),
          r"bench\.repetitions = -1 is too small; it must be >= 1"),
         (lambda c: c["tools"].__setitem__("vllm-nightly", {}),
-         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, llama-bench, ollama"),
+         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, llama-bench, llama-cpp-python, transformers, ollama, vllm"),
         (lambda c: c["models"]["smollm2-135m"].pop("source"),
          r"models\.smollm2-135m has no 'source': add it \(kind pypi"),
         (lambda c: c["models"]["smollm2-135m"]["source"].__setitem__("kind", "ftp"),
@@ -39,8 +39,11 @@ def test_article_config_is_valid(schema):
          r"models\.smollm2-135m\.source has no 'member'"),
         (lambda c: c["bench"]["prompts"].append(dict(c["bench"]["prompts"][0])),
          r"bench\.prompts: id 'arithmetic' is used twice"),
+        (lambda c: c["tools"]["transformers"].update(quants=["IQ2_XS"]),
+         r"tools\.transformers\.quants = \['IQ2_XS'\] keeps none of the models' quants"),
     ],
-    ids=["unknown-quant", "negative-repetitions", "unknown-tool", "no-source", "bad-kind", "no-member", "dup-prompt"],
+    ids=["unknown-quant", "negative-repetitions", "unknown-tool", "no-source", "bad-kind", "no-member", "dup-prompt",
+         "tool-quants-match-nothing"],
 )
 def test_bad_config_names_key_value_and_fix(default_config, schema, mutate, expected):
     mutate(default_config)

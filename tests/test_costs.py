@@ -13,7 +13,7 @@ def runs(energy, tokens=(100, 300)):
         {
             "tool": ["llama-server"] * n, "model": ["m"] * n, "quant": ["Q4_0"] * n, "split": ["none"] * n,
             "generated_tokens": list(tokens), "decode_tokens_per_s": [50.0, 70.0][:n],
-            "energy_j": energy, "energy_source": [None if e is None else "nvml" for e in energy],
+            "energy_j": energy, "energy_window_s": [2.5] * n, "energy_source": [None if e is None else "nvml" for e in energy],
             "energy_null_reason": [ENERGY_NOT_MEASURED if e is None else None for e in energy],
             "status_reason": [None] * n,
         },
@@ -33,6 +33,7 @@ def test_energy_is_summed_over_generations_before_dividing():
     assert t["usd_per_1m_tokens"] == pytest.approx(usd_per_1m_tokens(0.3, 0.14))
     assert t["local / GPT-4o output"] == pytest.approx(usd_per_1m_tokens(0.3, 0.14) / 10.0)
     assert t["energy_status"] == "measured"
+    assert t["energy_basis"] == "energy summed over 2 windows (5.0 s in all), over the tokens they generated"
 
 
 def test_unmeasured_energy_stays_null_with_its_reason():

@@ -5,21 +5,23 @@ import yaml
 from conftest import REPO
 
 
+def pin(line: str) -> tuple[str, str]:
+    """'name==version [per-requirement options]' → (name, 'version [options]'): options must agree too."""
+    requirement, _, options = line.strip().partition(" ")
+    name, version = requirement.split("==")
+    return name.lower(), " ".join([version, *options.split()])
+
+
 def pins_from_requirements() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
-    return pins
+    lines = (line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines())
+    return dict(pin(line) for line in lines if line)
 
 
 def test_conda_env_pins_match_requirements():
     env = yaml.safe_load((REPO / "workflow/envs/llmbench.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    conda_pins = dict(p.lower().split("==") for p in pip_section)
-    assert conda_pins == pins_from_requirements()
+    assert dict(pin(p) for p in pip_section) == pins_from_requirements()
+    assert "llama-cpp-python" in pins_from_requirements()
 
 
 def test_every_rule_uses_the_pinned_env_and_logs():

@@ -75,3 +75,57 @@ def test_cpu_job_does_not_ask_for_gpus(tmp_path):
     meter = EnergyMeter([], [])
     assert open_energy_meter([], powercap=tmp_path).unavailable == [
         f"CPU energy: no RAPL zones under {tmp_path} (absent in many VMs)"] and meter.source is None
+
+
+class StandInNvmlWithEnergy:
+    """A stand-in pynvml for the meter: the telemetry stand-in plus init, handles, UUIDs and the energy counter."""
+
+    def __init__(self, counter: bool):
+        from test_gpu_telemetry import StandInNvml
+
+        self._base = StandInNvml(power_mw=100_000)
+        self.NVMLError = self._base.NVMLError
+        self.counter, self.energy_mj = counter, 0
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"gpu{i}"
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-standin-{handle}"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.counter:
+            raise self.NVMLError(3)
+        self.energy_mj += 5_000  # +5 J per read
+        return self.energy_mj
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_gpu_job_reads_counter_or_sampled_power_and_gpu_state(monkeypatch, tmp_path, counter):
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", StandInNvmlWithEnergy(counter))
+    with open_energy_meter([0], powercap=tmp_path / "absent") as meter:
+        meter.begin_window("g")
+        r = meter.end_window("g")
+        state = meter.gpu_state()
+    assert meter.sampler is not None and meter.split_null_reason is None
+    # Constant 100 W: the trace's integral over the window is 100 W × its length.
+    assert r.sampled_gpu_j == pytest.approx(100 * (r.t1 - r.t0), rel=1e-6)
+    assert state[0]["temperature_c"] == 61 and state[0]["clock_event_reasons"] == ["SwPowerCap", "SwThermalSlowdown"]
+    if counter:
+        assert r.source == "nvml-energy:GPU-standin-gpu0" and r.energy_j == pytest.approx(5.0)
+    else:
+        assert r.source.startswith("nvml-sampled-power:GPU-standin-gpu0") and "no energy counter" in r.source
+        assert r.energy_j > 0
+    assert meter.sampler._thread is None  # closed with the job
+
+
+def test_cpu_only_job_says_why_there_is_no_prefill_decode_split(tmp_path):
+    meter = open_energy_meter([], powercap=tmp_path)
+    assert meter.split_null_reason == "not measured: no GPU power trace (the job uses no GPU)"
+    assert meter.gpu_state() is None

@@ -5,6 +5,7 @@ HTTP server that answers with bodies in Ollama's documented API format (tests/da
 `ollama` is on PATH, test_real_ollama_server_starts_and_answers runs against it.
 """
 
+import hashlib
 import http.server
 import json
 import shutil
@@ -35,7 +36,7 @@ def test_unfinished_answer_is_an_error():
 @pytest.fixture
 def standin_ollama():
     """Stand-in for `ollama serve`: the model is absent until pulled, then chat and ps answer."""
-    state = {"pulled": False, "requests": []}
+    state = {"pulled": False, "requests": [], "blobs": {}}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _send(self, code, body):
@@ -54,10 +55,28 @@ def standin_ollama():
             else:
                 self._send(404, {"error": "not found"})
 
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding") == "chunked":  # how the client streams a blob upload
+                raw = b""
+                while size := int(self.rfile.readline().strip(), 16):
+                    raw += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return raw
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
         def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            raw = self._body()
+            if self.path.startswith("/api/blobs/"):
+                state["blobs"][self.path.rsplit("/", 1)[1]] = raw
+                self._send(201, {})
+                return
+            body = json.loads(raw or b"{}")
             state["requests"].append((self.path, body))
-            if self.path == "/api/show":
+            if self.path == "/api/create":
+                state["pulled"] = True
+                self._send(200, {"status": "success"})
+            elif self.path == "/api/show":
                 if state["pulled"]:
                     self._send(200, {"details": {"quantization_level": "Q8_0"}})
                 else:
@@ -88,6 +107,24 @@ def test_backend_pulls_a_missing_model_then_generates_with_the_options(standin_o
     options = state["requests"][2][1]["options"]
     assert options == {"temperature": 0.7, "seed": 1234, "num_predict": 32, "num_gpu": 81, "num_thread": 8}
     assert facts["engine_build"] == "0.0.0-standin" and facts["vram_fraction"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_a_study_gguf_is_imported_as_the_identical_file(standin_ollama, tmp_path, tiny_gguf):
+    host, state = standin_ollama
+    with OllamaBackend("llmbench/smollm2-135m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
+        backend.generate("What is the capital of France?", 32, 0.7, 1234)
+    digest = "sha256:" + hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert state["blobs"] == {digest: tiny_gguf.read_bytes()}
+    paths = [p for p, _ in state["requests"]]
+    assert paths[:2] == ["/api/create", "/api/chat"] and "/api/pull" not in paths
+    create = state["requests"][0][1]
+    assert create["model"] == "llmbench/smollm2-135m:Q8_0" and create["files"] == {tiny_gguf.name: digest}
+
+
+def test_missing_gguf_to_import_is_named(standin_ollama, tmp_path):
+    host, _ = standin_ollama
+    with pytest.raises(BackendError, match="no-such.gguf does not exist"):
+        OllamaBackend("m:q", tmp_path / "ollama.log", host=host, gguf=tmp_path / "no-such.gguf").start()
 
 
 def test_no_server_and_no_binary_means_skipped_with_the_reason(monkeypatch, tmp_path):

@@ -34,14 +34,21 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
     hf_files = sum(len(m["quants"]) for m in cfg["models"].values() if m["source"]["kind"] == "hf")
     assert hf_files == 15
     assert jobs[("fetch_hf_quant", 0)] == hf_files
-    assert jobs[("bench_llama_server", 2)] == hf_files * 2  # split modes layer and row
-    assert jobs[("bench_ollama", 2)] == 5
+    assert jobs[("bench_llama_server", 2)] == jobs[("bench_llama_bench", 2)] == hf_files * 2  # layer and row
+    assert jobs[("bench_ollama", 2)] == 5  # the library tags
+    assert jobs[("bench_ollama_gguf", 2)] == 5  # QuantFactory's Q4_0, Q4_K_M, Q8_0 (8B) and Q4_0, Q4_K_M (70B)
+    assert jobs[("bench_llama_cpp_python", 2)] == 3 and jobs[("bench_vllm", 2)] == 2
     assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
-    assert len(study.bench_jobs(cfg)) == hf_files * 2 + 5
+    bench = sum(n for (rule, _), n in jobs.items() if rule.startswith("bench_"))
+    assert len(study.bench_jobs(cfg)) == bench == hf_files * 4 + 15
 
 
-def test_default_study_plans_the_ladder_on_the_cpu(schema):
+def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     jobs = planned(dry_run("--forceall"))
-    assert jobs[("bench_llama_server", 0)] == 8
+    for rule in ("bench_llama_server", "bench_llama_bench", "bench_llama_cpp_python"):
+        assert jobs[(rule, 0)] == 8, rule
+    # The slow or absent tools run the quants their `quants` list keeps.
+    assert jobs[("bench_transformers", 0)] == 2 and jobs[("bench_ollama_gguf", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
-    assert not any(gpu for _, gpu in jobs)
+    # vLLM needs a GPU and says so in its resources; it ends 'skipped' where there is none.
+    assert [key for key in jobs if key[1]] == [("bench_vllm", 1)] and jobs[("bench_vllm", 1)] == 2

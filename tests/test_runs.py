@@ -51,13 +51,14 @@ def test_idle_baseline_is_subtracted_per_window(monkeypatch):
     monkeypatch.setattr(runs.time, "sleep", lambda s: None)
     meter = EnergyMeter([ScriptedSensor([0, 500, 500, 800, 800, 1060])], [])
     backend = StandInBackend()
-    rows = run_generations(backend, plan(), meter, engine_build="b1")
+    rows = run_generations(backend, plan(), meter, {"engine_build": "b1", "load_ms": 12.5})
     assert rows["idle_power_w"].to_list() == [50.0, 50.0]
     assert rows["energy_j"].to_list() == [300.0, 260.0]
     assert rows["energy_net_j"].to_list() == [200.0, 160.0]
     assert rows["energy_window_s"].to_list() == [2.0, 2.0]
     assert rows["energy_source"].to_list() == ["stand-in-sensor"] * 2
     assert rows["seed"].to_list() == [100, 101] and rows["peak_rss_bytes"].to_list() == [123_456] * 2
+    assert rows["engine_build"].to_list() == ["b1"] * 2 and rows["load_ms"].to_list() == [12.5] * 2
     # warm-up first (short), then the measured generations with the configured settings
     assert backend.calls[0][1] == 8 and backend.calls[1:] == [("hi", 8, 0.5, 100), ("hi", 8, 0.5, 101)]
 
@@ -68,3 +69,32 @@ def test_without_sensors_no_idle_wait_and_every_energy_is_null_with_the_reason(m
     rows = run_generations(StandInBackend(), plan(), meter)
     assert rows["energy_j"].is_null().all() and rows["idle_power_w"].is_null().all()
     assert set(rows["energy_null_reason"]) == {"not measured: CPU energy: no RAPL zones under /x (absent in many VMs)"}
+
+
+def test_cpu_job_says_why_gpu_phase_energy_and_state_are_absent():
+    rows = run_generations(StandInBackend(), plan(idle_s=0.0), EnergyMeter([], ["no sensor"]))
+    assert rows["gpu_energy_prefill_j"].is_null().all() and rows["gpu_state_start"].is_null().all()
+    assert set(rows["energy_split_null_reason"]) == {"not measured: no GPU power trace (the job uses no GPU)"}
+
+
+def test_gpu_energy_is_split_at_the_first_token(monkeypatch, tmp_path):
+    """A stand-in GPU at a constant 100 W: the phases' energies are 100 W × their lengths and add up to the window."""
+    import json
+    import sys
+    import time
+
+    from test_meters import StandInNvmlWithEnergy
+
+    class FirstTokenAt20ms(StandInBackend):
+        def generate(self, prompt, max_tokens, temperature, seed):
+            time.sleep(0.05)
+            return Generation(10, 10, 20, 5.0, 40.0, 2000.0, 500.0, 50.0, "stop", "ok", ttft_ms=20.0)
+
+    monkeypatch.setitem(sys.modules, "pynvml", StandInNvmlWithEnergy(counter=True))
+    with meters.open_energy_meter([0], powercap=tmp_path) as meter:
+        rows = run_generations(FirstTokenAt20ms(), plan(idle_s=0.0, repetitions=1), meter)
+    r = rows.row(0, named=True)
+    assert r["gpu_energy_prefill_j"] == pytest.approx(2.0, rel=1e-6)
+    assert r["gpu_energy_prefill_j"] + r["gpu_energy_decode_j"] == pytest.approx(r["sampled_gpu_energy_j"], rel=1e-6)
+    assert r["energy_split_null_reason"] is None and r["gpu_mem_used_bytes"] == 12 << 30
+    assert json.loads(r["gpu_state_end"])["0"]["sm_clock_mhz"] == 1980

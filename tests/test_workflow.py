@@ -47,6 +47,8 @@ def write_config(work: Path, quants: list[str]) -> str:
     cfg["resources_dir"] = "res"
     cfg["models"][MODEL]["quants"] = quants
     cfg["tools"]["llama-bench"] = {"split_modes": ["none"], "gpus": 0, "n_prompt": 32, "n_gen": 16}
+    for slow_or_absent in ("transformers", "ollama", "vllm"):
+        cfg["tools"][slow_or_absent]["quants"] = ["Q4_0"]
     cfg["bench"].update(
         repetitions=2,
         prompts=[
@@ -101,6 +103,34 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
     assert "paris" in " ".join(runs.filter(pl.col("prompt_id") == "capital")["output_text"]).lower()
 
 
+@pytest.mark.parametrize("tool", ["llama-cpp-python", "transformers"])
+def test_in_process_frameworks_give_engine_counts_phase_times_and_memory(study, tool):
+    runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == tool)
+    assert runs.height == (2 if tool == "llama-cpp-python" else 1) * 2 * 2 and set(runs["status"]) == {"ok"}
+    assert (runs["generated_tokens"] > 0).all() and (runs["generated_tokens"] <= runs["max_tokens"]).all()
+    assert (runs["prefill_tokens"] == runs["prompt_tokens"]).all() and (runs["prefill_ms"] > 0).all()
+    assert (runs["ttft_ms"] > 0).all() and (runs["ttft_ms"] < runs["wall_ms"]).all()
+    assert (runs["load_ms"] > 0).all() and (runs["peak_rss_bytes"] > 100 * 2**20).all()
+    assert runs["energy_j"].is_null().all() == (not open_energy_meter([]).sensors)
+    if tool == "llama-cpp-python":
+        # The binding ran the workflow's own llama.cpp build, the one llama-server ran.
+        assert set(runs["engine_library"]) == {str((study / "res/llama.cpp/0.3.36-cpu/bin/libllama.so").resolve())}
+        assert "paris" in " ".join(runs.filter(pl.col("prompt_id") == "capital")["output_text"]).lower()
+    else:
+        assert runs["engine_build"][0].startswith("transformers ")
+
+
+def test_tools_absent_here_end_skipped_with_the_reason(study):
+    runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool").is_in(["ollama", "vllm"]))
+    reasons = dict(zip(runs["tool"], runs["status_reason"], strict=True))
+    assert runs.height == 2 and set(runs["status"]) == {"skipped"}
+    if shutil.which("ollama") is None and "OLLAMA_HOST" not in os.environ:
+        assert "no `ollama` binary is on PATH" in reasons["ollama"]
+    assert "vLLM" in reasons["vllm"]
+    table = (study / "results/tables/cost_per_1m_tokens.md").read_text()
+    assert "| vllm | smollm2-135m | Q4_0 | none | 1 | not run [" in table
+
+
 def test_study_renders_statistics_figures_and_cost_table(study):
     stats = pl.read_csv(study / "results/summary/stats.csv")
     decode = stats.filter((pl.col("metric") == "decode_tokens_per_s") & (pl.col("tool") == "llama-server"))
@@ -129,8 +159,9 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     before = kept.stat().st_mtime_ns
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     plan = job_counts(snakemake(study, "-n", "--configfile", cfg).stdout)
-    assert plan == {"quantize": 1, "bench_llama_server": 1, "bench_llama_bench": 1, "aggregate": 1,
-                    "plot_decode_speed": 1, "cost_table": 1, "all": 1}
+    # transformers, Ollama and vLLM run only Q4_0 here (their `quants`), so Q2_K adds no job of theirs.
+    assert plan == {"quantize": 1, "bench_llama_server": 1, "bench_llama_bench": 1, "bench_llama_cpp_python": 1,
+                    "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1, "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3

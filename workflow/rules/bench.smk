@@ -1,3 +1,8 @@
+# One job per tool × model × quant × split mode, each writing its own parquet, so only changed inputs rerun.
+# Every job declares the GPUs it holds as the gpu resource; a tool that is not installed here ends its jobs
+# with a 'skipped' row that says why.
+
+
 rule bench_llama_server:
     input:
         model=model_file,
@@ -7,9 +12,9 @@ rule bench_llama_server:
             "backend.py", "llama_server.py", "meters.py", "models.py", "runs.py"
         ),
     output:
-        f"{RESULTS}/runs/llama-server/{{model}}/{{quant}}/{{split}}.parquet",
+        run_file_pattern("llama-server"),
     log:
-        f"{RESULTS}/logs/bench/llama-server/{{model}}/{{quant}}/{{split}}.log",
+        run_log_pattern("llama-server"),
     wildcard_constraints:
         model=study.alternation(study.gguf_models(config)),
         quant=study.alternation(KNOWN_QUANTS),
@@ -26,13 +31,121 @@ rule bench_llama_server:
         "../scripts/bench.py"
 
 
+rule bench_llama_bench:
+    input:
+        model=model_file,
+        bench=llama_tool("llama-bench"),
+        build=f"{BUILD_DIR}/build.json",
+        code=package_files("llama_bench.py", "models.py", "runs.py"),
+    output:
+        run_file_pattern("llama-bench"),
+    log:
+        run_log_pattern("llama-bench"),
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("llama-bench"),
+    params:
+        tool="llama-bench",
+        plan=bench_plan,
+        gpus=tool_gpus("llama-bench"),
+        n_prompt=tool_setting("llama-bench", "n_prompt"),
+        n_gen=tool_setting("llama-bench", "n_gen"),
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_llama_cpp_python:
+    input:
+        model=model_file,
+        build=f"{BUILD_DIR}/build.json",
+        code=package_files(
+            "backend.py", "llama_cpp_python_backend.py", "meters.py", "models.py", "runs.py"
+        ),
+    output:
+        run_file_pattern("llama-cpp-python"),
+    log:
+        run_log_pattern("llama-cpp-python"),
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("llama-cpp-python"),
+    params:
+        tool="llama-cpp-python",
+        plan=bench_plan,
+        gpus=tool_gpus("llama-cpp-python"),
+        lib_dir=f"{BUILD_DIR}/bin",
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_transformers:
+    input:
+        model=model_file,
+        code=package_files(
+            "backend.py", "transformers_backend.py", "meters.py", "models.py", "runs.py"
+        ),
+    output:
+        run_file_pattern("transformers"),
+    log:
+        run_log_pattern("transformers"),
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("transformers"),
+    params:
+        tool="transformers",
+        plan=bench_plan,
+        gpus=tool_gpus("transformers"),
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_vllm:
+    input:
+        model=model_file,
+        code=package_files(
+            "backend.py", "vllm_backend.py", "meters.py", "models.py", "runs.py"
+        ),
+    output:
+        run_file_pattern("vllm"),
+    log:
+        run_log_pattern("vllm"),
+    wildcard_constraints:
+        model=study.alternation(study.gguf_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: bench_job_threads()
+    resources:
+        gpu=tool_gpus("vllm"),
+    params:
+        tool="vllm",
+        plan=bench_plan,
+        gpus=tool_gpus("vllm"),
+    script:
+        "../scripts/bench.py"
+
+
 rule bench_ollama:
     input:
         code=package_files("backend.py", "meters.py", "ollama_backend.py", "runs.py"),
     output:
-        f"{RESULTS}/runs/ollama/{{model}}/{{quant}}/{{split}}.parquet",
+        run_file_pattern("ollama"),
     log:
-        f"{RESULTS}/logs/bench/ollama/{{model}}/{{quant}}/{{split}}.log",
+        run_log_pattern("ollama"),
     wildcard_constraints:
         model=study.alternation(study.ollama_models(config)),
         quant=study.alternation(KNOWN_QUANTS),
@@ -50,29 +163,13 @@ rule bench_ollama:
         "../scripts/bench.py"
 
 
-rule bench_llama_bench:
+# The study's own GGUF files through Ollama, imported as they are, so llama.cpp and Ollama run the same file.
+use rule bench_ollama as bench_ollama_gguf with:
     input:
         model=model_file,
-        bench=llama_tool("llama-bench"),
-        build=f"{BUILD_DIR}/build.json",
-        code=package_files("llama_bench.py", "models.py", "runs.py"),
-    output:
-        f"{RESULTS}/runs/llama-bench/{{model}}/{{quant}}/{{split}}.parquet",
-    log:
-        f"{RESULTS}/logs/bench/llama-bench/{{model}}/{{quant}}/{{split}}.log",
+        code=package_files(
+            "backend.py", "meters.py", "models.py", "ollama_backend.py", "runs.py"
+        ),
     wildcard_constraints:
         model=study.alternation(study.gguf_models(config)),
         quant=study.alternation(KNOWN_QUANTS),
-    conda:
-        ENV
-    threads: bench_job_threads()
-    resources:
-        gpu=tool_gpus("llama-bench"),
-    params:
-        tool="llama-bench",
-        plan=bench_plan,
-        gpus=tool_gpus("llama-bench"),
-        n_prompt=tool_setting("llama-bench", "n_prompt"),
-        n_gen=tool_setting("llama-bench", "n_gen"),
-    script:
-        "../scripts/bench.py"

@@ -69,6 +69,14 @@ def run_file(job):
     return f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.parquet"
 
 
+def run_file_pattern(tool):
+    return f"{RESULTS}/runs/{tool}/{{model}}/{{quant}}/{{split}}.parquet"
+
+
+def run_log_pattern(tool):
+    return f"{RESULTS}/logs/bench/{tool}/{{model}}/{{quant}}/{{split}}.log"
+
+
 def all_run_files():
     return [run_file(job) for job in JOBS]
 
@@ -83,7 +91,11 @@ def tool_setting(tool, key):
 
 
 def ollama_tag(wildcards):
-    return config["models"][wildcards.model]["source"]["tag"]
+    """The library tag to pull, or the name a study's GGUF is imported under."""
+    source = config["models"][wildcards.model]["source"]
+    if source["kind"] == "ollama":
+        return source["tag"]
+    return study.ollama_import_tag(wildcards.model, wildcards.quant)
 
 
 def bench_plan(wildcards):

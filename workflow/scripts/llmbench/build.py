@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
@@ -117,7 +116,3 @@ def _cmake_cache(path: Path) -> dict[str, str]:
                 key, value = line.split("=", 1)
                 out[key.split(":", 1)[0]] = value
     return out
-
-
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

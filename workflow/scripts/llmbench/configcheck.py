@@ -137,6 +137,14 @@ def semantic_problems(config: dict) -> list[str]:
             problems.append(
                 f"models.{name}.quants = {quants!r}: an Ollama library tag is one quant; list exactly the tag's quant (e.g. [Q4_0])"
             )
+    for tool, settings in config.get("tools", {}).items():
+        keep = settings.get("quants")
+        listed = {q for m in config.get("models", {}).values() for q in m.get("quants", [])}
+        if keep and not listed & set(keep):
+            problems.append(
+                f"tools.{tool}.quants = {keep!r} keeps none of the models' quants ({', '.join(sorted(listed))}); "
+                "list at least one of them, or drop the key to run them all"
+            )
     ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")

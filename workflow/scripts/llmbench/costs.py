@@ -25,12 +25,19 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.len().alias("generations"),
         pl.col("energy_j").is_null().any().alias("_any_null"),
         pl.col("energy_j").sum().alias("_energy_j"),
+        pl.col("energy_window_s").sum().alias("energy_windows_s"),
+        pl.col("energy_window_s").min().alias("shortest_window_s"),
         pl.col("energy_source").drop_nulls().unique().sort().str.join(", ").alias("energy_source"),
         pl.col("energy_null_reason").drop_nulls().unique().sort().str.join("; ").alias("energy_null_reason"),
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason"),
     ).with_columns(
         pl.when(pl.col("_any_null")).then(None).otherwise(pl.col("_energy_j") / pl.col("generated_tokens"))
         .alias("j_per_token")
+    ).with_columns(
+        pl.when(pl.col("j_per_token").is_not_null()).then(pl.format(
+            "energy summed over {} windows ({} s in all), over the tokens they generated",
+            pl.col("generations"), pl.col("energy_windows_s").round(1),
+        )).alias("energy_basis")
     ).drop("_any_null", "_energy_j")
 
 
@@ -102,6 +109,11 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"], c["source"]]
              for c in cloud],
         )]
+    out.append(
+        "\nJ/token: a group's energy summed over all its generation windows, divided by the tokens they generated "
+        "(never one short window alone: NVML's energy counter steps about every 100 ms, so windows under ~2 s "
+        "read low).\n"
+    )
     out.append(
         f"\nElectricity: ${usd_per_kwh}/kWh ({electricity_note or 'no source given'}). Energy only: hardware, "
         "operations and maintenance are excluded, so a local cost is a lower bound.\n"

@@ -66,7 +66,10 @@ def atomic_path(dest: str | Path):
 
 def pip_download(requirement: str, dest_dir: Path, *, binary: bool) -> Path:
     """Download one distribution with pip (no dependencies); the index is pip's own configuration."""
-    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
+    # Only the named package is taken as source: --no-binary :all: would also build its build backend's own
+    # dependencies from source while pip prepares the sdist's metadata (minutes instead of seconds).
+    name = re.split(r"[=<>!~\[ ;]", requirement, maxsplit=1)[0]
+    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", name]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, requirement, "-d", str(dest_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import time
 import urllib.error
@@ -126,12 +125,10 @@ class LlamaServer:
         for _attempt in range(3):
             self.port = free_port()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                server_command(s, self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "LLAMA_ARG_HOST": "127.0.0.1"},
-            )
-            log.close()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    server_command(s, self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
             try:
                 self._wait_healthy()
                 return

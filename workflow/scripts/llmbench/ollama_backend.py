@@ -1,4 +1,9 @@
-"""Ollama as a bench backend, through the official client: a running server (OLLAMA_HOST) or one started for the job."""
+"""Ollama as a bench backend, through the official client: a running server (OLLAMA_HOST) or one started for the job.
+
+Two kinds of model: a library tag that the server pulls (as the article ran Ollama), or a GGUF file of the study
+imported with `ollama create` semantics (the file uploaded as a blob, then a model made FROM it), so that
+llama.cpp and Ollama run the identical file.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +55,10 @@ class OllamaBackend:
         host: str | None = None,
         start_timeout_s: float = 120.0,
         request_timeout_s: float = 900.0,
+        gguf: Path | None = None,
     ):
         self.tag = tag
+        self.gguf = Path(gguf) if gguf is not None else None
         self.log_path = Path(log_path)
         self.options = {k: v for k, v in {"num_gpu": num_gpu, "num_thread": num_thread, "num_ctx": num_ctx}.items()
                         if v is not None}
@@ -109,6 +116,9 @@ class OllamaBackend:
     def _ensure_model(self) -> None:
         import ollama
 
+        if self.gguf is not None:
+            self._import_gguf()
+            return
         try:
             self.client.show(self.tag)
         except ollama.ResponseError as e:
@@ -121,6 +131,18 @@ class OllamaBackend:
                     f"Ollama could not pull {self.tag!r}: {pull_error}. Check the tag in the config "
                     "(source.tag) and that the server can reach its registry."
                 ) from None
+
+    def _import_gguf(self) -> None:
+        """What `ollama create TAG -f Modelfile` with `FROM <file>` does: upload the blob, create the model."""
+        import ollama
+
+        if not self.gguf.exists():
+            raise BackendError(f"model file {self.gguf} does not exist; run the workflow so it is fetched or derived")
+        try:
+            digest = self.client.create_blob(self.gguf)
+            self.client.create(model=self.tag, files={self.gguf.name: digest})
+        except ollama.ResponseError as e:
+            raise BackendError(f"Ollama could not import {self.gguf} as {self.tag!r}: {e}") from None
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         import ollama

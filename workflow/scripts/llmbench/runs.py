@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from llmbench.backend import Backend
-from llmbench.meters import EnergyMeter
+from llmbench.meters import EnergyMeter, EnergyReading
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "energy_window_s": pl.Float64,
     "energy_source": pl.String,
     "energy_null_reason": pl.String,
+    # GPU energy of the phases, cut at the first token in the sampled power trace; the trace's whole-window
+    # integral beside the counter's reading is their cross-check.
+    "gpu_energy_prefill_j": pl.Float64,
+    "gpu_energy_decode_j": pl.Float64,
+    "sampled_gpu_energy_j": pl.Float64,
+    "energy_split_null_reason": pl.String,
+    # Per GPU (JSON): clocks, temperature, memory used, power limit and throttle reasons at start and end.
+    "gpu_state_start": pl.String,
+    "gpu_state_end": pl.String,
+    "gpu_mem_used_bytes": pl.Int64,
+    "load_ms": pl.Float64,
+    "engine_library": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
     "output_text": pl.String,
 }
@@ -101,14 +114,38 @@ def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str 
     return idle.energy_j / idle.window_s, None
 
 
-def run_generations(
-    backend: Backend, plan: RunPlan, meter: EnergyMeter, engine_build: str | None = None
-) -> pl.DataFrame:
+def gpu_columns(meter: EnergyMeter, energy: EnergyReading, ttft_ms: float | None, start: dict | None,
+                end: dict | None) -> dict:
+    """The GPU side of one generation: phase energies from the power trace, and the devices' state."""
+    split = meter.split_null_reason
+    prefill = decode = None
+    if split is None and ttft_ms is None:
+        split = "not measured: the engine reported no first token"
+    elif split is None:
+        first = min(energy.t0 + ttft_ms / 1000, energy.t1)
+        prefill, decode = meter.gpu_trace_j(energy.t0, first), meter.gpu_trace_j(first, energy.t1)
+    used = [g["memory_used_bytes"] for g in (end or {}).values() if g.get("memory_used_bytes") is not None]
+    return {
+        "gpu_energy_prefill_j": prefill,
+        "gpu_energy_decode_j": decode,
+        "sampled_gpu_energy_j": energy.sampled_gpu_j,
+        "energy_split_null_reason": split,
+        "gpu_state_start": json.dumps(start) if start is not None else None,
+        "gpu_state_end": json.dumps(end) if end is not None else None,
+        "gpu_mem_used_bytes": sum(used) if used else None,
+    }
+
+
+def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
     """Warm up, then generate every prompt × repetition, each in its own energy window.
 
-    The backend must already be started. A window's length is kept with its energy: short windows read low on
-    counters that update every ~100 ms, so per-token energy is computed over sums of windows downstream.
+    The backend must already be started; ``facts`` is what it reported about itself (build, load time, library).
+    A window's length is kept with its energy: short windows read low on counters that update every ~100 ms, so
+    per-token energy is computed over sums of windows downstream.
     """
+    facts = facts or {}
+    engine = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
+              "engine_library": facts.get("library")}
     idle_w, idle_reason = measure_idle(meter, plan.idle_s)
     if idle_reason:
         log.info("idle baseline %s", idle_reason)
@@ -121,9 +158,11 @@ def run_generations(
             seed = plan.seed + rep
             started = dt.datetime.now(dt.UTC)
             window = f"{prompt.id}/{rep}"
+            state_start = meter.gpu_state()
             meter.begin_window(window)
             g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
             energy = meter.end_window(window)
+            state_end = meter.gpu_state()
             log.info(
                 "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
                 prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
@@ -131,9 +170,9 @@ def run_generations(
             rows.append(
                 {
                     **plan.row_base(),
+                    **engine,
                     "status": "ok",
                     "status_reason": None,
-                    "engine_build": engine_build,
                     "prompt_id": prompt.id,
                     "repetition": rep,
                     "seed": seed,
@@ -156,6 +195,7 @@ def run_generations(
                     "energy_window_s": energy.window_s,
                     "energy_source": energy.source,
                     "energy_null_reason": energy.null_reason,
+                    **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                     "started_at": started,
                     "output_text": g.text,
                 }

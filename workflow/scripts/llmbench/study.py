@@ -10,11 +10,17 @@ from pathlib import Path
 
 from llmbench.quants import REFERENCE_QUANT, order_by_bits
 
-# Tools and the model source kinds each can run.
+GGUF_SOURCES = ("pypi", "hf")
+
+# Tools and the model source kinds each can run: every tool runs the study's GGUF files; Ollama also pulls the
+# tags of its own library.
 TOOL_SOURCES: dict[str, tuple[str, ...]] = {
-    "llama-server": ("pypi", "hf"),
-    "llama-bench": ("pypi", "hf"),
-    "ollama": ("ollama",),
+    "llama-server": GGUF_SOURCES,
+    "llama-bench": GGUF_SOURCES,
+    "llama-cpp-python": GGUF_SOURCES,
+    "transformers": GGUF_SOURCES,
+    "vllm": GGUF_SOURCES,
+    "ollama": (*GGUF_SOURCES, "ollama"),
 }
 
 
@@ -62,7 +68,7 @@ def ollama_models(config: dict) -> list[str]:
 
 
 def gguf_models(config: dict) -> list[str]:
-    return models_where(config, lambda m: m["source"]["kind"] in ("pypi", "hf"))
+    return models_where(config, lambda m: m["source"]["kind"] in GGUF_SOURCES)
 
 
 def unpinned_revisions(config: dict) -> list[str]:
@@ -77,16 +83,27 @@ def quants_of(config: dict, model: str) -> list[str]:
     return order_by_bits(config["models"][model]["quants"])
 
 
+def tool_quants(config: dict, tool: str, model: str) -> list[str]:
+    """The model's quants this tool runs: all of them, or those the tool's ``quants`` list keeps."""
+    keep = config["tools"][tool].get("quants")
+    return [q for q in quants_of(config, model) if keep is None or q in keep]
+
+
 def bench_jobs(config: dict) -> list[BenchJob]:
     jobs = []
     for tool, settings in config["tools"].items():
         for model, m in config["models"].items():
             if source_kind(m) not in TOOL_SOURCES[tool]:
                 continue
-            for quant in quants_of(config, model):
+            for quant in tool_quants(config, tool, model):
                 for split in settings["split_modes"]:
                     jobs.append(BenchJob(tool, model, quant, split, settings["gpus"]))
     return jobs
+
+
+def ollama_import_tag(model: str, quant: str) -> str:
+    """The name under which a study's GGUF is imported into Ollama (its names are lower case)."""
+    return f"llmbench-{model.lower()}:{quant}"
 
 
 def alternation(values) -> str:

@@ -1,0 +1,112 @@
+"""llama-cpp-python backend: how it finds (or misses) the binding and the library, and the real engine.
+
+The binding loads its library once per process, at import; so the real-engine test runs in a process of its own.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO, load_config
+from llmbench.backend import BackendError, ToolUnavailable
+from llmbench.llama_cpp_python_backend import LlamaCppPython
+
+LIB_DIR = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version']}-cpu" / "bin"
+
+
+@pytest.fixture(autouse=True)
+def _restore_lib_path_env(monkeypatch):
+    # start() sets LLAMA_CPP_LIB_PATH for the binding; monkeypatch puts back what was there.
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+
+
+def backend(tmp_path: Path, lib_dir: Path) -> LlamaCppPython:
+    return LlamaCppPython(tmp_path / "model.gguf", lib_dir, threads=1)
+
+
+def test_missing_library_names_the_dir_and_says_to_build(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    says = rf"{re.escape(str(empty))} has no libllama.so; build llama.cpp first \(rule build_llama_cpp\)"
+    with pytest.raises(BackendError, match=says):
+        backend(tmp_path, empty).start()
+
+
+def test_binding_not_installed_is_tool_unavailable(tmp_path, monkeypatch):
+    lib_dir = tmp_path / "bin"
+    lib_dir.mkdir()
+    (lib_dir / "libllama.so").write_bytes(b"stand-in, never loaded")
+    # A None entry makes `import llama_cpp` fail as it does where the binding is not installed.
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(ToolUnavailable, match=r"llama-cpp-python is not installed.*pip install -r requirements.txt"):
+        backend(tmp_path, lib_dir).start()
+
+
+def test_binding_loaded_on_another_library_is_an_error(tmp_path, monkeypatch):
+    lib_dir = tmp_path / "bin"
+    lib_dir.mkdir()
+    (lib_dir / "libllama.so").write_bytes(b"stand-in, never loaded")
+    standin = SimpleNamespace(_lib=SimpleNamespace(_name=str(tmp_path / "other/libllama.so")))
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", standin)
+    with pytest.raises(BackendError, match=r"already loaded from .*other/libllama.so.*cannot be swapped"):
+        backend(tmp_path, lib_dir).start()
+
+
+def test_unknown_split_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="split_mode 'rows'"):
+        LlamaCppPython(tmp_path / "m.gguf", tmp_path, split_mode="rows")
+
+
+def test_generate_before_start_is_an_error_and_stop_is_idempotent(tmp_path):
+    b = backend(tmp_path, tmp_path)
+    with pytest.raises(BackendError, match="not started"):
+        b.generate("hi", 4, 0.0, 1)
+    b.stop()
+    b.stop()
+
+
+REAL_RUN = """
+    import json, sys
+    from pathlib import Path
+    from llmbench.llama_cpp_python_backend import LlamaCppPython
+    model, lib_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    with LlamaCppPython(model, lib_dir, threads=2, ctx_size=512, seed=7) as b:
+        gens = [b.generate("What is the capital of France? Answer in one sentence.", 12, 0.0, 7) for _ in range(2)]
+        out = {"gens": [g.__dict__ for g in gens], "facts": b.facts(), "peak_rss": b.peak_rss_bytes()}
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.e2e
+def test_real_engine_counts_come_from_llama_cpp():
+    if not (LIB_DIR / "libllama.so").exists():
+        pytest.skip(f"no llama.cpp build at {LIB_DIR} (run the workflow's rule build_llama_cpp)")
+    model = os.environ.get("LLMBENCH_TEST_GGUF")
+    if not model or not Path(model).is_file():
+        pytest.skip("set LLMBENCH_TEST_GGUF to a small chat GGUF (e.g. SmolLM2-135M-Instruct) to run the real engine")
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(REAL_RUN), model, str(LIB_DIR)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow/scripts")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    for g in out["gens"]:
+        assert 0 < g["generated_tokens"] <= 12
+        assert 0 < g["prefill_tokens"] <= g["prompt_tokens"]
+        assert g["decode_ms"] > 0 and 0 < g["ttft_ms"] < g["wall_ms"]
+        assert g["finish_reason"] in ("stop", "length") and g["text"]
+        # No prompt cache or KV prefix carried over: each generation evaluates its whole prompt.
+        assert g["prefill_tokens"] == g["prompt_tokens"]
+    first, second = out["gens"]
+    assert (first["prompt_tokens"], first["text"]) == (second["prompt_tokens"], second["text"])
+    assert Path(out["facts"]["library"]).parent == LIB_DIR
+    assert out["facts"]["engine_build"].startswith("llama-cpp-python ")
+    assert out["peak_rss"] > 50 * 2**20

@@ -1,0 +1,146 @@
+"""llama-cpp-python as a bench backend: the engine runs in this process, on the project's own llama.cpp build."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from llmbench.backend import BackendError, Generation, ToolUnavailable, peak_rss_bytes
+
+SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
+INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
+
+
+def import_llama_cpp(lib_dir: Path) -> ModuleType:
+    """Import the binding on ``lib_dir/libllama.so``: it loads its library at import, once per process."""
+    lib = Path(lib_dir).absolute() / "libllama.so"
+    loaded = sys.modules.get("llama_cpp.llama_cpp")
+    if loaded is not None:
+        if Path(loaded._lib._name).resolve() != lib.resolve():
+            raise BackendError(
+                f"llama_cpp is already loaded from {loaded._lib._name} in this process and a library cannot be "
+                f"swapped in one process; run {lib} in a process of its own"
+            )
+        return sys.modules["llama_cpp"]
+    if not lib.exists():
+        raise BackendError(f"{lib.parent} has no libllama.so; build llama.cpp first (rule build_llama_cpp)")
+    # Read at import by llama_cpp/llama_cpp.py; without it the binding would look for a library of its own.
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(lib.parent)
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ToolUnavailable(f"llama-cpp-python is not installed here ({e}): install it with {INSTALL_HINT}") from None
+    except (OSError, RuntimeError) as e:
+        raise BackendError(f"llama-cpp-python could not load {lib}: {e}") from None
+    return llama_cpp
+
+
+class LlamaCppPython:
+    tool = "llama-cpp-python"
+
+    def __init__(self, model: Path, lib_dir: Path, *, n_gpu_layers: int = 0, split_mode: str = "none",
+                 threads: int = 1, ctx_size: int = 2048, seed: int = 0):
+        if split_mode not in SPLIT_MODES:
+            raise ValueError(f"split_mode {split_mode!r} is not one of {sorted(SPLIT_MODES)}")
+        self.model, self.lib_dir = Path(model), Path(lib_dir)
+        self.n_gpu_layers, self.split_mode, self.threads = n_gpu_layers, split_mode, threads
+        self.ctx_size, self.seed = ctx_size, seed
+        self.llm = None
+        self.load_ms: float | None = None
+        self._lc: ModuleType | None = None
+
+    def start(self) -> None:
+        lc = import_llama_cpp(self.lib_dir)
+        if not self.model.exists():
+            raise BackendError(f"model file {self.model} does not exist")
+        t0 = time.perf_counter()
+        try:
+            self.llm = lc.Llama(
+                model_path=str(self.model), n_gpu_layers=self.n_gpu_layers,
+                split_mode=getattr(lc, SPLIT_MODES[self.split_mode]), n_threads=self.threads,
+                n_threads_batch=self.threads, n_ctx=self.ctx_size, seed=self.seed, verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise BackendError(f"llama-cpp-python could not load {self.model}: {e}") from None
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        self._lc = lc
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
+        llm, lc = self.llm, self._lc
+        if llm is None or lc is None:
+            raise BackendError("llama-cpp-python backend is not started")
+        # Every generation processes its whole prompt: no prompt cache, and no KV prefix kept from the last one.
+        llm.set_cache(None)
+        llm.reset()
+        lc.llama_perf_context_reset(llm.ctx)
+        text, ttft_ms, finish = [], None, None
+        t0 = time.perf_counter()
+        try:
+            for chunk in llm.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature,
+                seed=seed, stream=True,
+            ):
+                choice = chunk["choices"][0]
+                delta = choice["delta"].get("content")
+                if delta:
+                    if ttft_ms is None:
+                        ttft_ms = (time.perf_counter() - t0) * 1000
+                    text.append(delta)
+                finish = choice.get("finish_reason") or finish
+        except (ValueError, RuntimeError) as e:
+            raise BackendError(f"llama-cpp-python failed to generate: {e}") from None
+        wall_ms = (time.perf_counter() - t0) * 1000
+        perf = lc.llama_perf_context(llm.ctx)
+        # llama.cpp reports n_eval as at least 1; a generation of one token has no decode step and 0 ms of it.
+        n_eval = perf.n_eval if perf.t_eval_ms > 0 else 0
+        # n_eval counts decode steps; the first token comes from the prefill's logits and the last sampled one is
+        # never decoded, so tokens sampled = n_eval + 1 (the end-of-generation token included, as llama-server's
+        # predicted_n). usage.completion_tokens leaves that token out: n_eval on "stop", n_eval + 1 on "length".
+        return Generation(
+            # The context holds the templated prompt plus every decoded token.
+            prompt_tokens=llm.n_tokens - n_eval,
+            prefill_tokens=perf.n_p_eval,
+            generated_tokens=n_eval + 1,
+            prefill_ms=perf.t_p_eval_ms,
+            decode_ms=perf.t_eval_ms,
+            prefill_tokens_per_s=perf.n_p_eval / perf.t_p_eval_ms * 1000 if perf.t_p_eval_ms > 0 else None,
+            decode_tokens_per_s=n_eval / perf.t_eval_ms * 1000 if n_eval else None,
+            wall_ms=wall_ms,
+            finish_reason=finish,
+            text="".join(text),
+            ttft_ms=ttft_ms,
+        )
+
+    def facts(self) -> dict:
+        lc = self._lc
+        binding = f"llama-cpp-python {lc.__version__}" if lc else None
+        # libllama exports no build commit; the build's record (rule build_llama_cpp) sits beside its bin/.
+        try:
+            commit = json.loads((self.lib_dir.parent / "build.json").read_text()).get("commit")
+        except (OSError, ValueError):
+            commit = None
+        return {
+            "engine_build": f"{binding} (llama.cpp {commit})" if binding and commit else binding,
+            "library": os.path.abspath(sys.modules["llama_cpp.llama_cpp"]._lib._name) if lc else None,
+            "load_ms": self.load_ms,
+            "n_gpu_layers": self.n_gpu_layers,
+        }
+
+    def peak_rss_bytes(self) -> int | None:
+        return peak_rss_bytes(os.getpid())  # the engine is this process
+
+    def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

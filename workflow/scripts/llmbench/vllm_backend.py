@@ -1,0 +1,200 @@
+"""vLLM's OpenAI-compatible server as a bench backend: one server per job on a free loopback port, always stopped.
+
+GGUF in vLLM is experimental (newer releases need the vllm-gguf-plugin package). ``tokenizer`` defaults to the
+GGUF file itself, whose tokenizer vLLM converts; vLLM's docs advise the base model's Hugging Face tokenizer
+instead (a repo id or directory), as the conversion is slow and fragile for large vocabularies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port, http_json, stop_process
+from llmbench.backend import peak_rss_bytes as vm_hwm
+
+NVIDIA_PROC = Path("/proc/driver/nvidia/version")
+
+
+@dataclass
+class VllmSettings:
+    model: Path
+    tokenizer: str | None = None  # None: the GGUF file itself
+    ctx_size: int = 2048
+    gpus: int = 1
+    seed: int = 0
+    start_timeout_s: float = 900.0
+    request_timeout_s: float = 900.0
+    python: str = sys.executable
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def server_command(s: VllmSettings, port: int) -> list[str]:
+    # No --disable-log-requests: request logging is off by default since vLLM 0.10 and the flag is gone in 0.12.
+    return [
+        s.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model),
+        "--tokenizer", str(s.tokenizer or s.model), "--host", "127.0.0.1", "--port", str(port), "--seed", str(s.seed),
+        "--max-model-len", str(s.ctx_size), "--tensor-parallel-size", str(s.gpus),
+        # Every repetition must process its whole prompt, or prefill times would mix cached and uncached.
+        "--no-enable-prefix-caching", *s.extra_args,
+    ]
+
+
+def parse_vllm_stream(
+    lines: Iterable[bytes | str], t0: float, clock: Callable[[], float] = time.perf_counter
+) -> Generation:
+    """A streamed /v1/chat/completions answer (with ``stream_options.include_usage``) → Generation.
+
+    TTFT is the client's clock from the request to the first chunk carrying content; token counts are the
+    engine's ``usage`` in the last chunk, never counted chunks (one chunk may carry several tokens).
+    """
+    text, ttft_ms, usage, finish = [], None, None, None
+    for raw in lines:
+        line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        event = json.loads(line[5:])
+        if "error" in event or event.get("object") == "error":
+            raise BackendError(f"vLLM streamed an error: {str(event)[:500]}")
+        for choice in event.get("choices") or []:
+            if delta := (choice.get("delta") or {}).get("content"):
+                ttft_ms = (clock() - t0) * 1000 if ttft_ms is None else ttft_ms
+                text.append(delta)
+            finish = choice.get("finish_reason") or finish
+        usage = event.get("usage") or usage
+    if not usage:
+        raise BackendError("vLLM's stream ended without 'usage' (was stream_options.include_usage sent?)")
+    wall_ms = (clock() - t0) * 1000
+    prompt_n, gen_n = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    prefill_n = prompt_n - int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    # vLLM's API gives no separate phase times, so prefill is bounded by TTFT (which also holds queueing, the
+    # HTTP round trip and the first decode step; its rate is a lower bound) and decode is the rest of the wall.
+    prefill_ms = ttft_ms if ttft_ms is not None else wall_ms
+    decode_ms = wall_ms - prefill_ms
+    return Generation(
+        prompt_tokens=prompt_n, prefill_tokens=prefill_n, generated_tokens=gen_n,
+        prefill_ms=prefill_ms, decode_ms=decode_ms,
+        prefill_tokens_per_s=prefill_n / prefill_ms * 1000 if prefill_ms > 0 and prefill_n > 0 else None,
+        decode_tokens_per_s=(gen_n - 1) / decode_ms * 1000 if decode_ms > 0 and gen_n > 1 else None,
+        wall_ms=wall_ms, finish_reason=finish, text="".join(text), ttft_ms=ttft_ms,
+    )
+
+
+def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
+    """The NVIDIA kernel driver is loaded, or NVML starts and sees at least one GPU."""
+    if proc_file.exists():
+        return True
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+        return False
+
+
+class VllmServer:
+    tool = "vllm"
+
+    def __init__(self, settings: VllmSettings, log_path: Path):
+        self.settings, self.log_path = settings, Path(log_path)
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.load_ms: float | None = None
+        self._version: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ToolUnavailable(f"vLLM is not installed in this environment ({sys.executable}): "
+                                  "pip install vllm; it needs an NVIDIA GPU")
+        if not nvidia_gpu_present():
+            raise ToolUnavailable(f"vLLM needs an NVIDIA GPU: no driver ({NVIDIA_PROC} is absent) and NVML sees none")
+        if not Path(self.settings.model).exists():
+            raise BackendError(f"model file {self.settings.model} does not exist")
+        self.port = free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(self.log_path, "ab") as log:  # own process group: its engine core and GPU workers can be found
+            self.proc = subprocess.Popen(server_command(self.settings, self.port), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while (code := self.proc.poll()) is None and time.monotonic() < deadline:
+            try:
+                if http_json("GET", f"{self.url}/health", timeout=5)[0] == 200:
+                    self.load_ms = (time.perf_counter() - t0) * 1000
+                    self._version = http_json("GET", f"{self.url}/version", timeout=5)[1].get("version")
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        if code is not None:
+            raise BackendError(f"vLLM exited with code {code} while loading {self.settings.model}; "
+                               f"last lines of {self.log_path}:\n{self.log_tail()}")
+        raise BackendError(f"vLLM did not become healthy within {self.settings.start_timeout_s:.0f} s loading "
+                           f"{self.settings.model}; raise bench.start_timeout_s for large models. Log: {self.log_path}")
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BackendError(f"vLLM is not running (log: {self.log_path})")
+        body = {"model": str(self.settings.model),  # vLLM serves the model under its --model argument
+                "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+        req = urllib.request.Request(f"{self.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.request_timeout_s) as resp:
+                return parse_vllm_stream(resp, t0)
+        except urllib.error.HTTPError as e:
+            raise BackendError(f"vLLM answered HTTP {e.code}: {e.read()[:500]!r}") from None
+        except OSError as e:
+            raise BackendError(f"vLLM stopped answering ({e}); log: {self.log_path}\n{self.log_tail()}") from None
+
+    def facts(self) -> dict:
+        # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
+        return {"engine_build": self._version, "n_gpu_layers": -1, "n_ctx": self.settings.ctx_size,
+                "tensor_parallel_size": self.settings.gpus, "load_ms": self.load_ms}
+
+    def peak_rss_bytes(self) -> int | None:
+        """VmHWM of the API server process only; vLLM's engine core and GPU workers are separate processes."""
+        return vm_hwm(self.proc.pid) if self.proc is not None else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=30.0)
+            try:  # workers left behind: the server stops them itself on SIGTERM, not when it had to be killed
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
