@@ -7,7 +7,7 @@ ENERGY_NOT_MEASURED = "not measured: CPU energy: no RAPL zones under /sys/class/
 CLOUD = [{"name": "GPT-4o", "input_usd_per_1m": 2.5, "output_usd_per_1m": 10.0, "as_of": "2024-10", "source": "s"}]
 
 
-def runs(energy, tokens=(100, 300)):
+def runs(energy, tokens=(100, 300), estimate=False):
     n = len(tokens)
     return pl.DataFrame(
         {
@@ -15,6 +15,7 @@ def runs(energy, tokens=(100, 300)):
             "generated_tokens": list(tokens), "decode_tokens_per_s": [50.0, 70.0][:n],
             "energy_j": energy, "energy_window_s": [2.5] * n, "energy_source": [None if e is None else "nvml" for e in energy],
             "energy_null_reason": [ENERGY_NOT_MEASURED if e is None else None for e in energy],
+            "energy_is_estimate": [estimate] * n,
             "status_reason": [None] * n,
         },
         schema_overrides={"energy_j": pl.Float64, "status_reason": pl.String},
@@ -50,3 +51,11 @@ def test_unmeasured_energy_stays_null_with_its_reason():
 
 def test_one_unmeasured_generation_makes_the_group_unmeasured():
     assert cost_table(runs([40.0, None]), 0.14, []).row(0, named=True)["j_per_token"] is None
+
+
+def test_an_estimate_is_labelled_as_one_in_the_table():
+    r = runs([40.0, 80.0], estimate=True).with_columns(energy_source=pl.lit("estimate: 65 W assumed × window"))
+    t = cost_table(r, 0.14, CLOUD)
+    assert t.row(0, named=True)["energy_status"] == "estimate, not measured: estimate: 65 W assumed × window"
+    md = render_markdown(t, 0.14, "test price", CLOUD)
+    assert "| 0.3 estimate [1] |" in md and "[1] estimate, not measured: estimate: 65 W assumed × window" in md

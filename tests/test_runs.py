@@ -59,6 +59,7 @@ def test_idle_baseline_is_subtracted_per_window(monkeypatch):
     assert rows["energy_source"].to_list() == ["stand-in-sensor"] * 2
     assert rows["seed"].to_list() == [100, 101] and rows["peak_rss_bytes"].to_list() == [123_456] * 2
     assert rows["engine_build"].to_list() == ["b1"] * 2 and rows["load_ms"].to_list() == [12.5] * 2
+    assert rows["engine_facts"][0] == '{"engine_build": "b1", "load_ms": 12.5}'
     # warm-up first (short), then the measured generations with the configured settings
     assert backend.calls[0][1] == 8 and backend.calls[1:] == [("hi", 8, 0.5, 100), ("hi", 8, 0.5, 101)]
 
@@ -98,3 +99,13 @@ def test_gpu_energy_is_split_at_the_first_token(monkeypatch, tmp_path):
     assert r["gpu_energy_prefill_j"] + r["gpu_energy_decode_j"] == pytest.approx(r["sampled_gpu_energy_j"], rel=1e-6)
     assert r["energy_split_null_reason"] is None and r["gpu_mem_used_bytes"] == 12 << 30
     assert json.loads(r["gpu_state_end"])["0"]["sm_clock_mhz"] == 1980
+
+
+def test_an_estimate_only_when_asked_and_labelled(monkeypatch):
+    meter = EnergyMeter([], ["CPU energy: no RAPL zones"])
+    asked = run_generations(StandInBackend(), plan(idle_s=0.0, estimate_w=65.0), meter)
+    assert (asked["energy_j"] == 65.0 * asked["energy_window_s"]).all() and asked["energy_is_estimate"].all()
+    assert asked["energy_source"][0] == ("estimate: 65 W assumed × window (bench.energy_estimate_w), "
+                                         "not measured: CPU energy: no RAPL zones")
+    plain = run_generations(StandInBackend(), plan(idle_s=0.0), meter)
+    assert plain["energy_j"].is_null().all() and not plain["energy_is_estimate"].any()

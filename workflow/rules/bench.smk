@@ -9,7 +9,12 @@ rule bench_llama_server:
         server=llama_tool("llama-server"),
         build=f"{BUILD_DIR}/build.json",
         code=package_files(
-            "backend.py", "llama_server.py", "meters.py", "models.py", "runs.py"
+            "backend.py",
+            "llama_server.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "models.py",
+            "runs.py",
         ),
     output:
         run_file_pattern("llama-server"),
@@ -64,7 +69,12 @@ rule bench_llama_cpp_python:
         model=model_file,
         build=f"{BUILD_DIR}/build.json",
         code=package_files(
-            "backend.py", "llama_cpp_python_backend.py", "meters.py", "models.py", "runs.py"
+            "backend.py",
+            "llama_cpp_python_backend.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "models.py",
+            "runs.py",
         ),
     output:
         run_file_pattern("llama-cpp-python"),
@@ -91,7 +101,12 @@ rule bench_transformers:
     input:
         model=model_file,
         code=package_files(
-            "backend.py", "transformers_backend.py", "meters.py", "models.py", "runs.py"
+            "backend.py",
+            "transformers_backend.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "models.py",
+            "runs.py",
         ),
     output:
         run_file_pattern("transformers"),
@@ -117,7 +132,12 @@ rule bench_vllm:
     input:
         model=model_file,
         code=package_files(
-            "backend.py", "vllm_backend.py", "meters.py", "models.py", "runs.py"
+            "backend.py",
+            "vllm_backend.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "models.py",
+            "runs.py",
         ),
     output:
         run_file_pattern("vllm"),
@@ -141,7 +161,13 @@ rule bench_vllm:
 
 rule bench_ollama:
     input:
-        code=package_files("backend.py", "meters.py", "ollama_backend.py", "runs.py"),
+        code=package_files(
+            "backend.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "ollama_backend.py",
+            "runs.py",
+        ),
     output:
         run_file_pattern("ollama"),
     log:
@@ -168,7 +194,12 @@ use rule bench_ollama as bench_ollama_gguf with:
     input:
         model=model_file,
         code=package_files(
-            "backend.py", "meters.py", "models.py", "ollama_backend.py", "runs.py"
+            "backend.py",
+            "gpu_telemetry.py",
+            "meters.py",
+            "models.py",
+            "ollama_backend.py",
+            "runs.py",
         ),
     wildcard_constraints:
         model=study.alternation(study.gguf_models(config)),

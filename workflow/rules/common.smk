@@ -106,6 +106,7 @@ def bench_plan(wildcards):
         "repetitions": bench["repetitions"],
         "warmup": bench["warmup"],
         "idle_s": bench["idle_s"],
+        "energy_estimate_w": bench["energy_estimate_w"],
         "temperature": bench["temperature"],
         "seed": bench["seed"],
         "ctx_size": bench["ctx_size"],

@@ -25,6 +25,7 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.len().alias("generations"),
         pl.col("energy_j").is_null().any().alias("_any_null"),
         pl.col("energy_j").sum().alias("_energy_j"),
+        pl.col("energy_is_estimate").fill_null(False).any().alias("energy_is_estimate"),
         pl.col("energy_window_s").sum().alias("energy_windows_s"),
         pl.col("energy_window_s").min().alias("shortest_window_s"),
         pl.col("energy_source").drop_nulls().unique().sort().str.join(", ").alias("energy_source"),
@@ -50,6 +51,8 @@ def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict]) -> pl.
         (pl.col("kwh_per_1m_tokens") * usd_per_kwh).alias("usd_per_1m_tokens"),
         pl.when(pl.col("j_per_token").is_null())
         .then(pl.concat_str(pl.lit("not measured: "), pl.col("energy_null_reason").str.replace("^not measured: ", "")))
+        .when(pl.col("energy_is_estimate"))
+        .then(pl.concat_str(pl.lit("estimate, not measured: "), pl.col("energy_source")))
         .otherwise(pl.lit("measured"))
         .alias("energy_status"),
     )
@@ -81,7 +84,9 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
     """The cost table for people: quants by bits per weight, one footnote per reason instead of repeated cells."""
     notes: dict[str, int] = {}
 
-    def cell(value, reason: str | None) -> str:
+    def cell(value, reason: str | None, estimate: str | None = None) -> str:
+        if value is not None and estimate:
+            return f"{fmt(value)} estimate [{notes.setdefault(estimate, len(notes) + 1)}]"
         if value is not None:
             return fmt(value)
         mark = notes.setdefault(reason or "not measured", len(notes) + 1)
@@ -96,11 +101,13 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
     rows = []
     for r in ranked.iter_rows(named=True):
         reason = r["not_run_reason"] or r["energy_null_reason"]
+        estimate = r["energy_status"] if r["energy_is_estimate"] else None
         rows.append([
             r["tool"], r["model"], r["quant"], r["split"], str(r["generations"]),
             fmt(r["median_decode_tokens_per_s"]) or f"not run [{notes.setdefault(reason, len(notes) + 1)}]",
-            cell(r["j_per_token"], reason), cell(r["kwh_per_1m_tokens"], reason), cell(r["usd_per_1m_tokens"], reason),
-            *[cell(r[f"local / {c['name']} output"], reason) for c in cloud],
+            cell(r["j_per_token"], reason, estimate), cell(r["kwh_per_1m_tokens"], reason, estimate),
+            cell(r["usd_per_1m_tokens"], reason, estimate),
+            *[cell(r[f"local / {c['name']} output"], reason, estimate) for c in cloud],
         ])
     out = [f"## Local cost per 1M generated tokens at ${usd_per_kwh}/kWh\n\n", _md_table(header, rows)]
     if cloud:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -49,6 +50,7 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "energy_window_s": pl.Float64,
     "energy_source": pl.String,
     "energy_null_reason": pl.String,
+    "energy_is_estimate": pl.Boolean,
     # GPU energy of the phases, cut at the first token in the sampled power trace; the trace's whole-window
     # integral beside the counter's reading is their cross-check.
     "gpu_energy_prefill_j": pl.Float64,
@@ -61,6 +63,8 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "gpu_mem_used_bytes": pl.Int64,
     "load_ms": pl.Float64,
     "engine_library": pl.String,
+    # Everything the engine reported about itself (JSON): Ollama's offload from /api/ps, transformers' dtype, ...
+    "engine_facts": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
     "output_text": pl.String,
 }
@@ -88,6 +92,7 @@ class RunPlan:
     n_gpu_layers: int | None
     gpus: int
     threads: int
+    estimate_w: float | None = None  # bench.energy_estimate_w: assumed power where no sensor can be read
 
     def row_base(self) -> dict:
         return {"tool": self.tool, "model": self.model, "quant": self.quant, "split": self.split,
@@ -112,6 +117,17 @@ def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str 
     time.sleep(seconds)
     idle = meter.end_window("idle")
     return idle.energy_j / idle.window_s, None
+
+
+ESTIMATE = "estimate: "
+
+
+def estimated(energy: EnergyReading, watts: float | None) -> EnergyReading:
+    """Where nothing was measured and the config asks for it: the assumed power × the window, labelled so."""
+    if energy.energy_j is not None or not watts:
+        return energy
+    source = f"{ESTIMATE}{watts:g} W assumed × window (bench.energy_estimate_w), {energy.null_reason}"
+    return dataclasses.replace(energy, energy_j=watts * energy.window_s, source=source, null_reason=None)
 
 
 def gpu_columns(meter: EnergyMeter, energy: EnergyReading, ttft_ms: float | None, start: dict | None,
@@ -145,7 +161,7 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
     """
     facts = facts or {}
     engine = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
-              "engine_library": facts.get("library")}
+              "engine_library": facts.get("library"), "engine_facts": json.dumps(facts, default=str)}
     idle_w, idle_reason = measure_idle(meter, plan.idle_s)
     if idle_reason:
         log.info("idle baseline %s", idle_reason)
@@ -161,7 +177,7 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
             state_start = meter.gpu_state()
             meter.begin_window(window)
             g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
-            energy = meter.end_window(window)
+            energy = estimated(meter.end_window(window), plan.estimate_w)
             state_end = meter.gpu_state()
             log.info(
                 "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
@@ -195,6 +211,7 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                     "energy_window_s": energy.window_s,
                     "energy_source": energy.source,
                     "energy_null_reason": energy.null_reason,
+                    "energy_is_estimate": energy.source is not None and energy.source.startswith(ESTIMATE),
                     **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                     "started_at": started,
                     "output_text": g.text,
