@@ -19,6 +19,7 @@ wildcard_constraints:
 include: "workflow/rules/build.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/quality.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

@@ -10,6 +10,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def nvml_works() -> bool:
+    """Whether this machine has a working NVML (an NVIDIA driver); tests of the no-GPU path skip where it does."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return True
+    except Exception:
+        return False
+
+
 def load_config(name: str = "config.yaml") -> dict:
     return yaml.safe_load((REPO / "config" / name).read_text())
 

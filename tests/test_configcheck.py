@@ -19,7 +19,8 @@ def test_default_config_is_valid_and_gets_defaults(default_config, schema):
 
 def test_article_config_is_valid(schema):
     cfg = validate_config(load_config("llama31-quantfactory.yaml"), schema)
-    assert study.unpinned_revisions(cfg) == ["models.llama31-70b.source.revision = 'main'"]
+    assert study.unpinned_revisions(cfg) == ["models.llama31-70b.source.revision = 'main'",
+                                            "quality.corpus.revision = 'main'"]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ machine is the real library, which finds no driver, so the meter must say so."""
 
 import pytest
 
+from conftest import nvml_works
 from llmbench.meters import EnergyMeter, RaplZone, open_energy_meter, rapl_sensors
 
 
@@ -49,16 +50,6 @@ def test_unreadable_rapl_names_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(RaplZone, "read_j", denied)
     sensors, problems = rapl_sensors(root)
     assert sensors == [] and "not readable by this user" in problems[0]
-
-
-def nvml_works() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return True
-    except Exception:
-        return False
 
 
 @pytest.mark.skipif(nvml_works(), reason="this machine has a working NVML")

@@ -41,6 +41,11 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
     assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
     bench = sum(n for (rule, _), n in jobs.items() if rule.startswith("bench_"))
     assert len(study.bench_jobs(cfg)) == bench == hf_files * 4 + 15
+    # Quality: every file against its model's finest quant over wikitext-2, and answers of every generating tool
+    # (llama-server in its first split mode only).
+    assert jobs[("fetch_corpus", 0)] == 1 and jobs[("kld_base", 0)] == 2 and jobs[("kld", 0)] == hf_files
+    assert jobs[("answer_accuracy", 2)] == hf_files + 3 + 10 + 2 == len(study.accuracy_jobs(cfg))
+    assert [study.reference_quant(cfg, m) for m in ("llama31-8b", "llama31-70b")] == ["Q8_0", "Q4_K_M"]
 
 
 def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
@@ -50,5 +55,8 @@ def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     # The slow or absent tools run the quants their `quants` list keeps.
     assert jobs[("bench_transformers", 0)] == 2 and jobs[("bench_ollama_gguf", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
+    assert jobs[("kld_base", 0)] == 1 and jobs[("kld", 0)] == 8
+    assert jobs[("answer_accuracy", 0)] == 8 + 8 + 2 + 2  # llama-server, llama-cpp-python, transformers, ollama
     # vLLM needs a GPU and says so in its resources; it ends 'skipped' where there is none.
-    assert [key for key in jobs if key[1]] == [("bench_vllm", 1)] and jobs[("bench_vllm", 1)] == 2
+    assert sorted(key for key in jobs if key[1]) == [("answer_accuracy", 1), ("bench_vllm", 1)]
+    assert jobs[("bench_vllm", 1)] == jobs[("answer_accuracy", 1)] == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, nvml_works
 from llmbench import vllm_backend
 from llmbench.backend import BackendError, ToolUnavailable
 from llmbench.vllm_backend import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
@@ -84,16 +84,6 @@ def test_no_gpu_is_unavailable_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: False)
     with pytest.raises(ToolUnavailable, match="vLLM needs an NVIDIA GPU"):
         VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
-
-
-def nvml_works() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return True
-    except Exception:
-        return False
 
 
 @pytest.mark.skipif(nvml_works(), reason="this machine has a working NVML")

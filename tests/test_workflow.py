@@ -49,6 +49,12 @@ def write_config(work: Path, quants: list[str]) -> str:
     cfg["tools"]["llama-bench"] = {"split_modes": ["none"], "gpus": 0, "n_prompt": 32, "n_gen": 16}
     for slow_or_absent in ("transformers", "ollama", "vllm"):
         cfg["tools"][slow_or_absent]["quants"] = ["Q4_0"]
+    # Quality on a smaller scale: six chunks of the corpus, one question of each category.
+    cfg["quality"].update(chunks=6, questions="workflow/data/test-questions.yaml")
+    questions = yaml.safe_load((work / "workflow/data/accuracy-questions.yaml").read_text())
+    firsts = {q["category"]: q for q in reversed(questions["questions"])}
+    questions["questions"] = list(firsts.values())
+    (work / "workflow/data/test-questions.yaml").write_text(yaml.safe_dump(questions))
     cfg["bench"].update(
         repetitions=2,
         prompts=[
@@ -150,6 +156,24 @@ def test_study_renders_statistics_figures_and_cost_table(study):
     assert derived["from_record"]["requantized"] is True and derived["from_record"]["from_record"]["kind"] == "pypi"
 
 
+def test_quality_rows_beside_speed_and_the_pareto_figure(study):
+    quality = pl.read_parquet(study / "results/summary/quality.parquet")
+    assert quality["quant"].to_list() == ["Q4_0", "Q8_0"]  # by bits per weight, coarsest first
+    assert (quality["kld_mean"] > 0).all() and (quality["ppl_ratio"] > 0.9).all()
+    assert set(quality["reference_quant"]) == {"F16"}
+    assert (quality["median_decode_tokens_per_s"] > 0).all() and (quality["bits_per_weight"] > 4).all()
+    for tool in ("llama-server", "llama-cpp-python"):
+        assert (quality[f"accuracy {tool} n"] == 4).all()
+    assert "ollama" in quality["accuracy not run"][0] and "vllm" in quality["accuracy not run"][0]
+    answers = pl.read_parquet(study / "results/quality/accuracy/llama-server/smollm2-135m/Q8_0.parquet")
+    assert answers.height == 4 and answers["reply"].str.len_chars().min() > 0
+    md = (study / "results/tables/quality_by_quant.md").read_text()
+    assert "Q4_0" in md and "not run [" in md
+    assert (study / "results/figures/pareto_speed_vs_kld.png").read_bytes()[:4] == b"\x89PNG"
+    reference = yaml.safe_load((study / "results/quality/kld/smollm2-135m/reference.json").read_text())
+    assert reference["corpus_sha256"] == load_config()["quality"]["corpus"]["sha256"] and reference["ppl"] > 1
+
+
 def test_second_run_has_nothing_to_do(study):
     out = snakemake(study, "-n", "--configfile", "config/test.yaml").stdout
     assert "Nothing to be done" in out
@@ -162,10 +186,15 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     plan = job_counts(snakemake(study, "-n", "--configfile", cfg).stdout)
     # transformers, Ollama and vLLM run only Q4_0 here (their `quants`), so Q2_K adds no job of theirs.
     assert plan == {"quantize": 1, "bench_llama_server": 1, "bench_llama_bench": 1, "bench_llama_cpp_python": 1,
-                    "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1, "all": 1}
+                    "kld": 1, "answer_accuracy": 2, "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1,
+                    "quality_table": 1, "plot_pareto": 1, "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3
+    # The coarser quant strays further from the F16's predictions.
+    quality = pl.read_parquet(study / "results/summary/quality.parquet")
+    kld = dict(zip(quality["quant"], quality["kld_mean"], strict=True))
+    assert kld["Q2_K"] > kld["Q4_0"] > kld["Q8_0"] > 0
 
 
 def test_corrupt_model_fails_its_job_and_keeps_every_other_result(study):

@@ -10,6 +10,7 @@ rule bench_llama_server:
         build=f"{BUILD_DIR}/build.json",
         code=package_files(
             "backend.py",
+            "engines.py",
             "llama_server.py",
             "gpu_telemetry.py",
             "meters.py",
@@ -70,6 +71,7 @@ rule bench_llama_cpp_python:
         build=f"{BUILD_DIR}/build.json",
         code=package_files(
             "backend.py",
+            "engines.py",
             "llama_cpp_python_backend.py",
             "gpu_telemetry.py",
             "meters.py",
@@ -102,6 +104,7 @@ rule bench_transformers:
         model=model_file,
         code=package_files(
             "backend.py",
+            "engines.py",
             "transformers_backend.py",
             "gpu_telemetry.py",
             "meters.py",
@@ -133,6 +136,7 @@ rule bench_vllm:
         model=model_file,
         code=package_files(
             "backend.py",
+            "engines.py",
             "vllm_backend.py",
             "gpu_telemetry.py",
             "meters.py",
@@ -163,6 +167,7 @@ rule bench_ollama:
     input:
         code=package_files(
             "backend.py",
+            "engines.py",
             "gpu_telemetry.py",
             "meters.py",
             "ollama_backend.py",
@@ -195,6 +200,7 @@ use rule bench_ollama as bench_ollama_gguf with:
         model=model_file,
         code=package_files(
             "backend.py",
+            "engines.py",
             "gpu_telemetry.py",
             "meters.py",
             "models.py",

@@ -15,7 +15,7 @@ validate_config(
 for _unpinned in study.unpinned_revisions(config):
     logger.warning(
         f"{_unpinned} is not a commit: the file can change under the study. "
-        "Pin the 40-hex commit; the one it resolves to is recorded in the model's .json."
+        "Pin the 40-hex commit; the one it resolves to is recorded in the .json beside the file."
     )
 
 RES = config["resources_dir"]
@@ -127,10 +127,132 @@ def bench_job_threads():
     return config["bench"]["threads"] or workflow.cores
 
 
+QUALITY = config["quality"]
+ACCURACY_JOBS = study.accuracy_jobs(config)
+
+
+def corpus_file():
+    """The corpus llama-perplexity reads: a file kept with the workflow, or one fetched from the hub."""
+    corpus = QUALITY["corpus"]
+    if corpus["kind"] == "hf":
+        return f"{RES}/corpus/{Path(corpus['filename']).stem}.txt"
+    return str(Path(workflow.basedir) / corpus["path"])
+
+
+def questions_file():
+    return str(Path(workflow.basedir) / QUALITY["questions"])
+
+
+def reference_of(wildcards):
+    return study.reference_quant(config, wildcards.model)
+
+
+def reference_model_file(wildcards):
+    return f"{RES}/models/{wildcards.model}/{reference_of(wildcards)}.gguf"
+
+
+def quality_model_index():
+    """Model files of the quality table as plain values: [model, quant, path] each."""
+    names = {*study.kld_models(config), *(j.model for j in ACCURACY_JOBS)}
+    return [
+        [m, q, f"{RES}/models/{m}/{q}.gguf"]
+        for m in sorted(names & set(study.gguf_models(config)))
+        for q in study.quants_of(config, m)
+    ]
+
+
+def quality_model_files():
+    return [path for _, _, path in quality_model_index()]
+
+
+def kld_files():
+    return [
+        f"{RESULTS}/quality/kld/{model}/{quant}.parquet"
+        for model in study.kld_models(config)
+        for quant in study.quants_of(config, model)
+    ]
+
+
+def accuracy_file(job):
+    return f"{RESULTS}/quality/accuracy/{job.tool}/{job.model}/{job.quant}.parquet"
+
+
+def accuracy_job(wildcards):
+    for job in ACCURACY_JOBS:
+        if (job.tool, job.model, job.quant) == (
+            wildcards.tool,
+            wildcards.model,
+            wildcards.quant,
+        ):
+            return job
+    raise ValueError(
+        f"no accuracy job for {wildcards.tool} {wildcards.model} {wildcards.quant}"
+    )
+
+
+def accuracy_inputs(wildcards):
+    """The job's question set, model file and the tool's own binary or library."""
+    inputs = {
+        "questions": questions_file(),
+        "code": package_files(
+            "accuracy.py",
+            "backend.py",
+            "engines.py",
+            f"{ENGINE_MODULES[wildcards.tool]}.py",
+        ),
+    }
+    if wildcards.model in study.gguf_models(config):
+        inputs["model"] = model_file(wildcards)
+    if wildcards.tool == "llama-server":
+        inputs["server"] = llama_tool("llama-server")
+    if wildcards.tool == "llama-cpp-python":
+        inputs["build"] = f"{BUILD_DIR}/build.json"
+    return inputs
+
+
+ENGINE_MODULES = {
+    "llama-server": "llama_server",
+    "llama-cpp-python": "llama_cpp_python_backend",
+    "transformers": "transformers_backend",
+    "vllm": "vllm_backend",
+    "ollama": "ollama_backend",
+}
+
+
+def accuracy_gpus(wildcards):
+    return accuracy_job(wildcards).gpus
+
+
+def accuracy_engine(wildcards):
+    """The engine's settings as plain values (a change reruns the job); threads come from the job itself."""
+    job, bench = accuracy_job(wildcards), config["bench"]
+    return {
+        "n_gpu_layers": gpu_layers(wildcards),
+        "split": job.split,
+        "gpus": job.gpus,
+        "seed": bench["seed"],
+        "ctx_size": bench["ctx_size"],
+        "start_timeout_s": bench["start_timeout_s"],
+        "request_timeout_s": bench["request_timeout_s"],
+        "lib_dir": f"{BUILD_DIR}/bin" if job.tool == "llama-cpp-python" else None,
+        "tag": ollama_tag(wildcards) if job.tool == "ollama" else None,
+    }
+
+
+def quality_outputs():
+    if not (kld_files() or ACCURACY_JOBS):
+        return []
+    return [
+        f"{RESULTS}/tables/quality_by_quant.md",
+        f"{RESULTS}/figures/pareto_speed_vs_kld.png",
+    ]
+
+
 def final_outputs():
     return [
         *all_run_files(),
         f"{RESULTS}/summary/stats.csv",
         f"{RESULTS}/figures/decode_tokens_per_s.png",
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
+        *quality_outputs(),
     ]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import Backend, ToolUnavailable
+from llmbench.backend import ToolUnavailable
+from llmbench.engines import EngineSettings, make_engine
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
@@ -18,47 +19,17 @@ from llmbench.models import check_gguf
 from llmbench.runs import Prompt, RunPlan, run_generations, skipped_run
 
 
-def make_backend(snakemake, plan: RunPlan, engine_log: Path) -> Backend:
-    """The engine of the job's tool; imported here so that a job needs only its own tool's packages."""
-    p, tool = snakemake.params.plan, plan.tool
-    model = Path(snakemake.input.model) if "model" in snakemake.input.keys() else None
-    if tool == "llama-server":
-        from llmbench.llama_server import LlamaServer, LlamaServerSettings
-
-        settings = LlamaServerSettings(
-            binary=Path(snakemake.input.server), model=model, n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split,
-            threads=plan.threads, ctx_size=p["ctx_size"], start_timeout_s=p["start_timeout_s"],
-            request_timeout_s=p["request_timeout_s"],
-        )
-        return LlamaServer(settings, engine_log)
-    if tool == "llama-cpp-python":
-        from llmbench.llama_cpp_python_backend import LlamaCppPython
-
-        return LlamaCppPython(
-            model, Path(snakemake.params.lib_dir), n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split,
-            threads=plan.threads, ctx_size=p["ctx_size"], seed=plan.seed,
-        )
-    if tool == "transformers":
-        from llmbench.transformers_backend import TransformersBackend
-
-        return TransformersBackend(model, device="cuda" if plan.gpus else "cpu", threads=plan.threads)
-    if tool == "vllm":
-        from llmbench.vllm_backend import VllmServer, VllmSettings
-
-        settings = VllmSettings(
-            model=model, ctx_size=p["ctx_size"], gpus=max(plan.gpus, 1), seed=plan.seed,
-            start_timeout_s=p["start_timeout_s"], request_timeout_s=p["request_timeout_s"],
-        )
-        return VllmServer(settings, engine_log)
-    if tool == "ollama":
-        from llmbench.ollama_backend import OllamaBackend
-
-        return OllamaBackend(
-            snakemake.params.tag, engine_log, num_gpu=plan.n_gpu_layers, num_thread=plan.threads,
-            num_ctx=p["ctx_size"], start_timeout_s=p["start_timeout_s"], request_timeout_s=p["request_timeout_s"],
-            gguf=model,
-        )
-    raise ValueError(f"no backend for tool {tool!r}")
+def engine_settings(snakemake, plan: RunPlan) -> EngineSettings:
+    """The job's engine, from its rule's input and params."""
+    p, inp = snakemake.params.plan, snakemake.input
+    return EngineSettings(
+        tool=plan.tool, model=Path(inp.model) if "model" in inp.keys() else None, n_gpu_layers=plan.n_gpu_layers,
+        split=plan.split, gpus=plan.gpus, threads=plan.threads, seed=plan.seed, ctx_size=p["ctx_size"],
+        start_timeout_s=p["start_timeout_s"], request_timeout_s=p["request_timeout_s"],
+        server=Path(inp.server) if "server" in inp.keys() else None,
+        lib_dir=Path(snakemake.params.lib_dir) if "lib_dir" in snakemake.params.keys() else None,
+        tag=snakemake.params.get("tag"),
+    )
 
 
 def main(snakemake):
@@ -95,7 +66,7 @@ def measure(snakemake, plan: RunPlan, engine_log: Path, log) -> pl.DataFrame:
     try:
         with open_energy_meter(list(range(plan.gpus))) as meter:
             log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
-            with make_backend(snakemake, plan, engine_log) as backend:
+            with make_engine(engine_settings(snakemake, plan), engine_log) as backend:
                 facts = backend.facts()
                 log.info("%s ready: %s", plan.tool, facts)
                 return run_generations(backend, plan, meter, facts)

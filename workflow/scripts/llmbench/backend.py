@@ -8,6 +8,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -44,6 +45,31 @@ class Backend(Protocol):
     def peak_rss_bytes(self) -> int | None:
         """Peak resident memory of the engine process so far; None where the engine is not our child."""
         ...
+
+
+class Engine:
+    """What every backend shares: ``with backend:`` starts it and always stops it, also on errors and signals."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of an engine's log, for error messages."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 class ToolUnavailable(RuntimeError):

@@ -135,6 +135,7 @@ def fetch_hf_file(
     *,
     sha256: str | None = None,
     cache_dir: str | None = None,
+    repo_type: str = "model",
 ) -> dict:
     """Download (or take from the hub cache) one file at a revision and place it at ``dest``.
 
@@ -144,7 +145,9 @@ def fetch_hf_file(
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        cached = hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir)
+        cached = hf_hub_download(
+            repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, repo_type=repo_type
+        )
     except LocalEntryNotFoundError as e:
         raise FetchError(
             f"{repo}/{filename}@{revision} is neither in the hub cache nor reachable ({e}). "
@@ -164,6 +167,7 @@ def fetch_hf_file(
         digest = verify_sha256(part, sha256, f"{repo}/{filename}@{revision}")
     return {
         "kind": "hf",
+        "repo_type": repo_type,
         "repo": repo,
         "filename": filename,
         "revision": revision,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Generation, ToolUnavailable, peak_rss_bytes
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, peak_rss_bytes
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -39,7 +39,7 @@ def import_llama_cpp(lib_dir: Path) -> ModuleType:
     return llama_cpp
 
 
-class LlamaCppPython:
+class LlamaCppPython(Engine):
     tool = "llama-cpp-python"
 
     def __init__(self, model: Path, lib_dir: Path, *, n_gpu_layers: int = 0, split_mode: str = "none",
@@ -137,10 +137,3 @@ class LlamaCppPython:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()

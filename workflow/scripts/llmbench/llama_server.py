@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, free_port, http_json, peak_rss_bytes, stop_process
+from llmbench.backend import (
+    BackendError,
+    Engine,
+    Generation,
+    free_port,
+    http_json,
+    log_tail,
+    peak_rss_bytes,
+    stop_process,
+)
 
 
 @dataclass
@@ -102,7 +111,7 @@ def _rate(value) -> float | None:
     return v if 0 < v < 1e12 else None
 
 
-class LlamaServer:
+class LlamaServer(Engine):
     tool = "llama-server"
 
     def __init__(self, settings: LlamaServerSettings, log_path: Path):
@@ -203,17 +212,7 @@ class LlamaServer:
         self.proc = None
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        return log_tail(self.log_path, lines)
 
 
 class _PortTaken(Exception):

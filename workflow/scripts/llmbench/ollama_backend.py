@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port, stop_process
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, free_port, stop_process
 
 NS_PER_MS = 1e6
 
@@ -41,7 +41,7 @@ def parse_chat(r, wall_ms: float) -> Generation:
     )
 
 
-class OllamaBackend:
+class OllamaBackend(Engine):
     tool = "ollama"
 
     def __init__(
@@ -182,10 +182,3 @@ class OllamaBackend:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()

@@ -72,10 +72,12 @@ def gguf_models(config: dict) -> list[str]:
 
 
 def unpinned_revisions(config: dict) -> list[str]:
+    sources = {f"models.{name}.source": m["source"] for name, m in config["models"].items()}
+    sources["quality.corpus"] = config.get("quality", {}).get("corpus", {})
     return [
-        f"models.{name}.source.revision = {m['source']['revision']!r}"
-        for name, m in config["models"].items()
-        if m["source"]["kind"] == "hf" and not re.fullmatch(r"[0-9a-f]{40}", m["source"]["revision"])
+        f"{key}.revision = {src['revision']!r}"
+        for key, src in sources.items()
+        if src.get("kind") == "hf" and not re.fullmatch(r"[0-9a-f]{40}", src["revision"])
     ]
 
 
@@ -99,6 +101,30 @@ def bench_jobs(config: dict) -> list[BenchJob]:
                 for split in settings["split_modes"]:
                     jobs.append(BenchJob(tool, model, quant, split, settings["gpus"]))
     return jobs
+
+
+def reference_quant(config: dict, model: str) -> str:
+    """What a model's quants are compared with: the F16 a ladder is derived from, else its finest quant."""
+    if derives_ladder(config["models"][model]):
+        return REFERENCE_QUANT
+    return quants_of(config, model)[-1]
+
+
+def kld_models(config: dict) -> list[str]:
+    return gguf_models(config) if config["quality"]["kld"] else []
+
+
+def accuracy_jobs(config: dict) -> list[BenchJob]:
+    """One answer-accuracy job per generating tool × model × quant, in the tool's first split mode."""
+    if not config["quality"]["accuracy"]:
+        return []
+    from llmbench.engines import GENERATING_TOOLS
+
+    first = {}
+    for job in bench_jobs(config):
+        if job.tool in GENERATING_TOOLS:
+            first.setdefault((job.tool, job.model, job.quant), job)
+    return list(first.values())
 
 
 def ollama_import_tag(model: str, quant: str) -> str:

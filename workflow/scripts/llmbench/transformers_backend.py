@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Generation, ToolUnavailable, peak_rss_bytes
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, peak_rss_bytes
 
 INSTALL_HINT = "the pins of requirements.txt (torch, transformers, accelerate, gguf)"
 
@@ -54,7 +54,7 @@ class _FirstTokenClock:
         pass
 
 
-class TransformersBackend:
+class TransformersBackend(Engine):
     tool = "transformers"
 
     def __init__(self, model: Path, *, device: str = "cpu", threads: int | None = None, dtype: str | None = None):
@@ -166,10 +166,3 @@ class TransformersBackend:
         gc.collect()
         if self.device == "cuda" and self._torch is not None:
             self._torch.cuda.empty_cache()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()

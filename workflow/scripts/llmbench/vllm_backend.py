@@ -20,7 +20,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import BackendError, Generation, ToolUnavailable, free_port, http_json, stop_process
+from llmbench.backend import (
+    BackendError,
+    Engine,
+    Generation,
+    ToolUnavailable,
+    free_port,
+    http_json,
+    log_tail,
+    stop_process,
+)
 from llmbench.backend import peak_rss_bytes as vm_hwm
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/version")
@@ -106,7 +115,7 @@ def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
         return False
 
 
-class VllmServer:
+class VllmServer(Engine):
     tool = "vllm"
 
     def __init__(self, settings: VllmSettings, log_path: Path):
@@ -187,14 +196,4 @@ class VllmServer:
         self.proc = None
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        return log_tail(self.log_path, lines)

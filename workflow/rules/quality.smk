@@ -1,0 +1,128 @@
+# Loss of quality per quant: KL divergence and perplexity against the model's reference, answer accuracy per
+# tool, and the table and Pareto figure that put them beside speed and cost.
+
+
+rule fetch_corpus:
+    output:
+        text=f"{RES}/corpus/{{name}}.txt",
+        record=f"{RES}/corpus/{{name}}.json",
+    log:
+        "logs/fetch_corpus/{name}.log",
+    retries: 2
+    conda:
+        ENV
+    params:
+        source=QUALITY["corpus"],
+    script:
+        "../scripts/fetch_corpus.py"
+
+
+rule kld_base:
+    input:
+        model=reference_model_file,
+        corpus=corpus_file(),
+        perplexity=llama_tool("llama-perplexity"),
+        code=package_files("fetch.py", "models.py", "perplexity.py"),
+    output:
+        base=f"{RES}/quality/{{model}}/kld-base.bin",
+        summary=f"{RESULTS}/quality/kld/{{model}}/reference.json",
+    log:
+        f"{RESULTS}/logs/quality/kld/{{model}}/reference.log",
+    wildcard_constraints:
+        model=study.alternation(study.kld_models(config)),
+    conda:
+        ENV
+    threads: workflow.cores
+    params:
+        reference=reference_of,
+        ctx_size=QUALITY["ctx_size"],
+        chunks=QUALITY["chunks"],
+        corpus_sha256=QUALITY["corpus"].get("sha256"),
+    script:
+        "../scripts/kld_base.py"
+
+
+rule kld:
+    input:
+        model=model_file,
+        base=f"{RES}/quality/{{model}}/kld-base.bin",
+        reference=f"{RESULTS}/quality/kld/{{model}}/reference.json",
+        perplexity=llama_tool("llama-perplexity"),
+        code=package_files("models.py", "perplexity.py"),
+    output:
+        f"{RESULTS}/quality/kld/{{model}}/{{quant}}.parquet",
+    log:
+        f"{RESULTS}/logs/quality/kld/{{model}}/{{quant}}.log",
+    wildcard_constraints:
+        model=study.alternation(study.kld_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: workflow.cores
+    params:
+        ctx_size=QUALITY["ctx_size"],
+        chunks=QUALITY["chunks"],
+    script:
+        "../scripts/kld.py"
+
+
+rule answer_accuracy:
+    input:
+        unpack(accuracy_inputs),
+    output:
+        f"{RESULTS}/quality/accuracy/{{tool}}/{{model}}/{{quant}}.parquet",
+    log:
+        f"{RESULTS}/logs/quality/accuracy/{{tool}}/{{model}}/{{quant}}.log",
+    wildcard_constraints:
+        tool=study.alternation(job.tool for job in ACCURACY_JOBS),
+        quant=study.alternation(KNOWN_QUANTS),
+    conda:
+        ENV
+    threads: bench_job_threads()
+    resources:
+        gpu=accuracy_gpus,
+    params:
+        engine=accuracy_engine,
+    script:
+        "../scripts/answer_accuracy.py"
+
+
+rule quality_table:
+    input:
+        kld=kld_files(),
+        accuracy=[accuracy_file(job) for job in ACCURACY_JOBS],
+        runs=f"{RESULTS}/summary/runs.parquet",
+        models=quality_model_files(),
+        code=package_files("accuracy.py", "costs.py", "models.py", "quality.py"),
+    output:
+        table=f"{RESULTS}/summary/quality.parquet",
+        csv=f"{RESULTS}/tables/quality_by_quant.csv",
+        md=f"{RESULTS}/tables/quality_by_quant.md",
+    log:
+        "logs/quality_table.log",
+    conda:
+        ENV
+    params:
+        files=quality_model_index(),
+        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
+        tools=[job.tool for job in ACCURACY_JOBS],
+    script:
+        "../scripts/quality_table.py"
+
+
+rule plot_pareto:
+    input:
+        table=f"{RESULTS}/summary/quality.parquet",
+        code=package_files("plots.py", "quality.py"),
+    output:
+        png=f"{RESULTS}/figures/pareto_speed_vs_kld.png",
+        svg=f"{RESULTS}/figures/pareto_speed_vs_kld.svg",
+        html=f"{RESULTS}/figures/pareto_speed_vs_kld.html",
+    log:
+        "logs/plot_pareto.log",
+    conda:
+        ENV
+    params:
+        study=config["study"],
+    script:
+        "../scripts/plot_pareto.py"

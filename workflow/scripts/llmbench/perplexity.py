@@ -1,0 +1,84 @@
+"""Quality of a quant as llama.cpp measures it: llama-perplexity's KL divergence against a reference's logits.
+
+The reference (the F16, or the finest quant a model has) runs once with ``--kl-divergence-base FILE``, which
+stores its log-probabilities over the corpus; each quant then runs with ``--kl-divergence-base FILE
+--kl-divergence`` and prints mean KLD with its uncertainty, KLD percentiles, PPL and the PPL ratio to the
+reference, and how often both pick the same top token. Its summary is parsed by label, into one tidy row.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+_NUM = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf|-inf)"
+_PM = rf"{_NUM}\s*(?:±|\+/-)\s*{_NUM}"
+
+# Summary line label → (column of the value, column of its uncertainty or None). Labels as the tool prints them.
+_SUMMARY: dict[str, tuple[str, str | None]] = {
+    r"Mean PPL\(Q\)\s*:": ("ppl", "ppl_unc"),
+    r"Mean PPL\(base\)\s*:": ("ppl_base", "ppl_base_unc"),
+    r"Mean ln\(PPL\(Q\)/PPL\(base\)\)\s*:": ("ln_ppl_ratio", "ln_ppl_ratio_unc"),
+    r"Mean PPL\(Q\)/PPL\(base\)\s*:": ("ppl_ratio", "ppl_ratio_unc"),
+    r"Mean\s+KLD:": ("kld_mean", "kld_mean_unc"),
+    r"Mean\s+Δp:": ("delta_p_mean_pct", "delta_p_mean_unc_pct"),
+    r"RMS Δp\s*:": ("delta_p_rms_pct", "delta_p_rms_unc_pct"),
+    r"Same top p:": ("same_top_p_pct", "same_top_p_unc_pct"),
+}
+_KLD_QUANTILES = {
+    "Maximum": "kld_max", "99.9%": "kld_p99_9", "99.0%": "kld_p99", "95.0%": "kld_p95", "90.0%": "kld_p90",
+    "Median": "kld_median", "10.0%": "kld_p10", "5.0%": "kld_p5", "1.0%": "kld_p1", "0.1%": "kld_p0_1",
+    "Minimum": "kld_min",
+}
+REQUIRED = ("ppl", "ppl_base", "ppl_ratio", "kld_mean", "kld_mean_unc", "kld_median", "kld_p99", "same_top_p_pct")
+
+
+class PerplexityError(RuntimeError):
+    """llama-perplexity failed, or printed no usable summary; the message names the log."""
+
+
+def base_command(binary: Path, model: Path, corpus: Path, base_file: Path, ctx: int, threads: int,
+                 chunks: int | None) -> list[str]:
+    cmd = [str(binary), "-m", str(model), "-f", str(corpus), "--kl-divergence-base", str(base_file),
+           "-c", str(ctx), "-t", str(threads)]
+    return cmd + (["--chunks", str(chunks)] if chunks else [])
+
+
+def kld_command(binary: Path, model: Path, base_file: Path, ctx: int, threads: int, chunks: int | None) -> list[str]:
+    # The corpus's tokens are stored in the base file: every quant is scored on exactly the reference's tokens.
+    cmd = [str(binary), "-m", str(model), "--kl-divergence-base", str(base_file), "--kl-divergence",
+           "-c", str(ctx), "-t", str(threads)]
+    return cmd + (["--chunks", str(chunks)] if chunks else [])
+
+
+def parse_kld_summary(text: str) -> dict[str, float]:
+    """The summary that ``--kl-divergence`` prints, by label → {column: value}; raises if a key line is missing."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        for label, (col, unc) in _SUMMARY.items():
+            if m := re.match(rf"{label}\s*{_PM}", line):
+                out[col], out[unc] = float(m.group(1)), float(m.group(2))
+        if m := re.match(rf"(Maximum|Median|Minimum|[0-9.]+%)\s+KLD:\s*{_NUM}$", line):
+            name = m.group(1) if not m.group(1)[0].isdigit() else f"{float(m.group(1)[:-1]):.1f}%"
+            if name in _KLD_QUANTILES:
+                out[_KLD_QUANTILES[name]] = float(m.group(2))
+    missing = [c for c in REQUIRED if c not in out]
+    if missing:
+        raise PerplexityError(f"llama-perplexity's output has no {', '.join(missing)}")
+    return out
+
+
+def run_logged(cmd: list[str], log_path: Path) -> str:
+    """Run llama-perplexity with its output in ``log_path``; return that output. Its exit code is not enough:
+    some of its errors (a base file from another model, too few tokens) return 0 after printing the error."""
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    text = Path(log_path).read_text(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(text.splitlines()[-12:])
+        raise PerplexityError(f"llama-perplexity exited with {proc.returncode}; log {log_path}:\n{tail}")
+    return text

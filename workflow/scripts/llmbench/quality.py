@@ -1,0 +1,195 @@
+"""Quality against speed and cost per quant: KL divergence to the reference, accuracy, tokens/s, J/token and $.
+
+One row per model × quant joins what the study measured about it; whatever was not measured stays null (with its
+reason where one is known), so a quant never disappears from the view because one of its parts is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+from llmbench.accuracy import accuracy_table
+from llmbench.costs import _md_table, energy_per_token, fmt, usd_per_1m_tokens
+from llmbench.models import check_gguf
+from llmbench.plots import OKABE_ITO
+from llmbench.quants import KNOWN_QUANTS, NOMINAL_BITS_PER_WEIGHT
+
+KEY = ["model", "quant"]
+KLD_COLUMNS = ["kld_mean", "kld_mean_unc", "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc", "same_top_p_pct",
+               "reference_quant"]
+FILE_SCHEMA = {"model": pl.String, "quant": pl.String, "file_bytes": pl.Int64, "weights": pl.Int64}
+KLD_TITLE = "mean KL divergence vs reference (lower is better)"
+FRONTIER_NOTE = "Filled and joined: the Pareto frontier (no other quant is both closer to the reference and better)."
+
+
+def file_facts(files: dict[tuple[str, str], Path]) -> pl.DataFrame:
+    """Size and weight count of each (model, quant) file; bits per weight measured from the file, header included."""
+    rows = [{"model": m, "quant": q, "file_bytes": (i := check_gguf(p))["bytes"], "weights": i["weights"]}
+            for (m, q), p in files.items()]
+    return pl.DataFrame(rows, schema=FILE_SCHEMA).with_columns(
+        (pl.col("file_bytes") * 8 / pl.col("weights")).alias("bits_per_weight"))
+
+
+def _speed(runs: pl.DataFrame, tool: str, usd_per_kwh: float) -> pl.DataFrame:
+    """Decode speed and J/token of one tool over its generations that ran, with the same semantics as the cost table."""
+    mine = runs.filter(pl.col("tool") == tool)
+    ok = mine.filter(pl.col("status") == "ok")
+    if ok["split"].n_unique() > 1:
+        # One row per model × quant: mixing split modes would silently pick one; the caller must choose.
+        raise ValueError(f"runs of {tool} have split modes {sorted(ok['split'].unique())}; pass runs of one split")
+    speed = energy_per_token(ok).select(
+        *KEY, "median_decode_tokens_per_s", "j_per_token", "energy_is_estimate",
+        # energy_per_token joins no reasons into "", which is not a reason.
+        pl.col("energy_null_reason").replace("", None),
+        usd_per_1m_tokens(pl.col("j_per_token"), usd_per_kwh).alias("usd_per_1m_tokens"),
+        pl.lit(True).alias("_ran"),
+    )
+    # Why a model × quant has no speed: its skipped jobs' reasons (a job that never ran leaves no row at all).
+    skipped = mine.group_by(KEY).agg(
+        (pl.col("status") == "ok").any().alias("_ran"),
+        pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").replace("", "skipped")
+        .alias("speed_null_reason"))
+    return skipped.filter(~pl.col("_ran")).drop("_ran").join(speed, on=KEY, how="full", coalesce=True)
+
+
+def _accuracy(accuracy: pl.DataFrame) -> pl.DataFrame:
+    """Wide accuracy columns per tool (Wilson 95 % bounds, n) and the skipped tools with their reasons."""
+    table = accuracy_table(accuracy, ["tool", *KEY])
+    tools = sorted(table["tool"].unique())
+    wide = accuracy.select(KEY).unique()
+    for tool in tools:  # a handful of tools: a join per tool names the columns plainly
+        names = {"accuracy": f"accuracy {tool}", "wilson_low": f"accuracy {tool} low",
+                 "wilson_high": f"accuracy {tool} high", "n": f"accuracy {tool} n"}
+        part = table.filter(pl.col("tool") == tool).select(*KEY, *names).rename(names)
+        wide = wide.join(part, on=KEY, how="left")
+    not_run = accuracy.filter(pl.col("status") != "ok").group_by(KEY).agg(
+        pl.format("{}: {}", "tool", pl.col("status_reason").fill_null("skipped")).unique().sort().str.join("; ")
+        .alias("accuracy not run"))
+    return wide.join(not_run, on=KEY, how="left")
+
+
+def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame, runs: pl.DataFrame,
+                  speed_tool: str = "llama-server", *, usd_per_kwh: float) -> pl.DataFrame:
+    """One row per model × quant known to any input, quants by bits per weight within a model (coarsest first)."""
+    speed = _speed(runs, speed_tool, usd_per_kwh)
+    acc = _accuracy(accuracy)
+    frames = [files.select(*KEY, "file_bytes", "bits_per_weight"), speed, kld.select(*KEY, *KLD_COLUMNS), acc]
+    table = pl.concat([f.select(KEY) for f in frames]).unique()
+    for f in frames:
+        table = table.join(f, on=KEY, how="left")
+    # Order by the measured bpw; a quant without a file falls back on its nominal bpw, unknown types go last.
+    nominal = pl.col("quant").replace_strict(NOMINAL_BITS_PER_WEIGHT, default=None, return_dtype=pl.Float64)
+    rank = pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
+    table = table.with_columns(
+        pl.when(pl.col("_ran").is_null() & pl.col("speed_null_reason").is_null())
+        .then(pl.lit(f"no {speed_tool} runs")).otherwise(pl.col("speed_null_reason")).alias("speed_null_reason"),
+        # The reference of a model is the same for all its quants: filled in where a quant has no KLD row.
+        pl.col("reference_quant").drop_nulls().first().over("model").alias("reference_quant"),
+    ).sort(["model", pl.coalesce("bits_per_weight", nominal), rank, "quant"], nulls_last=True)
+    acc_cols = [c for c in acc.columns if c not in KEY]
+    return table.select(*KEY, "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
+                        "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
+                        *KLD_COLUMNS, *acc_cols)
+
+
+def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
+    """The quality table for people: one footnote per reason instead of repeated cells."""
+    notes: dict[str, int] = {}
+
+    def note(reason: str) -> str:
+        return f"[{notes.setdefault(reason, len(notes) + 1)}]"
+
+    def pm(value: float | None, unc: float | None, digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}" + ("" if unc is None else f" ± {unc:.{digits}f}")
+
+    def tool_reason(not_run: str | None, tool: str) -> str:
+        # "tool: reason; tool: reason" back to this tool's reason; a reason may itself contain "; ".
+        others = "|".join(re.escape(t) for t in tools)
+        m = re.search(rf"(?:^|; ){re.escape(tool)}: (.*?)(?=; (?:{others}): |$)", not_run or "")
+        return f"{tool}: {m.group(1)}" if m else f"{tool}: no accuracy rows for this quant"
+
+    header = ["model", "quant", "file MiB", "bpw", "decode tok/s", "J/token", "mean KLD", "PPL ratio",
+              "same top %", *[f"accuracy {t}" for t in tools]]
+    rows = []
+    for r in table.iter_rows(named=True):
+        energy_reason = r["energy_null_reason"] or r["speed_null_reason"] or "not measured"
+        if r["j_per_token"] is None:
+            joule = f"not measured {note(energy_reason)}"
+        else:
+            joule = fmt(r["j_per_token"]) + (f" estimate {note('J/token is an estimate, not a measurement')}"
+                                             if r["energy_is_estimate"] else "")
+        kld = pm(r["kld_mean"], r["kld_mean_unc"], 4) or ("reference" if r["quant"] == r["reference_quant"]
+                                                          else "not measured")
+        accuracy = []
+        for t in tools:
+            if r.get(f"accuracy {t}") is None:
+                accuracy.append(f"not run {note(tool_reason(r['accuracy not run'], t))}")
+            else:
+                accuracy.append(f"{r[f'accuracy {t}']:.2f} [{r[f'accuracy {t} low']:.2f}, "
+                                f"{r[f'accuracy {t} high']:.2f}] (n={r[f'accuracy {t} n']})")
+        rows.append([
+            r["model"], r["quant"], "" if r["file_bytes"] is None else f"{r['file_bytes'] / 2**20:.1f}",
+            pm(r["bits_per_weight"], None, 2),
+            fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}",
+            joule, kld, pm(r["ppl_ratio"], r["ppl_ratio_unc"], 3), pm(r["same_top_p_pct"], None, 1), *accuracy,
+        ])
+    out = ["## Quality, speed and energy per quant\n\n", _md_table(header, rows), "\n",
+           "File MiB and bpw: measured from the GGUF file (its size × 8 over its weight count, header included). "
+           "Decode tok/s: median over the generations that ran; J/token: energy summed over all generation windows, "
+           "divided by the tokens they generated (as in the cost table). Mean KLD (± its uncertainty): "
+           "llama-perplexity's KL divergence of the quant's token distribution from the reference quant's logits, "
+           "over the whole corpus; PPL ratio: perplexity over the reference's; same top %: how often both pick the "
+           "same most likely token. Accuracy: share of exactly checkable questions answered correctly, with the "
+           "Wilson 95 % interval and the number of answers judged.\n"]
+    out += [f"\n[{n}] {reason}\n" for reason, n in notes.items()]
+    return "".join(out)
+
+
+def pareto_front(df: pl.DataFrame, x: str, y: str, maximise_y: bool = True,
+                 by: Sequence[str] = ("model",)) -> pl.DataFrame:
+    """Add ``on_frontier``: no other point of the group has x ≤ and y at least as good, one of them strictly.
+
+    x is minimised (mean KLD). Every pair within a group is compared: groups are a model's few quants.
+    """
+    by = list(by)
+    d = df.with_row_index("_row")
+    # NaN counts as missing: it compares as larger than any number in polars and would otherwise dominate.
+    pts = d.select("_row", *by, pl.col(x).cast(pl.Float64).fill_nan(None).alias("_x"),
+                   pl.col(y).cast(pl.Float64).fill_nan(None).alias("_y")).drop_nulls(["_x", "_y"])
+    other = pts.rename({"_row": "_o", "_x": "_ox", "_y": "_oy"})
+    pairs = pts.join(other, on=by, nulls_equal=True) if by else pts.join(other, how="cross")
+    sign = 1 if maximise_y else -1  # compare sign·y so that larger is always better
+    ox, oy, px, py = pl.col("_ox"), sign * pl.col("_oy"), pl.col("_x"), sign * pl.col("_y")
+    dominated = pairs.filter((ox <= px) & (oy >= py) & ((ox < px) | (oy > py)))["_row"]
+    return d.with_columns(
+        (pl.col("_row").is_in(pts["_row"].implode()) & ~pl.col("_row").is_in(dominated.implode()))
+        .alias("on_frontier")).drop("_row")
+
+
+def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise_y: bool = True) -> alt.Chart:
+    """Mean KLD (log x) against y per model; the frontier drawn as a line, its points filled, the rest hollow.
+
+    Points without y or with KLD ≤ 0 (the reference itself: a log axis cannot show 0) are left out.
+    """
+    data = table.filter(pl.col(y).is_not_null() & (pl.col("kld_mean") > 0)).select(*KEY, "kld_mean", y)
+    data = pareto_front(data, "kld_mean", y, maximise_y).with_columns(
+        pl.when(pl.col("on_frontier")).then(pl.lit("on the frontier")).otherwise(pl.lit("dominated")).alias("point"))
+    x_enc = alt.X("kld_mean:Q", scale=alt.Scale(type="log"), title=KLD_TITLE)
+    colour = alt.Color("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None)
+    base = alt.Chart(data).encode(x=x_enc, y=alt.Y(f"{y}:Q", title=y_title), color=colour)
+    line = base.transform_filter("datum.on_frontier").mark_line(strokeWidth=1.5).encode(order="kld_mean:Q")
+    # Filled on the frontier, hollow off it; Vega-Lite draws no legend for fill opacity, so the subtitle says so.
+    points = base.mark_point(size=70, strokeWidth=1.5, filled=False).encode(
+        fill=alt.Fill("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None),
+        fillOpacity=alt.FillOpacity("point:N", scale=alt.Scale(domain=["on the frontier", "dominated"], range=[1, 0]),
+                                    legend=None),
+        tooltip=[*KEY, "kld_mean:Q", f"{y}:Q", "point:N"])
+    # Labels in dark grey: Okabe–Ito's yellow is a fine point colour but illegible as text on white.
+    labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="quant:N", color=alt.value("#333"))
+    return alt.layer(line, points, labels).properties(width=320, height=240).facet(
+        facet=alt.Facet("model:N", title=None), columns=2).properties(title=alt.TitleParams(title, subtitle=FRONTIER_NOTE))
