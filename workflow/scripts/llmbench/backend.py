@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -62,6 +63,20 @@ class Engine:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def post_stream(url: str, body: dict, timeout: float, parse, engine: str, log_path: Path) -> Generation:
+    """POST a streamed request to an engine's OpenAI-style endpoint; ``parse(lines, t0)`` reads the answer."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return parse(resp, t0)
+    except urllib.error.HTTPError as e:
+        raise BackendError(f"{engine} answered HTTP {e.code}: {e.read()[:500]!r}") from None
+    except OSError as e:
+        raise BackendError(f"{engine} stopped answering ({e}); log: {log_path}\n{log_tail(log_path)}") from None
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

@@ -6,8 +6,6 @@ import dataclasses
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from llmbench.backend import (
     http_json,
     log_tail,
     peak_rss_bytes,
+    post_stream,
     stop_process,
 )
 
@@ -183,18 +182,8 @@ class LlamaServer(Engine):
             "cache_prompt": False,
             "stream": True,
         }
-        req = urllib.request.Request(
-            f"{self.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        t0 = time.perf_counter()
-        try:
-            with urllib.request.urlopen(req, timeout=self.settings.request_timeout_s) as resp:
-                return parse_chat_stream(resp, t0)
-        except urllib.error.HTTPError as e:
-            raise BackendError(f"llama-server answered HTTP {e.code}: {e.read()[:500]!r}") from None
-        except OSError as e:
-            raise BackendError(f"llama-server stopped answering ({e}); log: {self.log_path}\n{self.log_tail()}") from None
+        return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s, parse_chat_stream,
+                           "llama-server", self.log_path)
 
     def facts(self) -> dict:
         settings = self._props.get("default_generation_settings", {})

@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from llmbench.backend import (
     free_port,
     http_json,
     log_tail,
+    post_stream,
     stop_process,
 )
 from llmbench.backend import peak_rss_bytes as vm_hwm
@@ -166,16 +165,8 @@ class VllmServer(Engine):
         body = {"model": str(self.settings.model),  # vLLM serves the model under its --model argument
                 "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
-        req = urllib.request.Request(f"{self.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        t0 = time.perf_counter()
-        try:
-            with urllib.request.urlopen(req, timeout=self.settings.request_timeout_s) as resp:
-                return parse_vllm_stream(resp, t0)
-        except urllib.error.HTTPError as e:
-            raise BackendError(f"vLLM answered HTTP {e.code}: {e.read()[:500]!r}") from None
-        except OSError as e:
-            raise BackendError(f"vLLM stopped answering ({e}); log: {self.log_path}\n{self.log_tail()}") from None
+        return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s, parse_vllm_stream,
+                           "vLLM", self.log_path)
 
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
