@@ -22,6 +22,7 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/quality.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/archive.smk"
 
 
 rule all:

@@ -6,11 +6,13 @@ test run builds at most once; everything else happens in a fresh working directo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import REPO, load_config
+from llmbench.archive import verify_archive
 from llmbench.meters import open_energy_meter
 from llmbench.runs import RUN_SCHEMA
 
@@ -26,10 +29,14 @@ CACHE = REPO / "resources"
 MODEL = "smollm2-135m"
 
 
+# Set for every workflow run of these tests: its value must never reach a result, a log or the archive.
+SECRET = {"HF_TOKEN": "hf_e2e_secret_value_0123456789"}
+
+
 def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **SECRET},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -172,6 +179,47 @@ def test_quality_rows_beside_speed_and_the_pareto_figure(study):
     assert (study / "results/figures/pareto_speed_vs_kld.png").read_bytes()[:4] == b"\x89PNG"
     reference = yaml.safe_load((study / "results/quality/kld/smollm2-135m/reference.json").read_text())
     assert reference["corpus_sha256"] == load_config()["quality"]["corpus"]["sha256"] and reference["ppl"] > 1
+
+
+def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_with_itself(study, tmp_path):
+    snakemake(study, "archive", "--configfile", "config/test.yaml")
+    [archive] = (study / "results/archive").glob("*.tar.gz")
+    assert re.fullmatch(r"smollm2-135m-cpu-\d{4}-\d{2}-\d{2}\.tar\.gz", archive.name)
+    assert verify_archive(archive) == []
+    top = archive.name.removesuffix(".tar.gz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+    assert not any(SECRET["HF_TOKEN"].encode() in blob for blob in blobs)
+    for member in ("MANIFEST.sha256", "results/config/study.yaml", "results/tables/quality_by_quant.md",
+                   f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json", "results/figures/decode_tokens_per_s.svg",
+                   f"resources/models/{MODEL}/Q8_0.json"):
+        assert f"{top}/{member}" in names, member
+    prov = json.loads((study / f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json").read_text())
+    assert prov["llama_cpp"]["commit"] and prov["models"][0]["sha256"] and prov["cpu"]["model"]
+    assert re.fullmatch(r"[0-9a-f]{64}", prov["config_sha256"]) and prov["packages"]["polars"]
+    # A second call with nothing changed rewrites nothing.
+    before = archive.stat().st_mtime_ns
+    assert "Nothing to be done" in snakemake(study, "archive", "--configfile", "config/test.yaml").stdout
+    assert archive.stat().st_mtime_ns == before
+    # Unpacked elsewhere, the figures and tables come back from the archived rows, with no benchmark.
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    for derived in ("figures/decode_tokens_per_s.png", "tables/cost_per_1m_tokens.md", "summary/stats.csv"):
+        (tmp_path / top / "results" / derived).unlink(missing_ok=True)
+    subprocess.run([sys.executable, str(REPO / "workflow/scripts/rerender.py"), str(tmp_path / top)], check=True)
+    for derived in ("figures/decode_tokens_per_s.png", "tables/cost_per_1m_tokens.md", "summary/stats.csv",
+                    "figures/pareto_speed_vs_kld.png"):
+        assert (tmp_path / top / "results" / derived).stat().st_size > 0, derived
+    # Compared with itself: every group listed, every ratio exactly 1.
+    out = tmp_path / "compare"
+    subprocess.run([sys.executable, str(REPO / "workflow/scripts/compare.py"), str(archive), str(archive), "-o", str(out)],
+                   check=True)
+    table = pl.read_csv(out / "compare.csv")
+    runs = pl.read_parquet(study / "results/summary/runs.parquet")
+    assert table.height == runs.select("tool", "model", "quant", "split").unique().height
+    assert set(table["present"]) == {"both"}
+    assert (table.filter(pl.col("decode_ratio").is_not_null())["decode_ratio"] == 1.0).all()
 
 
 def test_second_run_has_nothing_to_do(study):

@@ -1,7 +1,7 @@
 rule aggregate:
     input:
         runs=all_run_files(),
-        code=package_files("stats.py", "runs.py"),
+        code=package_files("render.py", "stats.py", "runs.py"),
     output:
         runs=f"{RESULTS}/summary/runs.parquet",
         stats=f"{RESULTS}/summary/stats.parquet",

@@ -8,17 +8,10 @@ rule bench_llama_server:
         model=model_file,
         server=llama_tool("llama-server"),
         build=f"{BUILD_DIR}/build.json",
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "llama_server.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "models.py",
-            "runs.py",
-        ),
+        code=bench_code("llama_server.py"),
     output:
-        run_file_pattern("llama-server"),
+        run=run_file_pattern("llama-server"),
+        provenance=provenance_pattern("llama-server"),
     log:
         run_log_pattern("llama-server"),
     wildcard_constraints:
@@ -42,9 +35,10 @@ rule bench_llama_bench:
         model=model_file,
         bench=llama_tool("llama-bench"),
         build=f"{BUILD_DIR}/build.json",
-        code=package_files("llama_bench.py", "models.py", "runs.py"),
+        code=bench_code("llama_bench.py"),
     output:
-        run_file_pattern("llama-bench"),
+        run=run_file_pattern("llama-bench"),
+        provenance=provenance_pattern("llama-bench"),
     log:
         run_log_pattern("llama-bench"),
     wildcard_constraints:
@@ -69,17 +63,10 @@ rule bench_llama_cpp_python:
     input:
         model=model_file,
         build=f"{BUILD_DIR}/build.json",
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "llama_cpp_python_backend.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "models.py",
-            "runs.py",
-        ),
+        code=bench_code("llama_cpp_python_backend.py"),
     output:
-        run_file_pattern("llama-cpp-python"),
+        run=run_file_pattern("llama-cpp-python"),
+        provenance=provenance_pattern("llama-cpp-python"),
     log:
         run_log_pattern("llama-cpp-python"),
     wildcard_constraints:
@@ -102,17 +89,10 @@ rule bench_llama_cpp_python:
 rule bench_transformers:
     input:
         model=model_file,
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "transformers_backend.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "models.py",
-            "runs.py",
-        ),
+        code=bench_code("transformers_backend.py"),
     output:
-        run_file_pattern("transformers"),
+        run=run_file_pattern("transformers"),
+        provenance=provenance_pattern("transformers"),
     log:
         run_log_pattern("transformers"),
     wildcard_constraints:
@@ -134,17 +114,10 @@ rule bench_transformers:
 rule bench_vllm:
     input:
         model=model_file,
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "vllm_backend.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "models.py",
-            "runs.py",
-        ),
+        code=bench_code("vllm_backend.py"),
     output:
-        run_file_pattern("vllm"),
+        run=run_file_pattern("vllm"),
+        provenance=provenance_pattern("vllm"),
     log:
         run_log_pattern("vllm"),
     wildcard_constraints:
@@ -165,16 +138,10 @@ rule bench_vllm:
 
 rule bench_ollama:
     input:
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "ollama_backend.py",
-            "runs.py",
-        ),
+        code=bench_code("ollama_backend.py"),
     output:
-        run_file_pattern("ollama"),
+        run=run_file_pattern("ollama"),
+        provenance=provenance_pattern("ollama"),
     log:
         run_log_pattern("ollama"),
     wildcard_constraints:
@@ -198,15 +165,7 @@ rule bench_ollama:
 use rule bench_ollama as bench_ollama_gguf with:
     input:
         model=model_file,
-        code=package_files(
-            "backend.py",
-            "engines.py",
-            "gpu_telemetry.py",
-            "meters.py",
-            "models.py",
-            "ollama_backend.py",
-            "runs.py",
-        ),
+        code=bench_code("ollama_backend.py"),
     wildcard_constraints:
         model=study.alternation(study.gguf_models(config)),
         quant=study.alternation(KNOWN_QUANTS),

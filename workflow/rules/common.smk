@@ -38,6 +38,20 @@ def package_files(*names):
     return [str(PKG / n) for n in ("__init__.py", *names)]
 
 
+def bench_code(tool_module):
+    """What a bench job's result depends on besides its inputs: the measuring code and the tool's backend."""
+    return package_files(
+        "backend.py",
+        "engines.py",
+        "gpu_telemetry.py",
+        "meters.py",
+        "models.py",
+        "provenance.py",
+        "runs.py",
+        tool_module,
+    )
+
+
 def build_dir_of(wildcards, output):
     return str(Path(output.info).parent)
 
@@ -67,6 +81,16 @@ def hf_quant_source(wildcards):
 
 def run_file(job):
     return f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.parquet"
+
+
+def provenance_file(job):
+    return (
+        f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.provenance.json"
+    )
+
+
+def provenance_pattern(tool):
+    return f"{RESULTS}/runs/{tool}/{{model}}/{{quant}}/{{split}}.provenance.json"
 
 
 def run_file_pattern(tool):
@@ -256,3 +280,62 @@ def final_outputs():
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         *quality_outputs(),
     ]
+
+
+def archive_date():
+    """The day the study's rows were measured (the latest generation), so that archiving again writes the same
+    file; today where nothing was measured yet."""
+    import datetime as dt
+
+    runs = Path(RESULTS) / "summary/runs.parquet"
+    if runs.exists():
+        import polars as pl
+
+        latest = pl.read_parquet(runs, columns=["started_at"])["started_at"].max()
+        if latest is not None:
+            return latest.strftime("%Y-%m-%d")
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+ARCHIVE = f"{RESULTS}/archive/{config['study']}-{archive_date()}.tar.gz"
+
+
+def archive_members():
+    """[name in the archive, path] of everything the study made from its measurements, and how."""
+    results = [
+        *all_run_files(),
+        *[provenance_file(job) for job in JOBS],
+        *kld_files(),
+        *[
+            f"{RESULTS}/quality/kld/{m}/reference.json"
+            for m in study.kld_models(config)
+        ],
+        *[accuracy_file(job) for job in ACCURACY_JOBS],
+        f"{RESULTS}/summary/runs.parquet",
+        f"{RESULTS}/summary/stats.csv",
+        f"{RESULTS}/tables/cost_per_1m_tokens.csv",
+        f"{RESULTS}/tables/cost_per_1m_tokens.md",
+        *[
+            f"{RESULTS}/figures/decode_tokens_per_s.{ext}"
+            for ext in ("png", "svg", "html")
+        ],
+        f"{RESULTS}/config/study.yaml",
+    ]
+    if quality_outputs():
+        results += [
+            f"{RESULTS}/summary/quality.parquet",
+            f"{RESULTS}/tables/quality_by_quant.csv",
+            f"{RESULTS}/tables/quality_by_quant.md",
+            *[
+                f"{RESULTS}/figures/pareto_speed_vs_kld.{ext}"
+                for ext in ("png", "svg", "html")
+            ],
+        ]
+    members = [[f"results/{Path(p).relative_to(RESULTS)}", p] for p in results]
+    records = [f"{BUILD_DIR}/build.json"] + [
+        f"{RES}/models/{m}/{q}.json"
+        for m in study.gguf_models(config)
+        for q in study.quants_of(config, m)
+    ]
+    members += [[f"resources/{Path(p).relative_to(RES)}", p] for p in records]
+    return members

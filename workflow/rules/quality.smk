@@ -93,7 +93,9 @@ rule quality_table:
         accuracy=[accuracy_file(job) for job in ACCURACY_JOBS],
         runs=f"{RESULTS}/summary/runs.parquet",
         models=quality_model_files(),
-        code=package_files("accuracy.py", "costs.py", "models.py", "quality.py"),
+        code=package_files(
+            "accuracy.py", "costs.py", "models.py", "quality.py", "render.py"
+        ),
     output:
         table=f"{RESULTS}/summary/quality.parquet",
         csv=f"{RESULTS}/tables/quality_by_quant.csv",
@@ -113,7 +115,7 @@ rule quality_table:
 rule plot_pareto:
     input:
         table=f"{RESULTS}/summary/quality.parquet",
-        code=package_files("plots.py", "quality.py"),
+        code=package_files("plots.py", "quality.py", "render.py"),
     output:
         png=f"{RESULTS}/figures/pareto_speed_vs_kld.png",
         svg=f"{RESULTS}/figures/pareto_speed_vs_kld.svg",

@@ -1,7 +1,7 @@
 rule plot_decode_speed:
     input:
         runs=f"{RESULTS}/summary/runs.parquet",
-        code=package_files("plots.py", "quants.py"),
+        code=package_files("plots.py", "quants.py", "render.py"),
     output:
         png=f"{RESULTS}/figures/decode_tokens_per_s.png",
         svg=f"{RESULTS}/figures/decode_tokens_per_s.svg",
@@ -19,7 +19,7 @@ rule plot_decode_speed:
 rule cost_table:
     input:
         runs=f"{RESULTS}/summary/runs.parquet",
-        code=package_files("costs.py", "stats.py"),
+        code=package_files("costs.py", "render.py", "stats.py"),
     output:
         csv=f"{RESULTS}/tables/cost_per_1m_tokens.csv",
         md=f"{RESULTS}/tables/cost_per_1m_tokens.md",

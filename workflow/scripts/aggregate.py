@@ -3,10 +3,9 @@
 import polars as pl
 
 from llmbench.logs import script_logging
+from llmbench.render import write_stats
 from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import summarize_runs, tukey_flags
-
-METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "energy_j"]
+from llmbench.stats import tukey_flags
 
 
 def main(snakemake):
@@ -15,9 +14,7 @@ def main(snakemake):
         runs = pl.concat([pl.read_parquet(f, columns=list(RUN_SCHEMA)) for f in snakemake.input.runs])
         runs = tukey_flags(runs, "decode_tokens_per_s")
         runs.write_parquet(snakemake.output.runs)
-        stats = summarize_runs(runs, METRICS)
-        stats.write_parquet(snakemake.output.stats)
-        stats.write_csv(snakemake.output.stats_csv)
+        stats = write_stats(runs, snakemake.output.stats, snakemake.output.stats_csv)
         log.info("%d generations from %d runs; %d statistics rows", runs.height, len(snakemake.input.runs), stats.height)
 
 

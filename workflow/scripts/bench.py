@@ -4,12 +4,15 @@ A tool that is not installed here ends its job with a 'skipped' row that says wh
 the job (and only that job: every other job's results are separate files).
 """
 
+import datetime as dt
+import json
 import signal
 import sys
 from pathlib import Path
 
 import polars as pl
 
+from llmbench import provenance
 from llmbench.backend import ToolUnavailable
 from llmbench.engines import EngineSettings, make_engine
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
@@ -46,9 +49,26 @@ def main(snakemake):
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
+        started = dt.datetime.now(dt.UTC).isoformat()
         rows = measure(snakemake, plan, engine_log, log)
-        rows.write_parquet(snakemake.output[0])
-        log.info("wrote %d rows to %s", rows.height, snakemake.output[0])
+        rows.write_parquet(snakemake.output.run)
+        provenance.write(snakemake.output.provenance, job_provenance(snakemake, plan, started))
+        log.info("wrote %d rows to %s, and how they were measured to %s", rows.height, snakemake.output.run,
+                 snakemake.output.provenance)
+
+
+def job_provenance(snakemake, plan: RunPlan, started: str) -> dict:
+    """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
+    model files and the machine. The whole study config is archived once, beside the results."""
+    inp = snakemake.input
+    build = json.loads(Path(inp.build).read_text()) if "build" in inp.keys() else None
+    models = [json.loads(Path(inp.model).with_suffix(".json").read_text())] if "model" in inp.keys() else []
+    settings = {"tool": plan.tool, "model": plan.model, "quant": plan.quant, "split": plan.split,
+                "gpus": plan.gpus, "threads": plan.threads, "plan": dict(snakemake.params.plan)}
+    return provenance.collect(
+        config=settings, build_record=build, model_records=models, gpu_indices=list(range(plan.gpus)),
+        started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=Path(snakemake.scriptdir).parents[1],
+    )
 
 
 def measure(snakemake, plan: RunPlan, engine_log: Path, log) -> pl.DataFrame:

@@ -2,17 +2,15 @@
 
 import polars as pl
 
-from llmbench.costs import cost_table, render_markdown
 from llmbench.logs import script_logging
+from llmbench.render import write_costs
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         p = snakemake.params
-        table = cost_table(pl.read_parquet(snakemake.input.runs), p.usd_per_kwh, p.cloud)
-        table.write_csv(snakemake.output.csv)
-        with open(snakemake.output.md, "w") as fh:
-            fh.write(render_markdown(table, p.usd_per_kwh, p.electricity_note, p.cloud))
+        costs = {"electricity_usd_per_kwh": p.usd_per_kwh, "electricity_note": p.electricity_note, "cloud": p.cloud}
+        table = write_costs(pl.read_parquet(snakemake.input.runs), costs, snakemake.output.csv, snakemake.output.md)
         log.info("cost table: %d groups", table.height)
 
 

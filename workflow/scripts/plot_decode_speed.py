@@ -3,18 +3,13 @@
 import polars as pl
 
 from llmbench.logs import script_logging
-from llmbench.plots import box_by_quant, save_all
+from llmbench.render import write_decode_figure
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         runs = pl.read_parquet(snakemake.input.runs)
-        chart = box_by_quant(
-            runs, "decode_tokens_per_s",
-            title=f"{snakemake.params.study}: decode speed per quant (Tukey box plots, whiskers 1.5 IQR)",
-            axis_title="decode speed [tokens/s]",
-        )
-        for path in save_all(chart, snakemake.output.png):
+        for path in write_decode_figure(runs, snakemake.params.study, snakemake.output.png):
             log.info("wrote %s", path)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.logs import script_logging
-from llmbench.quality import file_facts, quality_table, render_markdown
+from llmbench.quality import file_facts, quality_table
+from llmbench.render import write_quality_markdown
 
 
 def read_all(paths) -> pl.DataFrame:
@@ -33,10 +34,8 @@ def main(snakemake):
         )
         table.write_parquet(snakemake.output.table)
         table.write_csv(snakemake.output.csv)
-        Path(snakemake.output.md).write_text(
-            f"Speed and energy: {speed_tool}" + (f", split mode {splits[0]}" if splits else "") + ".\n\n"
-            + render_markdown(table, sorted(set(p.tools)))
-        )
+        speed = speed_tool + (f", split mode {splits[0]}" if splits else "")
+        write_quality_markdown(table, p.tools, speed, snakemake.output.md)
         log.info("quality table: %d model × quant rows", table.height)
 
 

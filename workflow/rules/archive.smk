@@ -1,0 +1,38 @@
+# A study in one file: `snakemake archive` packs results, figures, tables, provenance and the config, with a
+# manifest of sha256, into results/archive/<study>-<date>.tar.gz.
+
+
+rule study_config:
+    output:
+        f"{RESULTS}/config/study.yaml",
+    log:
+        "logs/study_config.log",
+    conda:
+        ENV
+    params:
+        config=config,
+    script:
+        "../scripts/study_config.py"
+
+
+rule make_archive:
+    input:
+        members=[path for _, path in archive_members()],
+        code=package_files("archive.py", "provenance.py"),
+    output:
+        ARCHIVE,
+    log:
+        "logs/make_archive.log",
+    conda:
+        ENV
+    params:
+        members=archive_members(),
+        top=Path(ARCHIVE).name.removesuffix(".tar.gz"),
+    script:
+        "../scripts/make_archive.py"
+
+
+rule archive:
+    default_target: False
+    input:
+        ARCHIVE,

@@ -1,0 +1,76 @@
+"""A study as one reproducible file: results, figures, tables, provenance and config in a .tar.gz with a manifest.
+
+The archive is byte-for-byte deterministic (members sorted, times and owners zeroed, gzip without a timestamp),
+so the same study archives to the same bytes, and MANIFEST.sha256 inside lists the sha256 of every other member.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from llmbench.fetch import atomic_path, sha256_file
+from llmbench.provenance import assert_no_secrets
+
+MANIFEST = "MANIFEST.sha256"
+# Members read as text for the secret check; parquet and images are data the workflow wrote from measurements.
+TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".md", ".csv", ".log", ".txt", ".html", ".svg", ".rst"}
+
+
+def manifest_text(members: dict[str, Path]) -> str:
+    return "".join(f"{sha256_file(path)}  {name}\n" for name, path in sorted(members.items()))
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def build_archive(members: dict[str, Path], dest: Path, top: str) -> Path:
+    """Write ``dest`` with every member under ``top/``; refuse a text member that holds a secret's value."""
+    for name, path in members.items():
+        if Path(name).suffix in TEXT_SUFFIXES:
+            try:
+                assert_no_secrets(Path(path).read_text(errors="replace"))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}; it was not archived") from None
+    manifest = manifest_text(members).encode()
+    with atomic_path(dest) as part:
+        with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.addfile(_info(f"{top}/{MANIFEST}", len(manifest)), io.BytesIO(manifest))
+                for name in sorted(members):
+                    path = Path(members[name])
+                    with open(path, "rb") as fh:
+                        tar.addfile(_info(f"{top}/{name}", path.stat().st_size), fh)
+    return dest
+
+
+def verify_archive(path: Path) -> list[str]:
+    """Problems found by checking every member against the manifest (an empty list: the archive is intact)."""
+    problems, digests, listed = [], {}, {}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read() if member.isfile() else b""
+            _, _, name = member.name.partition("/")
+            if name == MANIFEST:
+                for line in data.decode().splitlines():
+                    digest, _, listed_name = line.partition("  ")
+                    listed[listed_name] = digest
+            else:
+                digests[name] = hashlib.sha256(data).hexdigest()
+    if not listed:
+        return [f"{path} has no {MANIFEST}"]
+    for name, digest in sorted(listed.items()):
+        if name not in digests:
+            problems.append(f"{name} is in the manifest but not in the archive")
+        elif digests[name] != digest:
+            problems.append(f"{name}: sha256 {digests[name]} but the manifest says {digest}")
+    problems += [f"{name} is in the archive but not in the manifest" for name in sorted(set(digests) - set(listed))]
+    return problems

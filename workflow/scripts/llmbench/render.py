@@ -1,0 +1,76 @@
+"""Statistics, tables and figures from a study's measured rows: what the workflow's last rules write, and what an
+unpacked archive re-renders without running a benchmark again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from llmbench.costs import cost_table
+from llmbench.costs import render_markdown as cost_markdown
+from llmbench.plots import box_by_quant, save_all
+from llmbench.quality import pareto_chart
+from llmbench.quality import render_markdown as quality_markdown
+from llmbench.stats import summarize_runs
+
+METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "energy_j"]
+
+
+def write_stats(runs: pl.DataFrame, parquet: Path, csv: Path) -> pl.DataFrame:
+    stats = summarize_runs(runs, METRICS)
+    stats.write_parquet(parquet)
+    stats.write_csv(csv)
+    return stats
+
+
+def write_costs(runs: pl.DataFrame, costs: dict, csv: Path, md: Path) -> pl.DataFrame:
+    table = cost_table(runs, costs["electricity_usd_per_kwh"], costs["cloud"])
+    table.write_csv(csv)
+    Path(md).write_text(cost_markdown(table, costs["electricity_usd_per_kwh"], costs["electricity_note"], costs["cloud"]))
+    return table
+
+
+def write_decode_figure(runs: pl.DataFrame, study: str, png: Path) -> list[Path]:
+    chart = box_by_quant(
+        runs, "decode_tokens_per_s",
+        title=f"{study}: decode speed per quant (Tukey box plots, whiskers 1.5 IQR)",
+        axis_title="decode speed [tokens/s]",
+    )
+    return save_all(chart, png)
+
+
+def write_quality_markdown(table: pl.DataFrame, tools: list[str], speed: str, md: Path) -> None:
+    Path(md).write_text(f"Speed and energy: {speed}.\n\n" + quality_markdown(table, sorted(set(tools))))
+
+
+def write_pareto(table: pl.DataFrame, study: str, png: Path) -> list[Path]:
+    """$ per 1M tokens against KLD where energy was measured, else decode speed (and the title says why)."""
+    if table["usd_per_1m_tokens"].is_not_null().any():
+        chart = pareto_chart(table, "usd_per_1m_tokens", "$ per 1M generated tokens (energy only)",
+                             f"{study}: cost against loss of quality", maximise_y=False)
+    else:
+        chart = pareto_chart(table, "median_decode_tokens_per_s", "median decode speed [tokens/s]",
+                             f"{study}: speed against loss of quality (energy not measured here)")
+    return save_all(chart, png)
+
+
+def rerender(results: Path, config: dict) -> list[Path]:
+    """Everything derived from ``results/summary``'s rows, written again in ``results`` (no benchmark runs)."""
+    results = Path(results)
+    runs = pl.read_parquet(results / "summary/runs.parquet")
+    (results / "tables").mkdir(parents=True, exist_ok=True)
+    write_stats(runs, results / "summary/stats.parquet", results / "summary/stats.csv")
+    write_costs(runs, config["costs"], results / "tables/cost_per_1m_tokens.csv",
+                results / "tables/cost_per_1m_tokens.md")
+    written = [results / "summary/stats.csv", results / "tables/cost_per_1m_tokens.md"]
+    written += write_decode_figure(runs, config["study"], results / "figures/decode_tokens_per_s.png")
+    quality = results / "summary/quality.parquet"
+    if quality.exists():
+        table = pl.read_parquet(quality)
+        tools = [c.removeprefix("accuracy ") for c in table.columns
+                 if c.startswith("accuracy ") and c.count(" ") == 1 and c != "accuracy not"]
+        write_quality_markdown(table, tools, "as archived", results / "tables/quality_by_quant.md")
+        written += [results / "tables/quality_by_quant.md"]
+        written += write_pareto(table, config["study"], results / "figures/pareto_speed_vs_kld.png")
+    return written

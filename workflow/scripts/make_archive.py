@@ -1,0 +1,20 @@
+"""Pack the study into one deterministic .tar.gz with a sha256 manifest, and check it after writing."""
+
+from pathlib import Path
+
+from llmbench.archive import build_archive, verify_archive
+from llmbench.logs import script_logging
+
+
+def main(snakemake):
+    with script_logging(snakemake.log[0]) as log:
+        members = {name: Path(path) for name, path in snakemake.params.members}
+        dest = build_archive(members, Path(snakemake.output[0]), snakemake.params.top)
+        problems = verify_archive(dest)
+        if problems:
+            raise RuntimeError(f"{dest} failed its own manifest check: " + "; ".join(problems))
+        log.info("archived %d files in %s", len(members), dest)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
