@@ -23,8 +23,10 @@ LIB_DIR = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version'
 
 @pytest.fixture(autouse=True)
 def _restore_lib_path_env(monkeypatch):
-    # start() sets LLAMA_CPP_LIB_PATH for the binding; monkeypatch puts back what was there.
-    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    # start() sets LLAMA_CPP_LIB_PATH for the binding. Setting it here first makes monkeypatch record the
+    # original state (absent or not), which it puts back after the test whatever start() did.
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "")
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH")
 
 
 def backend(tmp_path: Path, lib_dir: Path) -> LlamaCppPython:

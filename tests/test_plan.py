@@ -53,10 +53,10 @@ def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     for rule in ("bench_llama_server", "bench_llama_bench", "bench_llama_cpp_python"):
         assert jobs[(rule, 0)] == 8, rule
     # The slow or absent tools run the quants their `quants` list keeps.
-    assert jobs[("bench_transformers", 0)] == 2 and jobs[("bench_ollama_gguf", 0)] == 2
+    assert jobs[("bench_transformers", 0)] == 1 and jobs[("bench_ollama_gguf", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
     assert jobs[("kld_base", 0)] == 1 and jobs[("kld", 0)] == 8
-    assert jobs[("answer_accuracy", 0)] == 8 + 8 + 2 + 2  # llama-server, llama-cpp-python, transformers, ollama
+    assert jobs[("answer_accuracy", 0)] == 8 + 8 + 1 + 2  # llama-server, llama-cpp-python, transformers, ollama
     # vLLM needs a GPU and says so in its resources; it ends 'skipped' where there is none.
     assert sorted(key for key in jobs if key[1]) == [("answer_accuracy", 1), ("bench_vllm", 1)]
     assert jobs[("bench_vllm", 1)] == jobs[("answer_accuracy", 1)] == 2

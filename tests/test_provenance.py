@@ -11,7 +11,7 @@ from test_meters import StandInNvmlWithEnergy
 
 from conftest import REPO, nvml_works
 from llmbench import provenance
-from llmbench.provenance import assert_no_secrets, collect, config_sha256, looks_secret, redact, write
+from llmbench.provenance import ENVIRONMENT, assert_no_secrets, collect, config_sha256, looks_secret, redact, write
 
 TOKEN = "hf_testsecret123456"
 
@@ -57,6 +57,8 @@ def test_a_failing_probe_gives_null_and_reason_not_an_exception(monkeypatch):
 
 def test_no_secret_reaches_the_written_json(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     config = {"models": [{"url": f"https://hf.co/x?token={TOKEN}&rev=main"}], "api_key": "sk-live-0123456789",
               "server": {"ApiKey": "abc-0987654321", "max_tokens": 128}}

@@ -191,6 +191,11 @@ def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_w
         names = set(tar.getnames())
         blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
     assert not any(SECRET["HF_TOKEN"].encode() in blob for blob in blobs)
+    # Nor anywhere else the workflow writes: results, logs, Snakemake's own records of params and logs.
+    for folder in ("results", "logs", ".snakemake"):
+        for path in (study / folder).rglob("*"):
+            if path.is_file() and path.stat().st_size < 50 * 2**20:
+                assert SECRET["HF_TOKEN"].encode() not in path.read_bytes(), path
     for member in ("MANIFEST.sha256", "results/config/study.yaml", "results/tables/quality_by_quant.md",
                    f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json", "results/figures/decode_tokens_per_s.svg",
                    f"resources/models/{MODEL}/Q8_0.json"):

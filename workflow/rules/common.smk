@@ -43,6 +43,7 @@ def bench_code(tool_module):
     return package_files(
         "backend.py",
         "engines.py",
+        "gpu_slots.py",
         "gpu_telemetry.py",
         "meters.py",
         "models.py",
@@ -137,6 +138,7 @@ def bench_plan(wildcards):
         "start_timeout_s": bench["start_timeout_s"],
         "request_timeout_s": bench["request_timeout_s"],
         "n_gpu_layers": gpu_layers(wildcards),
+        "exclusive": bench["exclusive"],
     }
 
 
@@ -222,6 +224,7 @@ def accuracy_inputs(wildcards):
             "accuracy.py",
             "backend.py",
             "engines.py",
+            "gpu_slots.py",
             f"{ENGINE_MODULES[wildcards.tool]}.py",
         ),
     }

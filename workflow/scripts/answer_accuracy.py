@@ -7,6 +7,7 @@ from pathlib import Path
 from llmbench.accuracy import ask_all, load_questions, not_asked
 from llmbench.backend import ToolUnavailable
 from llmbench.engines import EngineSettings, make_engine
+from llmbench.gpu_slots import hold_gpus
 from llmbench.logs import script_logging
 from llmbench.models import check_gguf
 
@@ -27,7 +28,7 @@ def main(snakemake):
         questions = load_questions(inp.questions)
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         try:
-            with make_engine(settings, engine_log) as engine:
+            with hold_gpus(settings.gpus, job=str(snakemake.output[0])), make_engine(settings, engine_log) as engine:
                 rows = ask_all(engine, questions, settings.seed, group)
         except ToolUnavailable as err:
             log.warning("skipped: %s", err)

@@ -15,6 +15,7 @@ import polars as pl
 from llmbench import provenance
 from llmbench.backend import ToolUnavailable
 from llmbench.engines import EngineSettings, make_engine
+from llmbench.gpu_slots import hold_gpus
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
@@ -50,14 +51,19 @@ def main(snakemake):
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
         started = dt.datetime.now(dt.UTC).isoformat()
-        rows = measure(snakemake, plan, engine_log, log)
-        rows.write_parquet(snakemake.output.run)
-        provenance.write(snakemake.output.provenance, job_provenance(snakemake, plan, started))
+        with hold_gpus(plan.gpus, exclusive=p["exclusive"], job=str(snakemake.output.run)) as gpu_ids:
+            if gpu_ids:
+                log.info("holding GPUs %s (NVML indices; CUDA_VISIBLE_DEVICES set for the engine)", gpu_ids)
+            # Without a GPU here the indices stay nominal, so that the meter says why nothing was read.
+            gpu_ids = gpu_ids or list(range(plan.gpus))
+            rows = measure(snakemake, plan, gpu_ids, engine_log, log)
+            rows.write_parquet(snakemake.output.run)
+            provenance.write(snakemake.output.provenance, job_provenance(snakemake, plan, gpu_ids, started))
         log.info("wrote %d rows to %s, and how they were measured to %s", rows.height, snakemake.output.run,
                  snakemake.output.provenance)
 
 
-def job_provenance(snakemake, plan: RunPlan, started: str) -> dict:
+def job_provenance(snakemake, plan: RunPlan, gpu_ids: list[int], started: str) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
     model files and the machine. The whole study config is archived once, beside the results."""
     inp = snakemake.input
@@ -66,12 +72,12 @@ def job_provenance(snakemake, plan: RunPlan, started: str) -> dict:
     settings = {"tool": plan.tool, "model": plan.model, "quant": plan.quant, "split": plan.split,
                 "gpus": plan.gpus, "threads": plan.threads, "plan": dict(snakemake.params.plan)}
     return provenance.collect(
-        config=settings, build_record=build, model_records=models, gpu_indices=list(range(plan.gpus)),
+        config=settings, build_record=build, model_records=models, gpu_indices=gpu_ids,
         started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=Path(snakemake.scriptdir).parents[1],
     )
 
 
-def measure(snakemake, plan: RunPlan, engine_log: Path, log) -> pl.DataFrame:
+def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log) -> pl.DataFrame:
     """The job's rows: llama-bench's raw samples, one row per generation, or one 'skipped' row saying why."""
     if "model" in snakemake.input.keys():
         model = Path(snakemake.input.model)
@@ -84,7 +90,7 @@ def measure(snakemake, plan: RunPlan, engine_log: Path, log) -> pl.DataFrame:
         )
         return run_llama_bench(settings, plan, engine_log)
     try:
-        with open_energy_meter(list(range(plan.gpus))) as meter:
+        with open_energy_meter(gpu_ids) as meter:
             log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
             with make_engine(engine_settings(snakemake, plan), engine_log) as backend:
                 facts = backend.facts()
