@@ -1,6 +1,7 @@
 """llama-perplexity's KL-divergence summary, parsed from its real output (tests/data: SmolLM2-135M Q4_0 against
 its F16 over workflow/data/quality-corpus.txt, ctx 256, printed by the llama.cpp build of this workflow)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ def test_real_summary_gives_kld_with_uncertainty_percentiles_ppl_and_top_token()
     assert s["kld_median"] == 0.203781 and s["kld_min"] <= s["kld_p1"] <= s["kld_median"] <= s["kld_p99"] <= s["kld_max"]
     assert (s["same_top_p_pct"], s["same_top_p_unc_pct"]) == (69.921, 1.051)
     assert (s["delta_p_mean_pct"], s["delta_p_rms_pct"]) == (-3.879, 12.116)
+
+
+def test_reference_against_itself_parses_with_its_nan_uncertainties():
+    """Real output of the F16 scored on its own base file (the default ladder lists the reference too)."""
+    s = parse_kld_summary((REPO / "tests/data/llama_perplexity_kld_f16_self.txt").read_text())
+    assert s["ppl_ratio"] == 0.999996 and math.isnan(s["ppl_ratio_unc"])
+    assert abs(s["kld_mean"]) < 1e-5 and s["same_top_p_pct"] == 100.0
 
 
 def test_per_chunk_lines_are_not_taken_for_the_summary():

@@ -12,7 +12,8 @@ import re
 import subprocess
 from pathlib import Path
 
-_NUM = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf|-inf)"
+# The reference scored against itself prints "-nan" for uncertainties of zero spread: a float, as Python reads it.
+_NUM = r"([-+]?(?:[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf))"
 _PM = rf"{_NUM}\s*(?:±|\+/-)\s*{_NUM}"
 
 # Summary line label → (column of the value, column of its uncertainty or None). Labels as the tool prints them.
