@@ -146,9 +146,10 @@ def ask_all(engine, questions: list[Question], seed: int, group: dict[str, str])
     for q in questions:
         g = engine.generate(q.question, q.max_tokens, 0.0, seed)
         rows.append({**group, "status": "ok", "question_id": q.id, "category": q.category, "reply": g.text,
-                     "correct": is_correct(q, g.text), "generated_tokens": g.generated_tokens,
-                     "finish_reason": g.finish_reason, "engine_build": build})
-    return pl.DataFrame(rows, schema=ANSWER_SCHEMA)
+                     "generated_tokens": g.generated_tokens, "finish_reason": g.finish_reason,
+                     "engine_build": build})
+    replies = pl.DataFrame(rows, schema={k: v for k, v in ANSWER_SCHEMA.items() if k != "correct"})
+    return score(replies, questions).select(list(ANSWER_SCHEMA))
 
 
 def not_asked(group: dict[str, str], reason: str) -> pl.DataFrame:

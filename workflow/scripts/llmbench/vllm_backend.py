@@ -30,6 +30,7 @@ from llmbench.backend import (
     stop_process,
 )
 from llmbench.backend import peak_rss_bytes as vm_hwm
+from llmbench.gpu_slots import gpu_count
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/version")
 
@@ -100,18 +101,7 @@ def parse_vllm_stream(
 
 def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
     """The NVIDIA kernel driver is loaded, or NVML starts and sees at least one GPU."""
-    if proc_file.exists():
-        return True
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount() > 0
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-        return False
+    return proc_file.exists() or gpu_count()[0] > 0
 
 
 class VllmServer(Engine):
