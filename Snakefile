@@ -9,6 +9,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# The landing page of `snakemake --report`: what ran and how it was measured (captions beside each result).
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -22,6 +26,7 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/quality.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/summary.smk"
 include: "workflow/rules/archive.smk"
 
 

@@ -1,11 +1,29 @@
-"""llama-bench backend: its real -o jsonl output (recorded from this project's build) parsed by field name."""
+"""llama-bench backend: its real -o jsonl output (recorded from this project's build) parsed by field name.
+
+Run tests use a stand-in executable for llama-bench (a small Python script, named as such) that replays the
+recorded output and the real probe log, or prints llama.cpp's out-of-memory lines and fails.
+"""
+
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError
-from llmbench.llama_bench import LlamaBenchSettings, bench_command, parse_jsonl, samples_to_rows
+from llmbench.backend import BackendError, OutOfMemory
+from llmbench.llama_bench import (
+    LlamaBenchSettings,
+    bench_command,
+    parse_jsonl,
+    probe_command,
+    run_llama_bench,
+    samples_to_rows,
+)
 from llmbench.runs import RUN_SCHEMA, RunPlan
+
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 PLAN = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.0, 0.7, 1, 0, 0, 2)
 
@@ -45,3 +63,64 @@ def test_command_asks_for_jsonl_and_the_settings(tmp_path):
                                            n_gen=16, repetitions=3, threads=2, n_gpu_layers=33, split_mode="row"))
     assert cmd[cmd.index("-o") + 1] == "jsonl" and cmd[cmd.index("-sm") + 1] == "row"
     assert cmd[cmd.index("-p") + 1] == "64" and cmd[cmd.index("-ngl") + 1] == "33"
+
+
+def test_auto_is_llama_bench_own_fitting_and_the_split_uses_slashes(tmp_path):
+    s = LlamaBenchSettings(binary=tmp_path / "llama-bench", model=tmp_path / "m.gguf", n_gpu_layers="auto")
+    cmd = bench_command(s)
+    # llama-bench's -ngl takes numbers only: -fitt (a margin in MiB) turns its fitting on instead.
+    assert "-ngl" not in cmd and cmd[cmd.index("-fitt") + 1] == "1024"
+    split = bench_command(LlamaBenchSettings(binary=tmp_path / "b", model=tmp_path / "m.gguf", n_gpu_layers=81,
+                                             tensor_split=(3.0, 1.0)))
+    assert split[split.index("-ts") + 1] == "3/1" and split[split.index("-ngl") + 1] == "81"
+
+
+def test_probe_is_the_same_test_once_and_verbose(tmp_path):
+    s = LlamaBenchSettings(binary=tmp_path / "b", model=tmp_path / "m.gguf", n_prompt=64, n_gen=16, repetitions=5)
+    probe = probe_command(s)
+    assert probe[probe.index("-r") + 1] == "1" and probe[-2:] == ["--no-warmup", "-v"]
+    assert probe[probe.index("-p") + 1] == "64" and "-v" not in bench_command(s)
+
+
+def standin(tmp_path: Path, body: str) -> Path:
+    exe = tmp_path / "standin-llama-bench"
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    exe.chmod(0o755)
+    return exe
+
+
+def test_rows_carry_the_offload_read_from_the_probe(tmp_path):
+    exe = standin(tmp_path, f"""
+        import sys
+        if "-v" in sys.argv:
+            sys.stderr.write(open({str(REPO / "tests/data/llama_bench_probe_cpu.log")!r}).read())
+        sys.stdout.write(open({str(REPO / "tests/data/llama_bench.jsonl")!r}).read())
+    """)
+    s = LlamaBenchSettings(binary=exe, model=tmp_path / "m.gguf", n_gpu_layers="auto")
+    plan = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.0, 0.7, 1, "auto", 0, 2)
+    rows = run_llama_bench(s, plan, tmp_path / "bench.engine.log")
+    assert rows.height == sum(len(t["samples_ns"]) for t in recorded())
+    assert rows["n_gpu_layers"].is_null().all() and rows["n_gpu_layers_auto"].all()
+    assert set(rows["n_gpu_layers_offloaded"]) == {0} and set(rows["n_layers_total"]) == {31}
+    assert (tmp_path / "bench.engine.probe.log").exists()
+
+
+def test_out_of_memory_is_out_of_memory_and_other_failures_stay_errors(tmp_path):
+
+    oom = standin(tmp_path, f"""
+        import sys
+        sys.stderr.write({CUDA_OOM!r} + "main: error: failed to load model\\n")
+        sys.exit(1)
+    """)
+    s = LlamaBenchSettings(binary=oom, model=tmp_path / "m.gguf", n_prompt=512, n_gen=128, n_gpu_layers=81)
+    with pytest.raises(OutOfMemory, match=r"^out of memory: llama-bench \(n_gpu_layers=81, ctx_size=640\)"):
+        run_llama_bench(s, PLAN, tmp_path / "bench.engine.log")
+    (tmp_path / "standin-llama-bench").unlink()
+    other = standin(tmp_path, """
+        import sys
+        sys.stderr.write("main: error: failed to load model 'm.gguf'\\n")
+        sys.exit(1)
+    """)
+    with pytest.raises(BackendError, match="llama-bench failed with exit 1") as e:
+        run_llama_bench(LlamaBenchSettings(binary=other, model=tmp_path / "m.gguf"), PLAN, tmp_path / "b.log")
+    assert not isinstance(e.value, OutOfMemory)

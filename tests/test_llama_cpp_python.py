@@ -15,8 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, load_config
-from llmbench.backend import BackendError, ToolUnavailable
+from llmbench.backend import BackendError, OutOfMemory, ToolUnavailable
 from llmbench.llama_cpp_python_backend import LlamaCppPython
+
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 LIB_DIR = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version']}-cpu" / "bin"
 
@@ -66,6 +69,33 @@ def test_unknown_split_mode_is_refused(tmp_path):
         LlamaCppPython(tmp_path / "m.gguf", tmp_path, split_mode="rows")
 
 
+@pytest.mark.parametrize("bad", [-1, "all"])
+def test_bad_layer_count_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"n_gpu_layers {bad!r} is neither a number of layers"):
+        LlamaCppPython(tmp_path / "m.gguf", tmp_path, n_gpu_layers=bad)
+
+
+def test_out_of_memory_in_the_load_log_is_out_of_memory(tmp_path, monkeypatch):
+    """A stand-in binding whose Llama() logs llama.cpp's CUDA out-of-memory lines and fails, as the real one does."""
+    from llmbench import llama_cpp_python_backend as backend_module
+
+    callbacks = []
+
+    def failing_llama(**kw):
+        for line in CUDA_OOM.splitlines(keepends=True):
+            callbacks[-1](3, line.encode(), None)
+        raise ValueError(f"Failed to load model from file: {kw['model_path']}")
+
+    standin = SimpleNamespace(llama_log_callback=lambda f: f, llama_log_set=lambda f, _: callbacks.append(f),
+                              Llama=failing_llama, LLAMA_SPLIT_MODE_NONE=0)
+    monkeypatch.setattr(backend_module, "import_llama_cpp", lambda lib_dir: standin)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    b = LlamaCppPython(tmp_path / "model.gguf", tmp_path, n_gpu_layers=81, log_path=tmp_path / "engine.log")
+    with pytest.raises(OutOfMemory, match=r"^out of memory: llama-cpp-python \(n_gpu_layers=81, ctx_size=2048\)"):
+        b.start()
+    assert "cudaMalloc failed" in (tmp_path / "engine.log").read_text()
+
+
 def test_generate_before_start_is_an_error_and_stop_is_idempotent(tmp_path):
     b = backend(tmp_path, tmp_path)
     with pytest.raises(BackendError, match="not started"):
@@ -78,8 +108,8 @@ REAL_RUN = """
     import json, sys
     from pathlib import Path
     from llmbench.llama_cpp_python_backend import LlamaCppPython
-    model, lib_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    with LlamaCppPython(model, lib_dir, threads=2, ctx_size=512, seed=7) as b:
+    model, lib_dir, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    with LlamaCppPython(model, lib_dir, threads=2, ctx_size=512, seed=7, n_gpu_layers="auto", log_path=log) as b:
         gens = [b.generate("What is the capital of France? Answer in one sentence.", 12, 0.0, 7) for _ in range(2)]
         out = {"gens": [g.__dict__ for g in gens], "facts": b.facts(), "peak_rss": b.peak_rss_bytes()}
     print(json.dumps(out))
@@ -87,14 +117,14 @@ REAL_RUN = """
 
 
 @pytest.mark.e2e
-def test_real_engine_counts_come_from_llama_cpp():
+def test_real_engine_counts_come_from_llama_cpp(tmp_path):
     if not (LIB_DIR / "libllama.so").exists():
         pytest.skip(f"no llama.cpp build at {LIB_DIR} (run the workflow's rule build_llama_cpp)")
     model = os.environ.get("LLMBENCH_TEST_GGUF")
     if not model or not Path(model).is_file():
         pytest.skip("set LLMBENCH_TEST_GGUF to a small chat GGUF (e.g. SmolLM2-135M-Instruct) to run the real engine")
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(REAL_RUN), model, str(LIB_DIR)],
+        [sys.executable, "-c", textwrap.dedent(REAL_RUN), model, str(LIB_DIR), str(tmp_path / "engine.log")],
         capture_output=True, text=True, cwd=REPO, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO / "workflow/scripts")},
     )
@@ -112,3 +142,8 @@ def test_real_engine_counts_come_from_llama_cpp():
     assert Path(out["facts"]["library"]).parent == LIB_DIR
     assert out["facts"]["engine_build"].startswith("llama-cpp-python ")
     assert out["peak_rss"] > 50 * 2**20
+    # "auto" on a build without a GPU backend: nothing to fit, and llama.cpp's load log shows 0 of n_layer + 1.
+    facts = out["facts"]
+    assert facts["n_gpu_layers"] == "auto" and facts["n_gpu_layers_fitted_by_llama_server"] == 0
+    assert facts["n_gpu_layers_offloaded"] == 0 and facts["n_layers_total"] > 1
+    assert "load_tensors" in (tmp_path / "engine.log").read_text()

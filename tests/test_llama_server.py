@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError
+from llmbench.backend import BackendError, OutOfMemory
 from llmbench.llama_server import (
     LlamaServer,
     LlamaServerSettings,
@@ -20,6 +20,9 @@ from llmbench.llama_server import (
     parse_chat_stream,
     server_command,
 )
+
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 
 def test_parse_recorded_real_response():
@@ -64,6 +67,33 @@ def test_command_carries_offload_split_and_threads(tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--parallel") + 1] == "1"
 
 
+def test_a_number_of_layers_runs_as_given_and_auto_lets_llama_cpp_fit(tmp_path):
+    fixed = server_command(LlamaServerSettings(binary=Path("s"), model=tmp_path / "m.gguf", n_gpu_layers=20), 1)
+    assert fixed[fixed.index("--n-gpu-layers") + 1] == "20" and fixed[fixed.index("--fit") + 1] == "off"
+    auto = server_command(LlamaServerSettings(binary=Path("s"), model=tmp_path / "m.gguf", n_gpu_layers="auto",
+                                              ctx_size=4096), 1)
+    assert auto[auto.index("--n-gpu-layers") + 1] == "auto" and auto[auto.index("--fit") + 1] == "on"
+    # The configured context is kept: llama.cpp's fitting only changes what the command leaves unset.
+    assert auto[auto.index("--ctx-size") + 1] == "4096"
+    # Level 4 puts llama.cpp's load lines (offload, allocation failures) into the log.
+    assert auto[auto.index("--log-verbosity") + 1] == "4"
+
+
+def test_tensor_split_is_passed_and_refused_with_auto(tmp_path):
+    s = LlamaServerSettings(binary=Path("s"), model=tmp_path / "m.gguf", n_gpu_layers=81, tensor_split=(3.0, 1.0))
+    cmd = server_command(s, 1)
+    assert cmd[cmd.index("--tensor-split") + 1] == "3,1"
+    with pytest.raises(ValueError, match=r"tensor_split \[3.0, 1.0\] with n_gpu_layers auto.*drop tensor_split"):
+        server_command(LlamaServerSettings(binary=Path("s"), model=tmp_path / "m.gguf", n_gpu_layers="auto",
+                                           tensor_split=(3.0, 1.0)), 1)
+
+
+@pytest.mark.parametrize("bad", [-1, "all", 2.5])
+def test_bad_layer_count_names_the_value(tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"n_gpu_layers {bad!r} is neither"):
+        server_command(LlamaServerSettings(binary=Path("s"), model=tmp_path / "m.gguf", n_gpu_layers=bad), 1)
+
+
 def standin(tmp_path: Path, body: str) -> Path:
     """Write a stand-in for the llama-server executable."""
     exe = tmp_path / "standin-llama-server"
@@ -87,6 +117,21 @@ def test_server_dying_while_loading_says_why(tmp_path):
     server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
     with pytest.raises(BackendError, match=r"exited with code 1 while loading .*corrupt or truncated"):
         server.start()
+
+
+def test_out_of_memory_while_loading_is_out_of_memory_with_the_line_and_fix(tmp_path):
+    exe = standin(tmp_path, f"""
+        import sys
+        sys.stderr.write({CUDA_OOM!r})
+        sys.exit(1)
+    """)
+    server = LlamaServer(settings(exe, tmp_path, n_gpu_layers=81), tmp_path / "server.log")
+    with pytest.raises(OutOfMemory) as e:
+        server.start()
+    msg = str(e.value)
+    assert msg.startswith("out of memory: llama-server (n_gpu_layers=81, ctx_size=2048)")
+    assert "cudaMalloc failed: out of memory" in msg and "set it to auto" in msg
+    assert server.proc is None or server.proc.poll() is not None
 
 
 def test_missing_binary_says_to_build(tmp_path):
@@ -163,3 +208,37 @@ def test_server_is_stopped_when_the_job_is_interrupted(tmp_path, signame):
     else:
         os.kill(server_pid, signal.SIGKILL)
         pytest.fail(f"the engine (pid {server_pid}) outlived its job after {signame}")
+
+
+@pytest.mark.e2e
+def test_real_cpu_server_records_zero_layers_offloaded(tmp_path):
+    """The real llama-server of this project's CPU build, with -ngl auto: llama.cpp offloads 0 of n_layer + 1."""
+    import os
+
+    from conftest import load_config
+
+    binary = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version']}-cpu" / "bin/llama-server"
+    model = os.environ.get("LLMBENCH_TEST_GGUF")
+    if not binary.exists():
+        pytest.skip(f"no llama.cpp build at {binary.parent} (run the workflow's rule build_llama_cpp)")
+    if not model or not Path(model).is_file():
+        pytest.skip("set LLMBENCH_TEST_GGUF to a small chat GGUF (e.g. SmolLM2-135M-Instruct) to run the real server")
+    s = LlamaServerSettings(binary=binary, model=Path(model), n_gpu_layers="auto", threads=2, ctx_size=512)
+    with LlamaServer(s, tmp_path / "server.log") as server:
+        facts = server.facts()
+    assert facts["n_gpu_layers"] == "auto" and facts["n_gpu_layers_offloaded"] == 0
+    assert facts["n_layers_total"] > 1 and "print_info" in facts["offload_source"]
+
+
+def test_out_of_memory_during_a_generation_is_out_of_memory(tmp_path):
+    """The stand-in answers /health, then dies on the first request as llama.cpp's CUDA abort does."""
+    exe = standin(tmp_path, HEALTHY.replace("    http.server.HTTPServer", """\
+        def do_POST(self):
+            import os
+            sys.stderr.write("CUDA error: out of memory\\n  current device: 0, in function alloc at ggml-cuda.cu:1\\n")
+            sys.stderr.flush()
+            os._exit(134)
+    http.server.HTTPServer"""))
+    with LlamaServer(settings(exe, tmp_path), tmp_path / "server.log") as server:
+        with pytest.raises(OutOfMemory, match=r"logged 'CUDA error: out of memory'"):
+            server.generate("hi", 4, 0.0, 1)

@@ -5,7 +5,13 @@ rule aggregate:
     output:
         runs=f"{RESULTS}/summary/runs.parquet",
         stats=f"{RESULTS}/summary/stats.parquet",
-        stats_csv=f"{RESULTS}/summary/stats.csv",
+        stats_csv=report(
+            f"{RESULTS}/summary/stats.csv",
+            caption="../report/stats.rst",
+            category="Tables",
+            subcategory="Statistics",
+            labels={"table": "statistics per group and metric", "format": "CSV"},
+        ),
     log:
         "logs/aggregate.log",
     conda:

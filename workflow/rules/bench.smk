@@ -1,6 +1,7 @@
 # One job per tool × model × quant × split mode, each writing its own parquet, so only changed inputs rerun.
 # Every job declares the GPUs it holds as the gpu resource; a tool that is not installed here ends its jobs
-# with a 'skipped' row that says why.
+# with a 'skipped' row that says why, and an engine that runs out of memory with a 'failed' row quoting
+# llama.cpp's line and the fix (the job succeeds, so the study goes on); any other error fails the job.
 
 
 rule bench_llama_server:

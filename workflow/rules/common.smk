@@ -280,7 +280,13 @@ def final_outputs():
         *all_run_files(),
         f"{RESULTS}/summary/stats.csv",
         f"{RESULTS}/figures/decode_tokens_per_s.png",
+        f"{RESULTS}/figures/prefill_tokens_per_s.png",
+        f"{RESULTS}/figures/ttft_ms.png",
+        f"{RESULTS}/figures/energy_per_token.png",
+        f"{RESULTS}/figures/frameworks_decode_tokens_per_s.png",
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
+        f"{RESULTS}/tables/frameworks.md",
+        f"{RESULTS}/tables/decode_roofline.md",
         *quality_outputs(),
     ]
 

@@ -93,3 +93,24 @@ rule quantize:
         allow_requantize=False,
     script:
         "../scripts/quantize.py"
+
+
+# Random weights in a real architecture's shapes (llmbench/synthetic.py): plans speed and energy before a download.
+rule make_synthetic_gguf:
+    input:
+        code=package_files("fetch.py", "models.py", "synthetic.py"),
+    output:
+        gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
+        record=f"{RES}/models/{{model}}/{{quant}}.json",
+    log:
+        "logs/synthetic/{model}.{quant}.log",
+    wildcard_constraints:
+        model=study.alternation(study.synthetic_models(config)),
+        quant=study.alternation(study.synthetic_quants(config)),
+    conda:
+        ENV
+    params:
+        source=model_source,
+        quant="{quant}",
+    script:
+        "../scripts/make_synthetic_gguf.py"

@@ -98,8 +98,20 @@ rule quality_table:
         ),
     output:
         table=f"{RESULTS}/summary/quality.parquet",
-        csv=f"{RESULTS}/tables/quality_by_quant.csv",
-        md=f"{RESULTS}/tables/quality_by_quant.md",
+        csv=report(
+            f"{RESULTS}/tables/quality_by_quant.csv",
+            caption="../report/quality_table.rst",
+            category="Tables",
+            subcategory="Quality",
+            labels={"table": "quality per quant", "format": "CSV"},
+        ),
+        md=report(
+            f"{RESULTS}/tables/quality_by_quant.md",
+            caption="../report/quality_table.rst",
+            category="Tables",
+            subcategory="Quality",
+            labels={"table": "quality per quant", "format": "Markdown"},
+        ),
     log:
         "logs/quality_table.log",
     conda:
@@ -117,9 +129,21 @@ rule plot_pareto:
         table=f"{RESULTS}/summary/quality.parquet",
         code=package_files("plots.py", "quality.py", "render.py"),
     output:
-        png=f"{RESULTS}/figures/pareto_speed_vs_kld.png",
+        png=report(
+            f"{RESULTS}/figures/pareto_speed_vs_kld.png",
+            caption="../report/pareto.rst",
+            category="Figures",
+            subcategory="Quality",
+            labels={"figure": "speed or cost vs KLD", "format": "PNG"},
+        ),
         svg=f"{RESULTS}/figures/pareto_speed_vs_kld.svg",
-        html=f"{RESULTS}/figures/pareto_speed_vs_kld.html",
+        html=report(
+            f"{RESULTS}/figures/pareto_speed_vs_kld.html",
+            caption="../report/pareto.rst",
+            category="Figures",
+            subcategory="Quality",
+            labels={"figure": "speed or cost vs KLD", "format": "interactive"},
+        ),
     log:
         "logs/plot_pareto.log",
     conda:

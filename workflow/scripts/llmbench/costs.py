@@ -1,13 +1,36 @@
-"""Energy and money per 1M generated tokens, beside dated cloud prices; unmeasured energy stays unmeasured."""
+"""Energy and money per 1M generated tokens, beside dated cloud prices; unmeasured energy stays unmeasured.
+
+Per group (tool × model × quant × split) the table holds:
+
+- the pooled headline: a group's energy summed over all its windows divided by the tokens they generated
+  (``j_per_token``, ``kwh_per_1m_tokens``, ``usd_per_1m_tokens``);
+- the spread over generations: each generation's own energy / generated tokens, summarised with the project's
+  robust statistics (``{metric}_median/_q1/_q3/_iqr/_mean/_sd``), and the article's rule for what to report
+  (median ± IQR where the group has Tukey outliers, mean ± sd otherwise) in ``{metric}_reported`` and
+  ``{metric}_reported_spread``, the rule applied in ``reported_rule``;
+- each cloud's dated prices (input and output apart) and local / cloud-output ratio;
+- with ``costs.hardware``, an estimate of hardware amortization per 1M tokens, the total, the machine's capacity
+  per day and the break-even volume per day against each cloud's output price.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import polars as pl
 
 from llmbench.quants import KNOWN_QUANTS
-from llmbench.stats import GROUP
+from llmbench.stats import GROUP, summarize
 
 J_PER_KWH = 3.6e6
+SECONDS_PER_DAY = 86_400
+DAYS_PER_YEAR = 365.25
+# Statistics of the per-generation values kept for each metric; n and outliers are shared by the three metrics.
+SPREAD = ["median", "q1", "q3", "iqr", "mean", "sd"]
+METRICS = ["j_per_token", "kwh_per_1m_tokens", "usd_per_1m_tokens"]
+RULE_OUTLIERS = "median ± IQR"
+RULE_NO_OUTLIERS = "mean ± sd"
+THROUGHPUT_BASIS = "median single-stream decode tokens/s of the group (prefill time excluded)"
 
 
 def usd_per_1m_tokens(j_per_token: float, usd_per_kwh: float) -> float:
@@ -42,11 +65,84 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     ).drop("_any_null", "_energy_j")
 
 
-def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict]) -> pl.DataFrame:
-    """One row per group: J/token, kWh and $ per 1M generated tokens, and each cloud's output price beside."""
-    t = energy_per_token(runs).with_columns(
-        (pl.col("j_per_token") * 1e6 / J_PER_KWH).alias("kwh_per_1m_tokens"),
-        pl.lit(usd_per_kwh).alias("electricity_usd_per_kwh"),
+def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
+    """Per group: statistics of each generation's own J/token (energy_j / generated_tokens).
+
+    Rows that generated no token (llama-bench's prefill-only samples) have no J per generated token and are left
+    out; their energy still counts in the pooled J/token.
+    """
+    gens = runs.filter(pl.col("generated_tokens") > 0).with_columns(
+        (pl.col("energy_j") / pl.col("generated_tokens")).alias("j_per_token")
+    )
+    stats = summarize(gens, ["j_per_token"])
+    return stats.select(
+        *GROUP,
+        pl.col("n").alias("per_generation_n"),
+        pl.col("n_outliers").alias("per_generation_outliers"),
+        *[pl.col(s).alias(f"j_per_token_{s}") for s in SPREAD],
+    )
+
+
+def check_hardware(hardware: dict) -> None:
+    """Bad amortization inputs fail with the key, the value and the fix (the schema says the same at parse time)."""
+    for key in ("purchase_usd", "lifetime_years", "utilization"):
+        value = hardware.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"costs.hardware.{key} = {value!r}: must be a number above 0")
+    if hardware["utilization"] > 1:
+        raise ValueError(f"costs.hardware.utilization = {hardware['utilization']!r}: must be in (0, 1], "
+                         "the fraction of the machine's lifetime spent generating")
+
+
+def _null_unless_measured(expr: pl.Expr) -> pl.Expr:
+    return pl.when(pl.col("j_per_token").is_not_null()).then(expr)
+
+
+def _amortization(t: pl.DataFrame, hardware: dict, cloud: list[dict]) -> pl.DataFrame:
+    """Hardware $ per 1M tokens at measured throughput, the total with energy, and break-even volume per day."""
+    check_hardware(hardware)
+    purchase, years, util = hardware["purchase_usd"], hardware["lifetime_years"], hardware["utilization"]
+    usd_per_day = purchase / (years * DAYS_PER_YEAR)
+    tps = pl.col("median_decode_tokens_per_s")
+    t = t.with_columns(
+        pl.lit(THROUGHPUT_BASIS).alias("hardware_throughput_basis"),
+        pl.lit(float(purchase)).alias("hardware_purchase_usd"),
+        pl.lit(float(years)).alias("hardware_lifetime_years"),
+        pl.lit(float(util)).alias("hardware_utilization"),
+        pl.lit(usd_per_day).alias("hardware_usd_per_day"),
+        (purchase / (years * DAYS_PER_YEAR * SECONDS_PER_DAY * util * tps) * 1e6).alias("hardware_usd_per_1m_tokens"),
+        (tps * SECONDS_PER_DAY).alias("capacity_tokens_per_day"),
+        pl.when(tps.is_null() | (tps <= 0)).then(pl.concat_str(
+            pl.lit("no decode throughput measured: "),
+            pl.when(pl.col("not_run_reason") != "").then(pl.col("not_run_reason")).otherwise(pl.lit("no decode rows")),
+        )).alias("hardware_null_reason"),
+    ).with_columns(
+        (pl.col("usd_per_1m_tokens") + pl.col("hardware_usd_per_1m_tokens")).alias("total_usd_per_1m_tokens"),
+    )
+    for c in cloud:
+        name, out_price = c["name"], float(c["output_usd_per_1m"])
+        margin = pl.lit(out_price) - pl.col("usd_per_1m_tokens")
+        volume = pl.when(pl.col("usd_per_1m_tokens").is_not_null() & (margin > 0)).then(usd_per_day * 1e6 / margin)
+        t = t.with_columns(volume.alias(f"break-even vs {name} tokens_per_day")).with_columns(
+            (pl.col(f"break-even vs {name} tokens_per_day") > pl.col("capacity_tokens_per_day"))
+            .alias(f"break-even vs {name} above capacity"),
+            pl.when(pl.col("usd_per_1m_tokens").is_null()).then(pl.col("energy_status"))
+            .when(margin <= 0).then(pl.format(
+                f"local energy cost ({{}} $ per 1M) is at or above {name}'s output price ({out_price} $ per 1M): "
+                "never breaks even", pl.col("usd_per_1m_tokens").round_sig_figs(4)))
+            .alias(f"break-even vs {name} null_reason"),
+        )
+    return t
+
+
+def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict], hardware: dict | None = None) -> pl.DataFrame:
+    """One row per group: pooled and per-generation J/token, kWh and $ per 1M generated tokens, cloud prices
+    beside, and with ``hardware`` the amortization estimate and break-even volumes."""
+    kwh = 1e6 / J_PER_KWH
+    t = energy_per_token(runs).join(per_generation_stats(runs), on=GROUP, how="left").with_columns(
+        pl.col("per_generation_n").fill_null(0),
+        (pl.col("j_per_token") * kwh).alias("kwh_per_1m_tokens"),
+        pl.lit(float(usd_per_kwh)).alias("electricity_usd_per_kwh"),
     ).with_columns(
         (pl.col("kwh_per_1m_tokens") * usd_per_kwh).alias("usd_per_1m_tokens"),
         pl.when(pl.col("j_per_token").is_null())
@@ -55,14 +151,34 @@ def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict]) -> pl.
         .then(pl.concat_str(pl.lit("estimate, not measured: "), pl.col("energy_source")))
         .otherwise(pl.lit("measured"))
         .alias("energy_status"),
+        # A group with any unmeasured window has no statistics at all, like its pooled value.
+        *[_null_unless_measured(pl.col(f"j_per_token_{s}")).alias(f"j_per_token_{s}") for s in SPREAD],
+        _null_unless_measured(pl.col("per_generation_outliers")).alias("per_generation_outliers"),
+    ).with_columns(
+        # $ and kWh are J/token times a positive constant: their quantiles, mean, sd and outliers scale with it.
+        *[(pl.col(f"j_per_token_{s}") * kwh).alias(f"kwh_per_1m_tokens_{s}") for s in SPREAD],
+        *[(pl.col(f"j_per_token_{s}") * kwh * usd_per_kwh).alias(f"usd_per_1m_tokens_{s}") for s in SPREAD],
+        pl.when(pl.col("j_per_token_median").is_null()).then(None)
+        .when(pl.col("per_generation_outliers") > 0).then(pl.lit(RULE_OUTLIERS))
+        .otherwise(pl.lit(RULE_NO_OUTLIERS)).alias("reported_rule"),
+    )
+    outliers = pl.col("reported_rule") == RULE_OUTLIERS
+    t = t.with_columns(
+        *[pl.when(outliers).then(pl.col(f"{m}_median")).otherwise(pl.col(f"{m}_mean")).alias(f"{m}_reported")
+          for m in METRICS],
+        *[pl.when(outliers).then(pl.col(f"{m}_iqr")).otherwise(pl.col(f"{m}_sd")).alias(f"{m}_reported_spread")
+          for m in METRICS],
     )
     for c in cloud:
-        name = c["name"]
+        name, out_price = c["name"], float(c["output_usd_per_1m"])
         t = t.with_columns(
-            pl.lit(c["output_usd_per_1m"]).alias(f"{name} output usd_per_1m ({c['as_of']})"),
-            pl.lit(c["input_usd_per_1m"]).alias(f"{name} input usd_per_1m ({c['as_of']})"),
-            (pl.col("usd_per_1m_tokens") / c["output_usd_per_1m"]).alias(f"local / {name} output"),
+            pl.lit(out_price).alias(f"{name} output usd_per_1m ({c['as_of']})"),
+            pl.lit(float(c["input_usd_per_1m"])).alias(f"{name} input usd_per_1m ({c['as_of']})"),
+            (pl.col("usd_per_1m_tokens") / out_price if out_price > 0 else pl.lit(None, pl.Float64))
+            .alias(f"local / {name} output"),
         )
+    if hardware:
+        t = _amortization(t, hardware, cloud)
     return t.sort(GROUP)
 
 
@@ -80,50 +196,129 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: str, cloud: list[dict]) -> str:
-    """The cost table for people: quants by bits per weight, one footnote per reason instead of repeated cells."""
-    notes: dict[str, int] = {}
-
-    def cell(value, reason: str | None, estimate: str | None = None) -> str:
-        if value is not None and estimate:
-            return f"{fmt(value)} estimate [{notes.setdefault(estimate, len(notes) + 1)}]"
-        if value is not None:
-            return fmt(value)
-        mark = notes.setdefault(reason or "not measured", len(notes) + 1)
-        return f"not measured [{mark}]"
-
-    ranked = table.with_columns(
+def _ranked(table: pl.DataFrame) -> pl.DataFrame:
+    return table.with_columns(
         pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
         .alias("_rank")
     ).sort(["tool", "model", "split", "_rank"])
-    header = ["tool", "model", "quant", "split", "generations", "median decode tok/s", "J/token",
-              "kWh per 1M tokens", "$ per 1M tokens", *[f"local / {c['name']} output" for c in cloud]]
-    rows = []
-    for r in ranked.iter_rows(named=True):
-        reason = r["not_run_reason"] or r["energy_null_reason"]
-        estimate = r["energy_status"] if r["energy_is_estimate"] else None
-        rows.append([
-            r["tool"], r["model"], r["quant"], r["split"], str(r["generations"]),
-            fmt(r["median_decode_tokens_per_s"]) or f"not run [{notes.setdefault(reason, len(notes) + 1)}]",
-            cell(r["j_per_token"], reason, estimate), cell(r["kwh_per_1m_tokens"], reason, estimate),
-            cell(r["usd_per_1m_tokens"], reason, estimate),
-            *[cell(r[f"local / {c['name']} output"], reason, estimate) for c in cloud],
-        ])
-    out = [f"## Local cost per 1M generated tokens at ${usd_per_kwh}/kWh\n\n", _md_table(header, rows)]
+
+
+def _not_run(r: dict) -> bool:
+    """A group whose job was skipped: its speed cell says why, its other cells just 'not run'."""
+    return bool(r["not_run_reason"]) and r["median_decode_tokens_per_s"] is None
+
+
+def _per_day(value) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def _pm(center, spread) -> str:
+    if center is None:
+        return ""
+    return f"{fmt(center)} ± {fmt(spread)}" if spread is not None else f"{fmt(center)} (one generation, no spread)"
+
+
+def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: str, cloud: list[dict],
+                    hardware: dict | None = None) -> str:
+    """The cost tables for people: one section per tool, quants by bits per weight, the article's rule visible."""
+    notes: dict[str, int] = {}
+
+    def cell(r: dict, text: str, first: bool = False) -> str:
+        """A value derived from energy: 'not measured: why' where there is none, estimates marked."""
+        if _not_run(r):
+            return "not run"
+        if r["j_per_token"] is None:
+            why = r["energy_status"].removeprefix("not measured: ")
+            return f"not measured: {why}" if first else "not measured"
+        if r["energy_is_estimate"]:
+            return f"{text} estimate [{notes.setdefault(r['energy_status'], len(notes) + 1)}]"
+        return text
+
+    out = [
+        "# Cost per 1M generated tokens\n\n",
+        f"Electricity: ${usd_per_kwh}/kWh ({electricity_note or 'no source given'}). Energy only unless a hardware "
+        "amortization is shown: operations and maintenance are excluded, so a local cost is a lower bound.\n\n",
+        "Pooled: a group's energy summed over all its generation windows, divided by the tokens they generated "
+        "(never one short window alone: NVML's energy counter steps about every 100 ms, so windows under ~2 s read "
+        "low). Per generation: each generation's energy / its generated tokens, summarised as median ± IQR (Q3 − Q1) "
+        "and mean ± sd; the reported value follows the article's rule: median ± IQR where the group has Tukey "
+        "outliers (beyond 1.5 IQR), mean ± sd otherwise.\n",
+    ]
     if cloud:
-        out += ["\n## Cloud API prices\n\n", _md_table(
-            ["API", "input $ per 1M tokens", "output $ per 1M tokens", "as of", "source"],
-            [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"], c["source"]]
-             for c in cloud],
-        )]
-    out.append(
-        "\nJ/token: a group's energy summed over all its generation windows, divided by the tokens they generated "
-        "(never one short window alone: NVML's energy counter steps about every 100 ms, so windows under ~2 s "
-        "read low).\n"
-    )
-    out.append(
-        f"\nElectricity: ${usd_per_kwh}/kWh ({electricity_note or 'no source given'}). Energy only: hardware, "
-        "operations and maintenance are excluded, so a local cost is a lower bound.\n"
-    )
+        out += [
+            "\n## Cloud API prices\n\n",
+            "Local cost is compared with each API's OUTPUT price (the local figure is per generated token; the local "
+            "prompt's energy is inside it). Input prices are shown beside, not used in the ratios.\n\n",
+            _md_table(["API", "input $ per 1M tokens", "output $ per 1M tokens", "as of", "source"],
+                      [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"],
+                        c["source"]] for c in cloud]),
+        ]
+    header = ["model", "quant", "split", "generations", "median decode [tok/s]", "J/token (pooled)",
+              "kWh per 1M tokens (pooled)", "$ per 1M tokens (pooled)", "kWh per 1M: median ± IQR",
+              "kWh per 1M: mean ± sd", "$ per 1M: median ± IQR", "$ per 1M: mean ± sd",
+              "$ per 1M reported (article's rule)", *[f"local / {c['name']} output price" for c in cloud]]
+    hw_header = ["model", "quant", "split", "median decode [tok/s]", "hardware $ per 1M tokens (estimate)",
+                 "energy $ per 1M (pooled)", "total $ per 1M tokens (estimate)", "capacity [tokens/day]",
+                 *[f"break-even vs {c['name']} [tokens/day]" for c in cloud]]
+    ranked = _ranked(table)
+    for tool in ranked["tool"].unique(maintain_order=True):
+        rows, hw_rows = [], []
+        for r in ranked.filter(pl.col("tool") == tool).iter_rows(named=True):
+            speed = fmt(r["median_decode_tokens_per_s"]) or f"not run: {r['not_run_reason'] or 'no decode rows'}"
+            rule = r["reported_rule"]
+            reported = _pm(r["usd_per_1m_tokens_reported"], r["usd_per_1m_tokens_reported_spread"])
+            if rule:
+                reported += f" ({rule}; Tukey outliers: {r['per_generation_outliers']} of {r['per_generation_n']})"
+            rows.append([
+                r["model"], r["quant"], r["split"], str(r["generations"]), speed,
+                cell(r, fmt(r["j_per_token"]), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
+                cell(r, fmt(r["usd_per_1m_tokens"])),
+                cell(r, _pm(r["kwh_per_1m_tokens_median"], r["kwh_per_1m_tokens_iqr"])),
+                cell(r, _pm(r["kwh_per_1m_tokens_mean"], r["kwh_per_1m_tokens_sd"])),
+                cell(r, _pm(r["usd_per_1m_tokens_median"], r["usd_per_1m_tokens_iqr"])),
+                cell(r, _pm(r["usd_per_1m_tokens_mean"], r["usd_per_1m_tokens_sd"])),
+                cell(r, reported),
+                *[cell(r, fmt(r[f"local / {c['name']} output"]) or "no ratio: output price 0") for c in cloud],
+            ])
+            if hardware:
+                hw = fmt(r["hardware_usd_per_1m_tokens"]) or ("not run" if _not_run(r) else r["hardware_null_reason"])
+                capacity = _per_day(r["capacity_tokens_per_day"]) or ("not run" if _not_run(r) else r["hardware_null_reason"])
+                breakeven = []
+                for c in cloud:
+                    v = r[f"break-even vs {c['name']} tokens_per_day"]
+                    if v is None:
+                        breakeven.append(cell(r, r[f"break-even vs {c['name']} null_reason"] or ""))
+                    else:
+                        above = " (above capacity)" if r[f"break-even vs {c['name']} above capacity"] else ""
+                        breakeven.append(cell(r, _per_day(v) + above))
+                hw_rows.append([
+                    r["model"], r["quant"], r["split"], speed, hw, cell(r, fmt(r["usd_per_1m_tokens"]), first=True),
+                    cell(r, fmt(r["total_usd_per_1m_tokens"]) or r["hardware_null_reason"] or ""), capacity,
+                    *breakeven,
+                ])
+        out += [f"\n## {tool}\n\n", _md_table(header, rows)]
+        if hardware:
+            out += [f"\n### {tool}: with hardware amortization (estimate)\n\n", _md_table(hw_header, hw_rows)]
+    if hardware:
+        out.append(
+            f"\nHardware amortization is an estimate, not a measurement: {hardware.get('name') or 'the machine'} "
+            f"bought for ${hardware['purchase_usd']:,} ({hardware['as_of']}; {hardware.get('note') or 'no source given'}), "
+            f"written off over {hardware['lifetime_years']} years at utilization {hardware['utilization']}. "
+            f"Throughput basis: {THROUGHPUT_BASIS}. Hardware $ per 1M = purchase / (lifetime seconds × utilization × "
+            "tokens/s) × 1e6; total = energy (pooled) + hardware. Break-even volume per day against an API = "
+            "(purchase / lifetime days) / (API output price per token − local energy price per token), independent of "
+            "utilization; capacity = tokens/s × 86,400 (one stream, all day): a break-even above capacity cannot be "
+            "reached on this machine at that throughput.\n"
+        )
     out += [f"\n[{n}] {reason}\n" for reason, n in notes.items()]
     return "".join(out)
+
+
+def write_cost_tables(runs: pl.DataFrame, costs: dict, csv: Path, md: Path) -> pl.DataFrame:
+    """The cost table as CSV (every column) and Markdown, from the study's ``costs`` config section."""
+    cloud, hardware = costs.get("cloud", []), costs.get("hardware")
+    table = cost_table(runs, costs["electricity_usd_per_kwh"], cloud, hardware)
+    table.write_csv(csv)
+    Path(md).write_text(render_markdown(table, costs["electricity_usd_per_kwh"], costs.get("electricity_note", ""),
+                                        cloud, hardware))
+    return table

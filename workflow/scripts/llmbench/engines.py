@@ -18,7 +18,7 @@ GENERATING_TOOLS = ("llama-server", "llama-cpp-python", "transformers", "vllm", 
 class EngineSettings:
     tool: str
     model: Path | None  # the GGUF; None for an Ollama library tag
-    n_gpu_layers: int | None
+    n_gpu_layers: int | str | None  # a number, "auto" (llama.cpp fits it; llama.cpp tools only) or None (Ollama decides)
     split: str
     gpus: int
     threads: int
@@ -29,6 +29,7 @@ class EngineSettings:
     server: Path | None = None  # llama-server's binary
     lib_dir: Path | None = None  # the llama.cpp build's libraries, for llama-cpp-python
     tag: str | None = None  # Ollama's model name
+    tensor_split: tuple[float, ...] | None = None  # llama.cpp's share of the model per GPU
 
 
 def make_engine(s: EngineSettings, engine_log: Path) -> Engine:
@@ -39,6 +40,7 @@ def make_engine(s: EngineSettings, engine_log: Path) -> Engine:
             LlamaServerSettings(
                 binary=s.server, model=s.model, n_gpu_layers=s.n_gpu_layers, split_mode=s.split, threads=s.threads,
                 ctx_size=s.ctx_size, start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s,
+                tensor_split=s.tensor_split,
             ),
             engine_log,
         )
@@ -47,7 +49,7 @@ def make_engine(s: EngineSettings, engine_log: Path) -> Engine:
 
         return LlamaCppPython(
             s.model, s.lib_dir, n_gpu_layers=s.n_gpu_layers, split_mode=s.split, threads=s.threads,
-            ctx_size=s.ctx_size, seed=s.seed,
+            ctx_size=s.ctx_size, seed=s.seed, tensor_split=s.tensor_split, log_path=engine_log,
         )
     if s.tool == "transformers":
         from llmbench.transformers_backend import TransformersBackend
@@ -65,7 +67,8 @@ def make_engine(s: EngineSettings, engine_log: Path) -> Engine:
         from llmbench.ollama_backend import OllamaBackend
 
         return OllamaBackend(
-            s.tag, engine_log, num_gpu=s.n_gpu_layers, num_thread=s.threads, num_ctx=s.ctx_size,
-            start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s, gguf=s.model,
+            # Ollama fits layers to free memory itself when num_gpu is unset: that is its "auto".
+            s.tag, engine_log, num_gpu=None if s.n_gpu_layers == "auto" else s.n_gpu_layers, num_thread=s.threads,
+            num_ctx=s.ctx_size, start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s, gguf=s.model,
         )
     raise ValueError(f"no engine for tool {s.tool!r}; tools that generate: {', '.join(GENERATING_TOOLS)}")

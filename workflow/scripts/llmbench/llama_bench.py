@@ -3,6 +3,10 @@
 Its -o jsonl output is parsed by field name (the column set changes between builds); every repetition's own
 sample (samples_ns / samples_ts) becomes one row in the run schema, so statistics use the raw samples rather
 than llama-bench's mean ± sd.
+
+llama-bench silences llama.cpp's log unless -v, and -v also logs every decode step; so a probe run (the same
+test, one repetition, -v) goes first, into its own log: it shows the layers offloaded and, where the load fails,
+llama.cpp's reason. The measured run follows without -v.
 """
 
 from __future__ import annotations
@@ -15,8 +19,13 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import BackendError
+from llmbench.backend import BackendError, OutOfMemory
+from llmbench.llama_log import Offload, oom_reason, out_of_memory_line, parse_offload
 from llmbench.runs import RUN_SCHEMA, RunPlan
+
+AUTO = "auto"
+# llama-server's default margin for --fit; llama-bench fits only when given one (-fitt).
+FIT_TARGET_MIB = 1024
 
 LLAMA_BENCH_ENERGY = (
     "not measured: llama-bench times its repetitions inside one process, so no window matches a sample"
@@ -31,17 +40,41 @@ class LlamaBenchSettings:
     n_gen: int = 128
     repetitions: int = 5
     threads: int = 1
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | str = 0  # a number, or "auto": llama-bench's own fitting (-fitt) chooses it
     split_mode: str = "none"
+    tensor_split: tuple[float, ...] | None = None
+
+
+def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
+    """llama-bench's -ngl takes numbers only; "auto" is its -fitt (fit to free device memory with that margin)."""
+    if n_gpu_layers == AUTO:
+        args = ["-fitt", str(FIT_TARGET_MIB)]
+    elif isinstance(n_gpu_layers, int) and n_gpu_layers >= 0:
+        args = ["-ngl", str(n_gpu_layers)]
+    else:
+        raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
+    if tensor_split and n_gpu_layers == AUTO:
+        raise ValueError(f"tensor_split {list(tensor_split)} with n_gpu_layers auto: llama.cpp's fitting sets the split "
+                         "itself and gives up on a given one; drop tensor_split or set n_gpu_layers to a number")
+    if tensor_split:
+        args += ["-ts", "/".join(f"{x:g}" for x in tensor_split)]  # llama-bench separates GPUs with '/'
+    return args
 
 
 def bench_command(s: LlamaBenchSettings) -> list[str]:
     return [
         str(s.binary), "-m", str(s.model),
         "-p", str(s.n_prompt), "-n", str(s.n_gen), "-r", str(s.repetitions),
-        "-t", str(s.threads), "-ngl", str(s.n_gpu_layers), "-sm", s.split_mode,
+        "-t", str(s.threads), *offload_args(s.n_gpu_layers, s.tensor_split), "-sm", s.split_mode,
         "-o", "jsonl",
     ]
+
+
+def probe_command(s: LlamaBenchSettings) -> list[str]:
+    """The same test once, verbose and without warm-up: llama.cpp's load log, for the offload and failures."""
+    cmd = bench_command(s)
+    cmd[cmd.index("-r") + 1] = "1"
+    return [*cmd, "--no-warmup", "-v"]
 
 
 def parse_jsonl(text: str) -> list[dict]:
@@ -51,9 +84,10 @@ def parse_jsonl(text: str) -> list[dict]:
     return tests
 
 
-def samples_to_rows(tests: list[dict], plan: RunPlan) -> pl.DataFrame:
+def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = None) -> pl.DataFrame:
     """One row per repetition sample; a pp test fills the prefill columns, a tg test the decode columns."""
     now = dt.datetime.now(dt.UTC)
+    base = plan.row_base()
     rows = []
     for t in tests:
         n_prompt, n_gen = int(t.get("n_prompt", 0)), int(t.get("n_gen", 0))
@@ -62,8 +96,12 @@ def samples_to_rows(tests: list[dict], plan: RunPlan) -> pl.DataFrame:
             ms = ns / 1e6
             decode = n_gen > 0 and n_prompt == 0
             rows.append({
-                **plan.row_base(),
-                "n_gpu_layers": t.get("n_gpu_layers", plan.n_gpu_layers),
+                **base,
+                # With -fitt llama-bench reports its unfitted default (-1): the configured value stays.
+                "n_gpu_layers": base["n_gpu_layers"] if plan.n_gpu_layers == AUTO
+                else t.get("n_gpu_layers", plan.n_gpu_layers),
+                "n_gpu_layers_offloaded": offload.offloaded if offload else None,
+                "n_layers_total": offload.total if offload else None,
                 "threads": t.get("n_threads", plan.threads),
                 "status": "ok",
                 "engine_build": t.get("build_commit"),
@@ -84,13 +122,25 @@ def samples_to_rows(tests: list[dict], plan: RunPlan) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RUN_SCHEMA)
 
 
-def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
-    cmd = bench_command(settings)
+def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings) -> str:
+    """Run llama-bench with stderr to ``log_path``; stdout back. A failed allocation raises OutOfMemory."""
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     if proc.returncode != 0:
-        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-10:])
+        text = Path(log_path).read_text(errors="replace")
+        line = out_of_memory_line(text)
+        if line:
+            raise OutOfMemory(oom_reason("llama-bench", line, settings.n_gpu_layers, settings.n_prompt + settings.n_gen))
+        tail = "\n".join(text.splitlines()[-10:])
         raise BackendError(f"llama-bench failed with exit {proc.returncode} on {settings.model}:\n{tail}")
-    return samples_to_rows(parse_jsonl(proc.stdout), plan)
+    return proc.stdout
+
+
+def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
+    log_path = Path(log_path)
+    probe_log = log_path.with_suffix(".probe.log")
+    _run(probe_command(settings), probe_log, settings)
+    offload = parse_offload(probe_log.read_text(errors="replace"))
+    return samples_to_rows(parse_jsonl(_run(bench_command(settings), log_path, settings)), plan, offload)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, peak_rss_bytes
+from llmbench.backend import BackendError, Engine, Generation, OutOfMemory, ToolUnavailable, peak_rss_bytes
+from llmbench.llama_log import Offload, oom_reason, out_of_memory_line, parse_offload
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -42,32 +46,70 @@ def import_llama_cpp(lib_dir: Path) -> ModuleType:
 class LlamaCppPython(Engine):
     tool = "llama-cpp-python"
 
-    def __init__(self, model: Path, lib_dir: Path, *, n_gpu_layers: int = 0, split_mode: str = "none",
-                 threads: int = 1, ctx_size: int = 2048, seed: int = 0):
+    def __init__(self, model: Path, lib_dir: Path, *, n_gpu_layers: int | str = 0, split_mode: str = "none",
+                 threads: int = 1, ctx_size: int = 2048, seed: int = 0,
+                 tensor_split: tuple[float, ...] | None = None, log_path: Path | None = None):
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode {split_mode!r} is not one of {sorted(SPLIT_MODES)}")
+        if n_gpu_layers != "auto" and not (isinstance(n_gpu_layers, int) and n_gpu_layers >= 0):
+            raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
         self.model, self.lib_dir = Path(model), Path(lib_dir)
         self.n_gpu_layers, self.split_mode, self.threads = n_gpu_layers, split_mode, threads
-        self.ctx_size, self.seed = ctx_size, seed
+        self.ctx_size, self.seed, self.tensor_split = ctx_size, seed, tensor_split
+        # llama.cpp's log of the load (it runs in this process): the offload and any failed allocation.
+        self.log_path = Path(log_path) if log_path else None
         self.llm = None
         self.load_ms: float | None = None
+        self.fitted_layers: int | None = None  # what "auto" resolved to
+        self.offload = Offload(None, None, "not loaded")
         self._lc: ModuleType | None = None
 
     def start(self) -> None:
         lc = import_llama_cpp(self.lib_dir)
         if not self.model.exists():
             raise BackendError(f"model file {self.model} does not exist")
+        layers = self.n_gpu_layers if self.n_gpu_layers != "auto" else self._fit_layers(lc)
         t0 = time.perf_counter()
-        try:
-            self.llm = lc.Llama(
-                model_path=str(self.model), n_gpu_layers=self.n_gpu_layers,
-                split_mode=getattr(lc, SPLIT_MODES[self.split_mode]), n_threads=self.threads,
-                n_threads_batch=self.threads, n_ctx=self.ctx_size, seed=self.seed, verbose=False,
-            )
-        except (ValueError, RuntimeError) as e:
-            raise BackendError(f"llama-cpp-python could not load {self.model}: {e}") from None
+        with _llama_log(lc) as lines:
+            try:
+                self.llm = lc.Llama(
+                    model_path=str(self.model), n_gpu_layers=layers,
+                    split_mode=getattr(lc, SPLIT_MODES[self.split_mode]), n_threads=self.threads,
+                    n_threads_batch=self.threads, n_ctx=self.ctx_size, seed=self.seed, verbose=False,
+                    tensor_split=list(self.tensor_split) if self.tensor_split else None,
+                )
+                error = None
+            except (ValueError, RuntimeError) as e:
+                error = e
+        text = "".join(lines)
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(text)
+        if error is not None:
+            line = out_of_memory_line(text)
+            if line:
+                raise OutOfMemory(oom_reason("llama-cpp-python", line, self.n_gpu_layers, self.ctx_size))
+            raise BackendError(f"llama-cpp-python could not load {self.model}: {error}") from None
         self.load_ms = (time.perf_counter() - t0) * 1000
+        self.offload = parse_offload(text)
         self._lc = lc
+
+    def _fit_layers(self, lc: ModuleType) -> int:
+        """ "auto": llama-cpp-python exposes no fitting, so the same build's llama-server fits (--fit on) once."""
+        if not lc.llama_supports_gpu_offload():
+            self.fitted_layers = 0  # a build without a GPU backend offloads nothing, whatever is asked
+            return 0
+        from llmbench.llama_server import LlamaServerSettings, fitted_gpu_layers
+
+        server = self.lib_dir / "llama-server"
+        if not server.exists():
+            raise BackendError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
+        fit_log = self.log_path.with_suffix(".fit.log") if self.log_path else Path(tempfile.mkstemp(".fit.log")[1])
+        self.fitted_layers = fitted_gpu_layers(
+            LlamaServerSettings(binary=server, model=self.model, split_mode=self.split_mode, threads=self.threads,
+                                ctx_size=self.ctx_size, tensor_split=self.tensor_split), fit_log)
+        return self.fitted_layers
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         llm, lc = self.llm, self._lc
@@ -128,6 +170,8 @@ class LlamaCppPython(Engine):
             "library": os.path.abspath(sys.modules["llama_cpp.llama_cpp"]._lib._name) if lc else None,
             "load_ms": self.load_ms,
             "n_gpu_layers": self.n_gpu_layers,
+            **({"n_gpu_layers_fitted_by_llama_server": self.fitted_layers} if self.n_gpu_layers == "auto" else {}),
+            **self.offload.facts(),
         }
 
     def peak_rss_bytes(self) -> int | None:
@@ -137,3 +181,22 @@ class LlamaCppPython(Engine):
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+
+
+@contextlib.contextmanager
+def _llama_log(lc: ModuleType):
+    """Collect llama.cpp's log (every level) while loading; then give it back to llama-cpp-python's own handler,
+    so that decoding logs nothing here."""
+    lines: list[str] = []
+
+    @lc.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode(errors="replace"))
+
+    lc.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        own = getattr(getattr(lc, "_logger", None), "llama_log_callback", None)
+        if own is not None:
+            lc.llama_log_set(own, ctypes.c_void_p(0))

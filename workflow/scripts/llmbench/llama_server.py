@@ -14,6 +14,7 @@ from llmbench.backend import (
     BackendError,
     Engine,
     Generation,
+    OutOfMemory,
     free_port,
     http_json,
     log_tail,
@@ -21,19 +22,43 @@ from llmbench.backend import (
     post_stream,
     stop_process,
 )
+from llmbench.llama_log import oom_reason, out_of_memory_line, parse_offload
+
+AUTO = "auto"
 
 
 @dataclass
 class LlamaServerSettings:
     binary: Path
     model: Path
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | str = 0  # a number, or "auto": llama.cpp's --fit chooses it for the free device memory
     split_mode: str = "none"
+    tensor_split: tuple[float, ...] | None = None  # share of the model per GPU (--tensor-split)
     threads: int = 1
     ctx_size: int = 2048
     start_timeout_s: float = 300.0
     request_timeout_s: float = 900.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
+    """-ngl and --fit as llama-server and llama.cpp's common arguments take them.
+
+    "auto" lets llama.cpp's fitting pick the layers for the devices' free memory (it keeps a user-set context
+    size and tensor split); a number turns fitting off, so the run offloads exactly what the config says.
+    """
+    if n_gpu_layers == AUTO:
+        args = ["--n-gpu-layers", "auto", "--fit", "on"]
+    elif isinstance(n_gpu_layers, int) and n_gpu_layers >= 0:
+        args = ["--n-gpu-layers", str(n_gpu_layers), "--fit", "off"]
+    else:
+        raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
+    if tensor_split and n_gpu_layers == AUTO:
+        raise ValueError(f"tensor_split {list(tensor_split)} with n_gpu_layers auto: llama.cpp's fitting sets the split "
+                         "itself and gives up on a given one; drop tensor_split or set n_gpu_layers to a number")
+    if tensor_split:
+        args += ["--tensor-split", ",".join(f"{x:g}" for x in tensor_split)]
+    return args
 
 
 def server_command(s: LlamaServerSettings, port: int) -> list[str]:
@@ -42,7 +67,7 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
         "--model", str(s.model),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--n-gpu-layers", str(s.n_gpu_layers),
+        *offload_args(s.n_gpu_layers, s.tensor_split),
         "--split-mode", s.split_mode,
         "--threads", str(s.threads),
         "--threads-batch", str(s.threads),
@@ -50,6 +75,9 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
         # One slot: requests never share the engine, so each generation's timings are its own.
         "--parallel", "1",
         "--no-webui",
+        # Level 4 adds llama.cpp's load lines (layers offloaded, allocation failures) to the log; it logs per
+        # request, never per token.
+        "--log-verbosity", "4",
         *s.extra_args,
     ]
 
@@ -152,6 +180,7 @@ class LlamaServer(Engine):
                 tail = self.log_tail()
                 if "couldn't bind" in tail or "Address already in use" in tail:
                     raise _PortTaken()
+                self._raise_if_out_of_memory()
                 raise BackendError(
                     f"llama-server exited with code {code} while loading {self.settings.model}. "
                     f"{_diagnose(tail)}\nlast lines of {self.log_path}:\n{tail}"
@@ -182,14 +211,31 @@ class LlamaServer(Engine):
             "cache_prompt": False,
             "stream": True,
         }
-        return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s, parse_chat_stream,
-                           "llama-server", self.log_path)
+        try:
+            return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s,
+                               parse_chat_stream, "llama-server", self.log_path)
+        except BackendError:
+            self._raise_if_out_of_memory()
+            raise
+
+    def _raise_if_out_of_memory(self) -> None:
+        line = out_of_memory_line(self._log_text())
+        if line:
+            s = self.settings
+            raise OutOfMemory(oom_reason("llama-server", line, s.n_gpu_layers, s.ctx_size))
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def facts(self) -> dict:
         settings = self._props.get("default_generation_settings", {})
         return {
             "engine_build": self._props.get("build_info"),
             "n_gpu_layers": self.settings.n_gpu_layers,
+            **parse_offload(self._log_text()).facts(),
             "n_ctx": settings.get("n_ctx"),
         }
 
@@ -208,10 +254,23 @@ class _PortTaken(Exception):
     pass
 
 
+def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:
+    """The layers llama.cpp's own fitting (--fit on) offloads for this model, context and split, with the devices'
+    free memory now: a llama-server is started with -ngl auto, its log read, and stopped.
+
+    For an engine of the same build that cannot fit by itself (llama-cpp-python exposes no fitting).
+    """
+    auto = dataclasses.replace(settings, n_gpu_layers=AUTO)
+    with LlamaServer(auto, log_path) as server:
+        offload = parse_offload(server._log_text())
+    if offload.offloaded is None:
+        raise BackendError(f"llama-server's fitting left no offload line in {log_path} ({offload.source}); "
+                           "set the model's n_gpu_layers to a number instead of auto")
+    return offload.offloaded
+
+
 def _diagnose(log_tail: str) -> str:
     low = log_tail.lower()
     if "failed to load model" in low or "gguf" in low or "invalid magic" in low or "tensor" in low:
         return "The model file looks corrupt or truncated: delete it and rerun so the workflow fetches or derives it again."
-    if "out of memory" in low or "cudamalloc failed" in low:
-        return "Out of memory: lower n_gpu_layers or ctx_size in the config."
     return "See the log lines below."

@@ -1,7 +1,15 @@
-"""Figures with altair: box plots of a per-generation metric per quant, one panel per tool × model × split."""
+"""Figures with altair, from a study's rows (``results/summary/runs.parquet``, one row per generation).
+
+Box plots of a per-generation metric per quant (coarsest quant left, by nominal bits per weight), one panel per
+tool × model, split modes side by side; and the frameworks side by side on the same model file and quant. Rows
+whose job did not run, and tools that report no value for a metric, are not drawn: the subtitle names them and
+says why, so that an absent box is never silent.
+"""
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import altair as alt
@@ -9,34 +17,304 @@ import polars as pl
 
 from llmbench.quants import order_by_bits
 
-# Okabe–Ito: distinguishable with the common colour-vision deficiencies.
 # Whiskers at 1.5 IQR, points beyond them drawn: Tukey's box plot, as in the article.
 TUKEY_EXTENT = 1.5
 
+# Okabe–Ito: distinguishable with the common colour-vision deficiencies.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 
+# A thin dark outline keeps Okabe–Ito's yellow box visible on white.
+BOX_OUTLINE = {"stroke": "#333", "strokeWidth": 0.6}
 
-def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str) -> alt.Chart:
-    data = runs.filter(pl.col(metric).is_not_null()).with_columns(
-        pl.concat_str(["tool", "model", "split"], separator=" · ").alias("panel"),
-        (pl.col("quant") + " (ngl " + pl.col("n_gpu_layers").cast(pl.String) + ")").alias("quant_label"),
+# Quant labels are "Q4_0 · ngl 33"; the axis draws them on two lines so they can stay horizontal.
+LABEL_SEP = " · "
+TWO_LINE_LABELS = f"split(datum.label, '{LABEL_SEP}')"
+
+# Characters per subtitle line: about the width of two panels at Vega's default 11 px subtitle font.
+WRAP = 120
+
+PANEL_WIDTH_STEP = 16  # px per box
+MIN_BAND = 56  # px per quant: room for a label like "Q3_K_M" without overlap
+PANEL_HEIGHT = 240
+
+# NVML's energy counter steps about every 100 ms: a window under ~2 s reads low (FIELD.md).
+SHORT_WINDOW_S = 2.0
+
+
+# What every box-per-quant figure reads besides its metric.
+BOX_COLUMNS = ["tool", "model", "quant", "split", "status", "status_reason", "n_gpu_layers"]
+
+
+NGL_NOTE = ("ngl: layers on GPU, offloaded/total as the engine's log says where it does; else the setting"
+            " (auto: llama.cpp fits it; default: the engine decides; all)")
+
+
+class FigureDataError(ValueError):
+    pass
+
+
+def _require(runs: pl.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in runs.columns]
+    if missing:
+        raise FigureDataError(
+            f"the runs table lacks column(s) {', '.join(missing)}; figures are drawn from results/summary/runs.parquet "
+            f"as the aggregate rule writes it (llmbench.runs.RUN_SCHEMA): rerun that rule"
+        )
+
+
+# Offload columns that rows written before they existed lack: read as unknown.
+OFFLOAD_COLUMNS = {"n_gpu_layers_auto": pl.Boolean, "n_gpu_layers_offloaded": pl.Int64, "n_layers_total": pl.Int64}
+
+
+def ngl_text() -> pl.Expr:
+    """Layers on GPU as a label: what the engine's log says it offloaded, of how many ("33/33"), where known;
+    else the setting: "auto" (llama.cpp fits it), "default" (null: the engine decides, as Ollama), "all" (a
+    negative count, as vLLM)."""
+    n, off, total = pl.col("n_gpu_layers"), pl.col("n_gpu_layers_offloaded"), pl.col("n_layers_total")
+    return (
+        pl.when(off.is_not_null() & total.is_not_null()).then(pl.format("{}/{}", off, total))
+        .when(off.is_not_null()).then(off.cast(pl.String))
+        .when(pl.col("n_gpu_layers_auto").fill_null(False)).then(pl.lit("auto"))
+        .when(n.is_null()).then(pl.lit("default"))
+        .when(n < 0).then(pl.lit("all"))
+        .otherwise(n.cast(pl.String))
     )
-    order = order_by_bits(data["quant"].unique().to_list())
-    labels = (
-        data.select("quant", "quant_label").unique().with_columns(
-            pl.col("quant").replace_strict({q: i for i, q in enumerate(order)}).alias("rank")
-        ).sort("rank")["quant_label"].to_list()
+
+
+def box_step(boxes: int) -> alt.Step:
+    """Width of one box, given how many share a quant's band: never so narrow that the band is narrower than
+    its label. (With an xOffset channel, Vega-Lite's step sizes the offset band, i.e. one box.)"""
+    return alt.Step(max(PANEL_WIDTH_STEP, -(-MIN_BAND // boxes)), **{"for": "offset"})
+
+
+def _wrap(lines: list[str]) -> list[str]:
+    return [part for line in lines for part in textwrap.wrap(line, WRAP, subsequent_indent="    ")]
+
+
+def not_run_notes(runs: pl.DataFrame) -> list[str]:
+    """One line per tool and reason whose jobs did not run (status other than ok), naming model and quants."""
+    rows = runs.filter(pl.col("status") != "ok")
+    if rows.is_empty():
+        return []
+    groups = rows.group_by("tool", "status", "status_reason").agg(
+        pl.format("{} {}", "model", "quant").unique().sort().str.join(", ").alias("what")
+    ).sort("tool", "status_reason")
+    return [f"{r['status']}, not drawn: {r['tool']} ({r['what']}): {r['status_reason'] or 'no reason recorded'}"
+            for r in groups.iter_rows(named=True)]
+
+
+def unreported_notes(runs: pl.DataFrame, metric: str, what: str, reason_column: str | None = None) -> list[str]:
+    """Tools that ran but gave no value of ``metric`` in any row, with the recorded reason where there is one."""
+    ok = runs.filter(pl.col("status") == "ok")
+    tools = ok.group_by("tool").agg(
+        pl.col(metric).is_not_null().any().alias("has"),
+        (pl.col(reason_column).drop_nulls().unique().sort().str.join("; ") if reason_column
+         else pl.lit("")).alias("why"),
+    ).filter(~pl.col("has"))
+    # Tools sharing a reason share a line: a CPU study has the same one for every engine.
+    lines = tools.group_by("why").agg(pl.col("tool").sort().str.join(", ")).sort("tool")
+    return [f"{what} not reported by {r['tool']}" + (f": {r['why']}" if r["why"] else "")
+            for r in lines.iter_rows(named=True)]
+
+
+def quant_labels(data: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """Add ``quant_label`` ("Q4_0 · ngl 33/33": layers on GPU per tool × model × quant, "a, b" where split modes
+    differ) and return the labels ordered coarse to fine by nominal bits per weight."""
+    key = ["tool", "model", "quant"]
+    data = data.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in OFFLOAD_COLUMNS.items()
+                             if c not in data.columns)
+    ngl = data.with_columns(ngl_text().alias("_ngl")).group_by(key).agg(
+        pl.col("_ngl").unique().sort().str.join(", ").alias("_ngl"))
+    data = data.join(ngl, on=key, how="left").with_columns(
+        pl.format("{}{}ngl {}", "quant", pl.lit(LABEL_SEP), "_ngl").alias("quant_label")).drop("_ngl")
+    rank = {q: i for i, q in enumerate(order_by_bits(data["quant"].unique().to_list()))}
+    labels = data.select("quant", "quant_label").unique().with_columns(
+        pl.col("quant").replace_strict(rank, return_dtype=pl.Int64).alias("_rank")
+    ).sort("_rank", "quant_label")["quant_label"].to_list()
+    return data, labels
+
+
+def _title(title: str, notes: list[str]) -> alt.TitleParams:
+    subtitle = _wrap(notes)
+    return alt.TitleParams(title, subtitle=subtitle, anchor="start") if subtitle else alt.TitleParams(title, anchor="start")
+
+
+def notice_chart(title: str, notes: list[str], message: str) -> alt.Chart:
+    """What a figure is when nothing can be drawn: the message in the plot area, the reasons in the subtitle."""
+    return alt.Chart(pl.DataFrame({"message": [message]})).mark_text(fontSize=14, color="#333").encode(
+        text="message:N").properties(width=520, height=80, title=_title(title, notes))
+
+
+def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, notes: list[str] | None = None,
+                 series: str = "split", series_title: str = "split mode") -> alt.Chart | alt.FacetChart:
+    """Tukey box plots of ``metric`` per quant, one panel per tool × model, ``series`` (split mode) side by side.
+
+    Panels have their own x axis (only the quants that tool ran). The y range is the same in every panel while
+    the study has one model, so that tools compare at a glance, and per panel otherwise (8B and 70B differ
+    tenfold); each panel draws its own y axis, as Vega misplaces a shared one beside panels of unequal width.
+    """
+    _require(runs, [*BOX_COLUMNS, metric, series])
+    notes = [*(notes or []), *not_run_notes(runs)]
+    data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null())
+    if data.is_empty():
+        return notice_chart(title, notes, f"nothing to draw: no {axis_title} in any row that ran (reasons above)")
+    notes.append(NGL_NOTE)
+    data, labels = quant_labels(data.with_columns(pl.concat_str(["tool", "model"], separator=LABEL_SEP).alias("panel")))
+    series_values = sorted(data[series].unique().to_list())
+    y_scale = (alt.Scale(domain=[0, data[metric].max()], nice=True) if data["model"].n_unique() == 1
+               else alt.Scale(zero=True))
+    chart = alt.Chart(data.select("panel", "quant_label", series, metric)).mark_boxplot(
+        extent=TUKEY_EXTENT, size=PANEL_WIDTH_STEP - 4, median={"color": "black"},
+        outliers={"size": 18}, rule={"color": "#333"}, box=BOX_OUTLINE,
+    ).encode(
+        x=alt.X("quant_label:N", sort=labels, title="quant, coarsest left; ngl: layers on GPU",
+                axis=alt.Axis(labelAngle=0, labelExpr=TWO_LINE_LABELS, labelLimit=90)),
+        xOffset=alt.XOffset(f"{series}:N", sort=series_values),
+        y=alt.Y(f"{metric}:Q", title=axis_title, scale=y_scale),
+        color=alt.Color(f"{series}:N", sort=series_values, title=series_title,
+                        scale=alt.Scale(domain=series_values, range=OKABE_ITO),
+                        legend=alt.Legend(orient="top", direction="horizontal")),
+    ).properties(width=box_step(len(series_values)), height=PANEL_HEIGHT)
+    return chart.facet(facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=12)), columns=2).resolve_scale(
+        x="independent", y="independent").properties(title=_title(title, notes))
+
+
+def decode_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    _require(runs, [*BOX_COLUMNS, "decode_tokens_per_s"])
+    return box_by_quant(
+        runs, "decode_tokens_per_s",
+        title=f"{study}: decode speed per quant (Tukey box plots, whiskers 1.5 IQR)",
+        axis_title="decode speed [tokens/s]",
+        notes=unreported_notes(runs, "decode_tokens_per_s", "decode speed"),
     )
-    chart = alt.Chart(data.select("panel", "quant_label", metric)).mark_boxplot(extent=TUKEY_EXTENT, size=22).encode(
-        x=alt.X("quant_label:N", sort=labels, title="quant (coarsest left; layers on GPU in brackets)"),
-        y=alt.Y(f"{metric}:Q", title=axis_title, scale=alt.Scale(zero=True)),
-        color=alt.Color("quant_label:N", sort=labels, scale=alt.Scale(range=OKABE_ITO), legend=None),
-    ).properties(width=360, height=240)
-    return chart.facet(facet=alt.Facet("panel:N", title=None), columns=2).properties(title=title)
 
 
+def prefill_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    _require(runs, [*BOX_COLUMNS, "prefill_tokens_per_s"])
+    return box_by_quant(
+        runs, "prefill_tokens_per_s",
+        title=f"{study}: prefill (prompt processing) speed per quant (Tukey box plots, whiskers 1.5 IQR)",
+        axis_title="prefill speed [prompt tokens/s]",
+        notes=[*prefill_notes(runs), *unreported_notes(runs, "prefill_tokens_per_s", "prefill speed")],
+    )
 
-def save_all(chart: alt.Chart, stem: str | Path) -> list[Path]:
+
+# Engines that report no prefill time of their own: their backends time prefill as the time to the first token.
+PREFILL_FROM_FIRST_TOKEN = ("transformers", "vllm")
+
+
+def prefill_notes(runs: pl.DataFrame) -> list[str]:
+    ran = sorted(set(runs.filter(pl.col("status") == "ok")["tool"].to_list()) & set(PREFILL_FROM_FIRST_TOKEN))
+    if not ran:
+        return []
+    return [f"{', '.join(ran)} report no prefill time: there prefill is the time to the first token, so the speed"
+            " drawn is a lower bound"]
+
+
+def ttft_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    _require(runs, [*BOX_COLUMNS, "ttft_ms"])
+    return box_by_quant(
+        runs, "ttft_ms",
+        title=f"{study}: time to first token per quant (Tukey box plots, whiskers 1.5 IQR)",
+        axis_title="time to first token [ms]",
+        notes=["time to first token on the client's clock, from sending the request",
+               *unreported_notes(runs, "ttft_ms", "time to first token")],
+    )
+
+
+def with_j_per_token(runs: pl.DataFrame) -> pl.DataFrame:
+    """``j_per_token`` per generation: its window's gross energy over the tokens it generated (prefill included,
+    as the article's P / (tokens/s)); null where no energy or no token. Estimates are marked in ``energy_kind``."""
+    _require(runs, [*BOX_COLUMNS, "energy_j", "generated_tokens", "energy_is_estimate", "energy_source",
+                    "energy_window_s", "energy_null_reason"])
+    return runs.with_columns(
+        pl.when(pl.col("generated_tokens") > 0).then(pl.col("energy_j") / pl.col("generated_tokens"))
+        .alias("j_per_token"),
+        pl.when(pl.col("energy_is_estimate").fill_null(False))
+        .then(pl.col("split") + " (estimate, not measured)").otherwise(pl.col("split")).alias("energy_kind"),
+    )
+
+
+def energy_notes(runs: pl.DataFrame) -> list[str]:
+    ok = runs.filter((pl.col("status") == "ok") & pl.col("j_per_token").is_not_null())
+    notes = ["gross energy of each generation's window (prefill + decode, idle not subtracted) over its generated"
+             " tokens; the cost table sums energy over all windows before dividing"]
+    sources = ok.filter(~pl.col("energy_is_estimate").fill_null(False))["energy_source"].drop_nulls().unique().sort()
+    if len(sources):
+        notes.append("measured with: " + ", ".join(sources))
+    estimates = ok.filter(pl.col("energy_is_estimate").fill_null(False))["energy_source"].drop_nulls().unique().sort()
+    notes += [f"estimate, not a measurement: {s}" for s in estimates]
+    short = ok.filter(pl.col("energy_window_s") < SHORT_WINDOW_S).height
+    if short:
+        notes.append(f"{short} of {ok.height} windows are shorter than {SHORT_WINDOW_S:g} s: NVML's counter steps"
+                     " about every 100 ms, so these read low")
+    return notes + unreported_notes(runs, "j_per_token", "energy", "energy_null_reason")
+
+
+def energy_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """J per generated token per quant, split modes side by side; where no energy was measured the figure says
+    so in its title and lists the recorded reasons."""
+    runs = with_j_per_token(runs)
+    title = f"{study}: energy per generated token per quant (Tukey box plots, whiskers 1.5 IQR)"
+    if runs.filter(pl.col("status") == "ok")["j_per_token"].is_null().all():
+        title = f"{study}: energy per generated token: not measured in this study"
+    return box_by_quant(runs, "j_per_token", title=title, axis_title="energy per generated token [J/token]",
+                        notes=energy_notes(runs), series="energy_kind", series_title="split mode")
+
+
+def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """Decode tokens/s of every tool (and split mode) side by side on the same model file and quant, one panel per
+    model; only the model × quant pairs that more than one of them ran."""
+    metric = "decode_tokens_per_s"
+    _require(runs, ["tool", "model", "quant", "split", "status", "status_reason", metric])
+    title = f"{study}: frameworks on the same model file, decode speed (Tukey box plots, whiskers 1.5 IQR)"
+    notes = [*unreported_notes(runs, metric, "decode speed"), *not_run_notes(runs)]
+    data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null()).with_columns(
+        pl.when(pl.col("split") == "none").then(pl.col("tool"))
+        .otherwise(pl.format("{} ({})", "tool", "split")).alias("engine"))
+    counts = data.group_by("model", "quant").agg(pl.col("engine").n_unique().alias("_n"),
+                                                 pl.col("engine").unique().sort().str.join(", ").alias("_who"))
+    alone = counts.filter(pl.col("_n") < 2).sort("model", "quant")
+    notes += [f"one framework only, not compared: {r['model']} {r['quant']} ({r['_who']})"
+              for r in alone.iter_rows(named=True)]
+    data = data.join(counts.filter(pl.col("_n") >= 2).select("model", "quant"), on=["model", "quant"], how="semi")
+    if data.is_empty():
+        return notice_chart(title, notes, "nothing to compare: no model file and quant was run by two frameworks")
+    quants = order_by_bits(data["quant"].unique().to_list())
+    engines = sorted(data["engine"].unique().to_list())
+    chart = alt.Chart(data.select("model", "quant", "engine", metric)).mark_boxplot(
+        extent=TUKEY_EXTENT, size=PANEL_WIDTH_STEP - 4, median={"color": "black"},
+        outliers={"size": 18}, rule={"color": "#333"}, box=BOX_OUTLINE,
+    ).encode(
+        x=alt.X("quant:N", sort=quants, title="quant, coarsest left", axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("engine:N", sort=engines),
+        y=alt.Y(f"{metric}:Q", title="decode speed [tokens/s]", scale=alt.Scale(zero=True)),
+        color=alt.Color("engine:N", sort=engines, title="framework",
+                        scale=alt.Scale(domain=engines, range=OKABE_ITO),
+                        legend=alt.Legend(orient="top", direction="horizontal")),
+    ).properties(width=box_step(len(engines)), height=PANEL_HEIGHT)
+    return chart.facet(facet=alt.Facet("model:N", title=None, header=alt.Header(labelFontSize=12)), columns=1).resolve_scale(
+        x="independent", y="independent").properties(title=_title(title, notes))
+
+
+# Output stem under results/figures → what draws it from the runs table and the study's name.
+FIGURES: dict[str, Callable[[pl.DataFrame, str], alt.TopLevelMixin]] = {
+    "decode_tokens_per_s": decode_chart,
+    "prefill_tokens_per_s": prefill_chart,
+    "ttft_ms": ttft_chart,
+    "energy_per_token": energy_chart,
+    "frameworks_decode_tokens_per_s": framework_chart,
+}
+
+
+def write_figure(name: str, runs: pl.DataFrame, study: str, png: str | Path) -> list[Path]:
+    """Draw figure ``name`` (a key of FIGURES) and write it as PNG, SVG and HTML beside ``png``."""
+    if name not in FIGURES:
+        raise FigureDataError(f"unknown figure {name!r}; known figures: {', '.join(FIGURES)}")
+    return save_all(FIGURES[name](runs, study), png)
+
+
+def save_all(chart: alt.TopLevelMixin, stem: str | Path) -> list[Path]:
     """PNG and SVG through vl-convert, and an HTML page with its scripts inlined (works offline)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from llmbench.costs import _md_table, energy_per_token, fmt, usd_per_1m_tokens
 from llmbench.models import check_gguf
 from llmbench.plots import OKABE_ITO
 from llmbench.quants import KNOWN_QUANTS, NOMINAL_BITS_PER_WEIGHT
+from llmbench.synthetic import QUALITY_NULL_REASON
 
 KEY = ["model", "quant"]
 KLD_COLUMNS = ["kld_mean", "kld_mean_unc", "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc", "same_top_p_pct",
@@ -90,11 +91,20 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
         .then(pl.lit(f"no {speed_tool} runs")).otherwise(pl.col("speed_null_reason")).alias("speed_null_reason"),
         # The reference of a model is the same for all its quants: filled in where a quant has no KLD row.
         pl.col("reference_quant").drop_nulls().first().over("model").alias("reference_quant"),
+        # Random weights (runs say model_is_synthetic): no KLD or accuracy is planned for them, and the table says why.
+        pl.when(pl.col("model").is_in(_synthetic_models(runs).implode())).then(pl.lit(QUALITY_NULL_REASON))
+        .otherwise(None).alias("quality_null_reason"),
     ).sort(["model", pl.coalesce("bits_per_weight", nominal), rank, "quant"], nulls_last=True)
     acc_cols = [c for c in acc.columns if c not in KEY]
     return table.select(*KEY, "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
                         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
-                        *KLD_COLUMNS, *acc_cols)
+                        *KLD_COLUMNS, "quality_null_reason", *acc_cols)
+
+
+def _synthetic_models(runs: pl.DataFrame) -> pl.Series:
+    if "model_is_synthetic" not in runs.columns:
+        return pl.Series("model", [], pl.String)
+    return runs.filter(pl.col("model_is_synthetic").fill_null(False))["model"].unique()
 
 
 def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
@@ -125,9 +135,14 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
                                              if r["energy_is_estimate"] else "")
         kld = pm(r["kld_mean"], r["kld_mean_unc"], 4) or ("reference" if r["quant"] == r["reference_quant"]
                                                           else "not measured")
+        synthetic = r.get("quality_null_reason")
+        if synthetic:
+            kld = f"not measured {note(synthetic)}"
         accuracy = []
         for t in tools:
-            if r.get(f"accuracy {t}") is None:
+            if synthetic:
+                accuracy.append(f"not run {note(synthetic)}")
+            elif r.get(f"accuracy {t}") is None:
                 accuracy.append(f"not run {note(tool_reason(r['accuracy not run'], t))}")
             else:
                 accuracy.append(f"{r[f'accuracy {t}']:.2f} [{r[f'accuracy {t} low']:.2f}, "

@@ -9,7 +9,7 @@ import polars as pl
 
 from llmbench.costs import cost_table
 from llmbench.costs import render_markdown as cost_markdown
-from llmbench.plots import box_by_quant, save_all
+from llmbench.plots import FIGURES, save_all, write_figure
 from llmbench.quality import pareto_chart
 from llmbench.quality import render_markdown as quality_markdown
 from llmbench.stats import summarize_runs
@@ -32,12 +32,7 @@ def write_costs(runs: pl.DataFrame, costs: dict, csv: Path, md: Path) -> pl.Data
 
 
 def write_decode_figure(runs: pl.DataFrame, study: str, png: Path) -> list[Path]:
-    chart = box_by_quant(
-        runs, "decode_tokens_per_s",
-        title=f"{study}: decode speed per quant (Tukey box plots, whiskers 1.5 IQR)",
-        axis_title="decode speed [tokens/s]",
-    )
-    return save_all(chart, png)
+    return write_figure("decode_tokens_per_s", runs, study, png)
 
 
 def write_quality_markdown(table: pl.DataFrame, tools: list[str], speed: str, md: Path) -> None:
@@ -64,7 +59,8 @@ def rerender(results: Path, config: dict) -> list[Path]:
     write_costs(runs, config["costs"], results / "tables/cost_per_1m_tokens.csv",
                 results / "tables/cost_per_1m_tokens.md")
     written = [results / "summary/stats.csv", results / "tables/cost_per_1m_tokens.md"]
-    written += write_decode_figure(runs, config["study"], results / "figures/decode_tokens_per_s.png")
+    for name in FIGURES:  # every figure drawn from the rows, under the name its rule gives it
+        written += write_figure(name, runs, config["study"], results / f"figures/{name}.png")
     quality = results / "summary/quality.parquet"
     if quality.exists():
         table = pl.read_parquet(quality)

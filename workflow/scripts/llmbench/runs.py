@@ -22,6 +22,9 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.String,
     "quant": pl.String,
     "split": pl.String,
+    # True for a model written with random weights (source kind synthetic): its speed and energy plan a real
+    # model of that shape; its answers are noise.
+    "model_is_synthetic": pl.Boolean,
     "status": pl.String,
     "status_reason": pl.String,
     "engine_build": pl.String,
@@ -41,7 +44,12 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "wall_ms": pl.Float64,
     "peak_rss_bytes": pl.Int64,
     "finish_reason": pl.String,
+    # The configured -ngl (null where it is "auto": llama.cpp fitted it, or for Ollama, which decides itself),
+    # and what llama.cpp's log says it offloaded, of the model's offloadable layers (repeating + output).
     "n_gpu_layers": pl.Int64,
+    "n_gpu_layers_auto": pl.Boolean,
+    "n_gpu_layers_offloaded": pl.Int64,
+    "n_layers_total": pl.Int64,
     "gpus": pl.Int64,
     "threads": pl.Int64,
     "energy_j": pl.Float64,
@@ -89,21 +97,32 @@ class RunPlan:
     idle_s: float
     temperature: float
     seed: int
-    n_gpu_layers: int | None
+    n_gpu_layers: int | str | None  # a number, "auto" (llama.cpp fits it), or None (the engine decides)
     gpus: int
     threads: int
     estimate_w: float | None = None  # bench.energy_estimate_w: assumed power where no sensor can be read
+    model_is_synthetic: bool = False
 
     def row_base(self) -> dict:
         return {"tool": self.tool, "model": self.model, "quant": self.quant, "split": self.split,
-                "temperature": self.temperature, "n_gpu_layers": self.n_gpu_layers, "gpus": self.gpus,
-                "threads": self.threads}
+                "model_is_synthetic": self.model_is_synthetic,
+                "temperature": self.temperature, "gpus": self.gpus, "threads": self.threads,
+                "n_gpu_layers": self.n_gpu_layers if isinstance(self.n_gpu_layers, int) else None,
+                "n_gpu_layers_auto": self.n_gpu_layers == "auto"}
 
 
 def skipped_run(plan: RunPlan, reason: str) -> pl.DataFrame:
     """One row saying the job did not run here and why; it keeps the group visible in every table."""
     row = {**plan.row_base(), "status": "skipped", "status_reason": reason,
            "energy_null_reason": "not measured: the job was skipped"}
+    return pl.DataFrame([row], schema=RUN_SCHEMA)
+
+
+def failed_run(plan: RunPlan, reason: str) -> pl.DataFrame:
+    """One row saying the job ran and failed in a way the config can fix (an out-of-memory), and how; like a
+    skipped row it keeps the group visible with its reason while every other job's results stand."""
+    row = {**plan.row_base(), "status": "failed", "status_reason": reason,
+           "energy_null_reason": "not measured: the job failed"}
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
@@ -161,6 +180,7 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
     """
     facts = facts or {}
     engine = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
+              "n_gpu_layers_offloaded": facts.get("n_gpu_layers_offloaded"), "n_layers_total": facts.get("n_layers_total"),
               "engine_library": facts.get("library"), "engine_facts": json.dumps(facts, default=str)}
     idle_w, idle_reason = measure_idle(meter, plan.idle_s)
     if idle_reason:

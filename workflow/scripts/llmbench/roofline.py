@@ -1,0 +1,253 @@
+"""The decode roofline: how close each job's decode speed came to what its memory bandwidth allows.
+
+Generating one token of a dense model reads every weight once, so decode tokens/s ≤ bandwidth / bytes read per
+token. The bytes per token are the model file's tensor bytes with one correction: the token-embedding table is only
+gathered (one row per token) unless the output head is tied to it, in which case the logits read all of it. The
+KV cache and activations are not counted, so the bytes are a floor and the bound an upper limit on speed: a fraction
+of the bound near 1 means decode is memory-bound and the engine streams the weights well. On a CPU, a model small
+beside the last-level cache is partly served from cache and can pass a DRAM bound.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
+from llmbench.models import CorruptModelError, _Cursor
+from llmbench.stats import GROUP
+
+EMBEDDING = "token_embd.weight"
+OUTPUT = "output.weight"
+# Split modes whose GPUs each read their share of every layer at the same time: their bandwidths add up. In a layer
+# split one GPU works after the other on a single stream, so one GPU's bandwidth bounds it.
+PARALLEL_SPLITS = {"row"}
+TENSOR_PARALLEL_TOOLS = {"vllm"}  # --tensor-parallel-size over the job's GPUs, whatever the split wildcard says
+TRAFFIC_SCHEMA = {"model": pl.String, "quant": pl.String, "tensor_bytes": pl.Int64, "bytes_per_token": pl.Int64,
+                  "block_count": pl.Int64, "embedding_weights": pl.Int64, "embedding_row_weights": pl.Int64,
+                  "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String}
+# Engines that de-quantize the GGUF hold the weights in this many bytes each (engine_facts' "dtype").
+DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2}
+DEVICE_SCHEMA = {**{k: pl.String for k in GROUP}, "bandwidth_bytes_per_s": pl.Float64, "bandwidth_label": pl.String,
+                 "bandwidth_null_reason": pl.String}
+
+
+def gguf_traffic(path: str | Path) -> dict[str, Any]:
+    """Bytes a dense GGUF model reads per generated token, from its tensor table (no tensor data is read)."""
+    try:
+        return _traffic(path)
+    except (struct.error, ValueError, KeyError, OverflowError) as e:
+        raise CorruptModelError(f"{path} is a damaged GGUF ({type(e).__name__}: {e}); delete it and run the "
+                                "workflow again so it is fetched or derived anew") from None
+
+
+def _traffic(path: str | Path) -> dict[str, Any]:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        c = _Cursor(buf)
+        c.pos = 4
+        _version, n_tensors, n_kv = c.read("I"), c.read("Q"), c.read("Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = c.string().decode(errors="replace")
+            meta[key] = c.value(c.read("I"))
+        tensors: dict[str, tuple[int, list[int]]] = {}  # name: (bytes, dimensions)
+        for _ in range(n_tensors):
+            name = c.string().decode(errors="replace")
+            dims = [c.read("Q") for _ in range(c.read("I"))]
+            ttype, _offset = c.read("I"), c.read("Q")
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            tensors[name] = (math.prod(dims) // block * type_size, dims)
+    arch = meta.get("general.architecture")
+    arch = arch.decode() if isinstance(arch, bytes) else str(arch)
+    total = sum(b for b, _ in tensors.values())
+    embd_bytes, embd_dims = tensors.get(EMBEDDING, (0, [0, 1]))
+    gathered = EMBEDDING in tensors and OUTPUT in tensors
+    out = {"architecture": arch, "tensor_bytes": total, "block_count": meta.get(f"{arch}.block_count"),
+           # GGUF lists dimensions fastest first: token_embd is [n_embd, n_vocab].
+           "embedding_weights": math.prod(embd_dims), "embedding_row_weights": embd_dims[0],
+           "embedding_gathered": gathered, "bytes_per_token": None, "bytes_note": None, "bytes_null_reason": None}
+    if meta.get(f"{arch}.expert_count"):
+        out["bytes_null_reason"] = (f"mixture of experts ({meta[f'{arch}.expert_count']} experts): a token reads only "
+                                    "its routed experts, so the dense bound does not apply")
+    elif gathered:
+        out["bytes_per_token"] = total - embd_bytes + embd_bytes // embd_dims[-1]
+        out["bytes_note"] = ("tensor bytes less the token-embedding table, of which one row is "
+                             "gathered per token; the output head is a tensor of its own")
+    else:
+        out["bytes_per_token"] = total
+        out["bytes_note"] = ("all tensor bytes: the output head is tied to the token-embedding table, so the logits "
+                             "read all of it" if EMBEDDING in tensors else "all tensor bytes")
+    return out
+
+
+def traffic_table(files: Mapping[tuple[str, str], Path]) -> pl.DataFrame:
+    rows = [{"model": m, "quant": q, **{k: v for k, v in gguf_traffic(p).items() if k in TRAFFIC_SCHEMA}}
+            for (m, q), p in files.items()]
+    return pl.DataFrame(rows, schema=TRAFFIC_SCHEMA)
+
+
+def _gpu_specs(job_gpus: Mapping[str, Any], machine_gpus: Mapping[str, Any]) -> tuple[list[dict], str | None]:
+    """The hardware record's entry for each GPU of the job (matched by UUID, else by NVML index), or why none."""
+    if "not_available" in machine_gpus:
+        return [], f"no GPU bandwidth: {machine_gpus['not_available']}"
+    indices = [k for k in job_gpus if k != "not_available"]
+    if not indices:
+        reason = job_gpus.get("not_available", "its provenance names no GPU")
+        return [], f"the job's GPUs are unknown ({reason})"
+    by_uuid = {g.get("uuid"): g for g in machine_gpus.values() if isinstance(g, Mapping) and g.get("uuid")}
+    specs = []
+    for i in indices:
+        spec = by_uuid.get((job_gpus[i] or {}).get("uuid")) or machine_gpus.get(i)
+        if spec is None:
+            return [], f"GPU {i} of the job is not in the bandwidth record (measured on another machine?)"
+        if "bytes_per_s" not in spec:
+            return [], spec.get("not_available", f"GPU {i} has no bandwidth in the record")
+        specs.append(spec)
+    return specs, None
+
+
+def job_bandwidth(tool: str, split: str, gpus: int | None, n_gpu_layers: int | None, block_count: int | None,
+                  job_gpus: Mapping[str, Any] | None, machine: Mapping[str, Any]) -> tuple[float | None, str | None,
+                                                                                         str | None]:
+    """(bytes/s, label, null reason) of the memory a job's weights were read from."""
+    on_gpu = bool(gpus) and n_gpu_layers != 0
+    if not on_gpu:
+        cpu = machine.get("cpu") or {}
+        if cpu.get("bytes_per_s") is None:
+            return None, None, cpu.get("not_available", "no CPU bandwidth was measured")
+        return cpu["bytes_per_s"], cpu["label"], None
+    # llama.cpp counts the output layer as one more offloadable layer; a negative count means all of them.
+    if n_gpu_layers is not None and n_gpu_layers > 0 and block_count is not None and n_gpu_layers <= block_count:
+        return None, None, (f"partial offload ({n_gpu_layers} of {block_count + 1} layers on the GPU): weights are "
+                            "read from GPU and CPU memory, so no single bandwidth bounds it")
+    if job_gpus is None:
+        return None, None, "no provenance record for this job, so its GPUs are unknown"
+    specs, reason = _gpu_specs(job_gpus, machine.get("gpus") or {})
+    if reason:
+        return None, None, reason
+    names = sorted({s["name"] for s in specs})
+    parallel = len(specs) > 1 and (split in PARALLEL_SPLITS or tool in TENSOR_PARALLEL_TOOLS)
+    if parallel:
+        bw, how = sum(s["bytes_per_s"] for s in specs), f"{len(specs)} GPUs summed (each reads its share at once)"
+    else:
+        bw = max(s["bytes_per_s"] for s in specs)
+        how = "one GPU" + (f" of {len(specs)} (layers run one GPU after the other)" if len(specs) > 1 else "")
+    assumed = "" if n_gpu_layers is not None else "; layers on the GPU not reported, all assumed"
+    return bw, f"{specs[0]['label']}: {', '.join(names)}, {how}{assumed}", None
+
+
+def device_table(runs: pl.DataFrame, traffic: pl.DataFrame, provenance: Mapping[tuple[str, ...], Mapping | None],
+                 machine: Mapping[str, Any]) -> pl.DataFrame:
+    """Per job: the bandwidth of the memory its weights sat in, its label, or why there is none.
+
+    ``provenance`` maps (tool, model, quant, split) to the job's provenance "gpus" entry (None where absent).
+    """
+    jobs = runs.group_by(GROUP).agg(
+        pl.col("gpus").drop_nulls().first(),
+        # The engine's report where it ran; a skipped job's row carries the planned count.
+        pl.col("n_gpu_layers").filter(pl.col("status") == "ok").drop_nulls().first().alias("_ok_layers"),
+        pl.col("n_gpu_layers").drop_nulls().first().alias("_any_layers"),
+    ).join(traffic.select("model", "quant", "block_count"), on=["model", "quant"], how="left")
+    rows = []
+    for j in jobs.iter_rows(named=True):
+        layers = j["_ok_layers"] if j["_ok_layers"] is not None else j["_any_layers"]
+        bw, label, reason = job_bandwidth(j["tool"], j["split"], j["gpus"], layers, j["block_count"],
+                                          provenance.get(tuple(j[k] for k in GROUP)), machine)
+        rows.append({**{k: j[k] for k in GROUP}, "bandwidth_bytes_per_s": bw, "bandwidth_label": label,
+                     "bandwidth_null_reason": reason})
+    return pl.DataFrame(rows, schema=DEVICE_SCHEMA)
+
+
+def _held_bytes() -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(bytes per token, note, null reason) for engines that de-quantize the file (engine_facts has dtype and
+    parameters): the weights as the engine holds them, the gathered embedding table again only one row."""
+    size = pl.col("_dtype").replace_strict(DTYPE_BYTES, default=None, return_dtype=pl.Int64)
+    embedding = pl.when(pl.col("embedding_gathered")).then(
+        pl.col("embedding_weights") - pl.col("embedding_row_weights")).otherwise(0)
+    held = (pl.col("_parameters") - embedding.fill_null(0)) * size
+    note = pl.format("the engine holds the weights de-quantized to {} ({} B each): {} parameters, the file's bytes "
+                     "do not apply", pl.col("_dtype"), size, pl.col("_parameters"))
+    reason = pl.format("the engine holds the weights as {}, whose size per weight is not known here", pl.col("_dtype"))
+    return held, note, reason
+
+
+def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFrame) -> pl.DataFrame:
+    """Per tool × model × quant × split: median decode tokens/s, bytes per token, bandwidth, bound, fraction."""
+    ok = pl.col("status") == "ok"
+    facts = pl.col("engine_facts").filter(ok).drop_nulls()
+    speed = runs.group_by(GROUP).agg(
+        pl.col("decode_tokens_per_s").filter(ok).median().alias("median_decode_tokens_per_s"),
+        ok.sum().alias("generations"),
+        pl.col("status_reason").filter(~ok).drop_nulls().unique().sort().str.join("; ").alias("_skipped"),
+        facts.str.json_path_match("$.dtype").drop_nulls().first().alias("_dtype"),
+        facts.str.json_path_match("$.parameters").drop_nulls().first().cast(pl.Int64).alias("_parameters"),
+    )
+    t = speed.join(traffic.drop("block_count"), on=["model", "quant"], how="left").join(devices, on=GROUP, how="left")
+    held, held_note, held_reason = _held_bytes()
+    dequantized = pl.col("_dtype").is_not_null() & pl.col("_parameters").is_not_null() & pl.col("tensor_bytes").is_not_null()
+    t = t.with_columns(
+        pl.when(dequantized).then(held).otherwise(pl.col("bytes_per_token")).alias("bytes_per_token"),
+        pl.when(dequantized).then(held_note).otherwise(pl.col("bytes_note")).alias("bytes_note"),
+        pl.when(dequantized & held.is_null()).then(held_reason)
+        .when(pl.col("tensor_bytes").is_null() & pl.col("bytes_null_reason").is_null())
+        .then(pl.lit("no GGUF file for this model here (a tool's own library model): its bytes are unknown"))
+        .otherwise(pl.col("bytes_null_reason")).alias("bytes_null_reason"),
+        pl.when(pl.col("median_decode_tokens_per_s").is_null())
+        .then(pl.coalesce(pl.col("_skipped").replace("", None), pl.lit("no decode speed measured")))
+        .alias("speed_null_reason"),
+    )
+    return t.with_columns(
+        (pl.col("bandwidth_bytes_per_s") / pl.col("bytes_per_token")).alias("bound_tokens_per_s"),
+    ).with_columns(
+        (pl.col("median_decode_tokens_per_s") / pl.col("bound_tokens_per_s")).alias("fraction_of_bound"),
+        pl.coalesce("bytes_null_reason", "bandwidth_null_reason").alias("bound_null_reason"),
+    ).select(*GROUP, "generations", "median_decode_tokens_per_s", "speed_null_reason", "tensor_bytes",
+             "bytes_per_token", "bytes_note", "bandwidth_bytes_per_s", "bandwidth_label", "bound_tokens_per_s",
+             "bound_null_reason", "fraction_of_bound").sort(GROUP)
+
+
+def render_markdown(table: pl.DataFrame) -> str:
+    """The roofline for people: one footnote per reason, label and bytes note instead of repeated cells."""
+    from llmbench.costs import _md_table, fmt
+    from llmbench.quants import KNOWN_QUANTS
+
+    notes: dict[str, int] = {}
+
+    def note(text: str) -> str:
+        return f"[{notes.setdefault(text, len(notes) + 1)}]"
+
+    rank = pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
+    rows = []
+    for r in table.sort(["tool", "model", "split", rank]).iter_rows(named=True):
+        speed = fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}"
+        mib = "" if r["bytes_per_token"] is None else f"{r['bytes_per_token'] / 2**20:.1f} {note(r['bytes_note'])}"
+        bw = ("" if r["bandwidth_bytes_per_s"] is None
+              else f"{r['bandwidth_bytes_per_s'] / 1e9:.1f} {note(r['bandwidth_label'])}")
+        bound = (fmt(r["bound_tokens_per_s"]) if r["bound_tokens_per_s"] is not None
+                 else f"none {note(r['bound_null_reason'] or 'not known')}")
+        frac = "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"
+        rows.append([r["tool"], r["model"], r["quant"], r["split"], speed, mib or "unknown", bw or "unknown", bound,
+                     frac])
+    header = ["tool", "model", "quant", "split", "median decode tok/s", "MiB read per token", "bandwidth GB/s",
+              "bound tok/s", "fraction of bound"]
+    return "".join([
+        "## Decode speed against the memory-bandwidth bound\n\n", _md_table(header, rows), "\n",
+        "Bound = bandwidth / bytes read per generated token, for a dense model that reads every weight once per "
+        "token. Bytes per token come from the GGUF's tensor table; the KV cache and activations are not counted, "
+        "so the bound is an upper limit on speed and a fraction near 1 means decode is memory-bound. A fraction "
+        "above 1 on a CPU means part of the weights were served from cache, or that the memory was busier when "
+        "the bandwidth was measured than during the benchmark (on a shared machine such as a VM it varies from run "
+        "to run). Bandwidth: "
+        f"'{GPU_LABEL}' is the GPU's specification (not a measurement; kernels reach less); "
+        f"'{CPU_LABEL}' is rule measure_memory_bandwidth's numpy measurement on this machine. "
+        "GB = 10^9 bytes.\n",
+        *[f"\n[{n}] {text}\n" for text, n in notes.items()],
+    ])

@@ -1,0 +1,17 @@
+"""Box plots of J per generated token per quant, split modes side by side; says why where energy was not measured."""
+
+import polars as pl
+
+from llmbench.logs import script_logging
+from llmbench.plots import write_figure
+
+
+def main(snakemake):
+    with script_logging(snakemake.log[0]) as log:
+        runs = pl.read_parquet(snakemake.input.runs)
+        for path in write_figure("energy_per_token", runs, snakemake.params.study, snakemake.output.png):
+            log.info("wrote %s", path)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,17 @@
+"""Box plots of time to first token [ms] per quant, one panel per tool × model, split modes side by side."""
+
+import polars as pl
+
+from llmbench.logs import script_logging
+from llmbench.plots import write_figure
+
+
+def main(snakemake):
+    with script_logging(snakemake.log[0]) as log:
+        runs = pl.read_parquet(snakemake.input.runs)
+        for path in write_figure("ttft_ms", runs, snakemake.params.study, snakemake.output.png):
+            log.info("wrote %s", path)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
