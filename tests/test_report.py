@@ -194,10 +194,12 @@ def render_caption(path: Path, config: dict) -> str:
 
     snakemake = Snakemake()
     snakemake.config = config
+    # Snakemake appends link targets for its panels and the report's categories, which captions may refer to.
+    links = "\n\n" + "".join(f".. _{name}: javascript:void(0)\n" for name in ("Workflow", "Statistics", "Figures", "Tables"))
     text = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined).from_string(
-        path.read_text()).render(snakemake=snakemake)
+        path.read_text() + links).render(snakemake=snakemake)
     # Docutils reports a malformed caption as a system message inside the HTML; halt instead.
-    return publish_parts(text, writer_name="html", settings_overrides={"halt_level": 2, "report_level": 2})["body"]
+    return publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
 
 
 def reported_outputs(config_name: str) -> dict[str, dict]:
@@ -230,7 +232,7 @@ def test_every_figure_and_table_is_in_the_report_with_a_caption(config_name):
     missing = sorted(f"{o['rule']}: {p}" for p, o in shown.items() if o["report"] is None)
     assert not missing, "wrap these outputs in report(..., caption=, category=): " + "; ".join(missing)
     for path, o in shown.items():
-        caption = Path(str(o["report"].caption))
+        caption = Path(str(o["report"].caption)).resolve()
         assert caption.parent == REPORT_DIR and caption.is_file(), f"{path}: caption {caption} is missing"
         assert o["report"].category in ("Figures", "Tables") and o["report"].subcategory, path
         assert set(o["report"].labels) >= {"format"}, path
@@ -241,7 +243,7 @@ def test_every_figure_and_table_is_in_the_report_with_a_caption(config_name):
 @pytest.mark.parametrize("caption", sorted(p.name for p in REPORT_DIR.glob("*.rst")), ids=str)
 def test_captions_render_with_the_study_config_and_say_what_was_not_measured(caption, config_name):
     body = render_caption(REPORT_DIR / caption, study_config(config_name))
-    assert "measured" in body and "not measured" in body.lower().replace("**", "")
+    assert "measured" in body and "not measured" in body.lower()
     assert "{{" not in body and "{%" not in body
 
 
@@ -249,10 +251,20 @@ def test_landing_page_names_the_study_and_how_energy_was_measured():
     cfg = study_config("config.yaml")
     body = render_caption(REPORT_DIR / "workflow.rst", cfg)
     assert cfg["study"] in body and "NVML" in body and "RAPL" in body and "energy_null_reason" in body
-    assert f"{cfg['bench']['repetitions']}\nrepetitions" in body or f"{cfg['bench']['repetitions']} repetitions" in body
+    assert re.search(rf"{cfg['bench']['repetitions']}\s+repetitions", body)
     # An energy estimate is labelled as one wherever the study configures it.
     cfg["bench"]["energy_estimate_w"] = 65
     assert "65 W" in render_caption(REPORT_DIR / "workflow.rst", cfg)
+
+
+def test_cost_caption_labels_hardware_amortization_an_estimate_only_where_configured():
+    cfg = study_config("config.yaml")
+    assert cfg["costs"]["hardware"] is None
+    assert "lower bound" in render_caption(REPORT_DIR / "cost_table.rst", cfg)
+    cfg["costs"]["hardware"] = {"purchase_usd": 15000, "lifetime_years": 3, "utilization": 0.5, "as_of": "2024-10",
+                                "note": "a stand-in price"}
+    body = render_caption(REPORT_DIR / "cost_table.rst", cfg)
+    assert "<strong>estimate</strong>" in body and "$15000" in body and "a stand-in price" in body
 
 
 def test_report_is_global_and_the_profile_stays_runnable():
@@ -317,8 +329,17 @@ def test_browser_check_fails_on_a_broken_figure(tiny_report, tmp_path):
         assert_report_shows(seen, {"out/figure.png": "stand-in figure"})
 
 
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install -y chromium"):
+        require_chromium()
+
+
 if __name__ == "__main__":
     report, png = Path(sys.argv[1]), Path(sys.argv[2])
     seen = render_report(report, show=sys.argv[3] if len(sys.argv) > 3 else "results/figures/decode_tokens_per_s.png",
-                         screenshot=png)
+                         screenshot=png, window=(1960, 1400))
     print(json.dumps({p: {k: v for k, v in r.items() if k != "caption"} for p, r in seen["results"].items()}, indent=1))

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from test_report import assert_report_shows, render_report, require_chromium
 
 from conftest import REPO, load_config
 from llmbench.archive import verify_archive
@@ -179,6 +180,42 @@ def test_quality_rows_beside_speed_and_the_pareto_figure(study):
     assert (study / "results/figures/pareto_speed_vs_kld.png").read_bytes()[:4] == b"\x89PNG"
     reference = yaml.safe_load((study / "results/quality/kld/smollm2-135m/reference.json").read_text())
     assert reference["corpus_sha256"] == load_config()["quality"]["corpus"]["sha256"] and reference["ppl"] > 1
+
+
+# The report's results: path → the label it is listed under. Checked before the tests below change the study.
+REPORTED = {
+    "results/figures/decode_tokens_per_s.png": "decode tokens/s per quant",
+    "results/figures/decode_tokens_per_s.html": "decode tokens/s per quant",
+    "results/figures/pareto_speed_vs_kld.png": "speed or cost vs KLD",
+    "results/figures/pareto_speed_vs_kld.html": "speed or cost vs KLD",
+    "results/tables/cost_per_1m_tokens.csv": "energy and $ per 1M tokens",
+    "results/tables/cost_per_1m_tokens.md": "energy and $ per 1M tokens",
+    "results/tables/quality_by_quant.csv": "quality per quant",
+    "results/tables/quality_by_quant.md": "quality per quant",
+    "results/summary/stats.csv": "statistics per group and metric",
+    "results/figures/prefill_tokens_per_s.png": "prefill tokens/s per quant",
+    "results/figures/ttft_ms.png": "time to first token",
+    "results/figures/energy_per_token.png": "J per generated token",
+    "results/figures/frameworks_decode_tokens_per_s.png": "decode tokens/s by framework",
+    "results/tables/frameworks.md": "frameworks compared",
+    "results/tables/decode_roofline.md": "decode against bandwidth bound",
+}
+
+
+def test_study_run_makes_the_report_and_chromium_shows_every_figure(study, tmp_path):
+    # Made by the workflow itself after the study's run (onsuccess), not by this test.
+    report = study / "results/report.html"
+    assert report.stat().st_size > 0
+    text = report.read_text()
+    assert "llmbench study" in text and "smollm2-135m-cpu" in text  # the landing page, rendered with the config
+    require_chromium()
+    shot = tmp_path / "report.png"
+    seen = render_report(report, show="results/figures/decode_tokens_per_s.png", screenshot=shot)
+    assert_report_shows(seen, REPORTED)
+    assert set(seen["categories"]) == {"Figures", "Tables"}
+    assert seen["shown"]["path"] == "results/figures/decode_tokens_per_s.png" and seen["shown"]["width"] > 100
+    assert "not measured" in seen["results"]["results/tables/cost_per_1m_tokens.md"]["caption"].lower()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_with_itself(study, tmp_path):

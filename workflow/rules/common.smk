@@ -49,6 +49,7 @@ def bench_code(tool_module):
         "models.py",
         "provenance.py",
         "runs.py",
+        "llama_log.py",
         tool_module,
     )
 
@@ -138,6 +139,7 @@ def bench_plan(wildcards):
         "start_timeout_s": bench["start_timeout_s"],
         "request_timeout_s": bench["request_timeout_s"],
         "n_gpu_layers": gpu_layers(wildcards),
+        "tensor_split": config["models"][wildcards.model].get("tensor_split"),
         "exclusive": bench["exclusive"],
     }
 
@@ -255,6 +257,7 @@ def accuracy_engine(wildcards):
     job, bench = accuracy_job(wildcards), config["bench"]
     return {
         "n_gpu_layers": gpu_layers(wildcards),
+        "tensor_split": config["models"][wildcards.model].get("tensor_split"),
         "split": job.split,
         "gpus": job.gpus,
         "seed": bench["seed"],
@@ -348,3 +351,32 @@ def archive_members():
     ]
     members += [[f"resources/{Path(p).relative_to(RES)}", p] for p in records]
     return members
+
+
+REPORT = f"{RESULTS}/report.html"
+
+
+def make_report():
+    """The study's Snakemake report after a run that made something, with the run's own config arguments.
+
+    A profile's --report-after-run would also fire on dry runs and fail on a fresh clone (nothing to report yet),
+    so the report is made here instead; a failure is logged with the command to run, never failing the study.
+    """
+    import subprocess
+    import sys
+
+    settings = workflow.config_settings
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", workflow.main_snakefile]
+    cmd += ["--cores", "1", "--nolock", "--report", REPORT]
+    for configfile in settings.configfiles:
+        cmd += ["--configfile", str(configfile)]
+    if settings.config_args:
+        cmd += ["--config", *settings.config_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        logger.info(f"Report of the study: {REPORT}")
+    else:
+        logger.warning(
+            f"The report was not made ({proc.stderr.strip()[-2000:]}). "
+            f"Make it with: snakemake --report {REPORT}"
+        )

@@ -34,9 +34,21 @@ rule plot_prefill_speed:
         runs=f"{RESULTS}/summary/runs.parquet",
         code=package_files("plots.py", "quants.py"),
     output:
-        png=f"{RESULTS}/figures/prefill_tokens_per_s.png",
+        png=report(
+            f"{RESULTS}/figures/prefill_tokens_per_s.png",
+            caption="../report/prefill.rst",
+            category="Figures",
+            subcategory="Speed",
+            labels={"figure": "prefill tokens/s per quant", "format": "PNG"},
+        ),
         svg=f"{RESULTS}/figures/prefill_tokens_per_s.svg",
-        html=f"{RESULTS}/figures/prefill_tokens_per_s.html",
+        html=report(
+            f"{RESULTS}/figures/prefill_tokens_per_s.html",
+            caption="../report/prefill.rst",
+            category="Figures",
+            subcategory="Speed",
+            labels={"figure": "prefill tokens/s per quant", "format": "interactive"},
+        ),
     log:
         "logs/plot_prefill_speed.log",
     conda:
@@ -53,9 +65,21 @@ rule plot_ttft:
         runs=f"{RESULTS}/summary/runs.parquet",
         code=package_files("plots.py", "quants.py"),
     output:
-        png=f"{RESULTS}/figures/ttft_ms.png",
+        png=report(
+            f"{RESULTS}/figures/ttft_ms.png",
+            caption="../report/ttft.rst",
+            category="Figures",
+            subcategory="Speed",
+            labels={"figure": "time to first token", "format": "PNG"},
+        ),
         svg=f"{RESULTS}/figures/ttft_ms.svg",
-        html=f"{RESULTS}/figures/ttft_ms.html",
+        html=report(
+            f"{RESULTS}/figures/ttft_ms.html",
+            caption="../report/ttft.rst",
+            category="Figures",
+            subcategory="Speed",
+            labels={"figure": "time to first token", "format": "interactive"},
+        ),
     log:
         "logs/plot_ttft.log",
     conda:
@@ -73,9 +97,21 @@ rule plot_energy_per_token:
         runs=f"{RESULTS}/summary/runs.parquet",
         code=package_files("plots.py", "quants.py"),
     output:
-        png=f"{RESULTS}/figures/energy_per_token.png",
+        png=report(
+            f"{RESULTS}/figures/energy_per_token.png",
+            caption="../report/energy_per_token.rst",
+            category="Figures",
+            subcategory="Energy",
+            labels={"figure": "J per generated token", "format": "PNG"},
+        ),
         svg=f"{RESULTS}/figures/energy_per_token.svg",
-        html=f"{RESULTS}/figures/energy_per_token.html",
+        html=report(
+            f"{RESULTS}/figures/energy_per_token.html",
+            caption="../report/energy_per_token.rst",
+            category="Figures",
+            subcategory="Energy",
+            labels={"figure": "J per generated token", "format": "interactive"},
+        ),
     log:
         "logs/plot_energy_per_token.log",
     conda:
@@ -92,9 +128,21 @@ rule plot_frameworks:
         runs=f"{RESULTS}/summary/runs.parquet",
         code=package_files("plots.py", "quants.py"),
     output:
-        png=f"{RESULTS}/figures/frameworks_decode_tokens_per_s.png",
+        png=report(
+            f"{RESULTS}/figures/frameworks_decode_tokens_per_s.png",
+            caption="../report/frameworks_compare.rst",
+            category="Figures",
+            subcategory="Frameworks",
+            labels={"figure": "decode tokens/s by framework", "format": "PNG"},
+        ),
         svg=f"{RESULTS}/figures/frameworks_decode_tokens_per_s.svg",
-        html=f"{RESULTS}/figures/frameworks_decode_tokens_per_s.html",
+        html=report(
+            f"{RESULTS}/figures/frameworks_decode_tokens_per_s.html",
+            caption="../report/frameworks_compare.rst",
+            category="Figures",
+            subcategory="Frameworks",
+            labels={"figure": "decode tokens/s by framework", "format": "interactive"},
+        ),
     log:
         "logs/plot_frameworks.log",
     conda:
@@ -137,34 +185,6 @@ rule cost_table:
         "../scripts/cost_table.py"
 
 
-REPORT = f"{RESULTS}/report.html"
-
-
-def make_report():
-    """The study's Snakemake report after a run that made something, with the run's own config arguments.
-
-    A profile's --report-after-run would also fire on dry runs and fail on a fresh clone (nothing to report yet),
-    so the report is made here instead; a failure is logged with the command to run, never failing the study.
-    """
-    import subprocess
-    import sys
-
-    settings = workflow.config_settings
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", workflow.main_snakefile]
-    cmd += ["--cores", "1", "--nolock", "--report", REPORT]
-    for configfile in settings.configfiles:
-        cmd += ["--configfile", str(configfile)]
-    if settings.config_args:
-        cmd += ["--config", *settings.config_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 0:
-        logger.info(f"Report of the study: {REPORT}")
-    else:
-        logger.warning(
-            f"The report was not made ({proc.stderr.strip()[-2000:]}). "
-            f"Make it with: snakemake --report {REPORT}"
-        )
-
-
+# After a run that made something: the study's report (make_report, in common.smk).
 onsuccess:
     make_report()

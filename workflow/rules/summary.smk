@@ -37,8 +37,20 @@ rule framework_table:
         facts=str(Path(workflow.basedir) / "workflow/data/frameworks.yaml"),
         code=package_files("frameworks.py", "costs.py", "quants.py", "stats.py"),
     output:
-        csv=f"{RESULTS}/tables/frameworks.csv",
-        md=f"{RESULTS}/tables/frameworks.md",
+        csv=report(
+            f"{RESULTS}/tables/frameworks.csv",
+            caption="../report/framework_table.rst",
+            category="Tables",
+            subcategory="Frameworks",
+            labels={"table": "frameworks compared", "format": "CSV"},
+        ),
+        md=report(
+            f"{RESULTS}/tables/frameworks.md",
+            caption="../report/framework_table.rst",
+            category="Tables",
+            subcategory="Frameworks",
+            labels={"table": "frameworks compared", "format": "Markdown"},
+        ),
     log:
         "logs/framework_table.log",
     conda:
@@ -62,8 +74,20 @@ rule roofline_table:
             "stats.py",
         ),
     output:
-        csv=f"{RESULTS}/tables/decode_roofline.csv",
-        md=f"{RESULTS}/tables/decode_roofline.md",
+        csv=report(
+            f"{RESULTS}/tables/decode_roofline.csv",
+            caption="../report/roofline.rst",
+            category="Tables",
+            subcategory="Speed",
+            labels={"table": "decode against bandwidth bound", "format": "CSV"},
+        ),
+        md=report(
+            f"{RESULTS}/tables/decode_roofline.md",
+            caption="../report/roofline.rst",
+            category="Tables",
+            subcategory="Speed",
+            labels={"table": "decode against bandwidth bound", "format": "Markdown"},
+        ),
     log:
         "logs/roofline_table.log",
     conda:
