@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from llmbench import study
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.build import BuildSpec
+from llmbench.plots import FIGURES
 from llmbench.configcheck import load_schema, validate_config
 from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
 
@@ -328,7 +329,14 @@ def archive_members():
         f"{RESULTS}/tables/cost_per_1m_tokens.csv",
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         *[
-            f"{RESULTS}/figures/decode_tokens_per_s.{ext}"
+            f"{RESULTS}/tables/{table}.{ext}"
+            for table in ("frameworks", "decode_roofline")
+            for ext in ("csv", "md")
+        ],
+        f"{RESULTS}/hardware/memory_bandwidth.json",
+        *[
+            f"{RESULTS}/figures/{figure}.{ext}"
+            for figure in FIGURES
             for ext in ("png", "svg", "html")
         ],
         f"{RESULTS}/config/study.yaml",

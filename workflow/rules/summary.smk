@@ -35,7 +35,9 @@ rule framework_table:
     input:
         runs=f"{RESULTS}/summary/runs.parquet",
         facts=str(Path(workflow.basedir) / "workflow/data/frameworks.yaml"),
-        code=package_files("frameworks.py", "costs.py", "quants.py", "stats.py"),
+        code=package_files(
+            "frameworks.py", "render.py", "costs.py", "quants.py", "stats.py"
+        ),
     output:
         csv=report(
             f"{RESULTS}/tables/frameworks.csv",

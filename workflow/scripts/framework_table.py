@@ -5,17 +5,14 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.frameworks import framework_table, load_facts, render_markdown
 from llmbench.logs import script_logging
+from llmbench.render import write_framework_table
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         runs = pl.read_parquet(snakemake.input.runs)
-        facts = load_facts(snakemake.input.facts, runs["tool"].unique().sort().to_list())
-        table = framework_table(runs, facts)
-        table.write_csv(snakemake.output.csv)
-        Path(snakemake.output.md).write_text(render_markdown(table))
+        table = write_framework_table(runs, Path(snakemake.input.facts), snakemake.output.csv, snakemake.output.md)
         log.info("framework table: %d tools, compared on %s", table.height,
                  ", ".join(table["compare_on"].drop_nulls().unique().to_list()) or "nothing (no tool ran)")
 

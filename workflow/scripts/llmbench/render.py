@@ -7,8 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.costs import cost_table
-from llmbench.costs import render_markdown as cost_markdown
+from llmbench.costs import write_cost_tables
+from llmbench.frameworks import framework_table, load_facts
+from llmbench.frameworks import render_markdown as framework_markdown
 from llmbench.plots import FIGURES, save_all, write_figure
 from llmbench.quality import pareto_chart
 from llmbench.quality import render_markdown as quality_markdown
@@ -24,10 +25,13 @@ def write_stats(runs: pl.DataFrame, parquet: Path, csv: Path) -> pl.DataFrame:
     return stats
 
 
-def write_costs(runs: pl.DataFrame, costs: dict, csv: Path, md: Path) -> pl.DataFrame:
-    table = cost_table(runs, costs["electricity_usd_per_kwh"], costs["cloud"])
+FRAMEWORK_FACTS = Path(__file__).resolve().parents[2] / "data/frameworks.yaml"
+
+
+def write_framework_table(runs: pl.DataFrame, facts: Path, csv: Path, md: Path) -> pl.DataFrame:
+    table = framework_table(runs, load_facts(facts, runs["tool"].unique().sort().to_list()))
     table.write_csv(csv)
-    Path(md).write_text(cost_markdown(table, costs["electricity_usd_per_kwh"], costs["electricity_note"], costs["cloud"]))
+    Path(md).write_text(framework_markdown(table))
     return table
 
 
@@ -51,14 +55,17 @@ def write_pareto(table: pl.DataFrame, study: str, png: Path) -> list[Path]:
 
 
 def rerender(results: Path, config: dict) -> list[Path]:
-    """Everything derived from ``results/summary``'s rows, written again in ``results`` (no benchmark runs)."""
+    """Everything derived from ``results/summary``'s rows, written again in ``results`` (no benchmark runs).
+
+    The decode roofline is not: it needs the model files themselves, so the archive keeps it as measured."""
     results = Path(results)
     runs = pl.read_parquet(results / "summary/runs.parquet")
     (results / "tables").mkdir(parents=True, exist_ok=True)
     write_stats(runs, results / "summary/stats.parquet", results / "summary/stats.csv")
-    write_costs(runs, config["costs"], results / "tables/cost_per_1m_tokens.csv",
-                results / "tables/cost_per_1m_tokens.md")
-    written = [results / "summary/stats.csv", results / "tables/cost_per_1m_tokens.md"]
+    write_cost_tables(runs, config["costs"], results / "tables/cost_per_1m_tokens.csv",
+                      results / "tables/cost_per_1m_tokens.md")
+    write_framework_table(runs, FRAMEWORK_FACTS, results / "tables/frameworks.csv", results / "tables/frameworks.md")
+    written = [results / "summary/stats.csv", results / "tables/cost_per_1m_tokens.md", results / "tables/frameworks.md"]
     for name in FIGURES:  # every figure drawn from the rows, under the name its rule gives it
         written += write_figure(name, runs, config["study"], results / f"figures/{name}.png")
     quality = results / "summary/quality.parquet"
