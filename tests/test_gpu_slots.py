@@ -144,6 +144,7 @@ def test_hold_gpus_sets_and_restores_what_cuda_sees(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (2, None))  # a stand-in for a machine with two GPUs
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with gpu_slots.hold_gpus(1, job="a") as a, gpu_slots.hold_gpus(1, job="b") as b:
         assert sorted(a + b) == [0, 1]
         assert os.environ["CUDA_VISIBLE_DEVICES"] == str(b[0])  # the latest holder's, as in its own process
@@ -158,3 +159,19 @@ def test_no_gpu_machine_gives_no_ids_and_leaves_the_environment(monkeypatch):
     monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (0, "NVML could not start"))
     with gpu_slots.hold_gpus(2) as ids:
         assert ids == []
+
+
+def test_under_slurm_the_job_holds_the_gpus_slurm_gave_without_a_lock(monkeypatch, tmp_path):
+    from llmbench import gpu_slots
+
+    locks = tmp_path / "locks"
+    monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(locks))
+    monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (4, None))  # a stand-in for an unfenced 4-GPU node
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_STEP_GPUS", "2,3")
+    with gpu_slots.hold_gpus(2, job="a") as ids:
+        assert ids == [2, 3] and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+        assert not locks.exists() or not any(locks.iterdir())
+    monkeypatch.setenv("SLURM_STEP_GPUS", "2")
+    with pytest.raises(RuntimeError, match="SLURM gave this job 1 GPU"), gpu_slots.hold_gpus(2, job="b"):
+        pass

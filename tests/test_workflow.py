@@ -143,7 +143,7 @@ def test_tools_absent_here_end_skipped_with_the_reason(study):
         assert "no `ollama` binary is on PATH" in reasons["ollama"]
     assert "vLLM" in reasons["vllm"]
     table = (study / "results/tables/cost_per_1m_tokens.md").read_text()
-    assert "| vllm | smollm2-135m | Q4_0 | none | 1 | not run [" in table
+    assert "## vllm" in table and "| smollm2-135m | Q4_0 | none | 1 | not run: " in table
 
 
 def test_study_renders_statistics_figures_and_cost_table(study):
@@ -158,6 +158,18 @@ def test_study_renders_statistics_figures_and_cost_table(study):
     assert "vega" in html and "cdn.jsdelivr" not in html
     md = (study / "results/tables/cost_per_1m_tokens.md").read_text()
     assert "not measured" in md and "GPT-4o mini" in md
+    costs = pl.read_csv(study / "results/tables/cost_per_1m_tokens.csv")
+    for stat in ("median", "iqr", "mean", "sd"):
+        assert f"usd_per_1m_tokens_{stat}" in costs.columns, stat
+    assert any("GPT-4o" in c and "input" in c for c in costs.columns)
+    assert any("GPT-4o" in c and "output" in c for c in costs.columns)
+    for figure in ("prefill_tokens_per_s", "ttft_ms", "energy_per_token", "frameworks_decode_tokens_per_s"):
+        assert (study / f"results/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
+    frameworks = pl.read_csv(study / "results/tables/frameworks.csv")
+    assert set(frameworks["tool"]) == {"llama-server", "llama-bench", "llama-cpp-python", "transformers", "ollama", "vllm"}
+    roofline = pl.read_csv(study / "results/tables/decode_roofline.csv")
+    server = roofline.filter(pl.col("tool") == "llama-server")
+    assert server.height == 2 and (server["fraction_of_bound"] > 0).all()
     build = yaml.safe_load((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{40}", build["commit"]) and build["cuda"] is False
     derived = yaml.safe_load((study / f"res/models/{MODEL}/Q4_0.json").read_text())
@@ -235,7 +247,9 @@ def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_w
                 assert SECRET["HF_TOKEN"].encode() not in path.read_bytes(), path
     for member in ("MANIFEST.sha256", "results/config/study.yaml", "results/tables/quality_by_quant.md",
                    f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json", "results/figures/decode_tokens_per_s.svg",
-                   f"resources/models/{MODEL}/Q8_0.json"):
+                   f"resources/models/{MODEL}/Q8_0.json", "results/figures/energy_per_token.svg",
+                   "results/tables/frameworks.md", "results/tables/decode_roofline.csv",
+                   "results/hardware/memory_bandwidth.json"):
         assert f"{top}/{member}" in names, member
     prov = json.loads((study / f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json").read_text())
     assert prov["llama_cpp"]["commit"] and prov["models"][0]["sha256"] and prov["cpu"]["model"]
@@ -278,7 +292,9 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     # transformers, Ollama and vLLM run only Q4_0 here (their `quants`), so Q2_K adds no job of theirs.
     assert plan == {"quantize": 1, "bench_llama_server": 1, "bench_llama_bench": 1, "bench_llama_cpp_python": 1,
                     "kld": 1, "answer_accuracy": 2, "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1,
-                    "quality_table": 1, "plot_pareto": 1, "all": 1}
+                    "quality_table": 1, "plot_pareto": 1, "plot_prefill_speed": 1, "plot_ttft": 1,
+                    "plot_energy_per_token": 1, "plot_frameworks": 1, "framework_table": 1, "roofline_table": 1,
+                    "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3

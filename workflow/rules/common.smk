@@ -46,6 +46,7 @@ def bench_code(tool_module):
         "engines.py",
         "gpu_slots.py",
         "gpu_telemetry.py",
+        "slurm.py",
         "meters.py",
         "models.py",
         "provenance.py",
@@ -228,6 +229,8 @@ def accuracy_inputs(wildcards):
             "backend.py",
             "engines.py",
             "gpu_slots.py",
+            "slurm.py",
+            "llama_log.py",
             f"{ENGINE_MODULES[wildcards.tool]}.py",
         ),
     }

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from llmbench.slurm import slurm_nvml_ids
+
 
 def gpu_count() -> tuple[int, str | None]:
     """How many GPUs NVML sees; (0, why) where there is none to see."""
@@ -144,12 +146,20 @@ def hold_gpus(n: int, *, exclusive: bool = False, job: str | None = None):
     if total == 0:
         yield []
         return
-    with GpuSlots(n, total, exclusive=exclusive, job=job) as slots:
-        env = visible_devices_env(slots.ids)
+    with contextlib.ExitStack() as stack:
+        # Under SLURM the scheduler chose the job's GPUs and fences them from other users' jobs, which never
+        # see this machine's lock files: hold what SLURM gave, no lock.
+        ids = slurm_nvml_ids(total)
+        if ids is None:
+            ids = stack.enter_context(GpuSlots(n, total, exclusive=exclusive, job=job)).ids
+        elif len(ids) < n:
+            raise RuntimeError(f"SLURM gave this job {len(ids)} GPU(s) ({ids}) but it needs {n}: "
+                               "its rule's gpu resource must reach sbatch --gpus (use profiles/slurm)")
+        env = visible_devices_env(ids)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            yield slots.ids
+            yield ids
         finally:
             for k, v in saved.items():
                 if v is None:
