@@ -24,8 +24,9 @@ rule plot_decode_speed:
         ENV
     params:
         study=config["study"],
+        figure="decode_tokens_per_s",
     script:
-        "../scripts/plot_decode_speed.py"
+        "../scripts/plot_figure.py"
 
 
 # Box plots of prefill tokens/s per quant (tool × model panels, split modes side by side) from the rows.
@@ -55,8 +56,9 @@ rule plot_prefill_speed:
         ENV
     params:
         study=config["study"],
+        figure="prefill_tokens_per_s",
     script:
-        "../scripts/plot_prefill_speed.py"
+        "../scripts/plot_figure.py"
 
 
 # Box plots of time to first token [ms] per quant (tool × model panels, split modes side by side) from the rows.
@@ -86,8 +88,9 @@ rule plot_ttft:
         ENV
     params:
         study=config["study"],
+        figure="ttft_ms",
     script:
-        "../scripts/plot_ttft.py"
+        "../scripts/plot_figure.py"
 
 
 # Box plots of J per generated token per quant, split modes side by side; where no energy was measured the
@@ -118,8 +121,9 @@ rule plot_energy_per_token:
         ENV
     params:
         study=config["study"],
+        figure="energy_per_token",
     script:
-        "../scripts/plot_energy_per_token.py"
+        "../scripts/plot_figure.py"
 
 
 # Decode tokens/s of every framework side by side on the same model file and quant, from the rows.
@@ -149,8 +153,9 @@ rule plot_frameworks:
         ENV
     params:
         study=config["study"],
+        figure="frameworks_decode_tokens_per_s",
     script:
-        "../scripts/plot_frameworks.py"
+        "../scripts/plot_figure.py"
 
 
 rule cost_table:

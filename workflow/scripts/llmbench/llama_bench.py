@@ -20,10 +20,9 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.backend import BackendError, OutOfMemory
-from llmbench.llama_log import Offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.llama_log import AUTO, Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
-AUTO = "auto"
 # llama-server's default margin for --fit; llama-bench fits only when given one (-fitt).
 FIT_TARGET_MIB = 1024
 
@@ -47,15 +46,11 @@ class LlamaBenchSettings:
 
 def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
     """llama-bench's -ngl takes numbers only; "auto" is its -fitt (fit to free device memory with that margin)."""
+    check_offload(n_gpu_layers, tensor_split)
     if n_gpu_layers == AUTO:
         args = ["-fitt", str(FIT_TARGET_MIB)]
-    elif isinstance(n_gpu_layers, int) and n_gpu_layers >= 0:
-        args = ["-ngl", str(n_gpu_layers)]
     else:
-        raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
-    if tensor_split and n_gpu_layers == AUTO:
-        raise ValueError(f"tensor_split {list(tensor_split)} with n_gpu_layers auto: llama.cpp's fitting sets the split "
-                         "itself and gives up on a given one; drop tensor_split or set n_gpu_layers to a number")
+        args = ["-ngl", str(n_gpu_layers)]
     if tensor_split:
         args += ["-ts", "/".join(f"{x:g}" for x in tensor_split)]  # llama-bench separates GPUs with '/'
     return args

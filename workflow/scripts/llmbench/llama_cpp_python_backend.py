@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from llmbench.backend import BackendError, Engine, Generation, OutOfMemory, ToolUnavailable, peak_rss_bytes
-from llmbench.llama_log import Offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.llama_log import Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -51,8 +51,7 @@ class LlamaCppPython(Engine):
                  tensor_split: tuple[float, ...] | None = None, log_path: Path | None = None):
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode {split_mode!r} is not one of {sorted(SPLIT_MODES)}")
-        if n_gpu_layers != "auto" and not (isinstance(n_gpu_layers, int) and n_gpu_layers >= 0):
-            raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
+        check_offload(n_gpu_layers)
         self.model, self.lib_dir = Path(model), Path(lib_dir)
         self.n_gpu_layers, self.split_mode, self.threads = n_gpu_layers, split_mode, threads
         self.ctx_size, self.seed, self.tensor_split = ctx_size, seed, tensor_split

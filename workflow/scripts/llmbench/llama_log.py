@@ -9,6 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+AUTO = "auto"  # n_gpu_layers: let llama.cpp fit the layers to free device memory
+
+
+def check_offload(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None = None) -> None:
+    """The offload settings every llama.cpp engine takes, refused with the fix before anything starts."""
+    if n_gpu_layers != AUTO and not (isinstance(n_gpu_layers, int) and n_gpu_layers >= 0):
+        raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
+    if tensor_split and n_gpu_layers == AUTO:
+        raise ValueError(f"tensor_split {list(tensor_split)} with n_gpu_layers auto: llama.cpp's fitting sets the split "
+                         "itself and gives up on a given one; drop tensor_split or set n_gpu_layers to a number")
+
 # Printed by load_tensors at info level whenever the build can offload (llama_supports_gpu_offload()).
 _OFFLOADED = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
 # Printed at debug level for every repeating layer and the output layer (index n_layer).

@@ -22,9 +22,7 @@ from llmbench.backend import (
     post_stream,
     stop_process,
 )
-from llmbench.llama_log import oom_reason, out_of_memory_line, parse_offload
-
-AUTO = "auto"
+from llmbench.llama_log import AUTO, check_offload, oom_reason, out_of_memory_line, parse_offload
 
 
 @dataclass
@@ -47,15 +45,11 @@ def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None
     "auto" lets llama.cpp's fitting pick the layers for the devices' free memory (it keeps a user-set context
     size and tensor split); a number turns fitting off, so the run offloads exactly what the config says.
     """
+    check_offload(n_gpu_layers, tensor_split)
     if n_gpu_layers == AUTO:
         args = ["--n-gpu-layers", "auto", "--fit", "on"]
-    elif isinstance(n_gpu_layers, int) and n_gpu_layers >= 0:
-        args = ["--n-gpu-layers", str(n_gpu_layers), "--fit", "off"]
     else:
-        raise ValueError(f"n_gpu_layers {n_gpu_layers!r} is neither a number of layers (>= 0) nor 'auto'")
-    if tensor_split and n_gpu_layers == AUTO:
-        raise ValueError(f"tensor_split {list(tensor_split)} with n_gpu_layers auto: llama.cpp's fitting sets the split "
-                         "itself and gives up on a given one; drop tensor_split or set n_gpu_layers to a number")
+        args = ["--n-gpu-layers", str(n_gpu_layers), "--fit", "off"]
     if tensor_split:
         args += ["--tensor-split", ",".join(f"{x:g}" for x in tensor_split)]
     return args
