@@ -6,7 +6,7 @@ the arithmetic is exact; the real engines and meters run in test_workflow.py and
 import pytest
 
 from llmbench import meters, runs
-from llmbench.backend import Generation
+from llmbench.backend import Generation, OutOfMemory
 from llmbench.meters import EnergyMeter
 from llmbench.runs import Prompt, RunPlan, run_generations
 
@@ -109,3 +109,27 @@ def test_an_estimate_only_when_asked_and_labelled(monkeypatch):
                                          "not measured: CPU energy: no RAPL zones")
     plain = run_generations(StandInBackend(), plan(idle_s=0.0), meter)
     assert plain["energy_j"].is_null().all() and not plain["energy_is_estimate"].any()
+
+
+def test_out_of_memory_mid_job_keeps_the_finished_generations_and_adds_a_failed_row():
+    class OutOfMemoryOnThirdCall(StandInBackend):  # a stand-in engine: warm-up, two generations, then no memory
+        def generate(self, *args):
+            if len(self.calls) == 3:
+                raise OutOfMemory("out of memory: cudaMalloc failed: out of memory; lower ctx_size")
+            return super().generate(*args)
+
+    two_prompts = (Prompt("a", "hi", 8), Prompt("b", "there", 8))
+    rows = run_generations(OutOfMemoryOnThirdCall(), plan(idle_s=0.0, prompts=two_prompts),
+                           EnergyMeter([], ["no sensor"]))
+    assert rows["status"].to_list() == ["ok", "ok", "failed"]
+    assert rows["prompt_id"].to_list()[:2] == ["a", "a"]
+    assert "cudaMalloc failed" in rows["status_reason"][2]
+
+
+def test_out_of_memory_before_any_generation_is_left_to_the_job():
+    class OutOfMemoryAtOnce(StandInBackend):  # a stand-in engine that fails its warm-up
+        def generate(self, *args):
+            raise OutOfMemory("out of memory: failed to allocate compute buffers")
+
+    with pytest.raises(OutOfMemory):
+        run_generations(OutOfMemoryAtOnce(), plan(idle_s=0.0, warmup=0), EnergyMeter([], ["no sensor"]))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from llmbench.backend import Backend
+from llmbench.backend import Backend, OutOfMemory
 from llmbench.meters import EnergyMeter, EnergyReading
 
 log = logging.getLogger(__name__)
@@ -189,52 +189,59 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
     for i in range(plan.warmup):
         backend.generate(first.text, min(first.max_tokens, 16), plan.temperature, plan.seed + i)
     rows = []
-    for prompt in plan.prompts:
-        for rep in range(plan.repetitions):
-            seed = plan.seed + rep
-            started = dt.datetime.now(dt.UTC)
-            window = f"{prompt.id}/{rep}"
-            state_start = meter.gpu_state()
-            meter.begin_window(window)
-            g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
-            energy = estimated(meter.end_window(window), plan.estimate_w)
-            state_end = meter.gpu_state()
-            log.info(
-                "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
-                prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
-            )
-            rows.append(
-                {
-                    **plan.row_base(),
-                    **engine,
-                    "status": "ok",
-                    "status_reason": None,
-                    "prompt_id": prompt.id,
-                    "repetition": rep,
-                    "seed": seed,
-                    "max_tokens": prompt.max_tokens,
-                    "prompt_tokens": g.prompt_tokens,
-                    "prefill_tokens": g.prefill_tokens,
-                    "generated_tokens": g.generated_tokens,
-                    "prefill_ms": g.prefill_ms,
-                    "decode_ms": g.decode_ms,
-                    "prefill_tokens_per_s": g.prefill_tokens_per_s,
-                    "decode_tokens_per_s": g.decode_tokens_per_s,
-                    "ttft_ms": g.ttft_ms,
-                    "wall_ms": g.wall_ms,
-                    "peak_rss_bytes": backend.peak_rss_bytes(),
-                    "finish_reason": g.finish_reason,
-                    "energy_j": energy.energy_j,
-                    "energy_net_j": (energy.energy_j - idle_w * energy.window_s
-                                     if energy.energy_j is not None and idle_w is not None else None),
-                    "idle_power_w": idle_w,
-                    "energy_window_s": energy.window_s,
-                    "energy_source": energy.source,
-                    "energy_null_reason": energy.null_reason,
-                    "energy_is_estimate": energy.source is not None and energy.source.startswith(ESTIMATE),
-                    **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
-                    "started_at": started,
-                    "output_text": g.text,
-                }
-            )
+    try:
+        for prompt in plan.prompts:
+            for rep in range(plan.repetitions):
+                seed = plan.seed + rep
+                started = dt.datetime.now(dt.UTC)
+                window = f"{prompt.id}/{rep}"
+                state_start = meter.gpu_state()
+                meter.begin_window(window)
+                g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+                energy = estimated(meter.end_window(window), plan.estimate_w)
+                state_end = meter.gpu_state()
+                log.info(
+                    "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
+                    prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
+                )
+                rows.append(
+                    {
+                        **plan.row_base(),
+                        **engine,
+                        "status": "ok",
+                        "status_reason": None,
+                        "prompt_id": prompt.id,
+                        "repetition": rep,
+                        "seed": seed,
+                        "max_tokens": prompt.max_tokens,
+                        "prompt_tokens": g.prompt_tokens,
+                        "prefill_tokens": g.prefill_tokens,
+                        "generated_tokens": g.generated_tokens,
+                        "prefill_ms": g.prefill_ms,
+                        "decode_ms": g.decode_ms,
+                        "prefill_tokens_per_s": g.prefill_tokens_per_s,
+                        "decode_tokens_per_s": g.decode_tokens_per_s,
+                        "ttft_ms": g.ttft_ms,
+                        "wall_ms": g.wall_ms,
+                        "peak_rss_bytes": backend.peak_rss_bytes(),
+                        "finish_reason": g.finish_reason,
+                        "energy_j": energy.energy_j,
+                        "energy_net_j": (energy.energy_j - idle_w * energy.window_s
+                                         if energy.energy_j is not None and idle_w is not None else None),
+                        "idle_power_w": idle_w,
+                        "energy_window_s": energy.window_s,
+                        "energy_source": energy.source,
+                        "energy_null_reason": energy.null_reason,
+                        "energy_is_estimate": energy.source is not None and energy.source.startswith(ESTIMATE),
+                        **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
+                        "started_at": started,
+                        "output_text": g.text,
+                    }
+                )
+    except OutOfMemory as e:
+        if not rows:
+            raise
+        # The generations that finished stand; the one that ran out of memory is a failed row of its own.
+        log.error("%s after %d generations: %s", plan.tool, len(rows), e)
+        return pl.concat([pl.DataFrame(rows, schema=RUN_SCHEMA), failed_run(plan, str(e))])
     return pl.DataFrame(rows, schema=RUN_SCHEMA)
