@@ -55,6 +55,24 @@ class _Cursor:
         return self.read(_SCALARS[vtype])
 
 
+def read_header(buf) -> tuple[int, dict, list[tuple[str, list[int], int, int]], int]:
+    """A GGUF's version, metadata, tensor table [(name, dimensions fastest first, ggml type, data offset)] and the
+    byte where the header ends; raises struct.error/ValueError on a damaged header."""
+    c = _Cursor(buf)
+    c.pos = 4
+    version, n_tensors, n_kv = c.read("I"), c.read("Q"), c.read("Q")
+    meta = {}
+    for _ in range(n_kv):
+        key = c.string().decode(errors="replace")
+        meta[key] = c.value(c.read("I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = c.string().decode(errors="replace")
+        dims = [c.read("Q") for _ in range(c.read("I"))]
+        tensors.append((name, dims, c.read("I"), c.read("Q")))
+    return version, meta, tensors, c.pos
+
+
 def check_gguf(path: str | Path) -> dict:
     """Walk the GGUF header and tensor table; raise CorruptModelError naming the file and the fix.
 
@@ -74,23 +92,11 @@ def check_gguf(path: str | Path) -> dict:
             raise CorruptModelError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}). {fix}")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
-                c = _Cursor(buf)
-                c.pos = 4
-                version, n_tensors, n_kv = c.read("I"), c.read("Q"), c.read("Q")
-                meta = {}
-                for _ in range(n_kv):
-                    key = c.string().decode(errors="replace")
-                    meta[key] = c.value(c.read("I"))
-                end, weights = 0, 0
-                tensors = []
-                for _ in range(n_tensors):
-                    c.string()
-                    dims = [c.read("Q") for _ in range(c.read("I"))]
-                    ttype, offset = c.read("I"), c.read("Q")
-                    tensors.append((dims, ttype, offset))
+                version, meta, tensors, header_end = read_header(buf)
+                n_tensors, end, weights = len(tensors), 0, 0
                 alignment = meta.get("general.alignment") or 32
-                data_start = -(-c.pos // alignment) * alignment
-                for dims, ttype, offset in tensors:
+                data_start = -(-header_end // alignment) * alignment
+                for _name, dims, ttype, offset in tensors:
                     n = math.prod(dims)
                     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
                     end = max(end, data_start + offset + n // block * type_size)

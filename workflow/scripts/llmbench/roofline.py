@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
-from llmbench.models import CorruptModelError, _Cursor
+from llmbench.models import CorruptModelError, read_header
 from llmbench.stats import GROUP
 
 EMBEDDING = "token_embd.weight"
@@ -51,18 +51,9 @@ def _traffic(path: str | Path) -> dict[str, Any]:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        c = _Cursor(buf)
-        c.pos = 4
-        _version, n_tensors, n_kv = c.read("I"), c.read("Q"), c.read("Q")
-        meta = {}
-        for _ in range(n_kv):
-            key = c.string().decode(errors="replace")
-            meta[key] = c.value(c.read("I"))
+        _version, meta, table, _end = read_header(buf)
         tensors: dict[str, tuple[int, list[int]]] = {}  # name: (bytes, dimensions)
-        for _ in range(n_tensors):
-            name = c.string().decode(errors="replace")
-            dims = [c.read("Q") for _ in range(c.read("I"))]
-            ttype, _offset = c.read("I"), c.read("Q")
+        for name, dims, ttype, _offset in table:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
             tensors[name] = (math.prod(dims) // block * type_size, dims)
     arch = meta.get("general.architecture")
