@@ -228,3 +228,9 @@ def test_unknown_figure_and_missing_columns_are_named():
     with pytest.raises(FigureDataError, match="lacks column.*ttft_ms.*rerun"):
         plots.ttft_chart(stand_in_runs().drop("ttft_ms"), "s")
 
+
+
+def test_the_workflow_plans_exactly_the_figures_plots_draws():
+    from llmbench.study import FIGURE_NAMES
+
+    assert list(FIGURES) == list(FIGURE_NAMES)

@@ -6,7 +6,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from llmbench import study
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.build import BuildSpec
-from llmbench.plots import FIGURES
 from llmbench.configcheck import load_schema, validate_config
 from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
 
@@ -286,11 +285,7 @@ def final_outputs():
     return [
         *all_run_files(),
         f"{RESULTS}/summary/stats.csv",
-        f"{RESULTS}/figures/decode_tokens_per_s.png",
-        f"{RESULTS}/figures/prefill_tokens_per_s.png",
-        f"{RESULTS}/figures/ttft_ms.png",
-        f"{RESULTS}/figures/energy_per_token.png",
-        f"{RESULTS}/figures/frameworks_decode_tokens_per_s.png",
+        *[f"{RESULTS}/figures/{figure}.png" for figure in study.FIGURE_NAMES],
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         f"{RESULTS}/tables/frameworks.md",
         f"{RESULTS}/tables/decode_roofline.md",
@@ -339,7 +334,7 @@ def archive_members():
         f"{RESULTS}/hardware/memory_bandwidth.json",
         *[
             f"{RESULTS}/figures/{figure}.{ext}"
-            for figure in FIGURES
+            for figure in study.FIGURE_NAMES
             for ext in ("png", "svg", "html")
         ],
         f"{RESULTS}/config/study.yaml",

@@ -24,6 +24,11 @@ TOOL_SOURCES: dict[str, tuple[str, ...]] = {
     "ollama": (*GGUF_SOURCES, "ollama"),
 }
 
+# The figures drawn from the study's rows (llmbench.plots.FIGURES draws them): named here, where the workflow
+# plans its outputs, so that planning does not import the plotting stack.
+FIGURE_NAMES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "energy_per_token",
+                "frameworks_decode_tokens_per_s")
+
 
 @dataclass(frozen=True)
 class BenchJob:
