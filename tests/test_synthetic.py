@@ -185,9 +185,9 @@ def test_bench_rows_say_synthetic_from_the_model_record(tiny, tmp_path):
     real.write_bytes(b"")
     real.with_suffix(".json").write_text(json.dumps({"kind": "derived"}))
     inputs = lambda **kw: type("Inputs", (dict,), {"__getattr__": dict.__getitem__})(kw)  # noqa: E731
-    assert bench.model_is_synthetic(inputs(model=str(path)))
-    assert not bench.model_is_synthetic(inputs(model=str(real)))
-    assert not bench.model_is_synthetic(inputs())  # an Ollama library tag: no file of ours
+    assert bench.model_is_synthetic(bench.model_record(inputs(model=str(path))))
+    assert not bench.model_is_synthetic(bench.model_record(inputs(model=str(real))))
+    assert not bench.model_is_synthetic(bench.model_record(inputs()))  # an Ollama library tag: no file of ours
     assert RUN_SCHEMA["model_is_synthetic"] == pl.Boolean
 
 

@@ -42,12 +42,17 @@ def tensor_split(plan_params) -> tuple[float, ...] | None:
     return tuple(float(x) for x in split) if split else None
 
 
-def model_is_synthetic(inp) -> bool:
-    """From the model file's record beside it (written with the file): random weights are labelled in every row."""
+def model_record(inp) -> dict | None:
+    """The record written beside the model file (source, sha256, derivation; synthetic shape and seed)."""
     if "model" not in inp.keys():
-        return False
+        return None
     record = Path(inp.model).with_suffix(".json")
-    return record.exists() and json.loads(record.read_text()).get("kind") == "synthetic"
+    return json.loads(record.read_text()) if record.exists() else None
+
+
+def model_is_synthetic(record: dict | None) -> bool:
+    """Random weights are labelled in every row."""
+    return record is not None and record.get("kind") == "synthetic"
 
 
 def main(snakemake):
@@ -55,12 +60,13 @@ def main(snakemake):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with script_logging(snakemake.log[0]) as log:
         w, p = snakemake.wildcards, snakemake.params.plan
+        record = model_record(snakemake.input)
         plan = RunPlan(
             tool=snakemake.params.tool, model=w.model, quant=w.quant, split=w.split,
             prompts=tuple(Prompt(x["id"], x["text"], x["max_tokens"]) for x in p["prompts"]),
             repetitions=p["repetitions"], warmup=p["warmup"], idle_s=p["idle_s"], temperature=p["temperature"],
             seed=p["seed"], n_gpu_layers=p["n_gpu_layers"], gpus=snakemake.params.gpus, threads=snakemake.threads,
-            estimate_w=p["energy_estimate_w"], model_is_synthetic=model_is_synthetic(snakemake.input),
+            estimate_w=p["energy_estimate_w"], model_is_synthetic=model_is_synthetic(record),
         )
         engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
         engine_log.unlink(missing_ok=True)
@@ -72,17 +78,17 @@ def main(snakemake):
             gpu_ids = gpu_ids or list(range(plan.gpus))
             rows = measure(snakemake, plan, gpu_ids, engine_log, log)
             rows.write_parquet(snakemake.output.run)
-            provenance.write(snakemake.output.provenance, job_provenance(snakemake, plan, gpu_ids, started))
+            provenance.write(snakemake.output.provenance, job_provenance(snakemake, plan, record, gpu_ids, started))
         log.info("wrote %d rows to %s, and how they were measured to %s", rows.height, snakemake.output.run,
                  snakemake.output.provenance)
 
 
-def job_provenance(snakemake, plan: RunPlan, gpu_ids: list[int], started: str) -> dict:
+def job_provenance(snakemake, plan: RunPlan, record: dict | None, gpu_ids: list[int], started: str) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
     model files and the machine. The whole study config is archived once, beside the results."""
     inp = snakemake.input
     build = json.loads(Path(inp.build).read_text()) if "build" in inp.keys() else None
-    models = [json.loads(Path(inp.model).with_suffix(".json").read_text())] if "model" in inp.keys() else []
+    models = [record] if record is not None else []
     settings = {"tool": plan.tool, "model": plan.model, "quant": plan.quant, "split": plan.split,
                 "gpus": plan.gpus, "threads": plan.threads, "plan": dict(snakemake.params.plan)}
     return provenance.collect(
