@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from llmbench.backend import BackendError, Engine, Generation, OutOfMemory, ToolUnavailable, peak_rss_bytes
-from llmbench.llama_log import Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.llama_log import AUTO, Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -67,7 +67,7 @@ class LlamaCppPython(Engine):
         lc = import_llama_cpp(self.lib_dir)
         if not self.model.exists():
             raise BackendError(f"model file {self.model} does not exist")
-        layers = self.n_gpu_layers if self.n_gpu_layers != "auto" else self._fit_layers(lc)
+        layers = self.n_gpu_layers if self.n_gpu_layers != AUTO else self._fit_layers(lc)
         t0 = time.perf_counter()
         with _llama_log(lc) as lines:
             try:
@@ -104,7 +104,7 @@ class LlamaCppPython(Engine):
         server = self.lib_dir / "llama-server"
         if not server.exists():
             raise BackendError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
-        fit_log = self.log_path.with_suffix(".fit.log") if self.log_path else Path(tempfile.mkstemp(".fit.log")[1])
+        fit_log = self.log_path.with_suffix(".fit.log") if self.log_path else Path(tempfile.mkdtemp()) / "fit.log"
         self.fitted_layers = fitted_gpu_layers(
             LlamaServerSettings(binary=server, model=self.model, split_mode=self.split_mode, threads=self.threads,
                                 ctx_size=self.ctx_size, tensor_split=self.tensor_split), fit_log)
@@ -169,7 +169,7 @@ class LlamaCppPython(Engine):
             "library": os.path.abspath(sys.modules["llama_cpp.llama_cpp"]._lib._name) if lc else None,
             "load_ms": self.load_ms,
             "n_gpu_layers": self.n_gpu_layers,
-            **({"n_gpu_layers_fitted_by_llama_server": self.fitted_layers} if self.n_gpu_layers == "auto" else {}),
+            **({"n_gpu_layers_fitted_by_llama_server": self.fitted_layers} if self.n_gpu_layers == AUTO else {}),
             **self.offload.facts(),
         }
 
