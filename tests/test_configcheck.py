@@ -42,9 +42,13 @@ def test_article_config_is_valid(schema):
          r"bench\.prompts: id 'arithmetic' is used twice"),
         (lambda c: c["tools"]["transformers"].update(quants=["IQ2_XS"]),
          r"tools\.transformers\.quants = \['IQ2_XS'\] keeps none of the models' quants"),
+        (lambda c: c["models"]["smollm2-135m"].update(n_gpu_layers="all"),
+         r"models\.smollm2-135m\.n_gpu_layers = 'all' is not allowed; write a number of layers \(0 or more\), or auto"),
+        (lambda c: c["models"]["smollm2-135m"].update(n_gpu_layers=-1),
+         r"models\.smollm2-135m\.n_gpu_layers = -1 is not allowed; write a number of layers \(0 or more\), or auto"),
     ],
     ids=["unknown-quant", "negative-repetitions", "unknown-tool", "no-source", "bad-kind", "no-member", "dup-prompt",
-         "tool-quants-match-nothing"],
+         "tool-quants-match-nothing", "ngl-all", "ngl-negative"],
 )
 def test_bad_config_names_key_value_and_fix(default_config, schema, mutate, expected):
     mutate(default_config)

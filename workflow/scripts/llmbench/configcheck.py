@@ -86,7 +86,9 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
             e.path.extendleft(reversed(error.absolute_path))
             yield from _describe(e, schema)
         return
-    if v == "enum":
+    if "x-allowed" in error.schema:  # a key whose type and pattern together say less than one plain sentence
+        yield f"{where} = {error.instance!r} is not allowed; write {error.schema['x-allowed']}"
+    elif v == "enum":
         allowed = ", ".join(str(a) for a in error.validator_value)
         yield f"{where} = {error.instance!r} is not allowed; allowed: {allowed}"
     elif v == "required":
