@@ -1,5 +1,6 @@
-"""An out-of-memory ends a bench job with a 'failed' row (reason and fix), the job exits normally, and the
-statistics and cost tables keep that group beside every other job's results, as they do a 'skipped' one.
+"""An engine failure (out of memory, a signal, a model it cannot load) ends a bench job with a 'failed' row (kind,
+reason and fix), the job exits normally, and the statistics and cost tables keep that group beside every other
+job's results, as they do a 'skipped' one.
 
 The engines here are stand-in executables (small Python scripts, named as such) that print llama.cpp's
 out-of-memory lines and exit non-zero; the measured rows are stand-in numbers.
@@ -15,7 +16,6 @@ import polars as pl
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, OutOfMemory
 from llmbench.costs import cost_table
 from llmbench.runs import RUN_SCHEMA, Prompt, RunPlan, failed_run
 from llmbench.stats import summarize_runs
@@ -66,16 +66,42 @@ def test_out_of_memory_is_a_failed_row_with_the_line_and_the_fix(tmp_path, tiny_
     assert row["decode_tokens_per_s"] is None and row["energy_null_reason"] == "not measured: the job failed"
 
 
-def test_any_other_engine_failure_still_fails_the_job(tmp_path, tiny_gguf):
+def test_any_engine_failure_is_a_failed_row_that_never_blames_a_sound_file(tmp_path, tiny_gguf):
     exe = standin(tmp_path, "llama-server", """
         import sys
         print("llama_model_load: error loading model: tensor 'blk.3.attn_q.weight' data is not within the file bounds")
         sys.exit(1)
     """)
     snakemake, plan = job("llama-server", tiny_gguf, exe)
-    with pytest.raises(BackendError, match="corrupt") as e:
-        bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
-    assert not isinstance(e.value, OutOfMemory)
+    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    row = rows.row(0, named=True)
+    assert (rows.height, row["status"], row["failure_kind"]) == (1, "failed", "exited")
+    assert "not within the file bounds" in row["status_reason"] and "do not delete it" in row["status_reason"]
+
+
+@pytest.mark.parametrize(("sig", "kind"), [("SIGILL", "illegal_instruction"), ("SIGSEGV", "segmentation_fault"),
+                                           ("SIGKILL", "killed")])
+@pytest.mark.parametrize("tool", ["llama-bench", "llama-server"])
+def test_an_engine_ended_by_a_signal_is_a_failed_row_naming_it(tmp_path, tiny_gguf, tool, sig, kind):
+    # A stand-in engine that kills itself with the signal, as the AMX build did on an Intel Xeon.
+    exe = standin(tmp_path, tool, f"""
+        import os, signal
+        print("load_tensors: loading model tensors, this can take a while... (load_mode = mmap)", flush=True)
+        os.kill(os.getpid(), signal.{sig})
+    """)
+    snakemake, plan = job(tool, tiny_gguf, exe)
+    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    row = rows.row(0, named=True)
+    assert (row["status"], row["failure_kind"], row["failure_signal"]) == ("failed", kind, sig)
+    assert "corrupt" not in row["status_reason"] and "delete" not in row["status_reason"].lower()
+
+
+def test_a_model_the_gguf_check_proves_damaged_is_a_failed_row_saying_so(tmp_path, tiny_gguf):
+    tiny_gguf.write_bytes(tiny_gguf.read_bytes()[:-100])
+    snakemake, plan = job("llama-server", tiny_gguf, standin(tmp_path, "llama-server", OOM_EXIT))
+    row = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test")).row(0, named=True)
+    assert (row["status"], row["failure_kind"]) == ("failed", "corrupt_model_file")
+    assert "is truncated" in row["status_reason"]
 
 
 def ok_rows(tool: str, quant: str, speeds: list[float]) -> pl.DataFrame:

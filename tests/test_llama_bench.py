@@ -121,6 +121,6 @@ def test_out_of_memory_is_out_of_memory_and_other_failures_stay_errors(tmp_path)
         sys.stderr.write("main: error: failed to load model 'm.gguf'\\n")
         sys.exit(1)
     """)
-    with pytest.raises(BackendError, match="llama-bench failed with exit 1") as e:
+    with pytest.raises(BackendError, match=r"^llama-bench could not load the model \(exit code 1\): it logged") as e:
         run_llama_bench(LlamaBenchSettings(binary=other, model=tmp_path / "m.gguf"), PLAN, tmp_path / "b.log")
     assert not isinstance(e.value, OutOfMemory)

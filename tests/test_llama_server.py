@@ -4,6 +4,7 @@ Lifecycle tests use a stand-in executable (a small Python HTTP server that takes
 named as such; the real llama-server runs in tests/test_workflow.py.
 """
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, OutOfMemory
+from llmbench.backend import BackendError, EngineFailed, OutOfMemory
 from llmbench.llama_server import (
     LlamaServer,
     LlamaServerSettings,
@@ -115,8 +116,47 @@ def test_server_dying_while_loading_says_why(tmp_path):
         sys.exit(1)
     """)
     server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
-    with pytest.raises(BackendError, match=r"exited with code 1 while loading .*corrupt or truncated"):
+    # The 4-byte stand-in model is damaged: only the GGUF check's proof makes it "corrupt".
+    with pytest.raises(BackendError, match=r"the GGUF check proves the model file damaged: .*model.gguf is a damaged"):
         server.start()
+
+
+def test_a_sound_file_the_loader_refuses_is_never_called_corrupt(tmp_path, tiny_gguf):
+    exe = standin(tmp_path, """
+        import sys
+        print("llama_model_load: error loading model: tensor 'blk.3.attn_q.weight' has wrong shape")
+        print("llama_model_load_from_file_impl: failed to load model")
+        sys.exit(1)
+    """)
+    s = dataclasses.replace(settings(exe, tmp_path), model=tiny_gguf)
+    with pytest.raises(EngineFailed) as e:
+        LlamaServer(s, tmp_path / "server.log").start()
+    msg = str(e.value)
+    assert msg.startswith("llama-server could not load the model (exit code 1); the GGUF check finds tiny.gguf sound")
+    assert "do not delete it" in msg and "while loading" in msg
+    assert "Delete" not in msg and "corrupt" not in msg
+    assert "failed to load model" in msg
+
+
+@pytest.mark.parametrize(("sig", "kind", "words"), [
+    ("SIGILL", "illegal_instruction", "instruction this CPU cannot run"),
+    ("SIGSEGV", "segmentation_fault", "segmentation fault"),
+    ("SIGKILL", "killed", "out-of-memory killer"),
+])
+def test_a_server_ended_by_a_signal_is_named_for_it(tmp_path, tiny_gguf, sig, kind, words):
+    # A stand-in llama-server that loads (it prints what llama.cpp prints) and then kills itself with the signal.
+    exe = standin(tmp_path, f"""
+        import os, signal
+        print("llama_model_loader: loaded meta data with 30 key-value pairs and 201 tensors from model.gguf")
+        print("load_tensors: loading model tensors, this can take a while... (load_mode = mmap)")
+        os.kill(os.getpid(), signal.{sig})
+    """)
+    s = dataclasses.replace(settings(exe, tmp_path), model=tiny_gguf)
+    with pytest.raises(EngineFailed) as e:
+        LlamaServer(s, tmp_path / "server.log").start()
+    d = e.value.diagnosis
+    assert (d.kind, d.signal) == (kind, sig)
+    assert words in str(e.value) and "corrupt" not in str(e.value) and "delete" not in str(e.value).lower()
 
 
 def test_out_of_memory_while_loading_is_out_of_memory_with_the_line_and_fix(tmp_path):

@@ -133,3 +133,42 @@ def test_out_of_memory_before_any_generation_is_left_to_the_job():
 
     with pytest.raises(OutOfMemory):
         run_generations(OutOfMemoryAtOnce(), plan(idle_s=0.0, warmup=0), EnergyMeter([], ["no sensor"]))
+
+
+def test_reasons_name_paths_relative_to_the_project_and_home_as_tilde(tmp_path):
+    home = tmp_path / "home" / "ann"
+    work = home / "study"
+    text = (f"{work}/res/llama.cpp/bin has no libllama.so; see {work} and {home}/.cache/x.log "
+            f"(not {work}-old/a, /elsewhere{work}/b, {home}other)")
+    assert runs.shareable_reason(text, workdir=work, home=home) == (
+        "res/llama.cpp/bin has no libllama.so; see . and ~/.cache/x.log "
+        f"(not ~/study-old/a, /elsewhere{work}/b, {home}other)"
+    )
+    assert runs.shareable_reason(None) is None
+    assert runs.shareable_reason("no `ollama` binary is on PATH") == "no `ollama` binary is on PATH"
+
+
+def test_skipped_and_failed_rows_quote_no_path_of_this_machine(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO
+    from llmbench.backend import ToolUnavailable
+    from llmbench.vllm_backend import VllmServer, VllmSettings
+
+    monkeypatch.chdir(REPO)  # Snakemake runs every job in the project
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ToolUnavailable) as vllm_missing:
+        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+    reasons = [str(vllm_missing.value)]
+    assert "(.venv)" in reasons[0] or Path(sys.prefix).name in reasons[0]
+    lib = REPO / "res/llama.cpp/0.3.36-cpu/bin"
+    rows = [runs.skipped_run(plan(), f"vLLM is not installed ({REPO}/.venv/bin/python3)"),
+            runs.failed_run(plan(), f"{lib} has no libllama.so; log: {Path.home()}/x.log", "exited"),
+            runs.skipped_run(plan(), reasons[0])]
+    reasons += [row["status_reason"][0] for row in rows]
+    assert reasons[1] == "vLLM is not installed (.venv/bin/python3)"
+    assert reasons[2] == "res/llama.cpp/0.3.36-cpu/bin has no libllama.so; log: ~/x.log"
+    for reason in reasons:
+        assert str(REPO) not in reason and sys.executable not in reason, reason

@@ -10,7 +10,7 @@ rule study_config:
     conda:
         ENV
     params:
-        config=config,
+        config=canonical_param(config),
     script:
         "../scripts/study_config.py"
 
@@ -26,7 +26,7 @@ rule make_archive:
     conda:
         ENV
     params:
-        members=archive_members(),
+        members=sorted(archive_members()),
         top=Path(ARCHIVE).name.removesuffix(".tar.gz"),
     script:
         "../scripts/make_archive.py"

@@ -20,12 +20,12 @@ rule bench_llama_server:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("llama-server"),
     params:
         tool="llama-server",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("llama-server"),
     script:
         "../scripts/bench.py"
@@ -47,12 +47,12 @@ rule bench_llama_bench:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("llama-bench"),
     params:
         tool="llama-bench",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("llama-bench"),
         n_prompt=tool_setting("llama-bench", "n_prompt"),
         n_gen=tool_setting("llama-bench", "n_gen"),
@@ -75,12 +75,12 @@ rule bench_llama_cpp_python:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("llama-cpp-python"),
     params:
         tool="llama-cpp-python",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("llama-cpp-python"),
         lib_dir=f"{BUILD_DIR}/bin",
     script:
@@ -101,12 +101,12 @@ rule bench_transformers:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("transformers"),
     params:
         tool="transformers",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("transformers"),
     script:
         "../scripts/bench.py"
@@ -126,12 +126,12 @@ rule bench_vllm:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("vllm"),
     params:
         tool="vllm",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("vllm"),
     script:
         "../scripts/bench.py"
@@ -150,12 +150,12 @@ rule bench_ollama:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=tool_gpus("ollama"),
     params:
         tool="ollama",
-        plan=bench_plan,
+        plan=canonical_param(bench_plan),
         gpus=tool_gpus("ollama"),
         tag=ollama_tag,
     script:

@@ -16,7 +16,18 @@ rule fetch_llama_cpp_sdist:
 rule build_llama_cpp:
     input:
         sdist=SDIST,
-        code=package_files("build.py"),
+        code=package_files(
+            "build.py",
+            "build_smoke.py",
+            "backend.py",
+            "diagnosis.py",
+            "llama_log.py",
+            "llama_server.py",
+            "llama_cpp_python_backend.py",
+            "synthetic.py",
+            "models.py",
+            "fetch.py",
+        ),
     output:
         tools=[llama_tool(t) for t in LLAMA_TOOLS],
         info=f"{BUILD_DIR}/build.json",
@@ -24,11 +35,13 @@ rule build_llama_cpp:
         f"logs/build_llama_cpp/{BUILD_SPEC.variant}.log",
     conda:
         ENV
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
         version=BUILD_SPEC.version,
         cuda=BUILD_SPEC.cuda,
         cmake_args=list(BUILD_SPEC.cmake_args),
+        cpu_build=BUILD_SPEC.cpu_build,
+        exclude_cpu_features=sorted(BUILD_SPEC.exclude_cpu_features),
         source_dir=f"{RES}/llama.cpp/src-{BUILD_SPEC.version}",
         build_dir=build_dir_of,
     script:

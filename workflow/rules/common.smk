@@ -7,6 +7,7 @@ from llmbench import study
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.build import BuildSpec
 from llmbench.configcheck import load_schema, validate_config
+from llmbench.params import canonical_param
 from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
 
 validate_config(
@@ -27,6 +28,8 @@ BUILD_SPEC = BuildSpec(
     version=config["llama_cpp"]["version"],
     cuda=study.cuda_enabled(config["llama_cpp"]["cuda"]),
     cmake_args=tuple(config["llama_cpp"]["cmake_args"]),
+    cpu_build=config["llama_cpp"]["cpu_build"],
+    exclude_cpu_features=tuple(config["llama_cpp"]["exclude_cpu_features"]),
 )
 BUILD_DIR = f"{RES}/llama.cpp/{BUILD_SPEC.variant}"
 SDIST = f"{RES}/src/llama_cpp_python-{BUILD_SPEC.version}.tar.gz"
@@ -64,7 +67,7 @@ def llama_tool(name):
 
 
 def model_file(wildcards):
-    return f"{RES}/models/{wildcards.model}/{wildcards.quant}.gguf"
+    return study.model_path(config, RES, wildcards.model, wildcards.quant)
 
 
 def model_source(wildcards):
@@ -79,6 +82,27 @@ def hf_quant_source(wildcards):
         "revision": src["revision"],
         "filename": entry["filename"],
         "sha256": entry["sha256"],
+    }
+
+
+def hf_shard_source(wildcards):
+    """One shard's repository file, revision and sha256 as plain values (a change refetches that shard)."""
+    return study.hf_shard_source(
+        config, wildcards.model, wildcards.quant, wildcards.shard
+    )
+
+
+def other_shards(wildcards):
+    """The first shard's job takes every other shard and its record (to check the set and record it whole)."""
+    names = study.shard_files(config, wildcards.model, wildcards.quant)
+    if f"{wildcards.quant}-{wildcards.shard}.gguf" != names[0]:
+        return {}
+    folder = f"{RES}/models/{wildcards.model}"
+    return {
+        "shards": [f"{folder}/{name}" for name in names[1:]],
+        "shard_records": [
+            f"{folder}/{Path(name).with_suffix('.json')}" for name in names[1:]
+        ],
     }
 
 
@@ -152,7 +176,14 @@ def gpu_layers(wildcards):
     return config["models"][wildcards.model]["n_gpu_layers"]
 
 
-def bench_job_threads():
+def whole_machine_threads(wildcards):
+    """All the cores given with --cores, asked when a job is made: `snakemake --unlock` parses the workflow
+    without --cores, and reading workflow.cores at parse time would fail it."""
+    return workflow.cores
+
+
+def bench_job_threads(wildcards=None):
+    """bench.threads, or all the cores where it is 0 (asked when a job is made, as whole_machine_threads)."""
     return config["bench"]["threads"] or workflow.cores
 
 
@@ -177,14 +208,14 @@ def reference_of(wildcards):
 
 
 def reference_model_file(wildcards):
-    return f"{RES}/models/{wildcards.model}/{reference_of(wildcards)}.gguf"
+    return study.model_path(config, RES, wildcards.model, reference_of(wildcards))
 
 
 def quality_model_index():
     """Model files of the quality table as plain values: [model, quant, path] each."""
     names = {*study.kld_models(config), *(j.model for j in ACCURACY_JOBS)}
     return [
-        [m, q, f"{RES}/models/{m}/{q}.gguf"]
+        [m, q, study.model_path(config, RES, m, q)]
         for m in sorted(names & set(study.gguf_models(config)))
         for q in study.quants_of(config, m)
     ]
@@ -351,7 +382,7 @@ def archive_members():
         ]
     members = [[f"results/{Path(p).relative_to(RESULTS)}", p] for p in results]
     records = [f"{BUILD_DIR}/build.json"] + [
-        f"{RES}/models/{m}/{q}.json"
+        study.model_record_path(config, RES, m, q)
         for m in study.gguf_models(config)
         for q in study.quants_of(config, m)
     ]

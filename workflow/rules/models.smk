@@ -50,6 +50,31 @@ rule fetch_hf_quant:
         "../scripts/fetch_hf_model.py"
 
 
+# A quant published as a split GGUF: one job per shard (a failed download retries alone), each kept as
+# {quant}-0000K-of-0000N.gguf with its record beside it. llama.cpp is given the first shard and derives the other
+# shards' paths from that name, so the names are the files' own (no link under another name). The first shard's
+# job waits for the others, checks the complete set and writes the model's record, which lists every shard.
+rule fetch_hf_shard:
+    input:
+        unpack(other_shards),
+    output:
+        gguf=f"{RES}/models/{{model}}/{{quant}}-{{shard}}.gguf",
+        record=f"{RES}/models/{{model}}/{{quant}}-{{shard}}.json",
+    log:
+        "logs/fetch_model/{model}.{quant}-{shard}.log",
+    wildcard_constraints:
+        model=study.alternation(study.hf_split_models(config)),
+        quant=study.alternation(KNOWN_QUANTS),
+        shard="[0-9]{5}-of-[0-9]{5}",
+    retries: 2
+    conda:
+        ENV
+    params:
+        source=hf_shard_source,
+    script:
+        "../scripts/fetch_hf_model.py"
+
+
 rule quantize_reference:
     input:
         gguf=f"{RES}/models/{{model}}/source.gguf",

@@ -12,7 +12,7 @@ rule fetch_corpus:
     conda:
         ENV
     params:
-        source=QUALITY["corpus"],
+        source=canonical_param(QUALITY["corpus"]),
     script:
         "../scripts/fetch_corpus.py"
 
@@ -32,7 +32,7 @@ rule kld_base:
         model=study.alternation(study.kld_models(config)),
     conda:
         ENV
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
         reference=reference_of,
         ctx_size=QUALITY["ctx_size"],
@@ -58,7 +58,7 @@ rule kld:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
         ctx_size=QUALITY["ctx_size"],
         chunks=QUALITY["chunks"],
@@ -78,11 +78,11 @@ rule answer_accuracy:
         quant=study.alternation(KNOWN_QUANTS),
     conda:
         ENV
-    threads: bench_job_threads()
+    threads: bench_job_threads
     resources:
         gpu=accuracy_gpus,
     params:
-        engine=accuracy_engine,
+        engine=canonical_param(accuracy_engine),
     script:
         "../scripts/answer_accuracy.py"
 
@@ -119,7 +119,7 @@ rule quality_table:
     params:
         files=quality_model_index(),
         usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
-        tools=[job.tool for job in ACCURACY_JOBS],
+        tools=sorted({job.tool for job in ACCURACY_JOBS}),
     script:
         "../scripts/quality_table.py"
 

@@ -184,8 +184,8 @@ rule cost_table:
     params:
         usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
         electricity_note=config["costs"]["electricity_note"],
-        cloud=config["costs"]["cloud"],
-        hardware=config["costs"]["hardware"],
+        cloud=canonical_param(config["costs"]["cloud"]),
+        hardware=canonical_param(config["costs"]["hardware"]),
     script:
         "../scripts/cost_table.py"
 

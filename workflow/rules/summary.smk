@@ -4,13 +4,16 @@
 
 # The study's GGUF files its bench jobs ran, as plain values: [model, quant, path] each.
 ROOFLINE_MODELS = [
-    [m, q, f"{RES}/models/{m}/{q}.gguf"]
+    [m, q, study.model_path(config, RES, m, q)]
     for m, q in sorted(
         {(j.model, j.quant) for j in JOBS if j.model in study.gguf_models(config)}
     )
 ]
-# [tool, model, quant, split, provenance path] of every bench job: which GPUs each job read.
-JOB_PROVENANCE = [[j.tool, j.model, j.quant, j.split, provenance_file(j)] for j in JOBS]
+# [tool, model, quant, split, provenance path] of every bench job: which GPUs each job read. Sorted: the jobs come
+# in the config's key order, which must not rerun the table (an equal config reruns nothing).
+JOB_PROVENANCE = sorted(
+    [j.tool, j.model, j.quant, j.split, provenance_file(j)] for j in JOBS
+)
 
 
 rule measure_memory_bandwidth:
@@ -23,9 +26,9 @@ rule measure_memory_bandwidth:
     conda:
         ENV
     # All cores: locally no other job (a benchmark above all) runs beside the measurement.
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
-        threads=bench_job_threads(),
+        threads=bench_job_threads,
         repetitions=10,
     script:
         "../scripts/measure_bandwidth.py"

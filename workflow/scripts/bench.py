@@ -1,8 +1,9 @@
 """One bench job: start the tool's engine, generate every prompt × repetition, write one row per generation.
 
-A tool that is not installed here ends its job with a 'skipped' row that says why; an engine that runs out of
-memory (llama.cpp's own allocation-failure text in its log) ends it with a 'failed' row quoting that line and the
-fix; any other failure fails the job (and only that job: every other job's results are separate files).
+A tool that is not installed here ends its job with a 'skipped' row that says why; an engine that fails (out of
+memory, killed by a signal, a model it cannot load, …) or a model file the GGUF check proves damaged ends it with
+'failed' rows naming what it was and the fix (llmbench.diagnosis), beside the generations that finished: the job
+exits normally, so the study goes on to its tables, and the run's summary lists the failure.
 """
 
 import datetime as dt
@@ -14,13 +15,14 @@ from pathlib import Path
 import polars as pl
 
 from llmbench import provenance
-from llmbench.backend import OutOfMemory, ToolUnavailable
+from llmbench.backend import BackendError, ToolUnavailable, diagnosis_of
+from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD
 from llmbench.engines import EngineSettings, make_engine
 from llmbench.gpu_slots import hold_gpus
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
-from llmbench.models import check_gguf
+from llmbench.models import CorruptModelError, ShardError, check_gguf
 from llmbench.runs import Prompt, RunPlan, failed_run, run_generations, skipped_run
 
 
@@ -100,10 +102,10 @@ def job_provenance(snakemake, plan: RunPlan, record: dict | None, gpu_ids: list[
 def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log) -> pl.DataFrame:
     """The job's rows: llama-bench's raw samples, one row per generation, or one 'skipped' or 'failed' row saying
     why."""
-    if "model" in snakemake.input.keys():
-        model = Path(snakemake.input.model)
-        log.info("model %s: %s", model, check_gguf(model))
+    model = Path(snakemake.input.model) if "model" in snakemake.input.keys() else None
     try:
+        if model is not None:
+            log.info("model %s: %s", model, check_gguf(model))
         if plan.tool == "llama-bench":
             settings = LlamaBenchSettings(
                 binary=Path(snakemake.input.bench), model=model, n_prompt=snakemake.params.n_prompt,
@@ -120,10 +122,13 @@ def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log)
     except ToolUnavailable as e:
         log.warning("skipped: %s", e)
         return skipped_run(plan, str(e))
-    except OutOfMemory as e:
-        log.error("failed: %s (engine log: %s)", e, engine_log)
-        return failed_run(plan, str(e))
-
+    except CorruptModelError as e:  # proven by the GGUF check; a split GGUF given wrongly is sound
+        log.error("failed: %s", e)
+        return failed_run(plan, str(e), LONE_SHARD if isinstance(e, ShardError) else CORRUPT_FILE)
+    except BackendError as e:
+        found = diagnosis_of(e, plan.tool, engine_log, model)
+        log.error("failed (%s): %s (engine log: %s)", found.kind, found.reason, engine_log)
+        return failed_run(plan, found.reason, found.kind, found.signal)
 
 if "snakemake" in globals():
     main(snakemake)  # noqa: F821

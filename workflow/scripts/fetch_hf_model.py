@@ -1,20 +1,30 @@
-"""Fetch one GGUF from the Hugging Face hub (or its local cache) at a pinned revision."""
+"""Fetch one GGUF, or one shard of a split GGUF, from the Hugging Face hub (or its local cache) at a pinned revision.
+
+A split GGUF's first shard comes last (its job takes the other shards as input): its job checks the complete set
+and writes the model's record, which lists every shard.
+"""
 
 import json
 from pathlib import Path
 
-from llmbench.fetch import fetch_hf_file
+from llmbench.fetch import fetch_hf_file, split_record
 from llmbench.logs import script_logging
+from llmbench.models import check_gguf
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        src = snakemake.params.source
-        record = fetch_hf_file(
-            src["repo"], src["filename"], src["revision"], snakemake.output.gguf, sha256=src.get("sha256")
-        )
-        Path(snakemake.output.record).write_text(json.dumps(record, indent=2) + "\n")
+        src, out = snakemake.params.source, snakemake.output
+        record = fetch_hf_file(src["repo"], src["filename"], src["revision"], out.gguf, sha256=src.get("sha256"))
         log.info("fetched %s/%s at %s (sha256 %s)", src["repo"], src["filename"], record["resolved_commit"], record["sha256"])
+        if "shard" in src:
+            record["shard"] = src["shard"]
+        if "shards" in snakemake.input.keys():
+            others = [json.loads(Path(p).read_text()) for p in snakemake.input.shard_records]
+            files = [Path(p).name for p in (out.gguf, *snakemake.input.shards)]
+            log.info("split GGUF %s: %s", out.gguf, check_gguf(out.gguf))
+            record = split_record(record, others, files)
+        Path(out.record).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if "snakemake" in globals():

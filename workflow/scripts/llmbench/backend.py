@@ -95,9 +95,50 @@ class BackendError(RuntimeError):
     """An engine that failed to start, died, or answered something unusable; the message says which and why."""
 
 
-class OutOfMemory(BackendError):
-    """The engine logged a failed allocation (llama.cpp's own text, quoted in the message with the fix): the job
-    writes a 'failed' row with this reason and the study goes on. Any other BackendError still fails the job."""
+class EngineFailed(BackendError):
+    """An engine that failed, diagnosed (``llmbench.diagnosis.Diagnosis``: kind, the engine's line, the fix); a
+    plain reason text is taken as a diagnosis of this class's ``kind``."""
+
+    kind = "exited"
+
+    def __init__(self, diagnosis):
+        from llmbench.diagnosis import Diagnosis
+
+        if isinstance(diagnosis, str):
+            diagnosis = Diagnosis(self.kind, diagnosis)
+        super().__init__(diagnosis.reason)
+        self.diagnosis = diagnosis
+
+
+class OutOfMemory(EngineFailed):
+    """The engine logged a failed allocation (llama.cpp's own text, quoted in the message with the fix)."""
+
+    kind = "out_of_gpu_memory"
+
+
+def engine_failure(diagnosis) -> EngineFailed:
+    """The exception for a diagnosis: OutOfMemory for memory failures (callers may retry with less), else
+    EngineFailed."""
+    return (OutOfMemory if diagnosis.kind in ("out_of_gpu_memory", "out_of_host_memory") else EngineFailed)(diagnosis)
+
+
+def diagnosis_of(error: BackendError, engine: str, log_path: Path | None = None, model: Path | None = None):
+    """The diagnosis an engine error carries, or one read from its message and the engine's log: every
+    BackendError of a job becomes a 'failed' row with it (kind, reason), and the study goes on."""
+    from llmbench.diagnosis import diagnose
+
+    if isinstance(error, EngineFailed):
+        return error.diagnosis
+    text = str(error)
+    if log_path is not None:
+        try:
+            text += "\n" + Path(log_path).read_text(errors="replace")
+        except OSError:
+            pass
+    found = diagnose(engine, None, text, model)
+    if found.kind == "exited":  # nothing more specific in the log: the error's own words are the reason
+        return type(found)("exited", str(error).split("\n", 1)[0], found.line, found.signal)
+    return found
 
 
 def peak_rss_bytes(pid: int) -> int | None:

@@ -1,4 +1,12 @@
-"""llama.cpp built from the source vendored in the llama-cpp-python sdist, with what the build was recorded."""
+"""llama.cpp built from the source vendored in the llama-cpp-python sdist, proven on this machine, and recorded.
+
+The first build is native (``-march=native``), as llama.cpp's own docs build it. Before any job uses it, every
+built tool runs a few tokens (:mod:`llmbench.build_smoke`); where one dies by a signal, the build is redone
+without the instruction-set extension at fault (AMX first, where the CPU has it: upstream llama.cpp PR #26954), and
+if that still fails, as a portable build with ggml's runtime CPU dispatch (``GGML_BACKEND_DL=ON
+GGML_CPU_ALL_VARIANTS=ON``, as llama.cpp's release binaries are built). build.json says what was turned off and why.
+Where the native build runs, nothing more happens: one build.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,52 @@ from pathlib import Path
 
 TOOLS = ("llama-server", "llama-bench", "llama-quantize", "llama-perplexity")
 
+# x86-64 extensions a build can leave out, with the GCC/Clang flags that turn each off (an explicit -mno-…
+# wins over -march=native whatever the order) and the /proc/cpuinfo flags that say a CPU has it.
+CPU_FEATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "amx": (("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"), ("amx_tile", "amx_int8", "amx_bf16")),
+    "avx512": (("-mno-avx512f",), ("avx512f",)),
+    "avx_vnni": (("-mno-avxvnni",), ("avx_vnni",)),
+}
+CPU_BUILDS = ("native", "portable")
+UPSTREAM = {
+    "amx": "llama.cpp PR #26954 (open): the AMX tile-data permission (arch_prctl ARCH_REQ_XCOMP_PERM) is requested "
+           "on the main thread only, so worker threads fault at the first AMX tile instruction",
+}
+
 
 class BuildError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    """What the CPU code is compiled for: ``native`` (-march=native) or ``portable`` (every x86/ARM variant,
+    chosen at run time), less the extensions in ``exclude`` (keys of CPU_FEATURES)."""
+
+    build: str = "native"
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.build not in CPU_BUILDS:
+            raise BuildError(f"llama_cpp.cpu_build {self.build!r} is not one of {list(CPU_BUILDS)}")
+        unknown = [f for f in self.exclude if f not in CPU_FEATURES]
+        if unknown:
+            raise BuildError(f"llama_cpp.exclude_cpu_features {unknown} unknown; known: {sorted(CPU_FEATURES)}")
+
+    def cmake_args(self) -> list[str]:
+        portable = self.build == "portable"
+        flags = " ".join(flag for feature in self.exclude for flag in CPU_FEATURES[feature][0])
+        return [
+            f"-DGGML_NATIVE={'OFF' if portable else 'ON'}",
+            f"-DGGML_BACKEND_DL={'ON' if portable else 'OFF'}",
+            f"-DGGML_CPU_ALL_VARIANTS={'ON' if portable else 'OFF'}",
+            f"-DCMAKE_C_FLAGS={flags}",
+            f"-DCMAKE_CXX_FLAGS={flags}",
+        ]
+
+    def describe(self) -> str:
+        return self.build + "".join(f" without {f}" for f in self.exclude)
 
 
 @dataclass(frozen=True)
@@ -21,18 +72,27 @@ class BuildSpec:
     version: str
     cuda: bool
     cmake_args: tuple[str, ...] = field(default_factory=tuple)
+    cpu_build: str = "native"
+    exclude_cpu_features: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
-        return f"{self.version}-{'cuda' if self.cuda else 'cpu'}"
+        """The build's cache key: a change of version, CUDA or CPU target builds anew beside the others."""
+        cpu = ("-portable" if self.cpu_build == "portable" else "") + "".join(
+            f"-no{f.replace('_', '')}" for f in sorted(self.exclude_cpu_features))
+        return f"{self.version}-{'cuda' if self.cuda else 'cpu'}{cpu}"
+
+    @property
+    def cpu_target(self) -> CpuTarget:
+        return CpuTarget(self.cpu_build, tuple(sorted(self.exclude_cpu_features)))
 
 
-def cmake_configure_args(source: Path, build_dir: Path, spec: BuildSpec) -> list[str]:
+def cmake_configure_args(source: Path, build_dir: Path, spec: BuildSpec, target: CpuTarget | None = None) -> list[str]:
     args = [
         "cmake", "-S", str(source), "-B", str(build_dir),
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DGGML_CUDA={'ON' if spec.cuda else 'OFF'}",
-        "-DGGML_NATIVE=ON",
+        *(target or spec.cpu_target).cmake_args(),
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         # The server's web UI would otherwise be fetched from the hub at build time.
@@ -81,14 +141,83 @@ def run_logged(cmd: list[str], log) -> None:
         raise BuildError(f"{' '.join(cmd[:3])} … failed with exit {proc.returncode}; see the log above")
 
 
-def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildSpec, jobs: int, log) -> dict:
-    """Configure and build the tools; return the build record (commit, flags, compiler, CUDA)."""
-    if spec.cuda and shutil.which("nvcc") is None:
-        raise BuildError("llama_cpp.cuda is 'on' but nvcc is not on PATH: install the CUDA toolkit or set cuda: off")
-    source = extract_sdist(sdist, source_dir)
-    configure = cmake_configure_args(source, build_dir, spec)
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags as the kernel lists them (x86: the 'flags' line; ARM: 'Features'); empty if unread."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def next_target(target: CpuTarget, crash, flags: set[str]) -> tuple[CpuTarget, dict] | None:
+    """The build to try after ``crash`` (a smoke result whose tool a signal ended), with the record of what is
+    turned off and why; None when the portable build failed too. AMX first where the CPU lists it (the known
+    fault), then the portable build (ggml picks the CPU variant at run time)."""
+    why = {"tool": crash.tool, "signal": crash.signal, "reason": crash.reason, "kernel_log": crash.kernel_log
+           or "not readable here (dmesg needs CAP_SYSLOG)", "failed_build": target.describe()}
+    if target.build == "native" and "amx" not in target.exclude and set(CPU_FEATURES["amx"][1]) & flags:
+        turned_off = {"feature": "amx", "flags": list(CPU_FEATURES["amx"][0]), "why": why, "upstream": UPSTREAM["amx"]}
+        return CpuTarget("native", tuple(sorted((*target.exclude, "amx")))), turned_off
+    if target.build == "native":
+        turned_off = {"feature": "-march=native", "flags": ["-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON",
+                      "-DGGML_CPU_ALL_VARIANTS=ON"], "why": why, "upstream": None}
+        return CpuTarget("portable", target.exclude), turned_off
+    return None
+
+
+def compile_llama_cpp(source: Path, build_dir: Path, spec: BuildSpec, target: CpuTarget, jobs: int, log) -> list[str]:
+    """Configure and build the tools for ``target``; return the configure command."""
+    configure = cmake_configure_args(source, build_dir, spec, target)
     run_logged(configure, log)
     run_logged(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *TOOLS], log)
+    return configure
+
+
+def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildSpec, jobs: int, log,
+                    compile=compile_llama_cpp, smoke=None, flags: set[str] | None = None) -> dict:
+    """Build the tools, prove them on this machine (``smoke``, default :func:`llmbench.build_smoke.smoke_test`),
+    rebuild without the extension at fault while a tool dies by a signal; return the build record (commit, flags,
+    compiler, CUDA, the CPU target, what was turned off and why, each attempt's smoke results).
+
+    Raises BuildError when the build fails, when a tool fails for another reason than a signal (its diagnosis),
+    or when the portable build dies too. ``compile``/``smoke`` are parameters so that tests can put stand-ins in.
+    """
+    from llmbench.build_smoke import first_crash, smoke_test
+
+    smoke = smoke or smoke_test
+    if spec.cuda and shutil.which("nvcc") is None:
+        raise BuildError("llama_cpp.cuda is 'on' but nvcc is not on PATH: install the CUDA toolkit or set cuda: off")
+    flags = cpu_flags() if flags is None else flags
+    source = extract_sdist(sdist, source_dir)
+    target, turned_off, attempts = spec.cpu_target, [], []
+    while True:
+        configure = compile(source, build_dir, spec, target, jobs, log)
+        results = smoke(build_dir / "bin", build_dir / "smoke" / f"attempt-{len(attempts) + 1}", jobs)
+        attempts.append({"cpu_target": target.describe(), "smoke_test": [r.record() for r in results]})
+        for r in results:
+            log.write(f"smoke test ({target.describe()}): {r.tool}: {'ok' if r.ok else r.reason} ({r.seconds:.1f} s)\n")
+        log.flush()
+        crash = first_crash(results)
+        if crash is None:
+            failed = [r for r in results if not r.ok]
+            if failed:
+                raise BuildError(f"the {target.describe()} build of llama.cpp does not run here: {failed[0].tool}: "
+                                 f"{failed[0].reason} (log {failed[0].log})")
+            break
+        step = next_target(target, crash, flags)
+        if step is None:
+            raise BuildError(f"every llama.cpp build tried dies on this CPU ({', '.join(a['cpu_target'] for a in attempts)}"
+                             f"): {crash.tool} ended by {crash.signal}; {crash.reason}. Report it upstream with the "
+                             f"build log, or pick a CPU build by hand (llama_cpp.cpu_build, exclude_cpu_features)")
+        target, off = step
+        turned_off.append(off)
+        log.write(f"{crash.tool} died by {crash.signal}: rebuilding as {target.describe()}\n")
+        for stale in build_dir.iterdir():  # no library of the failed build may be loaded by the next one
+            if stale.name != "smoke":
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     cache = _cmake_cache(build_dir / "CMakeCache.txt")
     return {
         "llama_cpp_python_version": spec.version,
@@ -97,6 +226,13 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
         "cuda": spec.cuda,
         "configure_args": configure[5:],
         "cmake_args_extra": list(spec.cmake_args),
+        "cpu_target": target.describe(),
+        "cpu_build": target.build,
+        "cpu_features_excluded": list(target.exclude),
+        "cpu_features_turned_off": turned_off,
+        "cpu_flags_relevant": sorted(f for _, seen in CPU_FEATURES.values() for f in seen if f in flags),
+        "smoke_test": attempts[-1]["smoke_test"],
+        "attempts": attempts,
         "compiler": cache.get("CMAKE_CXX_COMPILER"),
         "compiler_version": _first_line([cache.get("CMAKE_CXX_COMPILER", "c++"), "--version"]),
         "cuda_version": _first_line(["nvcc", "--version"]) if spec.cuda else None,

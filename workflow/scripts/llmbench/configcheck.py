@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from llmbench.quants import KNOWN_QUANTS
+from llmbench.study import shard_name, shard_of
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,34 @@ def _synthetic_problems(name: str, quants: list[str]) -> list[str]:
     return problems
 
 
+def _split_problems(key: str, entry: dict) -> list[str]:
+    """A hub file named as a shard of a split GGUF must be the first one, and its shard hashes one per shard."""
+    filename, hashes = entry["filename"], entry.get("shard_sha256")
+    split = shard_of(filename)
+    if split is None:
+        if hashes:
+            return [f"{key}.shard_sha256 is for a split GGUF (a filename NAME-00001-of-0000N.gguf) but {filename!r} is "
+                    "one file; give its hash as sha256 and drop shard_sha256"]
+        return []
+    no, count = split
+    if count == 0 or not 1 <= no <= count:
+        return [f"{key}.filename = {filename!r} is not a valid shard name: its shard number must be 1 to its "
+                "count (NAME-00001-of-0000N.gguf)"]
+    problems = []
+    if no != 1:
+        problems.append(
+            f"{key}.filename = {filename!r} is shard {no} of {count}; name the first shard, "
+            f"{shard_name(filename, 1)!r}: llama.cpp loads a split GGUF from its first shard and finds the others "
+            "beside it by name, and the workflow fetches them all from that name"
+        )
+    if hashes is not None and len(hashes) != count:
+        problems.append(f"{key}.shard_sha256 lists {len(hashes)} hashes for {count} shards; list one per shard in "
+                        "order, the first included (null for a shard left unchecked)")
+    elif hashes and entry.get("sha256") and hashes[0] and hashes[0] != entry["sha256"]:
+        problems.append(f"{key}.sha256 and shard_sha256[0] both pin the first shard and differ; keep one")
+    return problems
+
+
 def semantic_problems(config: dict) -> list[str]:
     """Checks a schema cannot express: cross-references between keys."""
     problems: list[str] = []
@@ -149,11 +178,19 @@ def semantic_problems(config: dict) -> list[str]:
                     problems.append(
                         f"models.{name}.source.files.{q}: {q!r} is not a known quant type; allowed: {', '.join(KNOWN_QUANTS)}"
                     )
+            for q, entry in source["files"].items():
+                problems += _split_problems(f"models.{name}.source.files.{q}", entry)
             for q in quants:
                 if q not in source["files"]:
                     problems.append(
                         f"models.{name}.quants: {q!r} has no file in models.{name}.source.files; add its filename there or drop it"
                     )
+        if kind == "hf" and "filename" in source and shard_of(source["filename"]):
+            problems.append(
+                f"models.{name}.source.filename = {source['filename']!r} is one shard of a split GGUF, which "
+                "llama-quantize is not run on here; list the published quants under source.files instead (a split "
+                "one by its first shard)"
+            )
         if kind == "synthetic":
             problems += _synthetic_problems(name, quants)
         if kind == "ollama" and len(quants) != 1:

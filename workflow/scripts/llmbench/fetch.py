@@ -175,3 +175,30 @@ def fetch_hf_file(
         "sha256": digest,
         "bytes": Path(dest).stat().st_size,
     }
+
+
+def split_record(first: dict, others: list[dict], files: list[str]) -> dict:
+    """The record of a split GGUF fetched one shard per job: the first shard's record (the file the config names,
+    the one the tools are given) with every shard listed in order and the bytes of the whole set.
+
+    ``first`` and ``others`` are fetch_hf_file records (shards 1 and 2..N); ``files`` the names they are kept under.
+    """
+    shards = [first, *others]
+    if len(files) != len(shards):
+        raise ValueError(f"{len(shards)} shard records for {len(files)} files")
+    return {
+        **{k: v for k, v in first.items() if k != "shard"},
+        "bytes": sum(r["bytes"] for r in shards),
+        "split_count": len(shards),
+        "shards": [
+            {
+                "no": no,
+                "filename": r["filename"],
+                "file": name,
+                "resolved_commit": r["resolved_commit"],
+                "sha256": r["sha256"],
+                "bytes": r["bytes"],
+            }
+            for no, (r, name) in enumerate(zip(shards, files, strict=True), start=1)
+        ],
+    }

@@ -11,6 +11,7 @@ llama.cpp's reason. The measured run follows without -v.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import BackendError, OutOfMemory
-from llmbench.llama_log import AUTO, Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.backend import BackendError, engine_failure
+from llmbench.diagnosis import diagnose
+from llmbench.llama_log import AUTO, Offload, check_offload, parse_offload
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
 # llama-server's default margin for --fit; llama-bench fits only when given one (-fitt).
@@ -118,18 +120,17 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
 
 
 def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings) -> str:
-    """Run llama-bench with stderr to ``log_path``; stdout back. A failed allocation raises OutOfMemory."""
+    """Run llama-bench with stderr to ``log_path``; stdout back. A failure raises EngineFailed (OutOfMemory
+    for a failed allocation) with its diagnosis."""
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     if proc.returncode != 0:
         text = Path(log_path).read_text(errors="replace")
-        line = out_of_memory_line(text)
-        if line:
-            raise OutOfMemory(oom_reason("llama-bench", line, settings.n_gpu_layers, settings.n_prompt + settings.n_gen))
-        tail = "\n".join(text.splitlines()[-10:])
-        raise BackendError(f"llama-bench failed with exit {proc.returncode} on {settings.model}:\n{tail}")
+        found = diagnose("llama-bench", proc.returncode, text, Path(settings.model),
+                         f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.n_prompt + settings.n_gen}")
+        raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (engine log {log_path})"))
     return proc.stdout
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import sys
@@ -12,8 +13,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Engine, Generation, OutOfMemory, ToolUnavailable, peak_rss_bytes
-from llmbench.llama_log import AUTO, Offload, check_offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, peak_rss_bytes
+from llmbench.diagnosis import EXITED, diagnose
+from llmbench.llama_log import AUTO, Offload, check_offload, parse_offload
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -86,10 +88,12 @@ class LlamaCppPython(Engine):
             with open(self.log_path, "a") as f:
                 f.write(text)
         if error is not None:
-            line = out_of_memory_line(text)
-            if line:
-                raise OutOfMemory(oom_reason("llama-cpp-python", line, self.n_gpu_layers, self.ctx_size))
-            raise BackendError(f"llama-cpp-python could not load {self.model}: {error}") from None
+            found = diagnose("llama-cpp-python", None, f"{text}\n{error}", self.model,
+                             f"n_gpu_layers={self.n_gpu_layers}, ctx_size={self.ctx_size}")
+            if found.kind == EXITED:
+                found = dataclasses.replace(found, reason=f"llama-cpp-python could not load {self.model}: {error}. "
+                                            f"{found.reason}")
+            raise engine_failure(found) from None
         self.load_ms = (time.perf_counter() - t0) * 1000
         self.offload = parse_offload(text)
         self._lc = lc

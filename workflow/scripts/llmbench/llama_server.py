@@ -13,8 +13,9 @@ from pathlib import Path
 from llmbench.backend import (
     BackendError,
     Engine,
+    EngineFailed,
     Generation,
-    OutOfMemory,
+    engine_failure,
     free_port,
     http_json,
     log_tail,
@@ -22,7 +23,8 @@ from llmbench.backend import (
     post_stream,
     stop_process,
 )
-from llmbench.llama_log import AUTO, check_offload, oom_reason, out_of_memory_line, parse_offload
+from llmbench.diagnosis import diagnose
+from llmbench.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
 
 
 @dataclass
@@ -174,11 +176,7 @@ class LlamaServer(Engine):
                 tail = self.log_tail()
                 if "couldn't bind" in tail or "Address already in use" in tail:
                     raise _PortTaken()
-                self._raise_if_out_of_memory()
-                raise BackendError(
-                    f"llama-server exited with code {code} while loading {self.settings.model}. "
-                    f"{_diagnose(tail)}\nlast lines of {self.log_path}:\n{tail}"
-                )
+                raise self._failure(code, "while loading")
             try:
                 status, _ = http_json("GET", f"{self.url}/health", timeout=5)
                 if status == 200:
@@ -208,15 +206,18 @@ class LlamaServer(Engine):
         try:
             return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s,
                                parse_chat_stream, "llama-server", self.log_path)
-        except BackendError:
-            self._raise_if_out_of_memory()
+        except BackendError as e:
+            code = self.proc.poll() if self.proc is not None else None
+            if code is not None or out_of_memory_line(self._log_text()):
+                raise self._failure(code, "during a request") from e
             raise
 
-    def _raise_if_out_of_memory(self) -> None:
-        line = out_of_memory_line(self._log_text())
-        if line:
-            s = self.settings
-            raise OutOfMemory(oom_reason("llama-server", line, s.n_gpu_layers, s.ctx_size))
+    def _failure(self, code: int | None, when: str) -> EngineFailed:
+        """The server ended (or logged a failed allocation): what it was, from its exit and its log's last start."""
+        s = self.settings
+        found = diagnose("llama-server", code, last_start(self._log_text()), Path(s.model),
+                         f"n_gpu_layers={s.n_gpu_layers}, ctx_size={s.ctx_size}")
+        return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; engine log {self.log_path})"))
 
     def _log_text(self) -> str:
         try:
@@ -263,8 +264,8 @@ def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:
     return offload.offloaded
 
 
-def _diagnose(log_tail: str) -> str:
-    low = log_tail.lower()
-    if "failed to load model" in low or "gguf" in low or "invalid magic" in low or "tensor" in low:
-        return "The model file looks corrupt or truncated: delete it and rerun so the workflow fetches or derives it again."
-    return "See the log lines below."
+
+def last_start(log_text: str) -> str:
+    """The log of the server's last start: one log file holds every attempt of a job (port retries, fitting)."""
+    i = log_text.rfind("\nbuild:")
+    return log_text[i + 1:] if i >= 0 else log_text

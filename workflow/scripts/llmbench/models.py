@@ -73,15 +73,23 @@ def read_header(buf) -> tuple[int, dict, list[tuple[str, list[int], int, int]], 
     return version, meta, tensors, c.pos
 
 
-def check_gguf(path: str | Path) -> dict:
-    """Walk the GGUF header and tensor table; raise CorruptModelError naming the file and the fix.
+class ShardError(CorruptModelError):
+    """A split GGUF given as llama.cpp cannot load it (a shard renamed, not the first, or alone); the files are
+    sound, so the fix never deletes them."""
 
-    A lean walk rather than gguf.GGUFReader, which materialises every metadata array (a 49k-token vocabulary
-    takes it seconds): this check runs before every quantize and bench job.
-    """
+
+class MissingShardsError(ShardError):
+    """The first shard of a split GGUF whose other shards are not beside it; the shard itself is sound."""
+
+
+# llama.cpp's split naming (llama_split_path): PREFIX-0000K-of-0000N.gguf, K counted from 1.
+SHARD_SUFFIX = "-{no:05d}-of-{count:05d}.gguf"
+
+
+def _walk(path: Path) -> tuple[dict, dict]:
+    """One GGUF file's facts and metadata; raise CorruptModelError naming the file and the fix."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    path = Path(path)
     fix = "Delete it and run the workflow again so it is fetched or derived anew."
     if not path.exists():
         raise CorruptModelError(f"model file {path} does not exist. {fix}")
@@ -106,13 +114,94 @@ def check_gguf(path: str | Path) -> dict:
     if end > size:
         raise CorruptModelError(f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}. {fix}")
     arch = meta.get("general.architecture")
-    return {
+    info = {
         "gguf_version": version,
         "tensors": n_tensors,
         "bytes": size,
         "architecture": arch.decode() if isinstance(arch, bytes) else None,
         "weights": weights,
     }
+    return info, meta
+
+
+def _split(meta: dict) -> tuple[int, int] | None:
+    """(split.no counted from 0, split.count) of one shard of a split GGUF; None for a whole model."""
+    count = meta.get("split.count")
+    return (meta.get("split.no") or 0, count) if isinstance(count, int) and count > 1 else None
+
+
+def split_count(path: str | Path) -> int:
+    """How many files the model at ``path`` is split into (its header's split.count); 1 for a whole GGUF, and for
+    a file that is not a readable GGUF (check_gguf is what refuses those, naming the fix)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != GGUF_MAGIC:
+                return 1
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                split = _split(read_header(buf)[1])
+    except (OSError, struct.error, ValueError, OverflowError):
+        return 1
+    return split[1] if split else 1
+
+
+def check_gguf(path: str | Path) -> dict:
+    """Walk the GGUF header and tensor table; raise CorruptModelError naming the file and the fix.
+
+    A split GGUF (llama.cpp PR #6187: split.no, split.count, split.tensors.count in each shard's header) passes as a
+    whole only: given its first shard under its shard name, with every other shard beside it, each sound and of the
+    same set; the facts returned are then the whole model's. A lone shard is refused naming the missing files.
+
+    A lean walk rather than gguf.GGUFReader, which materialises every metadata array (a 49k-token vocabulary
+    takes it seconds): this check runs before every quantize and bench job.
+    """
+    path = Path(path)
+    info, meta = _walk(path)
+    split = _split(meta)
+    if split is None:
+        return info
+    no, count = split
+    suffix = SHARD_SUFFIX.format(no=no + 1, count=count)
+    if not path.name.endswith(suffix) or path.name == suffix:
+        raise ShardError(
+            f"{path} is shard {no + 1} of {count} of a split GGUF (its header's split.no is {no}, split.count "
+            f"{count}) but its name does not end in {suffix}: llama.cpp finds the other shards by that name and "
+            "refuses this one (\"invalid split file name\"). The file is sound: keep the shards under their "
+            f"published names, PREFIX-0000K-of-{count:05d}.gguf, and give the first one."
+        )
+    prefix = path.name[: -len(suffix)]
+    names = [f"{prefix}{SHARD_SUFFIX.format(no=k, count=count)}" for k in range(1, count + 1)]
+    if no != 0:
+        raise ShardError(
+            f"{path} is shard {no + 1} of {count} of a split GGUF; llama.cpp loads a split GGUF from its first "
+            f"shard: give {path.parent / names[0]} instead (the file is sound: keep it beside the first)."
+        )
+    missing = [name for name in names[1:] if not (path.parent / name).exists()]
+    if missing:
+        raise MissingShardsError(
+            f"{path} is shard 1 of {count} of a split GGUF, but {len(missing)} of its shards are missing beside it "
+            f"in {path.parent}: {', '.join(missing)}. llama.cpp loads them by exactly these names. The shard itself "
+            "is sound, keep it: fetch the missing ones (running the workflow again fetches each, rule "
+            "fetch_hf_shard) or put them there under these names."
+        )
+    total = dict(info, split_count=count, shards=names)
+    for k, name in enumerate(names[1:], start=1):
+        shard_info, shard_meta = _walk(path.parent / name)  # a damaged shard is named, with its own fix
+        if _split(shard_meta) != (k, count):
+            raise CorruptModelError(
+                f"{path.parent / name} does not belong with {path.name}: its header says shard "
+                f"{shard_meta.get('split.no')} of {shard_meta.get('split.count')}, not {k} of {count} "
+                "(split.no counted from 0). The shards come from different files or releases: fetch the set "
+                "again from one revision."
+            )
+        for key in ("tensors", "bytes", "weights"):
+            total[key] += shard_info[key]
+    expected = meta.get("split.tensors.count")
+    if expected is not None and expected != total["tensors"]:
+        raise CorruptModelError(
+            f"the {count} shards of {path} hold {total['tensors']} tensors but its header's split.tensors.count is "
+            f"{expected}: they are not one split GGUF. Fetch the set again from one revision."
+        )
+    return total
 
 
 def quantize_command(binary: Path, src: Path, dest: Path, quant: str, threads: int, allow_requantize: bool) -> list[str]:

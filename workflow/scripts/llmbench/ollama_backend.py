@@ -7,13 +7,16 @@ llama.cpp and Ollama run the identical file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, free_port, stop_process
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, free_port, stop_process
+from llmbench.diagnosis import EXITED, diagnose
+from llmbench.models import split_count
 
 NS_PER_MS = 1e6
 
@@ -70,6 +73,11 @@ class OllamaBackend(Engine):
         self.version: str | None = None
 
     def start(self) -> None:
+        if self.gguf is not None and self.gguf.is_file() and (shards := split_count(self.gguf)) > 1:
+            raise ToolUnavailable(
+                f"the import into Ollama takes one GGUF file and Ollama's create does not take a split GGUF "
+                f"(ollama/ollama#5245); {self.gguf.name} is the first of {shards} shards"
+            )
         import ollama
 
         if not self.host:
@@ -157,7 +165,13 @@ class OllamaBackend(Engine):
                 keep_alive="10m",
             )
         except ollama.ResponseError as e:
-            raise BackendError(f"Ollama failed to generate with {self.tag!r}: {e}") from None
+            # Ollama answers its runner's failures as HTTP 500 with llama.cpp's or its own words (out of GPU or
+            # host memory, a killed runner): diagnosed as the llama.cpp engines' are.
+            found = diagnose("Ollama", None, e.error, self.gguf)
+            if found.kind == EXITED:
+                found = dataclasses.replace(
+                    found, reason=f"Ollama failed to generate with {self.tag!r} (HTTP {e.status_code}): {e.error}")
+            raise engine_failure(found) from None
         except Exception as e:  # httpx connection errors: the server went away
             raise BackendError(f"Ollama at {self.host} stopped answering: {e}") from None
         return parse_chat(r, (time.perf_counter() - t0) * 1000)

@@ -6,12 +6,14 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import Backend, OutOfMemory
+from llmbench.backend import Backend, BackendError, diagnosis_of
 from llmbench.meters import EnergyMeter, EnergyReading
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,10 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "model_is_synthetic": pl.Boolean,
     "status": pl.String,
     "status_reason": pl.String,
+    # A failed row's kind (llmbench.diagnosis: illegal_instruction, out_of_gpu_memory, …) and the signal that
+    # ended the engine, where one did; null otherwise.
+    "failure_kind": pl.String,
+    "failure_signal": pl.String,
     "engine_build": pl.String,
     "prompt_id": pl.String,
     "repetition": pl.Int64,
@@ -111,18 +117,38 @@ class RunPlan:
                 "n_gpu_layers_auto": self.n_gpu_layers == "auto"}
 
 
+def shareable_reason(reason: str | None, workdir: Path | None = None, home: Path | None = None) -> str | None:
+    """The reason as shared outputs (tables, figures, the report, the archive) may quote it: an absolute path
+    under the working directory (the project, where Snakemake runs a job) made relative to it, the home directory
+    written as ``~``. What this machine's paths were stays in the job's log and provenance."""
+    if reason is None:
+        return None
+    workdir = Path.cwd() if workdir is None else workdir
+    home = Path.home() if home is None else home
+    for root, replacement in [*((w, "") for w in {str(workdir), str(workdir.resolve())}),
+                              *((h, "~/") for h in {str(home), str(home.resolve())})]:
+        if root == "/":
+            continue
+        # The root as a whole path component: followed by `/` (a path below it) or by the end of the path.
+        prefix = rf"(?<![\w./~-]){re.escape(root.rstrip('/'))}"
+        reason = re.sub(prefix + "/", replacement, reason)
+        reason = re.sub(prefix + r"(?![\w.-])", replacement.rstrip("/") or ".", reason)
+    return reason
+
+
 def skipped_run(plan: RunPlan, reason: str) -> pl.DataFrame:
     """One row saying the job did not run here and why; it keeps the group visible in every table."""
-    row = {**plan.row_base(), "status": "skipped", "status_reason": reason,
+    row = {**plan.row_base(), "status": "skipped", "status_reason": shareable_reason(reason),
            "energy_null_reason": "not measured: the job was skipped"}
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
-def failed_run(plan: RunPlan, reason: str) -> pl.DataFrame:
-    """One row saying the job ran and failed in a way the config can fix (an out-of-memory), and how; like a
-    skipped row it keeps the group visible with its reason while every other job's results stand."""
-    row = {**plan.row_base(), "status": "failed", "status_reason": reason,
-           "energy_null_reason": "not measured: the job failed"}
+def failed_run(plan: RunPlan, reason: str, kind: str | None = None, signal: str | None = None) -> pl.DataFrame:
+    """One row saying the job ran and its engine failed, what it was (``kind``, ``signal``: llmbench.diagnosis)
+    and the fix; like a skipped row it keeps the group visible with its reason while every other job's results
+    stand."""
+    row = {**plan.row_base(), "status": "failed", "status_reason": shareable_reason(reason), "failure_kind": kind,
+           "failure_signal": signal, "energy_null_reason": "not measured: the job failed"}
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
@@ -238,10 +264,12 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                         "output_text": g.text,
                     }
                 )
-    except OutOfMemory as e:
+    except BackendError as e:
         if not rows:
             raise
-        # The generations that finished stand; the one that ran out of memory is a failed row of its own.
+        # The generations that finished stand; the one whose engine failed is a failed row of its own.
         log.error("%s after %d generations: %s", plan.tool, len(rows), e)
-        return pl.concat([pl.DataFrame(rows, schema=RUN_SCHEMA), failed_run(plan, str(e))])
+        found = diagnosis_of(e, plan.tool)
+        return pl.concat([pl.DataFrame(rows, schema=RUN_SCHEMA),
+                          failed_run(plan, found.reason, found.kind, found.signal)])
     return pl.DataFrame(rows, schema=RUN_SCHEMA)

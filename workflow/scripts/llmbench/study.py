@@ -69,6 +69,81 @@ def hf_file_models(config: dict) -> list[str]:
     return models_where(config, lambda m: m["source"]["kind"] == "hf" and "files" in m["source"])
 
 
+# llama.cpp's split naming (PR #6187, llama_split_path): PREFIX-0000K-of-0000N.gguf, K counted from 1. llama.cpp is
+# given the first shard and derives the others' paths from the name it was given, so the names are kept as they are.
+SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf$")
+
+
+def shard_of(filename: str) -> tuple[int, int] | None:
+    """(shard number from 1, shard count) of a file named as a shard of a split GGUF, else None."""
+    m = SHARD_NAME.match(Path(filename).name)
+    return (int(m["no"]), int(m["count"])) if m else None
+
+
+def shard_name(filename: str, no: int) -> str:
+    """The name of shard ``no`` of the split GGUF one of whose shards is ``filename`` (the folder kept)."""
+    m = SHARD_NAME.match(filename)
+    if m is None:
+        raise ValueError(f"{filename!r} is not named as a shard (PREFIX-0000K-of-0000N.gguf)")
+    return f"{m['prefix']}-{no:05d}-of-{m['count']}.gguf"
+
+
+def shard_count(config: dict, model: str, quant: str) -> int:
+    """Files a quant is published in: the shard count of a hub file named as a split GGUF's first shard, else 1."""
+    src = config["models"][model]["source"]
+    entry = src.get("files", {}).get(quant) if src["kind"] == "hf" else None
+    split = shard_of(entry["filename"]) if entry else None
+    return split[1] if split else 1
+
+
+def split_quants(config: dict, model: str) -> list[str]:
+    """The model's quants published as a split GGUF (fetched one job per shard)."""
+    return [q for q in config["models"][model]["quants"] if shard_count(config, model, q) > 1]
+
+
+def hf_split_models(config: dict) -> list[str]:
+    return [m for m in hf_file_models(config) if split_quants(config, m)]
+
+
+def shard_files(config: dict, model: str, quant: str) -> list[str]:
+    """Names the quant's files are kept under beside each other: ``{quant}.gguf``, or for a split GGUF
+    ``{quant}-0000K-of-0000N.gguf`` each, the first shard first (the one every tool is given)."""
+    n = shard_count(config, model, quant)
+    return [f"{quant}.gguf"] if n == 1 else [f"{quant}-{k:05d}-of-{n:05d}.gguf" for k in range(1, n + 1)]
+
+
+def model_file_name(config: dict, model: str, quant: str) -> str:
+    """The file the tools load: the whole GGUF, or a split GGUF's first shard (llama.cpp finds the rest by name;
+    a copy or link under another name would be refused as "invalid split file name")."""
+    return shard_files(config, model, quant)[0]
+
+
+def model_path(config: dict, res: str, model: str, quant: str) -> str:
+    return f"{res}/models/{model}/{model_file_name(config, model, quant)}"
+
+
+def model_record_path(config: dict, res: str, model: str, quant: str) -> str:
+    """The record beside the model file (a split GGUF's lists every shard)."""
+    return str(Path(model_path(config, res, model, quant)).with_suffix(".json"))
+
+
+def hf_shard_source(config: dict, model: str, quant: str, shard: str) -> dict:
+    """What one shard's fetch job needs, as plain values; ``shard`` is the local name's 0000K-of-0000N."""
+    src = config["models"][model]["source"]
+    entry = src["files"][quant]
+    no, count = (int(x) for x in shard.split("-of-"))
+    if count != shard_count(config, model, quant) or not 1 <= no <= count:
+        raise ValueError(f"{model} {quant} has no shard {shard}")
+    pinned = entry.get("shard_sha256") or [None] * count
+    return {
+        "repo": src["repo"],
+        "revision": src["revision"],
+        "filename": shard_name(entry["filename"], no),
+        "sha256": pinned[no - 1] or (entry.get("sha256") if no == 1 else None),
+        "shard": {"no": no, "count": count},
+    }
+
+
 def synthetic_models(config: dict) -> list[str]:
     return models_where(config, lambda m: m["source"]["kind"] == "synthetic")
 

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, peak_rss_bytes
+from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, peak_rss_bytes
+from llmbench.diagnosis import diagnose
+from llmbench.models import split_count
 
 INSTALL_HINT = "the pins of requirements.txt (torch, transformers, accelerate, gguf)"
 
@@ -70,6 +72,11 @@ class TransformersBackend(Engine):
         self._versions = ""
 
     def start(self) -> None:
+        if self.model_path.is_file() and (shards := split_count(self.model_path)) > 1:
+            raise ToolUnavailable(
+                f"transformers loads one GGUF file (gguf_file=) and cannot load a split GGUF; {self.model_path.name} "
+                f"is the first of {shards} shards (huggingface/transformers#32266)"
+            )
         torch = _require("torch")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ToolUnavailable(f"no CUDA GPU visible to torch {torch.__version__} (device 'cuda' asked for)")
@@ -120,8 +127,12 @@ class TransformersBackend(Engine):
         eos = set(eos) if isinstance(eos, list) else {eos, self.tokenizer.eos_token_id}
         clock = _FirstTokenClock()
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, streamer=clock, **sampling)
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_tokens, streamer=clock, **sampling)
+        except (RuntimeError, MemoryError) as e:  # torch's out-of-memory errors are RuntimeErrors
+            found = diagnose("transformers", None, f"{type(e).__name__}: {e}")
+            raise engine_failure(found) from None
         wall_ms = (time.perf_counter() - t0) * 1000
         new = out[0, n_in:]
         n_out = int(new.shape[0])

@@ -7,6 +7,7 @@ instead (a repo id or directory), as the conversion is slow and fragile for larg
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ from llmbench.backend import (
     Engine,
     Generation,
     ToolUnavailable,
+    engine_failure,
     free_port,
     http_json,
     log_tail,
@@ -30,9 +32,22 @@ from llmbench.backend import (
     stop_process,
 )
 from llmbench.backend import peak_rss_bytes as vm_hwm
+from llmbench.diagnosis import diagnose
 from llmbench.gpu_slots import gpu_count
+from llmbench.models import split_count
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/version")
+
+
+def python_environment() -> str:
+    """This Python's environment as a shared reason may name it: its folder relative to the working directory where
+    it lies inside (the project's .venv, a Snakemake conda env), else its name alone. The interpreter's full path is
+    in the job's provenance (python.executable)."""
+    prefix = Path(sys.prefix).absolute()
+    for here in (Path.cwd(), Path.cwd().resolve()):
+        if prefix.is_relative_to(here):
+            return str(prefix.relative_to(here))
+    return prefix.name
 
 
 @dataclass
@@ -119,8 +134,12 @@ class VllmServer(Engine):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        model = Path(self.settings.model)
+        if model.is_file() and (shards := split_count(model)) > 1:
+            raise ToolUnavailable(f"vLLM loads single-file GGUF models only (its GGUF documentation); {model.name} is "
+                                  f"the first of {shards} shards of a split GGUF")
         if importlib.util.find_spec("vllm") is None:
-            raise ToolUnavailable(f"vLLM is not installed in this environment ({sys.executable}): "
+            raise ToolUnavailable(f"vLLM is not installed in the job's Python environment ({python_environment()}): "
                                   "pip install vllm; it needs an NVIDIA GPU")
         if not nvidia_gpu_present():
             raise ToolUnavailable(f"vLLM needs an NVIDIA GPU: no driver ({NVIDIA_PROC} is absent) and NVML sees none")
@@ -144,8 +163,9 @@ class VllmServer(Engine):
             time.sleep(0.5)
         self.stop()
         if code is not None:
-            raise BackendError(f"vLLM exited with code {code} while loading {self.settings.model}; "
-                               f"last lines of {self.log_path}:\n{self.log_tail()}")
+            found = diagnose("vLLM", code, self.log_tail(60), Path(self.settings.model))
+            raise engine_failure(dataclasses.replace(
+                found, reason=f"{found.reason} (while loading; engine log {self.log_path})"))
         raise BackendError(f"vLLM did not become healthy within {self.settings.start_timeout_s:.0f} s loading "
                            f"{self.settings.model}; raise bench.start_timeout_s for large models. Log: {self.log_path}")
 

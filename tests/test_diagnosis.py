@@ -1,0 +1,179 @@
+"""Every engine failure named for what it is, with its fix, from real engines' outputs (../shared/cases).
+
+Each case goes through the product as a real job would: a stand-in engine (a small Python script or HTTP server,
+named as such) prints the engine's real output, and the bench job's own code (bench.measure) turns it into its
+row. The real engines run in tests/test_workflow.py.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import signal
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import bench
+import pytest
+
+from conftest import REPO
+from llmbench.diagnosis import diagnose, signal_of
+from llmbench.runs import Prompt, RunPlan
+
+CASES = REPO / "tests/data/cases"
+
+
+class Fields(dict):
+    """Snakemake's input/params/wildcards stand-in: attribute access, keys() and get()."""
+
+    __getattr__ = dict.__getitem__
+
+
+def job(tool: str, model: Path | None, exe: Path | None = None, tag: str | None = None):
+    plan_params = {"ctx_size": 2048, "start_timeout_s": 20, "request_timeout_s": 20, "tensor_split": None}
+    inputs = {"model": str(model)} if model else {}
+    if exe:
+        inputs.update(bench=str(exe), server=str(exe))
+    snakemake = Fields(input=Fields(inputs), params=Fields(plan=plan_params, n_prompt=16, n_gen=8, tag=tag))
+    plan = RunPlan(tool, "m", "Q4_K_M", "none", (Prompt("p", "hi", 4),), 1, 0, 0.0, 0.0, 1, 0, 0, 2)
+    return snakemake, plan
+
+
+def standin_printing(tmp_path: Path, name: str, text: str, exit_code: int = 1) -> Path:
+    exe = tmp_path / f"standin-{name}"
+    exe.write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write({text!r})\nsys.exit({exit_code})\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def failed_row(snakemake, plan, tmp_path) -> dict:
+    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    assert rows.height == 1
+    row = rows.row(0, named=True)
+    assert row["status"] == "failed"
+    return row
+
+
+@pytest.mark.parametrize("tool", ["llama-server", "llama-bench"])
+def test_c17_an_architecture_the_build_does_not_know_is_named_with_the_version_fix(tmp_path, tiny_gguf, tool):
+    log = (CASES / "c17_llama_server_unknown_arch.log").read_text()
+    snakemake, plan = job(tool, tiny_gguf, standin_printing(tmp_path, tool, log))
+    row = failed_row(snakemake, plan, tmp_path)
+    assert row["failure_kind"] == "unknown_architecture"
+    reason = row["status_reason"]
+    assert "does not know architecture 'gemma4'" in reason and "pin a newer llama_cpp.version" in reason
+    assert "corrupt" not in reason and "delete" not in reason.lower()
+
+
+def test_c10_a_renamed_shard_the_server_refuses_is_not_called_corrupt(tmp_path):
+    d = diagnose("llama-server", 1, (CASES / "c10_llama_server_split_renamed.log").read_text())
+    assert d.kind == "split_gguf_shard_alone" and "invalid split file name" in d.line
+    assert "NAME-0000K-of-0000N.gguf" in d.reason and "corrupt" not in d.reason
+
+
+class _Ollama(http.server.BaseHTTPRequestHandler):
+    """A stand-in `ollama serve`: the model is pulled; /api/chat answers HTTP 500 with the body it was given."""
+
+    body: bytes = b""
+
+    def _send(self, code: int, raw: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self):
+        self._send(200, b'{"models": []}' if self.path == "/api/ps" else b'{"version": "0.0.0-standin"}')
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/api/show":
+            self._send(404, b'{"error": "model not found"}')
+        elif self.path == "/api/pull":
+            self._send(200, b'{"status": "success"}')
+        else:
+            self._send(500, type(self).body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ollama_answering_500(monkeypatch):
+    def start(body: bytes) -> None:
+        handler = type("Handler", (_Ollama,), {"body": body})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{server.server_port}")
+        servers.append(server)
+
+    servers: list = []
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
+def test_c07a_ollama_out_of_gpu_memory_is_a_failed_row_quoting_cudamalloc_with_the_fix(tmp_path, ollama_answering_500):
+    ollama_answering_500((CASES / "c07a_ollama_error_cuda_oom.json").read_bytes())
+    snakemake, plan = job("ollama", None, tag="llama3.1:70b")
+    row = failed_row(snakemake, plan, tmp_path)
+    assert row["failure_kind"] == "out_of_gpu_memory"
+    assert "cudaMalloc failed: out of memory" in row["status_reason"]
+    assert "n_gpu_layers" in row["status_reason"] and "ctx_size" in row["status_reason"]
+
+
+def test_ollama_host_memory_refusal_is_a_failed_row_with_the_host_fix(tmp_path, ollama_answering_500):
+    body = {"error": "model requires more system memory (61.5 GiB) than is available (22.3 GiB)"}
+    ollama_answering_500(json.dumps(body).encode())
+    snakemake, plan = job("ollama", None, tag="llama3.1:70b")
+    row = failed_row(snakemake, plan, tmp_path)
+    assert row["failure_kind"] == "out_of_host_memory"
+    assert "(61.5 GiB) than is available (22.3 GiB)" in row["status_reason"]
+    assert "smaller quant" in row["status_reason"]
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("llama runner process has terminated: signal: illegal instruction (core dumped)", "illegal_instruction"),
+    ("llama runner process has terminated: signal: segmentation fault (core dumped)", "segmentation_fault"),
+    ("llama runner process has terminated: signal: killed", "killed"),
+    ("Fatal Python error: Illegal instruction", "illegal_instruction"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "out_of_gpu_memory"),
+    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+     "out_of_gpu_memory"),
+    ('{"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it", '
+     '"type": "exceed_context_size_error"}}', "context_size_exceeded"),
+    ("llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'qwen9'",
+     "unknown_architecture"),
+    ("main: error: invalid value for --split-mode: tensor", "split_mode_unsupported"),
+    ("terminate called after throwing an instance of 'std::bad_alloc'", "out_of_host_memory"),
+])
+def test_other_wordings_of_the_same_kinds(text, kind):
+    assert diagnose("engine", None, text).kind == kind
+
+
+@pytest.mark.parametrize(("returncode", "name"), [(-4, "SIGILL"), (-11, "SIGSEGV"), (-9, "SIGKILL"), (1, None)])
+def test_the_signal_is_read_from_the_exit_status(returncode, name):
+    sig = signal_of(returncode)
+    assert (sig.name if sig else None) == name
+    d = diagnose("llama-bench", returncode, "")
+    assert d.signal == name
+    if returncode == -4:
+        assert "llama_cpp.cpu_build: portable" in d.reason and "exclude_cpu_features" in d.reason
+
+
+def test_an_engine_killed_mid_stream_keeps_the_memory_reason_over_the_signal():
+    # The kernel's OOM killer or llama.cpp's own failed allocation: the engine's words say more than SIGKILL.
+    d = diagnose("llama-server", -signal.SIGKILL, "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 512.00 MiB "
+                 "on device 0: cudaMalloc failed: out of memory\n")
+    assert d.kind == "out_of_gpu_memory" and d.signal == "SIGKILL"
+
+
+def test_a_missing_model_is_never_called_corrupt(tmp_path):
+    d = diagnose("llama-server", 1, textwrap.dedent("""
+        llama_model_load_from_file_impl: failed to load model
+    """), tmp_path / "absent.gguf")
+    assert "corrupt" not in d.reason and "delete" not in d.reason.lower()

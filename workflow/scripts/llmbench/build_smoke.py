@@ -1,0 +1,180 @@
+"""A llama.cpp build proven on this machine before any job uses it: each built tool runs a few tokens of a tiny model.
+
+A build compiled with ``-march=native`` can still die on the machine that compiled it: on Intel Xeons with AMX
+(Sapphire, Emerald, Granite Rapids, and the cloud VMs on them) the pinned llama.cpp requests the AMX tile-data
+permission on its main thread only (upstream llama.cpp PR #26954, open), so every tool faults at its first matrix
+product on a worker thread. The smoke test runs what the study runs — llama-quantize, llama-bench, llama-perplexity,
+llama-server and llama-cpp-python on the same libllama — with several threads, on a synthetic ``llama-tiny`` Q4_0
+model (a few MB, written here, no download), and says for each tool whether it ran and, if not, how it ended (the
+signal, the kernel's words where readable). It takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmbench.diagnosis import diagnose, signal_of
+
+SMOKE_SHAPE, SMOKE_QUANT, SMOKE_SEED = "llama-tiny", "Q4_0", 0
+# Byte-level vocabulary: about one token per byte, enough for two perplexity chunks of 32 tokens.
+SMOKE_TEXT = ("The quick brown fox jumps over the lazy dog while the build is checked on this machine. " * 8).strip()
+TIMEOUT_S = 120.0
+SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+
+# Run in a process of its own, as a bench job runs the binding: a crash must not take the build job with it.
+_BINDING_CHECK = """
+import sys
+from pathlib import Path
+from llmbench.backend import ToolUnavailable
+from llmbench.llama_cpp_python_backend import LlamaCppPython
+try:
+    engine = LlamaCppPython(Path(sys.argv[1]), Path(sys.argv[2]), threads=int(sys.argv[3]), ctx_size=128)
+    with engine:
+        g = engine.generate("Hello", 4, 0.0, 1)
+except ToolUnavailable as e:
+    print("not installed:", e)
+    sys.exit(3)
+print("generated", g.generated_tokens, "tokens")
+"""
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """One tool's run: ``ok``; else ``signal`` (e.g. 'SIGILL') or ``returncode``, and ``reason`` (the diagnosis)."""
+
+    tool: str
+    ok: bool
+    command: str
+    seconds: float
+    returncode: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    kernel_log: str | None = None
+    log: str | None = None
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def smoke_model(workdir: Path) -> Path:
+    """The tiny model every tool runs, written once per build directory (same seed, same bytes)."""
+    from llmbench.synthetic import write_synthetic_gguf
+
+    path = workdir / f"{SMOKE_SHAPE}-{SMOKE_QUANT}.gguf"
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        write_synthetic_gguf(part, SMOKE_SHAPE, SMOKE_QUANT, SMOKE_SEED, "llmbench build smoke test")
+        part.rename(path)
+    return path
+
+
+def kernel_words(tool: str) -> str | None:
+    """The kernel's own lines about a trapped process (``traps: NAME[PID] trap invalid opcode … in lib…``), where
+    the kernel log is readable (dmesg needs CAP_SYSLOG or kernel.dmesg_restrict=0); None where it is not."""
+    try:
+        out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    name = re.escape(Path(tool).name[:15])  # the kernel's comm is 15 characters at most
+    lines = [ln.strip() for ln in out.stdout.splitlines()
+             if re.search(rf"{name}\[\d+\]", ln) and re.search(r"trap|segfault|general protection", ln)]
+    return lines[-1] if lines else None
+
+
+def _run(tool: str, cmd: list[str], log: Path, env: dict | None = None, check=None) -> SmokeResult:
+    t0 = time.monotonic()
+    with open(log, "w") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL, text=True,
+                                  timeout=TIMEOUT_S, env=env)
+        except subprocess.TimeoutExpired:
+            return SmokeResult(tool, False, " ".join(cmd), time.monotonic() - t0,
+                               reason=f"{tool} did not finish within {TIMEOUT_S:.0f} s", log=str(log))
+        fh.write(proc.stdout)
+    seconds = time.monotonic() - t0
+    text = log.read_text(errors="replace")
+    problem = None if proc.returncode != 0 else (check(proc.stdout, text) if check else None)
+    if proc.returncode == 0 and problem is None:
+        return SmokeResult(tool, True, " ".join(cmd), seconds, 0, log=str(log))
+    sig = signal_of(proc.returncode)
+    reason = problem or diagnose(tool, proc.returncode, text).reason
+    return SmokeResult(tool, False, " ".join(cmd), seconds, proc.returncode, sig.name if sig else None, reason,
+                       kernel_words(cmd[0]) if sig else None, str(log))
+
+
+def _server(binary: Path, model: Path, threads: int, log: Path) -> SmokeResult:
+    """llama-server started as a bench job starts it, asked for a few tokens, stopped."""
+    from llmbench.backend import BackendError, EngineFailed
+    from llmbench.llama_server import LlamaServer, LlamaServerSettings
+
+    settings = LlamaServerSettings(binary=binary, model=model, threads=threads, ctx_size=256, start_timeout_s=60,
+                                   request_timeout_s=60)
+    log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    try:
+        with LlamaServer(settings, log) as server:
+            server.generate("Hello", 4, 0.0, 1)
+    except BackendError as e:
+        d = e.diagnosis if isinstance(e, EngineFailed) else diagnose("llama-server", None, str(e))
+        return SmokeResult("llama-server", False, f"{binary} (started as a bench job starts it)",
+                           time.monotonic() - t0, None, d.signal, d.reason,
+                           kernel_words(str(binary)) if d.signal else None, str(log))
+    return SmokeResult("llama-server", True, f"{binary} (started as a bench job starts it)", time.monotonic() - t0,
+                       log=str(log))
+
+
+def _json_line(stdout: str, _log: str) -> str | None:
+    return None if '"avg_ts"' in stdout else "llama-bench printed no result line"
+
+
+def _perplexity_done(_stdout: str, log: str) -> str | None:
+    return None if "Final estimate" in log else "llama-perplexity printed no final estimate"
+
+
+def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.executable) -> list[SmokeResult]:
+    """Run each built tool of ``bin_dir`` on the tiny model with ``threads`` threads (at least 2: the AMX fault is
+    on worker threads); the results in tool order, every tool run even after one failed."""
+    bin_dir, workdir = Path(bin_dir).absolute(), Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = smoke_model(workdir)
+    threads = str(max(2, threads))
+    corpus = workdir / "smoke-text.txt"
+    corpus.write_text(SMOKE_TEXT + "\n")
+    results = [
+        _run("llama-quantize", [str(bin_dir / "llama-quantize"), "--allow-requantize", str(model),
+                                str(workdir / "requantized-Q8_0.gguf"), "Q8_0", threads], workdir / "quantize.log"),
+        _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "16", "-n", "4", "-r", "1",
+                             "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
+        _run("llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus),
+                                  "-c", "32", "-b", "32", "--chunks", "2", "-t", threads], workdir / "perplexity.log",
+             check=_perplexity_done),
+        _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    binding = _run("llama-cpp-python", [python, "-c", _BINDING_CHECK, str(model), str(bin_dir), threads],
+                   workdir / "llama-cpp-python.log", env=env)
+    if binding.returncode == 3:  # the binding is not installed here: nothing of this build to prove
+        binding = SmokeResult("llama-cpp-python", True, binding.command, binding.seconds, 3,
+                              reason="not checked: llama-cpp-python is not installed in this environment",
+                              log=binding.log)
+    return [*results, binding]
+
+
+def first_crash(results: list[SmokeResult]) -> SmokeResult | None:
+    """The first tool that a signal ended (SIGILL, SIGSEGV, SIGBUS: an instruction or code path this CPU cannot
+    run), or None. Other failures are not the CPU's: they fail the build with their diagnosis."""
+    for r in results:
+        if not r.ok and r.signal in ("SIGILL", "SIGSEGV", "SIGBUS"):
+            return r
+    return None
