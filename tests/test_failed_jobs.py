@@ -126,3 +126,29 @@ def test_failed_groups_keep_their_reason_in_stats_and_costs_beside_other_results
     costs = {r["quant"]: r for r in cost_table(runs, 0.14, []).iter_rows(named=True)}
     assert costs["Q4_0"]["j_per_token"] == pytest.approx(0.5)
     assert costs["Q8_0"]["j_per_token"] is None and costs["Q8_0"]["not_run_reason"] == "out of memory: the fix"
+
+
+def test_the_run_summary_lists_every_failed_measurement_with_its_kind_and_reason(tmp_path):
+    from llmbench.accuracy import not_asked
+    from llmbench.failures import failed_measurements, summary
+    from llmbench.perplexity import failed_kld_row
+
+    plan = RunPlan("llama-server", "m", "Q8_0", "none", (), 2, 0, 0.0, 0.7, 1, 81, 1, 2)
+    runs = pl.concat([ok_rows("llama-server", "Q4_0", [10.0]),
+                      failed_run(plan, "llama-server died by SIGILL", "illegal_instruction", "SIGILL")])
+    runs.write_parquet(tmp_path / "runs.parquet")
+    pl.DataFrame([failed_kld_row("m", "Q2_K", "llama-perplexity was killed (SIGKILL)")]).write_parquet(
+        tmp_path / "kld.parquet")
+    group = {"tool": "ollama", "model": "m", "quant": "Q4_0", "split": "none"}
+    not_asked(group, "out of host memory: …", "failed").write_parquet(tmp_path / "acc-failed.parquet")
+    not_asked(group, "Ollama is not installed here").write_parquet(tmp_path / "acc-skipped.parquet")
+
+    failed = failed_measurements(tmp_path / "runs.parquet", [tmp_path / "kld.parquet"],
+                                 [tmp_path / "acc-failed.parquet", tmp_path / "acc-skipped.parquet",
+                                  tmp_path / "absent.parquet"])
+    assert failed["measurement"].to_list() == ["bench", "accuracy", "kld"]
+    text = summary(failed)
+    assert text.startswith("3 measurement(s) failed")
+    assert "bench llama-server × m × Q8_0 [illegal_instruction]: llama-server died by SIGILL" in text
+    assert "kld m × Q2_K: llama-perplexity was killed (SIGKILL)" in text and "not installed" not in text
+    assert failed_measurements(None, [], []).height == 0

@@ -47,5 +47,13 @@ def test_every_quant_is_scored_on_the_reference_tokens():
 
 def test_failed_run_names_its_log(tmp_path):
     log = tmp_path / "kld.log"
-    with pytest.raises(PerplexityError, match=f"exited with 1; log {log}"):
+    with pytest.raises(PerplexityError, match=f"llama-perplexity exited with code 1; see the engine log \\(log {log}\\)"):
         run_logged(["false"], log)
+
+
+def test_a_perplexity_run_ended_by_a_signal_is_named_for_it(tmp_path):
+    standin = tmp_path / "standin-llama-perplexity"  # a stand-in that dies as the AMX build did
+    standin.write_text("#!/bin/sh\nkill -ILL $$\n")
+    standin.chmod(0o755)
+    with pytest.raises(PerplexityError, match=r"died by SIGILL \(illegal instruction\): this llama.cpp build uses"):
+        run_logged([str(standin)], tmp_path / "kld.log")

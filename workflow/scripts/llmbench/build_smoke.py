@@ -145,7 +145,7 @@ def _perplexity_done(_stdout: str, log: str) -> str | None:
 def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.executable) -> list[SmokeResult]:
     """Run each built tool of ``bin_dir`` on the tiny model with ``threads`` threads (at least 2: the AMX fault is
     on worker threads); the results in tool order, every tool run even after one failed."""
-    bin_dir, workdir = Path(bin_dir).absolute(), Path(workdir).absolute()
+    bin_dir, workdir = Path(bin_dir), Path(workdir)  # as given (relative to the study): build.json is shared
     workdir.mkdir(parents=True, exist_ok=True)
     model = smoke_model(workdir)
     threads = str(max(2, threads))

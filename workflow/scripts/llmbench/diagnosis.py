@@ -35,6 +35,8 @@ CONTEXT_EXCEEDED = "context_size_exceeded"
 CORRUPT_FILE = "corrupt_model_file"
 EXITED = "exited"
 
+# Engines that run this workflow's own llama.cpp build: an illegal instruction there is fixed by rebuilding it.
+LLAMA_CPP_ENGINES = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-cpp-python")
 REBUILD_FIX = (
     "this llama.cpp build uses an instruction this CPU cannot run: set llama_cpp.cpu_build: portable (ggml's "
     "runtime CPU dispatch, as llama.cpp's release binaries) or list the extension in llama_cpp.exclude_cpu_features "
@@ -177,8 +179,10 @@ def diagnose(engine: str, returncode: int | None = None, log_text: str = "", mod
                          found[1], _name(sig))
 
     if sig == signal.SIGILL:
-        return Diagnosis(ILLEGAL_INSTRUCTION, f"{engine} died by SIGILL (illegal instruction): {REBUILD_FIX}",
-                         None, "SIGILL")
+        fix = REBUILD_FIX if engine in LLAMA_CPP_ENGINES else (
+            f"this {engine} uses an instruction this CPU cannot run: install a build of it made for this CPU "
+            "(or report it to its maintainers with the log)")
+        return Diagnosis(ILLEGAL_INSTRUCTION, f"{engine} died by SIGILL (illegal instruction): {fix}", None, "SIGILL")
     if sig == signal.SIGKILL:
         return Diagnosis(KILLED, f"{engine} was killed (SIGKILL), most often by the kernel's out-of-memory killer "
                          f"(host RAM; `dmesg` says 'Out of memory: Killed process'); {HOST_OOM_FIX}", None, "SIGKILL")

@@ -220,7 +220,11 @@ def derive_quant(
         log.flush()
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            raise RuntimeError(f"llama-quantize {quant} of {src} failed with exit {proc.returncode}; see {log.name}")
+            from llmbench.diagnosis import diagnose
+
+            log.flush()
+            found = diagnose("llama-quantize", proc.returncode, Path(log.name).read_text(errors="replace"), src)
+            raise RuntimeError(f"llama-quantize {quant} of {src}: {found.reason} (log {log.name})")
         info = check_gguf(part)
         digest = sha256_file(part)
     parent = json.loads(Path(src_record).read_text())

@@ -14,7 +14,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, free_port, stop_process
+from llmbench.backend import (
+    BackendError,
+    Engine,
+    Generation,
+    ToolUnavailable,
+    engine_failure,
+    free_port,
+    log_tail,
+    stop_process,
+)
 from llmbench.diagnosis import EXITED, diagnose
 from llmbench.models import split_count
 
@@ -107,7 +116,8 @@ class OllamaBackend(Engine):
         last = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise BackendError(f"`ollama serve` exited with code {self.proc.returncode}; log: {self.log_path}")
+                found = diagnose("`ollama serve`", self.proc.returncode, log_tail(self.log_path, 60))
+                raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (log {self.log_path})"))
             try:
                 self.version = self.client._client.get("/api/version").json().get("version")
                 return

@@ -80,6 +80,15 @@ def run_logged(cmd: list[str], log_path: Path) -> str:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     text = Path(log_path).read_text(errors="replace")
     if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-12:])
-        raise PerplexityError(f"llama-perplexity exited with {proc.returncode}; log {log_path}:\n{tail}")
+        from llmbench.diagnosis import diagnose
+
+        raise PerplexityError(f"{diagnose('llama-perplexity', proc.returncode, text).reason} (log {log_path})")
     return text
+
+
+def failed_kld_row(model: str, quant: str, reason: str, reference: dict | None = None) -> dict:
+    """A quant's KLD row when its measurement failed: every value null, the reason kept (the table shows it)."""
+    values = {c: None for c in (*REQUIRED, "kld_p99")}
+    return {"model": model, "quant": quant, "reference_quant": (reference or {}).get("reference_quant"),
+            "corpus_sha256": (reference or {}).get("corpus_sha256"), **values, "status": "failed",
+            "kld_null_reason": reason}

@@ -15,7 +15,7 @@ import polars as pl
 
 from llmbench.accuracy import accuracy_table
 from llmbench.costs import _md_table, energy_per_token, fmt, usd_per_1m_tokens
-from llmbench.models import check_gguf
+from llmbench.models import CorruptModelError, check_gguf
 from llmbench.plots import OKABE_ITO
 from llmbench.quants import KNOWN_QUANTS, NOMINAL_BITS_PER_WEIGHT
 from llmbench.synthetic import QUALITY_NULL_REASON
@@ -30,8 +30,13 @@ FRONTIER_NOTE = "Filled and joined: the Pareto frontier (no other quant is both 
 
 def file_facts(files: dict[tuple[str, str], Path]) -> pl.DataFrame:
     """Size and weight count of each (model, quant) file; bits per weight measured from the file, header included."""
-    rows = [{"model": m, "quant": q, "file_bytes": (i := check_gguf(p))["bytes"], "weights": i["weights"]}
-            for (m, q), p in files.items()]
+    rows = []
+    for (m, q), p in files.items():
+        try:
+            info = check_gguf(p)
+        except CorruptModelError:  # its jobs' failed rows say why; the table is made for every other file
+            info = {"bytes": None, "weights": None}
+        rows.append({"model": m, "quant": q, "file_bytes": info["bytes"], "weights": info["weights"]})
     return pl.DataFrame(rows, schema=FILE_SCHEMA).with_columns(
         (pl.col("file_bytes") * 8 / pl.col("weights")).alias("bits_per_weight"))
 
@@ -79,7 +84,11 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
     """One row per model × quant known to any input, quants by bits per weight within a model (coarsest first)."""
     speed = _speed(runs, speed_tool, usd_per_kwh)
     acc = _accuracy(accuracy)
-    frames = [files.select(*KEY, "file_bytes", "bits_per_weight"), speed, kld.select(*KEY, *KLD_COLUMNS), acc]
+    # A failed KLD job leaves its row with the reason; KLD files written before that column have none.
+    kld = kld.with_columns(pl.lit(None, pl.String).alias(c) for c in ("kld_null_reason",) if c not in kld.columns)
+    kld = kld.with_columns(pl.lit(None, pl.String).alias(c) for c in KLD_COLUMNS if c not in kld.columns)
+    frames = [files.select(*KEY, "file_bytes", "bits_per_weight"), speed,
+              kld.select(*KEY, *KLD_COLUMNS, "kld_null_reason"), acc]
     table = pl.concat([f.select(KEY) for f in frames]).unique()
     for f in frames:
         table = table.join(f, on=KEY, how="left")
@@ -98,7 +107,7 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
     acc_cols = [c for c in acc.columns if c not in KEY]
     return table.select(*KEY, "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
                         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
-                        *KLD_COLUMNS, "quality_null_reason", *acc_cols)
+                        *KLD_COLUMNS, "kld_null_reason", "quality_null_reason", *acc_cols)
 
 
 def _synthetic_models(runs: pl.DataFrame) -> pl.Series:
@@ -135,6 +144,8 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
                                              if r["energy_is_estimate"] else "")
         kld = pm(r["kld_mean"], r["kld_mean_unc"], 4) or ("reference" if r["quant"] == r["reference_quant"]
                                                           else "not measured")
+        if r.get("kld_null_reason") and r["kld_mean"] is None:
+            kld = f"failed {note(r['kld_null_reason'])}"
         synthetic = r.get("quality_null_reason")
         if synthetic:
             kld = f"not measured {note(synthetic)}"

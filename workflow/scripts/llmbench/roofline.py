@@ -80,8 +80,15 @@ def _traffic(path: str | Path) -> dict[str, Any]:
 
 
 def traffic_table(files: Mapping[tuple[str, str], Path]) -> pl.DataFrame:
-    rows = [{"model": m, "quant": q, **{k: v for k, v in gguf_traffic(p).items() if k in TRAFFIC_SCHEMA}}
-            for (m, q), p in files.items()]
+    """Bytes per token of each (model, quant) file; a file the check proves damaged gets a null with the reason,
+    so that the table is made for every other file (the damaged one's bench jobs say the same)."""
+    rows = []
+    for (m, q), p in files.items():
+        try:
+            facts = gguf_traffic(p)
+        except CorruptModelError as e:
+            facts = {"bytes_null_reason": f"not read: {e}"}
+        rows.append({"model": m, "quant": q, **{k: v for k, v in facts.items() if k in TRAFFIC_SCHEMA}})
     return pl.DataFrame(rows, schema=TRAFFIC_SCHEMA)
 
 
