@@ -9,6 +9,7 @@ in tests/test_workflow.py.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import tarfile
 import textwrap
@@ -160,3 +161,20 @@ def test_a_tool_failing_without_a_signal_fails_the_build_with_its_reason(tmp_pat
     with pytest.raises(BuildError, match=r"native build of llama.cpp does not run here: llama-perplexity: "
                                          r"llama-perplexity exited with code 1"):
         run_build(tmp_path, {"native": broken}, AMX_CPU)
+
+
+def test_the_kernels_words_are_read_for_that_process(tmp_path, monkeypatch):
+    # A stand-in dmesg printing the kernel's line for the AMX fault (its format: arch/x86/kernel/traps.c).
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_text("#!/bin/sh\n"
+                     "echo '[  12.0] traps: llama-bench[4101] trap invalid opcode ip:7f sp:7ffd error:0 in "
+                     "libggml-cpu.so[7f+9000]'\n"
+                     "echo '[  13.0] traps: llama-bench[4242] trap invalid opcode ip:7f sp:7ffd error:0 in "
+                     "libggml-cpu.so[7f+9000]'\n")
+    dmesg.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    from llmbench.build_smoke import kernel_words
+
+    assert "llama-bench[4101] trap invalid opcode" in kernel_words("bin/llama-bench", 4101)
+    assert "[4242]" in kernel_words("bin/llama-bench")
+    assert kernel_words("bin/llama-server", 4101) is None

@@ -98,6 +98,9 @@ def cmake_configure_args(source: Path, build_dir: Path, spec: BuildSpec, target:
         # The server's web UI would otherwise be fetched from the hub at build time.
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_OPENSSL=OFF",
+        # The tools find their libraries beside them ($ORIGIN), by whatever path the build is reached (the
+        # tests link it into each study's resources), not by the absolute path it was built under.
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
     ]
     if spec.cuda:
         args.append("-DCMAKE_CUDA_ARCHITECTURES=native")
@@ -169,7 +172,17 @@ def next_target(target: CpuTarget, crash, flags: set[str]) -> tuple[CpuTarget, d
 
 
 def compile_llama_cpp(source: Path, build_dir: Path, spec: BuildSpec, target: CpuTarget, jobs: int, log) -> list[str]:
-    """Configure and build the tools for ``target``; return the configure command."""
+    """Configure and build the tools for ``target``; return the configure command.
+
+    CMake is given the real paths: a build reached through a symlink (the tests link one build into each study)
+    is then the same build whichever way it is reached; a cache made under another path is configured afresh.
+    """
+    source, build_dir = Path(source).resolve(), Path(build_dir).resolve()
+    made_in = _cmake_cache(build_dir / "CMakeCache.txt").get("CMAKE_CACHEFILE_DIR")
+    if made_in is not None and Path(made_in) != build_dir:
+        log.write(f"the CMake cache was made in {made_in}: configuring {build_dir} afresh\n")
+        (build_dir / "CMakeCache.txt").unlink()
+        shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
     configure = cmake_configure_args(source, build_dir, spec, target)
     run_logged(configure, log)
     run_logged(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *TOOLS], log)
@@ -191,6 +204,9 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
     if spec.cuda and shutil.which("nvcc") is None:
         raise BuildError("llama_cpp.cuda is 'on' but nvcc is not on PATH: install the CUDA toolkit or set cuda: off")
     flags = cpu_flags() if flags is None else flags
+    if spec.exclude_cpu_features and platform.machine().lower() not in ("x86_64", "amd64", "i686"):
+        raise BuildError(f"llama_cpp.exclude_cpu_features {list(spec.exclude_cpu_features)} name x86-64 extensions, "
+                         f"but this machine is {platform.machine()}: drop the key (or use cpu_build: portable)")
     source = extract_sdist(sdist, source_dir)
     target, turned_off, attempts = spec.cpu_target, [], []
     while True:

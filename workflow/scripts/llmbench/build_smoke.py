@@ -75,9 +75,10 @@ def smoke_model(workdir: Path) -> Path:
     return path
 
 
-def kernel_words(tool: str) -> str | None:
-    """The kernel's own lines about a trapped process (``traps: NAME[PID] trap invalid opcode … in lib…``), where
-    the kernel log is readable (dmesg needs CAP_SYSLOG or kernel.dmesg_restrict=0); None where it is not."""
+def kernel_words(tool: str, pid: int | None = None) -> str | None:
+    """The kernel's own line about a trapped process (``traps: NAME[PID] trap invalid opcode … in lib…``), of that
+    pid where known, where the kernel log is readable (dmesg needs CAP_SYSLOG or kernel.dmesg_restrict=0); None
+    where it is not, or says nothing."""
     try:
         out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -85,8 +86,10 @@ def kernel_words(tool: str) -> str | None:
     if out.returncode != 0:
         return None
     name = re.escape(Path(tool).name[:15])  # the kernel's comm is 15 characters at most
+    number = str(pid) if pid is not None else r"\d+"
+    who = rf"{name}\[{number}\]"
     lines = [ln.strip() for ln in out.stdout.splitlines()
-             if re.search(rf"{name}\[\d+\]", ln) and re.search(r"trap|segfault|general protection", ln)]
+             if re.search(who, ln) and re.search(r"trap|segfault|general protection", ln)]
     return lines[-1] if lines else None
 
 
@@ -95,22 +98,24 @@ def _run(tool: str, cmd: list[str], log: Path, env: dict | None = None, check=No
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL, text=True, env=env)
         try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL, text=True,
-                                  timeout=TIMEOUT_S, env=env)
+            stdout, _ = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             return SmokeResult(tool, False, " ".join(cmd), time.monotonic() - t0,
                                reason=f"{tool} did not finish within {TIMEOUT_S:.0f} s", log=str(log))
-        fh.write(proc.stdout)
+        fh.write(stdout)
     seconds = time.monotonic() - t0
     text = log.read_text(errors="replace")
-    problem = None if proc.returncode != 0 else (check(proc.stdout, text) if check else None)
+    problem = None if proc.returncode != 0 else (check(stdout, text) if check else None)
     if proc.returncode == 0 and problem is None:
         return SmokeResult(tool, True, " ".join(cmd), seconds, 0, log=str(log))
     sig = signal_of(proc.returncode)
     reason = problem or diagnose(tool, proc.returncode, text).reason
     return SmokeResult(tool, False, " ".join(cmd), seconds, proc.returncode, sig.name if sig else None, reason,
-                       kernel_words(cmd[0]) if sig else None, str(log))
+                       kernel_words(cmd[0], proc.pid) if sig else None, str(log))
 
 
 def _server(binary: Path, model: Path, threads: int, log: Path) -> SmokeResult:
