@@ -155,4 +155,6 @@ def ask_all(engine, questions: list[Question], seed: int, group: dict[str, str])
 def not_asked(group: dict[str, str], reason: str, status: str = "skipped") -> pl.DataFrame:
     """One row saying the tool could not run here (``skipped``) or its engine failed (``failed``), so that the
     table lists it with the reason."""
-    return pl.DataFrame([{**group, "status": status, "status_reason": reason}], schema=ANSWER_SCHEMA)
+    from llmbench.runs import shareable_reason
+
+    return pl.DataFrame([{**group, "status": status, "status_reason": shareable_reason(reason)}], schema=ANSWER_SCHEMA)

@@ -88,7 +88,9 @@ def run_logged(cmd: list[str], log_path: Path) -> str:
 
 def failed_kld_row(model: str, quant: str, reason: str, reference: dict | None = None) -> dict:
     """A quant's KLD row when its measurement failed: every value null, the reason kept (the table shows it)."""
+    from llmbench.runs import shareable_reason
+
     values = {c: None for c in (*REQUIRED, "kld_p99")}
     return {"model": model, "quant": quant, "reference_quant": (reference or {}).get("reference_quant"),
             "corpus_sha256": (reference or {}).get("corpus_sha256"), **values, "status": "failed",
-            "kld_null_reason": reason}
+            "kld_null_reason": shareable_reason(reason)}
