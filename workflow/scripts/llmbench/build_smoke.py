@@ -22,8 +22,10 @@ from pathlib import Path
 from llmbench.diagnosis import diagnose, signal_of
 
 SMOKE_SHAPE, SMOKE_QUANT, SMOKE_SEED = "llama-tiny", "Q4_0", 0
-# Byte-level vocabulary: about one token per byte, enough for two perplexity chunks of 32 tokens.
-SMOKE_TEXT = ("The quick brown fox jumps over the lazy dog while the build is checked on this machine. " * 8).strip()
+# Enough tokens for two perplexity chunks of 64 tokens, whatever the tiny vocabulary merges.
+SMOKE_TEXT = ("The quick brown fox jumps over the lazy dog while the build is checked on this machine. " * 24).strip()
+# A prompt of about 160 tokens: its prefill runs batched matrix products, as a bench job's prompts do.
+SMOKE_PROMPT = SMOKE_TEXT[:160]
 TIMEOUT_S = 120.0
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -34,9 +36,9 @@ from pathlib import Path
 from llmbench.backend import ToolUnavailable
 from llmbench.llama_cpp_python_backend import LlamaCppPython
 try:
-    engine = LlamaCppPython(Path(sys.argv[1]), Path(sys.argv[2]), threads=int(sys.argv[3]), ctx_size=128)
+    engine = LlamaCppPython(Path(sys.argv[1]), Path(sys.argv[2]), threads=int(sys.argv[3]), ctx_size=512)
     with engine:
-        g = engine.generate("Hello", 4, 0.0, 1)
+        g = engine.generate(sys.argv[4], 4, 0.0, 1)
 except ToolUnavailable as e:
     print("not installed:", e)
     sys.exit(3)
@@ -123,13 +125,13 @@ def _server(binary: Path, model: Path, threads: int, log: Path) -> SmokeResult:
     from llmbench.backend import BackendError, EngineFailed
     from llmbench.llama_server import LlamaServer, LlamaServerSettings
 
-    settings = LlamaServerSettings(binary=binary, model=model, threads=threads, ctx_size=256, start_timeout_s=60,
+    settings = LlamaServerSettings(binary=binary, model=model, threads=threads, ctx_size=512, start_timeout_s=60,
                                    request_timeout_s=60)
     log.unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
         with LlamaServer(settings, log) as server:
-            server.generate("Hello", 4, 0.0, 1)
+            server.generate(SMOKE_PROMPT, 4, 0.0, 1)
     except BackendError as e:
         d = e.diagnosis if isinstance(e, EngineFailed) else diagnose("llama-server", None, str(e))
         return SmokeResult("llama-server", False, f"{binary} (started as a bench job starts it)",
@@ -159,15 +161,16 @@ def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.exe
     results = [
         _run("llama-quantize", [str(bin_dir / "llama-quantize"), "--allow-requantize", str(model),
                                 str(workdir / "requantized-Q8_0.gguf"), "Q8_0", threads], workdir / "quantize.log"),
-        _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "16", "-n", "4", "-r", "1",
+        # A prefill of 64 tokens: batched matrix products, where ggml takes its AMX (and other batched) kernels.
+        _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "64", "-n", "8", "-r", "1",
                              "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
         _run("llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus),
-                                  "-c", "32", "-b", "32", "--chunks", "2", "-t", threads], workdir / "perplexity.log",
+                                  "-c", "64", "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log",
              check=_perplexity_done),
         _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    binding = _run("llama-cpp-python", [python, "-c", _BINDING_CHECK, str(model), str(bin_dir), threads],
+    binding = _run("llama-cpp-python", [python, "-c", _BINDING_CHECK, str(model), str(bin_dir), threads, SMOKE_PROMPT],
                    workdir / "llama-cpp-python.log", env=env)
     if binding.returncode == 3:  # the binding is not installed here: nothing of this build to prove
         binding = SmokeResult("llama-cpp-python", True, binding.command, binding.seconds, 3,
