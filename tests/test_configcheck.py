@@ -85,3 +85,110 @@ def test_snakemake_fails_before_any_job_on_a_bad_config(tmp_path):
     assert "'Q9_K' is not allowed" in out
     assert "Job stats" not in out
     assert not (tmp_path / "resources").exists()
+
+
+CASES = REPO / "tests/data/cases"
+
+
+def test_gpt_oss_mxfp4_case_is_valid(schema):
+    # c16: gpt-oss's native MXFP4 (llama.cpp PR #15091), published as a file: a type gguf knows, so the config runs.
+    cfg = validate_config(yaml.safe_load((CASES / "c16_config_mxfp4_gptoss.yaml").read_text()), schema)
+    assert cfg["models"]["gpt-oss-20b"]["quants"] == ["MXFP4"]
+
+
+def hf_files_config(quants: list[str]) -> dict:
+    cfg = yaml.safe_load((CASES / "c16_config_mxfp4_gptoss.yaml").read_text())
+    model = cfg["models"]["gpt-oss-20b"]
+    model["source"]["files"] = {q: {"filename": f"model-{q}.gguf"} for q in quants}
+    model["quants"] = list(quants)
+    return cfg
+
+
+@pytest.mark.parametrize("quant", ["MXFP4", "TQ2_0", "IQ4_NL", "NVFP4", "Q1_0", "MXFP4_MOE"])
+def test_every_type_gguf_knows_validates_as_a_published_file(schema, quant):
+    cfg = hf_files_config([quant])
+    cfg["tools"]["llama-bench"]["quants"] = [quant]
+    validate_config(cfg, schema)
+
+
+@pytest.mark.parametrize("quant", ["TQ2_0", "IQ4_NL", "MXFP4_MOE", "Q1_0"])
+def test_types_llama_quantize_makes_validate_in_a_derived_ladder(default_config, schema, quant):
+    default_config["models"]["smollm2-135m"]["quants"].append(quant)
+    validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize(
+    "where, mutate",
+    [
+        ("models.smollm2-135m.quants[8]", lambda c: c["models"]["smollm2-135m"]["quants"].append("Q5_K_Z")),
+        ("tools.ollama.quants[2]", lambda c: c["tools"]["ollama"]["quants"].append("Q5_K_Z")),
+    ],
+    ids=["model-quants", "tool-quants"],
+)
+def test_unknown_quant_is_refused_naming_the_allowed_ones_and_the_fix(default_config, schema, where, mutate):
+    mutate(default_config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(default_config, schema)
+    msg = str(err.value)
+    assert f"{where} = 'Q5_K_Z' is not allowed; allowed: " in msg
+    assert "MXFP4" in msg and "Q4_K_M" in msg and "did you mean Q5_K_S or Q5_K_M" in msg
+    assert "correct the name, or pin a gguf that knows the type" in msg
+
+
+def test_unknown_published_file_type_is_refused(schema):
+    with pytest.raises(ConfigError, match=r"models\.gpt-oss-20b\.source\.files\.MXFP5: 'MXFP5' is not allowed; "
+                                          r"allowed: .*MXFP4"):
+        validate_config(hf_files_config(["MXFP5"]), schema)
+
+
+def test_unknown_quant_is_named_even_beside_schema_errors(default_config, schema):
+    default_config["models"]["smollm2-135m"]["quants"].append("Q5_K_Z")
+    default_config["bench"]["repetitions"] = 0
+    with pytest.raises(ConfigError, match=r"(?s)bench\.repetitions = 0 is too small.*'Q5_K_Z' is not allowed"):
+        validate_config(default_config, schema)
+
+
+def test_derived_ladder_refuses_a_type_llama_quantize_cannot_make(default_config, schema):
+    default_config["models"]["smollm2-135m"]["quants"].append("MXFP4")
+    with pytest.raises(ConfigError) as err:
+        validate_config(default_config, schema)
+    msg = str(err.value)
+    assert "models.smollm2-135m.quants: 'MXFP4' cannot be derived from the model's source file: llama-quantize" in msg
+    assert "cannot make MXFP4" in msg and "source.files" in msg and "MXFP4_MOE" in msg
+
+
+def ollama_config(tag) -> dict:
+    cfg = load_config("llama31-quantfactory.yaml")
+    cfg["models"]["ollama-llama3.2-1b"]["source"]["tag"] = tag
+    return cfg
+
+
+@pytest.mark.parametrize("tag", [
+    "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+    "llama3.1:8b",
+    "library/llama3.1:70b-instruct-q4_0",
+    "registry.ollama.ai/library/llama3.2",
+    "llama3.2",
+    "https://registry.ollama.ai/library/llama3.2:1b",
+    "Mistral:7B",
+])
+def test_every_ollama_model_name_is_accepted(schema, tag):
+    validate_config(ollama_config(tag), schema)
+
+
+@pytest.mark.parametrize("tag, why", [
+    ("hf.co/llama3:8b", r"its namespace 'hf\.co' has a '\.'"),
+    ("a/b/c/d:1", r"it has 4 parts separated by '/'"),
+    ("llama3:", r"its tag after ':' is empty"),
+    ("localhost:11434/llama3", r"':' may only separate the tag"),
+    ("llama3..1:8b", r"it has two '\.' in a row"),
+    ("llama 3:8b", r"its model 'llama 3' is empty or has a character other than"),
+    ("/llama3", r"its namespace '' is empty"),
+    ("llama3:8b+Q4_0", r"it names a build \(\+\.\.\.\) or a digest"),
+    ("m" * 129, r"it has 129 characters; Ollama takes at most 128"),
+    ("", r"it is empty"),
+])
+def test_bad_ollama_model_name_is_refused_with_the_reason(schema, tag, why):
+    with pytest.raises(ConfigError, match=rf"models\.ollama-llama3\.2-1b\.source\.tag = .* is not an Ollama model "
+                                          rf"name: {why}.*Write \[host/\]\[namespace/\]model\[:tag\]"):
+        validate_config(ollama_config(tag), schema)

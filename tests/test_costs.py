@@ -223,3 +223,12 @@ def test_cost_tables_are_written_as_csv_and_markdown(tmp_path):
     assert {"usd_per_1m_tokens_median", "usd_per_1m_tokens_iqr", "usd_per_1m_tokens_mean", "usd_per_1m_tokens_sd",
             "reported_rule", "GPT-4o output usd_per_1m (2024-10)"} <= set(csv.columns)
     assert (tmp_path / "c.md").read_text().startswith("# Cost per 1M generated tokens")
+
+
+def test_the_measurement_boundary_is_named_in_the_table():
+    measured = runs([100.0, 300.0]).with_columns(pl.lit("CPU package+DRAM (RAPL)").alias("energy_boundary"))
+    table = cost_table(measured, 0.14, CLOUD)
+    assert table["energy_boundary"].to_list() == ["CPU package+DRAM (RAPL)"]
+    assert "Energy measured at: CPU package+DRAM (RAPL)." in render_markdown(table, 0.14, "", CLOUD)
+    # Rows from before the boundary was recorded: no column, no line.
+    assert "Energy measured at" not in render_markdown(cost_table(runs([100.0, 300.0]), 0.14, CLOUD), 0.14, "", CLOUD)

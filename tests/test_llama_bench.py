@@ -1,9 +1,12 @@
 """llama-bench backend: its real -o jsonl output (recorded from this project's build) parsed by field name.
 
 Run tests use a stand-in executable for llama-bench (a small Python script, named as such) that replays the
-recorded output and the real probe log, or prints llama.cpp's out-of-memory lines and fails.
+recorded output and the real probe log, or prints llama.cpp's out-of-memory lines and fails, or prints the
+recorded output cut short.
 """
 
+import dataclasses
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 from conftest import REPO
 from llmbench.backend import BackendError, OutOfMemory
 from llmbench.llama_bench import (
+    IncompleteBenchOutput,
     LlamaBenchSettings,
     bench_command,
     parse_jsonl,
@@ -96,7 +100,8 @@ def test_rows_carry_the_offload_read_from_the_probe(tmp_path):
             sys.stderr.write(open({str(REPO / "tests/data/llama_bench_probe_cpu.log")!r}).read())
         sys.stdout.write(open({str(REPO / "tests/data/llama_bench.jsonl")!r}).read())
     """)
-    s = LlamaBenchSettings(binary=exe, model=tmp_path / "m.gguf", n_gpu_layers="auto")
+    s = LlamaBenchSettings(binary=exe, model=tmp_path / "m.gguf", n_prompt=32, n_gen=16, repetitions=3,
+                           n_gpu_layers="auto")
     plan = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.0, 0.7, 1, "auto", 0, 2)
     rows = run_llama_bench(s, plan, tmp_path / "bench.engine.log")
     assert rows.height == sum(len(t["samples_ns"]) for t in recorded())
@@ -124,3 +129,63 @@ def test_out_of_memory_is_out_of_memory_and_other_failures_stay_errors(tmp_path)
     with pytest.raises(BackendError, match=r"^llama-bench could not load the model \(exit code 1\): it logged") as e:
         run_llama_bench(LlamaBenchSettings(binary=other, model=tmp_path / "m.gguf"), PLAN, tmp_path / "b.log")
     assert not isinstance(e.value, OutOfMemory)
+
+
+RECORDED = (REPO / "tests/data/llama_bench.jsonl").read_text()
+WHOLE = LlamaBenchSettings(binary=Path("llama-bench"), model=Path("m.gguf"), n_prompt=32, n_gen=16, repetitions=3)
+
+
+def cut_outputs() -> dict[str, str]:
+    """The recorded output, cut short in each way an interrupted run leaves it."""
+    pp, tg = RECORDED.splitlines()
+    no_samples = json.loads(tg)
+    del no_samples["samples_ns"], no_samples["samples_ts"]
+    fewer = json.loads(tg) | {"samples_ns": json.loads(tg)["samples_ns"][:2], "samples_ts": json.loads(tg)["samples_ts"][:2]}
+    return {"tg line missing": pp + "\n", "tg line broken": pp + "\n" + tg[: len(tg) // 2],
+            "tg line without samples": pp + "\n" + json.dumps(no_samples) + "\n",
+            "fewer samples than repetitions": pp + "\n" + json.dumps(fewer) + "\n", "nothing": ""}
+
+
+@pytest.mark.parametrize("cut", list(cut_outputs()))
+def test_an_output_cut_short_is_incomplete(cut):
+    with pytest.raises(IncompleteBenchOutput):
+        parse_jsonl(cut_outputs()[cut], WHOLE)
+    assert len(parse_jsonl(RECORDED, WHOLE)) == 2
+
+
+def test_a_line_without_samples_never_becomes_half_a_row():
+    t = {k: v for k, v in recorded()[1].items() if k not in ("samples_ns", "samples_ts")}
+    with pytest.raises(IncompleteBenchOutput, match="has no samples"):
+        samples_to_rows([recorded()[0], t], PLAN)
+
+
+def replaying(tmp_path: Path, outputs: list[str]) -> Path:
+    """A stand-in that prints ``outputs[i]`` on its i-th measured run (the probe, with -v, prints the probe log)."""
+    count = tmp_path / "runs"
+    return standin(tmp_path, f"""
+        import pathlib, sys
+        if "-v" in sys.argv:
+            sys.stderr.write(open({str(REPO / "tests/data/llama_bench_probe_cpu.log")!r}).read())
+            sys.exit(0)
+        count = pathlib.Path({str(count)!r})
+        i = int(count.read_text()) if count.exists() else 0
+        count.write_text(str(i + 1))
+        sys.stdout.write({outputs!r}[i])
+    """)
+
+
+def test_an_output_cut_short_is_run_once_more(tmp_path):
+    exe = replaying(tmp_path, [cut_outputs()["tg line broken"], RECORDED])
+    s = dataclasses.replace(WHOLE, binary=exe)
+    rows = run_llama_bench(s, PLAN, tmp_path / "bench.engine.log")
+    assert rows.height == 6 and (tmp_path / "runs").read_text() == "2"
+    log = (tmp_path / "bench.engine.log").read_text()
+    assert log.count("$ ") == 2 and "stopped short" in log  # both runs kept in the log, with why
+
+
+def test_an_output_cut_short_twice_fails_naming_the_log(tmp_path):
+    exe = replaying(tmp_path, [cut_outputs()["tg line without samples"]] * 2)
+    log = tmp_path / "bench.engine.log"
+    with pytest.raises(IncompleteBenchOutput, match=f"stopped short twice .*has no samples.*engine log {log}$"):
+        run_llama_bench(dataclasses.replace(WHOLE, binary=exe), PLAN, log)
+    assert (tmp_path / "runs").read_text() == "2"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, EngineFailed, OutOfMemory
+from llmbench.backend import BackendError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
 from llmbench.llama_server import (
     LlamaServer,
     LlamaServerSettings,
@@ -24,6 +24,29 @@ from llmbench.llama_server import (
 
 # llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
+CASES = REPO / "tests/data/cases"
+REASONING = CASES / "c01_llama_server_reasoning_stream.txt"
+STREAM_ERROR = CASES / "c03a_llama_server_stream_error_data.txt"
+
+
+class Replay:
+    """A recorded stream as the server sends it, one line every ``step_s`` after the request at t=0, and the client's
+    clock beside it (the time the latest line arrived)."""
+
+    def __init__(self, lines: list[bytes], step_s: float = 0.1):
+        self.lines, self.step_s, self.now = lines, step_s, 0.0
+
+    @classmethod
+    def of(cls, path: Path) -> "Replay":
+        return cls(path.read_bytes().splitlines(keepends=True))
+
+    def __iter__(self):
+        for i, line in enumerate(self.lines, 1):
+            self.now = i * self.step_s
+            yield line
+
+    def clock(self) -> float:
+        return self.now
 
 
 def test_parse_recorded_real_response():
@@ -47,6 +70,141 @@ def test_parse_recorded_real_stream_with_ttft():
 def test_stream_without_timings_is_an_error():
     with pytest.raises(BackendError, match="ended without 'timings'"):
         parse_chat_stream([b'data: {"choices":[{"delta":{"content":"x"}}]}\n', b"data: [DONE]\n"], 0.0)
+
+
+def test_reasoning_model_ttft_is_the_first_thinking_token_and_the_answer_is_the_content():
+    """Case c01: a reasoning model's stream (build b9554), reasoning_content chunks before the answer."""
+    replay = Replay.of(REASONING)
+    g = parse_chat_stream(replay, 0.0, clock=replay.clock)
+    assert g.ttft_ms == pytest.approx(300.0)  # the first token of any kind, not the answer's (900 ms)
+    assert (g.generated_tokens, g.prompt_tokens, g.prefill_tokens) == (23, 17, 17)
+    assert g.text == "42" and g.finish_reason == "stop"
+    # Counts and times from the last chunk's timings, not the first chunk's (this build times every token).
+    assert (g.prefill_ms, g.decode_ms) == (251.51, 322.1) and g.wall_ms == pytest.approx(1400.0)
+    # llama-server's timings and usage do not count thinking tokens: unknown, neither 0 nor counted chunks.
+    assert g.reasoning_tokens is None
+
+
+def test_thinking_named_reasoning_also_starts_the_clock():
+    replay = Replay([x.replace(b'"reasoning_content"', b'"reasoning"') for x in Replay.of(REASONING).lines])
+    g = parse_chat_stream(replay, 0.0, clock=replay.clock)
+    assert g.ttft_ms == pytest.approx(300.0) and g.text == "42"
+
+
+def test_a_reasoning_count_the_server_gives_is_kept():
+    lines = Replay.of(REASONING).lines
+    final = json.loads(lines[10][len(b"data: "):])
+    assert final["choices"][0]["finish_reason"] == "stop"
+    final["usage"] = {"completion_tokens": 23, "prompt_tokens": 17, "total_tokens": 40,
+                      "completion_tokens_details": {"reasoning_tokens": 21}}
+    lines[10] = b"data: " + json.dumps(final).encode() + b"\n"
+    g = parse_chat_stream(lines, 0.0)
+    assert g.reasoning_tokens == 21 and g.generated_tokens == 23
+
+
+def test_thinking_is_booked_as_decode_energy():
+    """The GPU energy split is cut at TTFT: with the first thinking token, thinking is decode, not prefill."""
+    from llmbench.meters import EnergyReading
+    from llmbench.runs import gpu_columns
+
+    class ConstantPower:  # a stand-in meter: the GPU draws 100 W all through the window
+        split_null_reason = None
+
+        def gpu_trace_j(self, t0, t1):
+            return 100.0 * (t1 - t0)
+
+    replay = Replay.of(REASONING)
+    g = parse_chat_stream(replay, 0.0, clock=replay.clock)
+    window = EnergyReading(None, None, None, window_s=1.4, t0=0.0, t1=1.4)
+    cols = gpu_columns(ConstantPower(), window, g.ttft_ms, None, None)
+    assert cols["gpu_energy_prefill_j"] == pytest.approx(30.0)  # 0.3 s: the prompt alone
+    assert cols["gpu_energy_decode_j"] == pytest.approx(110.0)  # thinking and answer
+
+
+def test_a_reasoning_run_row_has_the_thinking_count_column():
+    from llmbench.meters import EnergyMeter
+    from llmbench.runs import Prompt, RunPlan, run_generations
+
+    replay = Replay.of(REASONING)
+    g = parse_chat_stream(replay, 0.0, clock=replay.clock)
+
+    class Parsed:  # a stand-in engine answering the parsed case
+        tool = "llama-server"
+
+        def generate(self, *args):
+            return g
+
+        def peak_rss_bytes(self):
+            return None
+
+    plan = RunPlan(tool="llama-server", model="m", quant="Q4_0", split="none", prompts=(Prompt("a", "hi", 64),),
+                   repetitions=1, warmup=0, idle_s=0.0, temperature=0.0, seed=1, n_gpu_layers=0, gpus=0, threads=1)
+    row = run_generations(Parsed(), plan, EnergyMeter([], ["no sensor here"])).row(0, named=True)
+    assert (row["ttft_ms"], row["generated_tokens"], row["output_text"]) == (pytest.approx(300.0), 23, "42")
+    assert "reasoning_tokens" in row and row["reasoning_tokens"] is None
+
+
+ERROR_LINES = {
+    "data": STREAM_ERROR.read_bytes().splitlines(keepends=True),
+    # Older builds: a bare error line instead of a data event.
+    "bare": [*STREAM_ERROR.read_bytes().splitlines(keepends=True)[:4],
+             b'error: {"code":500,"message":"Context size has been exceeded.","type":"server_error"}\n'],
+}
+
+
+@pytest.mark.parametrize("form", ["data", "bare"])
+def test_an_error_inside_the_stream_is_the_servers_message(form):
+    """Case c03a: the stream ends in the server's error, which is the failure's reason, not missing timings."""
+    with pytest.raises(BackendError) as e:
+        parse_chat_stream(ERROR_LINES[form], 0.0)
+    assert not isinstance(e.value, StreamCutShort)  # the server said why: no second try
+    msg = str(e.value)
+    assert '"Context size has been exceeded."' in msg and "type server_error, code 500" in msg
+    found = diagnosis_of(e.value, "llama-server")
+    assert found.kind == "context_size_exceeded" and "Context size has been exceeded." in found.reason
+
+
+@pytest.mark.parametrize(("line", "kind", "words"), [
+    # Newer builds' wording of the same failure.
+    (b'data: {"error":{"code":400,"message":"the request exceeds the available context size, try increasing it",'
+     b'"type":"exceed_context_size_error","n_prompt_tokens":4100,"n_ctx":4096}}',
+     "context_size_exceeded", "the request exceeds the available context size"),
+    (b'data: {"error":{"code":500,"message":"Failed to parse input at pos 12","type":"server_error"}}',
+     "exited", '"Failed to parse input at pos 12" (type server_error, code 500)'),
+    (b'error: Failed to decode the batch', "exited", '"Failed to decode the batch"'),
+])
+def test_other_stream_errors_quote_the_server(line, kind, words):
+    lines = [*Replay.of(REASONING).lines[:4], line + b"\n"]
+    with pytest.raises(BackendError) as e:
+        parse_chat_stream(lines, 0.0)
+    assert words in str(e.value) and not isinstance(e.value, StreamCutShort)
+    assert diagnosis_of(e.value, "llama-server").kind == kind
+
+
+@pytest.mark.parametrize(("keep", "missing"), [
+    (10, r"its last 'timings', a finish_reason and \[DONE\]"),  # up to the answer's chunk: timings of 22 tokens
+    (2, r"its last 'timings', a finish_reason and \[DONE\]"),
+])
+def test_a_stream_cut_short_is_no_result(keep, missing):
+    with pytest.raises(StreamCutShort, match=rf"^llama-server's stream ended without {missing}: it was cut short"):
+        parse_chat_stream(Replay.of(REASONING).lines[:keep], 0.0)
+
+
+def test_a_stream_with_its_last_chunk_but_no_done_is_a_result():
+    assert parse_chat_stream(Replay.of(REASONING).lines[:12], 0.0).generated_tokens == 23
+
+
+def test_a_stream_cut_in_the_middle_of_a_line_says_so():
+    lines = Replay.of(REASONING).lines
+    with pytest.raises(StreamCutShort, match=r"cut short before its last chunk, in the middle of the line"):
+        parse_chat_stream([*lines[:10], lines[10][:80]], 0.0)
+
+
+def test_a_line_that_is_not_json_mid_stream_is_an_error_not_a_cut():
+    lines = Replay.of(REASONING).lines
+    with pytest.raises(BackendError, match="not JSON") as e:
+        parse_chat_stream([*lines[:4], b"data: {oops\n", *lines[4:]], 0.0)
+    assert not isinstance(e.value, StreamCutShort)
 
 
 def test_cached_prompt_tokens_count_as_prompt_but_not_as_prefill():
@@ -282,3 +440,70 @@ def test_out_of_memory_during_a_generation_is_out_of_memory(tmp_path):
     with LlamaServer(settings(exe, tmp_path), tmp_path / "server.log") as server:
         with pytest.raises(OutOfMemory, match=r"logged 'CUDA error: out of memory'"):
             server.generate("hi", 4, 0.0, 1)
+
+
+def serving(tmp_path: Path, *answers: bytes) -> Path:
+    """A stand-in llama-server that answers its n-th chat request with ``answers[n]`` (the last one thereafter) and
+    counts the requests in tmp_path/requests. An answer starting with b"CUT-CHUNK " is sent with chunked transfer
+    encoding and the connection closed in the middle of its chunk, as when the server process goes away."""
+    paths = []
+    for i, answer in enumerate(answers):
+        paths.append(str(tmp_path / f"answer{i}"))
+        Path(paths[-1]).write_bytes(answer)
+    return standin(tmp_path, f"""
+        import http.server, json, os, sys
+        port = int(sys.argv[sys.argv.index("--port") + 1])
+        answers, count = {paths!r}, {str(tmp_path / "requests")!r}
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers()
+                self.wfile.write(json.dumps({{"build_info": "standin"}}).encode())
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                n = os.path.getsize(count) if os.path.exists(count) else 0
+                open(count, "a").write("x")
+                data = open(answers[min(n, len(answers) - 1)], "rb").read()
+                if data.startswith(b"CUT-CHUNK "):
+                    data = data[len(b"CUT-CHUNK "):]
+                    self.protocol_version = "HTTP/1.1"
+                    self.send_response(200); self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
+                    self.wfile.write(b"%x\\r\\n" % (len(data) + 1000) + data); self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+                self.wfile.write(data)
+            def log_message(self, *a): pass
+        http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+    """)
+
+
+def requests_made(tmp_path: Path) -> int:
+    return (tmp_path / "requests").stat().st_size
+
+
+FULL = REASONING.read_bytes()
+CUT = b"".join(REASONING.read_bytes().splitlines(keepends=True)[:10])
+
+
+@pytest.mark.parametrize("first", [CUT, b"CUT-CHUNK " + CUT], ids=["ended", "connection-closed-mid-chunk"])
+def test_a_request_cut_short_runs_once_more(tmp_path, first):
+    with LlamaServer(settings(serving(tmp_path, first, FULL), tmp_path), tmp_path / "server.log") as server:
+        g = server.generate("What is 17 + 25?", 64, 0.0, 1)
+    assert (g.text, g.generated_tokens) == ("42", 23) and requests_made(tmp_path) == 2
+
+
+def test_a_request_cut_short_twice_fails_naming_the_engine_log(tmp_path):
+    log = tmp_path / "server.log"
+    with LlamaServer(settings(serving(tmp_path, CUT), tmp_path), log) as server:
+        with pytest.raises(StreamCutShort) as e:
+            server.generate("What is 17 + 25?", 64, 0.0, 1)
+    assert requests_made(tmp_path) == 2
+    assert "cut short again when the request ran once more" in str(e.value) and str(log) in str(e.value)
+
+
+def test_a_streamed_error_is_not_run_again(tmp_path):
+    with LlamaServer(settings(serving(tmp_path, STREAM_ERROR.read_bytes()), tmp_path), tmp_path / "server.log") as s:
+        with pytest.raises(BackendError, match=r'"Context size has been exceeded\."') as e:
+            s.generate("What is 17 + 25?", 64, 0.0, 1)
+    assert requests_made(tmp_path) == 1 and not isinstance(e.value, StreamCutShort)
+    assert diagnosis_of(e.value, "llama-server", tmp_path / "server.log").kind == "context_size_exceeded"

@@ -1,10 +1,16 @@
-"""Energy meters. RAPL is tested on a stand-in powercap tree (same files, same semantics); NVML on this
-machine is the real library, which finds no driver, so the meter must say so."""
+"""Energy meters. RAPL is tested on powercap trees laid out as Linux lists them in /sys/class/powercap (the
+c09 case as captured, and stand-ins with the same files and semantics); NVML on this machine is the real
+library, which finds no driver, so the meter must say so."""
+
+import json
+import shutil
 
 import pytest
 
-from conftest import nvml_works
+from conftest import REPO, nvml_works
 from llmbench.meters import EnergyMeter, RaplZone, open_energy_meter, rapl_sensors
+
+C09 = REPO / "tests/data/cases/c09_powercap"
 
 
 def powercap(tmp_path, zones):
@@ -19,20 +25,104 @@ def powercap(tmp_path, zones):
     return root
 
 
-def test_rapl_window_sums_package_and_dram_not_cores(tmp_path):
-    root = powercap(tmp_path, {
-        "intel-rapl:0": ("package-0", 1_000_000, 262_143_328_850),
-        "intel-rapl:0:0": ("core", 500_000, 262_143_328_850),
-        "intel-rapl:0:1": ("dram", 2_000_000, 65_712_999_613),
-    })
-    meter = open_energy_meter([], powercap=root)
-    assert meter.source == "rapl:package-0 + rapl:dram"
+def window(root, after_uj: dict[str, int], **meter_args):
+    """One energy window of a CPU-only meter on ``root``, the zones' counters set to ``after_uj`` inside it."""
+    meter = open_energy_meter([], powercap=root, **meter_args)
     meter.begin_window("g")
-    (root / "intel-rapl:0/energy_uj").write_text("31000000\n")     # +30 J
-    (root / "intel-rapl:0:0/energy_uj").write_text("20500000\n")   # cores: inside the package
-    (root / "intel-rapl:0:1/energy_uj").write_text("7000000\n")    # +5 J
-    r = meter.end_window("g")
-    assert r.energy_j == pytest.approx(35.0) and r.null_reason is None and r.window_s >= 0
+    for zone, uj in after_uj.items():
+        (root / zone / "energy_uj").write_text(f"{uj}\n")
+    return meter, meter.end_window("g")
+
+
+# The c09 window: package +10 J (cores +6 J), dram +1 J, psys +14 J, from the counters the case captured.
+C09_AFTER = {"intel-rapl:0": 110_000_000, "intel-rapl:0:0": 56_000_000, "intel-rapl:0:1": 5_500_000,
+             "intel-rapl:0:2": 21_000_000, "intel-rapl:1": 314_000_000}
+
+
+@pytest.fixture
+def c09(tmp_path):
+    root = tmp_path / "powercap"
+    shutil.copytree(C09, root)
+    return root
+
+
+def test_c09_package_and_dram_never_the_platform_zone_that_contains_them(c09):
+    meter, r = window(c09, C09_AFTER)
+    assert r.energy_j == pytest.approx(11.0) and r.null_reason is None  # not 25: psys holds package and DRAM
+    assert r.source == "rapl:package-0 + rapl:package-0/dram"
+    assert r.boundary == "CPU package+DRAM (RAPL)"
+    assert r.by_sensor_j == pytest.approx({"rapl:package-0": 10.0, "rapl:package-0/dram": 1.0})
+    columns = r.boundary_columns()
+    assert columns["energy_boundary"] == "CPU package+DRAM (RAPL)"
+    assert json.loads(columns["energy_by_sensor_j"]) == pytest.approx({"rapl:package-0": 10.0,
+                                                                       "rapl:package-0/dram": 1.0})
+
+
+def test_c09_platform_boundary_reads_psys_alone_and_says_so(c09):
+    meter, r = window(c09, C09_AFTER, cpu_boundary="platform")
+    assert r.energy_j == pytest.approx(14.0) and r.source == "rapl:psys"
+    assert r.boundary == "platform (RAPL psys)" and r.by_sensor_j == pytest.approx({"rapl:psys": 14.0})
+
+
+def test_platform_boundary_without_psys_is_null_with_the_reason(tmp_path):
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, 10**9), "intel-rapl:0:0": ("core", 0, 10**9)})
+    sensors, problems = rapl_sensors(root, "platform")
+    assert sensors == [] and "no RAPL psys (platform) zone" in problems[0] and "package-0, core" in problems[0]
+
+
+def test_platform_boundary_refused_for_a_gpu_job(tmp_path):
+    with pytest.raises(ValueError, match="may already contain the GPUs"):
+        open_energy_meter([0], powercap=tmp_path, cpu_boundary="platform")
+    with pytest.raises(ValueError, match="unknown CPU energy boundary 'socket'"):
+        rapl_sensors(tmp_path, "socket")
+
+
+def test_amd_tree_is_the_package_alone_and_says_no_dram(tmp_path):
+    # AMD (and Hygon) RAPL, under the same intel-rapl control type: package-N with a core subzone, no DRAM.
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 5_000_000, 65_532_610_987),
+                               "intel-rapl:0:0": ("core", 1_000_000, 65_532_610_987)})
+    meter, r = window(root, {"intel-rapl:0": 12_000_000, "intel-rapl:0:0": 6_000_000})
+    assert r.energy_j == pytest.approx(7.0) and r.source == "rapl:package-0"
+    assert r.boundary == "CPU package (RAPL; no DRAM zone)"
+
+
+def test_two_sockets_add_each_package_and_its_dram_once(tmp_path):
+    rng = 262_143_328_850
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, rng), "intel-rapl:0:0": ("dram", 0, rng),
+                               "intel-rapl:1": ("package-1", 0, rng), "intel-rapl:1:0": ("dram", 0, rng),
+                               "intel-rapl:2": ("psys", 0, rng), "intel-rapl:3": ("psys-1", 0, rng)})
+    meter, r = window(root, {"intel-rapl:0": 40_000_000, "intel-rapl:0:0": 3_000_000, "intel-rapl:1": 30_000_000,
+                             "intel-rapl:1:0": 2_000_000, "intel-rapl:2": 90_000_000})
+    assert r.energy_j == pytest.approx(75.0) and r.boundary == "CPU package+DRAM (RAPL)"
+    assert r.by_sensor_j == pytest.approx({"rapl:package-0": 40.0, "rapl:package-0/dram": 3.0,
+                                           "rapl:package-1": 30.0, "rapl:package-1/dram": 2.0})
+
+
+def test_multi_die_packages_are_each_a_package(tmp_path):
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0-die-0", 0, 10**12),
+                               "intel-rapl:1": ("package-0-die-1", 0, 10**12),
+                               "intel-rapl:1:0": ("dram", 0, 10**12)})
+    meter, r = window(root, {"intel-rapl:0": 4_000_000, "intel-rapl:1": 5_000_000, "intel-rapl:1:0": 1_000_000})
+    assert r.energy_j == pytest.approx(10.0)
+    assert r.source == "rapl:package-0-die-0 + rapl:package-0-die-1 + rapl:package-0-die-1/dram"
+
+
+def test_mmio_interface_of_the_same_package_is_not_added_again(tmp_path):
+    # Intel clients expose package-0 through the MSRs (intel-rapl) and the MMIO registers (intel-rapl-mmio);
+    # /sys/class/powercap also lists the control types themselves, which are not zones.
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, 10**12), "intel-rapl:0:0": ("core", 0, 10**12),
+                               "intel-rapl:1": ("psys", 0, 10**12),
+                               "intel-rapl-mmio:0": ("package-0", 0, 10**12)})
+    (root / "intel-rapl").mkdir()
+    (root / "intel-rapl-mmio").mkdir()
+    meter, r = window(root, {"intel-rapl:0": 8_000_000, "intel-rapl-mmio:0": 8_000_000, "intel-rapl:1": 9_000_000})
+    assert r.energy_j == pytest.approx(8.0) and r.source == "rapl:package-0"
+
+
+def test_mmio_interface_alone_is_read(tmp_path):
+    root = powercap(tmp_path, {"intel-rapl-mmio:0": ("package-0", 0, 10**12)})
+    meter, r = window(root, {"intel-rapl-mmio:0": 3_000_000})
+    assert r.energy_j == pytest.approx(3.0) and r.source == "rapl-mmio:package-0"
 
 
 def test_rapl_counter_wraparound(tmp_path):
@@ -41,15 +131,31 @@ def test_rapl_counter_wraparound(tmp_path):
     assert zone.delta_j(9.0, 1.0) == pytest.approx(2.0)
 
 
-def test_unreadable_rapl_names_the_cause(tmp_path, monkeypatch):
-    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, 10)})
+def test_wraparound_within_a_window_of_the_c09_tree(c09):
+    # Package and DRAM counters pass max_energy_range_uj inside the window: the meter adds the range back.
+    rng = 262_143_328_850
+    (c09 / "intel-rapl:0/energy_uj").write_text(f"{rng - 4_000_000}\n")
+    (c09 / "intel-rapl:0:2/energy_uj").write_text(f"{rng - 500_000}\n")
+    meter, r = window(c09, {**C09_AFTER, "intel-rapl:0": 6_000_000, "intel-rapl:0:2": 500_000})
+    assert r.energy_j == pytest.approx(11.0)
+    assert r.by_sensor_j == pytest.approx({"rapl:package-0": 10.0, "rapl:package-0/dram": 1.0})
 
+
+def test_unreadable_rapl_names_the_cause(c09, monkeypatch):
+    # Linux 5.10 made energy_uj readable by root only: every zone the same, the reading null with the reason.
     def denied(self):
         raise PermissionError("denied")
 
     monkeypatch.setattr(RaplZone, "read_j", denied)
-    sensors, problems = rapl_sensors(root)
-    assert sensors == [] and "not readable by this user" in problems[0]
+    for boundary in ("package+dram", "platform"):
+        sensors, problems = rapl_sensors(c09, boundary)
+        assert sensors == [] and "not readable by this user (root-only since Linux 5.10)" in problems[0]
+    meter = open_energy_meter([], powercap=c09)
+    meter.begin_window("g")
+    r = meter.end_window("g")
+    assert r.energy_j is None and r.boundary is None and r.by_sensor_j is None
+    assert "root-only since Linux 5.10" in r.null_reason
+    assert r.boundary_columns() == {"energy_boundary": None, "energy_by_sensor_j": None}
 
 
 @pytest.mark.skipif(nvml_works(), reason="this machine has a working NVML")
@@ -110,9 +216,11 @@ def test_gpu_job_reads_counter_or_sampled_power_and_gpu_state(monkeypatch, tmp_p
     assert state[0]["temperature_c"] == 61 and state[0]["clock_event_reasons"] == ["SwPowerCap", "SwThermalSlowdown"]
     if counter:
         assert r.source == "nvml-energy:GPU-standin-gpu0" and r.energy_j == pytest.approx(5.0)
+        assert r.boundary == "GPU (NVML energy counter)"
     else:
         assert r.source.startswith("nvml-sampled-power:GPU-standin-gpu0") and "no energy counter" in r.source
-        assert r.energy_j > 0
+        assert r.energy_j > 0 and r.boundary == "GPU (NVML sampled power)"
+    assert r.by_sensor_j == pytest.approx({r.source: r.energy_j})
     assert meter.sampler._thread is None  # closed with the job
 
 
@@ -120,3 +228,16 @@ def test_cpu_only_job_says_why_there_is_no_prefill_decode_split(tmp_path):
     meter = open_energy_meter([], powercap=tmp_path)
     assert meter.split_null_reason == "not measured: no GPU power trace (the job uses no GPU)"
     assert meter.gpu_state() is None
+
+
+def test_gpu_and_cpu_boundary_named_once_each_with_every_sensor_share(monkeypatch, c09):
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", StandInNvmlWithEnergy(counter=True))
+    with open_energy_meter([0], powercap=c09) as meter:
+        meter.begin_window("g")
+        for zone, uj in C09_AFTER.items():
+            (c09 / zone / "energy_uj").write_text(f"{uj}\n")
+        r = meter.end_window("g")
+    assert r.boundary == "GPU (NVML energy counter) + CPU package+DRAM (RAPL)"
+    assert r.energy_j == pytest.approx(5.0 + 11.0)
+    assert r.by_sensor_j == pytest.approx({"nvml-energy:GPU-standin-gpu0": 5.0, "rapl:package-0": 10.0,
+                                           "rapl:package-0/dram": 1.0})

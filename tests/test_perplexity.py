@@ -2,12 +2,22 @@
 its F16 over workflow/data/quality-corpus.txt, ctx 256, printed by the llama.cpp build of this workflow)."""
 
 import math
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from llmbench.perplexity import PerplexityError, kld_command, parse_kld_summary, run_logged
+from llmbench.perplexity import (
+    IncompleteOutput,
+    PerplexityError,
+    kld_command,
+    parse_base_run,
+    parse_kld_summary,
+    run_and_parse,
+    run_logged,
+)
 
 REAL = (REPO / "tests/data/llama_perplexity_kld_q4_0.txt").read_text()
 
@@ -57,3 +67,64 @@ def test_a_perplexity_run_ended_by_a_signal_is_named_for_it(tmp_path):
     standin.chmod(0o755)
     with pytest.raises(PerplexityError, match=r"died by SIGILL \(illegal instruction\): this llama.cpp build uses"):
         run_logged([str(standin)], tmp_path / "kld.log")
+
+
+# The real summary cut short inside its KLD percentiles (after "95.0%   KLD"), as an interrupted run leaves it.
+CUT = REAL[: REAL.index("90.0%   KLD")]
+
+
+def test_a_summary_without_its_percentiles_is_incomplete():
+    with pytest.raises(IncompleteOutput, match="kld_p90"):
+        parse_kld_summary(CUT)
+    # Every percentile is needed, not only the required values: a missing one would be half a row.
+    without_p1 = "\n".join(line for line in REAL.splitlines() if not line.strip().startswith("1.0%   KLD"))
+    with pytest.raises(IncompleteOutput, match="has no kld_p1$"):
+        parse_kld_summary(without_p1)
+
+
+def replaying(tmp_path: Path, outputs: list[str]) -> Path:
+    """A stand-in llama-perplexity that prints ``outputs[i]`` on its i-th run and exits 0."""
+    exe, count = tmp_path / "standin-llama-perplexity", tmp_path / "runs"
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""
+        import pathlib, sys
+        count = pathlib.Path({str(count)!r})
+        i = int(count.read_text()) if count.exists() else 0
+        count.write_text(str(i + 1))
+        sys.stdout.write({outputs!r}[i])
+    """))
+    exe.chmod(0o755)
+    return exe
+
+
+def test_a_summary_cut_short_is_run_once_more(tmp_path):
+    log = tmp_path / "kld.perplexity.log"
+    summary = run_and_parse([str(replaying(tmp_path, [CUT, REAL]))], log, parse_kld_summary)
+    assert summary["kld_mean"] == 0.251615 and summary["kld_p0_1"] == 0.000658
+    assert (tmp_path / "runs").read_text() == "2"
+    assert log.read_text().count("$ ") == 2 and "stopped short" in log.read_text()  # both runs kept, with why
+
+
+def test_a_summary_cut_short_twice_fails_naming_the_log(tmp_path):
+    log = tmp_path / "kld.perplexity.log"
+    with pytest.raises(PerplexityError, match=f"stopped short twice .*kld_p90.*log {log}$") as e:
+        run_and_parse([str(replaying(tmp_path, [CUT, CUT]))], log, parse_kld_summary)
+    assert not isinstance(e.value, IncompleteOutput) and (tmp_path / "runs").read_text() == "2"
+
+
+def test_a_failed_run_is_not_run_again(tmp_path):
+    with pytest.raises(PerplexityError, match="exited with code 1"):
+        run_and_parse(["false"], tmp_path / "kld.log", parse_kld_summary)
+    assert (tmp_path / "kld.log").read_text().count("$ ") == 1
+
+
+def test_a_reference_run_cut_short_is_run_once_more_but_its_logged_errors_are_failures(tmp_path):
+    base_text = (REPO / "tests/data/llama_perplexity_kld_base_f16.txt").read_text()
+    base, model = tmp_path / "base.kld", Path("F16.gguf")
+    base.write_bytes(b"logits")
+    cut = base_text[: base_text.index("Final estimate")]
+    exe = replaying(tmp_path, [cut, base_text])
+    ppl, unc = run_and_parse([str(exe)], tmp_path / "base.log", lambda text: parse_base_run(text, base, model))
+    assert ppl > 1 and unc > 0 and (tmp_path / "runs").read_text() == "2"
+    with pytest.raises(PerplexityError, match="produced no base file: .*error: you need at least") as e:
+        parse_base_run("perplexity: error: you need at least 512 tokens to evaluate\n", base, model)
+    assert not isinstance(e.value, IncompleteOutput)

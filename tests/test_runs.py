@@ -172,3 +172,25 @@ def test_skipped_and_failed_rows_quote_no_path_of_this_machine(tmp_path, monkeyp
     assert reasons[2] == "res/llama.cpp/0.3.36-cpu/bin has no libllama.so; log: ~/x.log"
     for reason in reasons:
         assert str(REPO) not in reason and sys.executable not in reason, reason
+
+
+def test_what_an_engine_does_between_generations_is_outside_the_measured_window():
+    # Ollama evicts its prompt cache between repetitions: that work must not be measured as the next generation.
+    events = []
+
+    class Between(StandInBackend):
+        def before_generation(self, prompt):
+            events.append("before_generation")
+
+        def generate(self, prompt, max_tokens, temperature, seed):
+            events.append("generate")
+            return super().generate(prompt, max_tokens, temperature, seed)
+
+    class Watched(EnergyMeter):
+        def begin_window(self, name):
+            events.append("begin_window")
+            return super().begin_window(name)
+
+    run_generations(Between(), plan(idle_s=0.0, warmup=0), Watched([], ["no sensor"]))
+    assert events[:3] == ["before_generation", "begin_window", "generate"]
+    assert events.count("before_generation") == events.count("generate")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, nvml_works
 from llmbench import vllm_backend
-from llmbench.backend import BackendError, ToolUnavailable
+from llmbench.backend import BackendError, StreamCutShort, ToolUnavailable, diagnosis_of
 from llmbench.vllm_backend import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
 
 STREAM = REPO / "tests/data/vllm_chat_stream.txt"
@@ -58,6 +58,94 @@ def test_cached_prompt_tokens_count_as_prompt_but_not_as_prefill():
     lines = [x.replace(b'"completion_tokens":12}', details) for x in stream_lines()]
     g = parse_vllm_stream(lines, 0.0)
     assert (g.prompt_tokens, g.prefill_tokens) == (42, 10)
+
+
+def chunk(delta: dict | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
+    """One vLLM chat.completion.chunk as chat_completion_stream_generator writes it (exclude_unset), and the blank
+    line after it."""
+    body = {"id": "chatcmpl-c0ffee", "object": "chat.completion.chunk", "created": 1795590112, "model": "m.gguf",
+            "choices": [] if usage else [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]}
+    if usage:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def reasoning_stream(field: str = "reasoning_content", details: dict | None = None) -> list[bytes]:
+    """A reasoning model's answer as vLLM streams it with a --reasoning-parser: thinking deltas, then the answer."""
+    usage = {"prompt_tokens": 17, "total_tokens": 40, "completion_tokens": 23}
+    if details is not None:
+        usage["completion_tokens_details"] = details
+    text = b"".join([
+        chunk({"role": "assistant", "content": ""}), chunk({field: "Okay"}), chunk({field: ", 17 + 25 = 42."}),
+        chunk({"content": "42"}), chunk({}, finish="stop"), chunk(usage=usage), b"data: [DONE]\n\n",
+    ])
+    return text.splitlines(keepends=True)
+
+
+class Replay:
+    """Lines as the server sends them, one every 100 ms after the request at t=0, with the client's clock."""
+
+    def __init__(self, lines: list[bytes]):
+        self.lines, self.now = lines, 0.0
+
+    def __iter__(self):
+        for i, line in enumerate(self.lines, 1):
+            self.now = i * 0.1
+            yield line
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_model_ttft_is_the_first_thinking_token(field):
+    replay = Replay(reasoning_stream(field))
+    g = parse_vllm_stream(replay, 0.0, clock=replay.clock)
+    assert g.ttft_ms == pytest.approx(300.0)  # the first thinking delta (line 3), not the answer (line 7)
+    assert (g.prompt_tokens, g.generated_tokens, g.text, g.finish_reason) == (17, 23, "42", "stop")
+    # Prefill is bounded by TTFT; the thinking is decode.
+    assert g.prefill_ms == pytest.approx(300.0) and g.decode_ms == pytest.approx(g.wall_ms - 300.0)
+    assert g.reasoning_tokens is None  # this usage does not say: unknown, never 0 or counted chunks
+
+
+def test_a_reasoning_count_vllm_gives_is_kept():
+    g = parse_vllm_stream(reasoning_stream(details={"reasoning_tokens": 21}), 0.0)
+    assert g.reasoning_tokens == 21
+
+
+@pytest.mark.parametrize("line", [
+    # vLLM before ErrorInfo: the ErrorResponse (object "error") inside "error".
+    b'data: {"error": {"object": "error", "message": "This model\'s maximum context length is 2048 tokens. However, '
+    b'you requested 2100 tokens.", "type": "BadRequestError", "param": null, "code": 400}}',
+    # vLLM with ErrorInfo.
+    b'data: {"error": {"message": "This model\'s maximum context length is 2048 tokens. However, you requested 2100 '
+    b'tokens.", "type": "BadRequestError", "param": null, "code": 400}}',
+    # An ErrorResponse chunk on its own.
+    b'data: {"object": "error", "message": "This model\'s maximum context length is 2048 tokens. However, you '
+    b'requested 2100 tokens.", "type": "BadRequestError", "param": null, "code": 400}',
+])
+def test_an_error_inside_the_stream_is_vllms_message(line):
+    with pytest.raises(BackendError) as e:
+        parse_vllm_stream([*reasoning_stream()[:4], line + b"\n"], 0.0)
+    msg = str(e.value)
+    assert "maximum context length is 2048 tokens" in msg and "(type BadRequestError, code 400)" in msg
+    assert not isinstance(e.value, StreamCutShort)
+    assert diagnosis_of(e.value, "vLLM").kind == "context_size_exceeded"
+
+
+@pytest.mark.parametrize(("keep", "missing"), [
+    (8, r"'usage', a finish_reason and \[DONE\]"),  # up to the answer
+    (10, r"'usage' and \[DONE\]"),  # the finish_reason came, the usage did not
+])
+def test_a_stream_cut_short_is_no_result(keep, missing):
+    with pytest.raises(StreamCutShort, match=rf"^vLLM's stream ended without {missing}: it was cut short"):
+        parse_vllm_stream(reasoning_stream()[:keep], 0.0)
+
+
+def test_a_stream_cut_in_the_middle_of_a_line_says_so():
+    lines = reasoning_stream()
+    with pytest.raises(StreamCutShort, match="in the middle of the line"):
+        parse_vllm_stream([*lines[:10], lines[10][:40]], 0.0)
 
 
 def test_command_is_how_a_user_starts_vllm(tmp_path):
@@ -148,3 +236,51 @@ def test_server_dying_while_loading_says_why(tmp_path, monkeypatch):
     server = VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log")
     with pytest.raises(BackendError, match=r"exited with code 1: .*No supported config format.*\(while loading"):
         server.start()
+
+
+SERVING_IN_TURN = """
+    import http.server, json, os, sys
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    model = sys.argv[sys.argv.index("--model") + 1]
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+            self.wfile.write(json.dumps({"version": "standin"} if self.path == "/version" else {}).encode())
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            count = model + ".requests"
+            n = os.path.getsize(count) if os.path.exists(count) else 0
+            open(count, "a").write("x")
+            answers = sorted(p for p in os.listdir(os.path.dirname(model)) if p.startswith("answer"))
+            data = open(os.path.join(os.path.dirname(model), answers[min(n, len(answers) - 1)]), "rb").read()
+            self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+            self.wfile.write(data)
+        def log_message(self, *a): pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def serve_in_turn(tmp_path: Path, monkeypatch, *answers: list[bytes]) -> Path:
+    """A stand-in vLLM answering its n-th chat request with answers[n] (the last one thereafter)."""
+    model = standin_vllm(tmp_path, SERVING_IN_TURN, monkeypatch)
+    for i, lines in enumerate(answers):
+        (tmp_path / f"answer{i}").write_bytes(b"".join(lines))
+    return model
+
+
+def test_a_request_cut_short_runs_once_more(tmp_path, monkeypatch):
+    model = serve_in_turn(tmp_path, monkeypatch, reasoning_stream()[:8], reasoning_stream())
+    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+        g = server.generate("What is 17 + 25?", 64, 0.0, 1)
+    assert (g.text, g.generated_tokens) == ("42", 23)
+    assert Path(f"{model}.requests").read_text() == "xx"
+
+
+def test_a_request_cut_short_twice_fails_naming_the_engine_log(tmp_path, monkeypatch):
+    model = serve_in_turn(tmp_path, monkeypatch, reasoning_stream()[:8])
+    log = tmp_path / "engine.log"
+    with VllmServer(VllmSettings(model=model, start_timeout_s=30), log) as server:
+        with pytest.raises(StreamCutShort) as e:
+            server.generate("What is 17 + 25?", 64, 0.0, 1)
+    assert "cut short again when the request ran once more" in str(e.value) and str(log) in str(e.value)
+    assert Path(f"{model}.requests").read_text() == "xx"

@@ -7,7 +7,7 @@ import polars as pl
 
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import PerplexityError, failed_kld_row, kld_command, parse_kld_summary, run_logged
+from llmbench.perplexity import PerplexityError, failed_kld_row, kld_command, parse_kld_summary, run_and_parse
 
 
 def main(snakemake):
@@ -20,7 +20,7 @@ def main(snakemake):
             log.info("model %s: %s", model, check_gguf(model))
             cmd = kld_command(Path(snakemake.input.perplexity), model, Path(snakemake.input.base), p.ctx_size,
                               snakemake.threads, p.chunks)
-            summary = parse_kld_summary(run_logged(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log")))
+            summary = run_and_parse(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log"), parse_kld_summary)
         except (PerplexityError, CorruptModelError) as e:  # a failed measurement: its row says why, the study goes on
             log.error("failed: %s", e)
             row = {**failed_kld_row(w.model, w.quant, str(e), reference), "ctx_size": p.ctx_size}

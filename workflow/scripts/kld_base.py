@@ -1,13 +1,12 @@
 """The reference run of a model: llama-perplexity stores its log-probabilities over the corpus (the base file)."""
 
 import json
-import re
 from pathlib import Path
 
 from llmbench.fetch import sha256_file
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import PerplexityError, base_command, run_logged
+from llmbench.perplexity import PerplexityError, base_command, parse_base_run, run_and_parse
 
 
 def main(snakemake):
@@ -26,12 +25,10 @@ def main(snakemake):
             log.info("reference %s: %s", model, check_gguf(model))
             cmd = base_command(Path(snakemake.input.perplexity), model, corpus, base, p.ctx_size, snakemake.threads,
                                p.chunks)
-            text = run_logged(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log"))
-            final = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", text)
-            if final is None or not base.exists() or base.stat().st_size == 0:
-                # llama-perplexity returns 0 after some errors (e.g. a corpus shorter than two contexts).
-                tail = "\n".join(line for line in text.splitlines() if " E " in line or "error" in line.lower())
-                raise PerplexityError(f"the reference run of {model} produced no base file: {tail or text[-800:]}")
+            # llama-perplexity returns 0 after some errors (e.g. a corpus shorter than two contexts); an output
+            # that stops short is run once more.
+            ppl, ppl_unc = run_and_parse(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log"),
+                                         lambda text: parse_base_run(text, base, model))
         except (PerplexityError, CorruptModelError) as e:
             # A failed measurement: each quant's KLD job writes a failed row quoting this, and the study goes on.
             log.error("failed: %s", e)
@@ -40,10 +37,10 @@ def main(snakemake):
                                                                  indent=2) + "\n")
             return
         Path(snakemake.output.summary).write_text(json.dumps({
-            **record, "ppl": float(final.group(1)), "ppl_unc": float(final.group(2)),
+            **record, "ppl": ppl, "ppl_unc": ppl_unc,
             "base_bytes": base.stat().st_size, "status": "ok",
         }, indent=2) + "\n")
-        log.info("reference PPL %s ± %s", final.group(1), final.group(2))
+        log.info("reference PPL %s ± %s", ppl, ppl_unc)
 
 if "snakemake" in globals():
     main(snakemake)  # noqa: F821

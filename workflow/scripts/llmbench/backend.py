@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -17,17 +18,23 @@ from typing import Protocol
 class Generation:
     """One generation as the engine reported it (token counts are the engine's, never counted chunks)."""
 
-    prompt_tokens: int
-    prefill_tokens: int
-    generated_tokens: int
-    prefill_ms: float
-    decode_ms: float
+    prompt_tokens: int | None
+    prefill_tokens: int | None
+    generated_tokens: int | None
+    prefill_ms: float | None
+    decode_ms: float | None
     prefill_tokens_per_s: float | None
     decode_tokens_per_s: float | None
     wall_ms: float
     finish_reason: str | None
-    text: str
-    ttft_ms: float | None = None
+    text: str  # the answer only (what accuracy scores), never a reasoning model's thinking
+    ttft_ms: float | None = None  # to the first generated token of any kind, thinking included
+    # How many of generated_tokens were thinking, where the engine says so; None where it does not (never counted
+    # from chunks, never 0 for "unknown").
+    reasoning_tokens: int | None = None
+    # True where the engine served the prompt from its cache (no prefill measured: prefill_tokens and the rate
+    # are null), False where it evaluated the whole prompt, None where not known.
+    prefill_cached: bool | None = None
 
 
 class Backend(Protocol):
@@ -57,6 +64,10 @@ class Engine:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def before_generation(self, prompt: str) -> None:
+        """Called before each generation's measurement window opens: what an engine must do between generations
+        (Ollama evicts its prompt cache) is then not measured as part of the next one."""
+
     def __enter__(self):
         self.start()
         return self
@@ -72,11 +83,20 @@ def post_stream(url: str, body: dict, timeout: float, parse, engine: str, log_pa
     t0 = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return parse(resp, t0)
+            return parse(_lines_until_cut(resp), t0)
     except urllib.error.HTTPError as e:
         raise BackendError(f"{engine} answered HTTP {e.code}: {e.read()[:500]!r}") from None
     except OSError as e:
         raise BackendError(f"{engine} stopped answering ({e}); log: {log_path}\n{log_tail(log_path)}") from None
+
+
+def _lines_until_cut(resp):
+    """The response's lines; a connection closed in the middle of a chunk ends them, so that the parser finds the
+    stream's last chunk missing and says what was lost (StreamCutShort)."""
+    try:
+        yield from resp
+    except http.client.IncompleteRead:
+        return
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -93,6 +113,52 @@ class ToolUnavailable(RuntimeError):
 
 class BackendError(RuntimeError):
     """An engine that failed to start, died, or answered something unusable; the message says which and why."""
+
+
+class StreamCutShort(BackendError):
+    """A streamed answer that ended before its last chunk, which carries the engine's counts and timings: no
+    result, never half a row. The engines run such a request once more."""
+
+
+def cut_short(engine: str, missing: list[str], broken_line: str | None = None) -> StreamCutShort:
+    """The error for a stream that ended without what its last chunk brings (``missing``, in the engine's words)."""
+    gone = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+    return StreamCutShort(f"{engine}'s stream ended without {gone}: it was cut short before its last chunk"
+                          + (f", in the middle of the line {broken_line[:200]!r}" if broken_line else ""))
+
+
+# Where OpenAI-style streams put a reasoning model's thinking: llama-server's --reasoning-format and older vLLM
+# name the delta field reasoning_content, newer vLLM and some llama.cpp builds reasoning.
+THINKING = ("reasoning_content", "reasoning")
+
+
+def reasoning_tokens(usage: dict | None) -> int | None:
+    """The thinking tokens among the generated ones where the engine counts them (OpenAI's
+    ``usage.completion_tokens_details.reasoning_tokens``); None where it does not: llama-server's usage and
+    timings have no such count (tools/server/server-task.cpp), vLLM fills it only in some releases."""
+    n = ((usage or {}).get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return int(n) if n is not None else None
+
+
+def stream_error(engine: str, event) -> BackendError | None:
+    """The error an engine sent inside a stream, quoting its message, type and code; None for a chunk that is none.
+
+    Forms: ``{"error": {"message", "type", "code"}}`` (llama-server; vLLM since its ErrorInfo), ``{"error":
+    {"object": "error", ...}}`` (older vLLM), ``{"object": "error", "message", ...}``, ``{"error": "text"}``.
+    """
+    if not isinstance(event, dict):
+        return None
+    if isinstance(event.get("error"), dict):
+        err = event["error"]
+    elif event.get("error"):
+        err = {"message": str(event["error"])}
+    elif event.get("object") == "error":
+        err = event
+    else:
+        return None
+    message = err.get("message") or json.dumps(err)[:500]
+    about = ", ".join(f"{k} {err[k]}" for k in ("type", "code") if err.get(k) not in (None, ""))
+    return BackendError(f'{engine} ended the stream with an error: "{message}"' + (f" ({about})" if about else ""))
 
 
 class EngineFailed(BackendError):

@@ -6,6 +6,7 @@ Runs at parse time (from ``common.smk``) so that a bad config fails before any j
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator
 
-from llmbench.quants import KNOWN_QUANTS
-from llmbench.study import shard_name, shard_of
+from llmbench.quants import KNOWN_QUANTS, derivation_problem, unknown_quant_message
+from llmbench.study import derives_ladder, shard_name, shard_of
 
 
 class ConfigError(ValueError):
@@ -165,6 +166,83 @@ def _split_problems(key: str, entry: dict) -> list[str]:
     return problems
 
 
+# Ollama's model names, as its ParseName reads them (ollama/ollama types/model/name.go):
+# [host/][namespace/]model[:tag], after an optional http:// or https://, at most 128 characters; every part of
+# letters, digits, '_', '-' and '.', never two '.' in a row, none in the namespace. Read from the right: the tag
+# after the last ':', then with one '/' the part before it is the namespace, with two the host and the namespace.
+# The default fills the rest (registry.ollama.ai/library/MODEL:latest), so llama3.1:8b and
+# hf.co/{user}/{repo}:{quant} are both whole names.
+OLLAMA_NAME_GRAMMAR = "[host/][namespace/]model[:tag]"
+OLLAMA_NAME_MAX = 128
+_OLLAMA_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def ollama_name_problem(name: str) -> str | None:
+    """Why Ollama would refuse ``name`` as a model name, or None where it parses it."""
+    s = name[len("http://"):] if name.startswith("http://") else name.removeprefix("https://")
+    if not s:
+        return "it is empty"
+    if len(s) > OLLAMA_NAME_MAX:
+        return f"it has {len(s)} characters; Ollama takes at most {OLLAMA_NAME_MAX}"
+    if "+" in s or "@" in s:
+        return "it names a build (+...) or a digest (@...); name the model by its tag"
+    if ".." in s:
+        return "it has two '.' in a row"
+    path, colon, tag = s.rpartition(":") if ":" in s else (s, "", "")
+    if colon and ("/" in tag or ":" in path):
+        return "':' may only separate the tag, at the end (a host's port is not part of an Ollama name)"
+    if colon and not tag:
+        return "its tag after ':' is empty (leave out ':' for the tag latest)"
+    parts = path.split("/")
+    if len(parts) > 3:
+        return f"it has {len(parts)} parts separated by '/'; at most three (host, namespace, model)"
+    kinds = ("host", "namespace", "model")[-len(parts):]
+    for kind, part in [*zip(kinds, parts, strict=True), *([("tag", tag)] if colon else [])]:
+        if not _OLLAMA_PART.match(part):
+            return f"its {kind} {part!r} is empty or has a character other than letters, digits, '_', '-', '.'"
+        if kind == "namespace" and "." in part:
+            return (f"its namespace {part!r} has a '.' (with one '/' the first part is the namespace: a host needs a "
+                    "namespace after it, as in hf.co/{user}/{repo})")
+    return None
+
+
+def name_problems(config: dict) -> list[str]:
+    """Quant names checked against the libraries' type tables (llmbench.quants) and Ollama names against Ollama's
+    grammar: too many names for a schema enum to keep up with. Runs beside the schema, on any shape of config."""
+    if not isinstance(config, dict):
+        return []
+    problems: list[str] = []
+    models = config.get("models")
+    for name, model in models.items() if isinstance(models, dict) else ():
+        if not isinstance(model, dict):
+            continue
+        quants = model.get("quants")
+        for i, q in enumerate(quants if isinstance(quants, list) else ()):
+            if isinstance(q, str) and q not in KNOWN_QUANTS:
+                problems.append(f"models.{name}.quants[{i}] = {unknown_quant_message(q)}")
+        source = model.get("source")
+        if not isinstance(source, dict):
+            continue
+        files = source.get("files")
+        for q in files if source.get("kind") == "hf" and isinstance(files, dict) else ():
+            if q not in KNOWN_QUANTS:
+                problems.append(f"models.{name}.source.files.{q}: {unknown_quant_message(q)}")
+        tag = source.get("tag")
+        if source.get("kind") == "ollama" and isinstance(tag, str) and (why := ollama_name_problem(tag)):
+            problems.append(
+                f"models.{name}.source.tag = {tag!r} is not an Ollama model name: {why}. Write "
+                f"{OLLAMA_NAME_GRAMMAR} as Ollama does, e.g. llama3.1:8b, library/llama3.1:70b-instruct-q4_0, "
+                "registry.ollama.ai/library/llama3.2 or hf.co/{user}/{repo}:{quant}"
+            )
+    tools = config.get("tools")
+    for tool, settings in tools.items() if isinstance(tools, dict) else ():
+        keep = settings.get("quants") if isinstance(settings, dict) else None
+        for i, q in enumerate(keep if isinstance(keep, list) else ()):
+            if isinstance(q, str) and q not in KNOWN_QUANTS:
+                problems.append(f"tools.{tool}.quants[{i}] = {unknown_quant_message(q)}")
+    return problems
+
+
 def semantic_problems(config: dict) -> list[str]:
     """Checks a schema cannot express: cross-references between keys."""
     problems: list[str] = []
@@ -172,12 +250,11 @@ def semantic_problems(config: dict) -> list[str]:
         source = model.get("source", {})
         quants = model.get("quants", [])
         kind = source.get("kind")
+        if derives_ladder(model):
+            for q in quants:
+                if (why := derivation_problem(q)) is not None:
+                    problems.append(f"models.{name}.quants: {q!r} cannot be derived from the model's source file: {why}")
         if kind == "hf" and "files" in source:
-            for q in source["files"]:
-                if q not in KNOWN_QUANTS:
-                    problems.append(
-                        f"models.{name}.source.files.{q}: {q!r} is not a known quant type; allowed: {', '.join(KNOWN_QUANTS)}"
-                    )
             for q, entry in source["files"].items():
                 problems += _split_problems(f"models.{name}.source.files.{q}", entry)
             for q in quants:
@@ -214,7 +291,7 @@ def semantic_problems(config: dict) -> list[str]:
 def validate_config(config: dict, schema: dict) -> dict:
     """Fill defaults into ``config`` in place and return it, or raise ConfigError naming every problem."""
     errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [line for e in errors for line in _describe(e, schema)]
+    problems = [line for e in errors for line in _describe(e, schema)] + name_problems(config)
     if not problems:
         problems = semantic_problems(config)
     if problems:

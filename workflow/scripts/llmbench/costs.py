@@ -42,6 +42,8 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
 
     Summing before dividing weights each generation by its tokens and avoids the low readings of short windows.
     """
+    if "energy_boundary" not in runs.columns:  # rows measured before the boundary was recorded
+        runs = runs.with_columns(pl.lit(None, pl.String).alias("energy_boundary"))
     return runs.group_by(GROUP).agg(
         pl.col("generated_tokens").sum().alias("generated_tokens"),
         pl.col("decode_tokens_per_s").median().alias("median_decode_tokens_per_s"),
@@ -52,6 +54,8 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("energy_window_s").sum().alias("energy_windows_s"),
         pl.col("energy_window_s").min().alias("shortest_window_s"),
         pl.col("energy_source").drop_nulls().unique().sort().str.join(", ").alias("energy_source"),
+        # What the energy covers (GPU, CPU package+DRAM, platform): the measurement boundary, named in the table.
+        pl.col("energy_boundary").drop_nulls().unique().sort().str.join("; ").alias("energy_boundary"),
         pl.col("energy_null_reason").drop_nulls().unique().sort().str.join("; ").alias("energy_null_reason"),
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason"),
     ).with_columns(
@@ -297,6 +301,9 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                     *breakeven,
                 ])
         out += [f"\n## {tool}\n\n", _md_table(header, rows)]
+        boundaries = sorted({b for b in ranked.filter(pl.col("tool") == tool)["energy_boundary"].to_list() if b})
+        if boundaries:
+            out.append(f"\nEnergy measured at: {'; '.join(boundaries)}.\n")
         if hardware:
             out += [f"\n### {tool}: with hardware amortization (estimate)\n\n", _md_table(hw_header, hw_rows)]
     if hardware:

@@ -7,6 +7,10 @@ than llama-bench's mean ± sd.
 llama-bench silences llama.cpp's log unless -v, and -v also logs every decode step; so a probe run (the same
 test, one repetition, -v) goes first, into its own log: it shows the layers offloaded and, where the load fails,
 llama.cpp's reason. The measured run follows without -v.
+
+An output cut short (a test's line missing or broken, a line without its samples, fewer samples than
+repetitions, while llama-bench exited 0) is not a result: ``run_and_parse`` runs it once more, and fails naming
+the log if the second output is cut short too; never half a row.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +79,42 @@ def probe_command(s: LlamaBenchSettings) -> list[str]:
     return [*cmd, "--no-warmup", "-v"]
 
 
-def parse_jsonl(text: str) -> list[dict]:
-    tests = [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-    if not tests:
-        raise BackendError(f"llama-bench printed no results: {text[-500:]!r}")
+class IncompleteBenchOutput(BackendError):
+    """llama-bench exited normally but its output stops short of whole results: run it once more."""
+
+
+def _check_samples(t: dict, repetitions: int | None = None) -> None:
+    ns, ts = t.get("samples_ns"), t.get("samples_ts")
+    name = f"pp{t.get('n_prompt', 0)}/tg{t.get('n_gen', 0)}"
+    if not ns or not ts or len(ns) != len(ts):
+        raise IncompleteBenchOutput(f"llama-bench's result line for {name} has no samples (samples_ns "
+                                    f"{len(ns or [])}, samples_ts {len(ts or [])})")
+    if repetitions is not None and len(ns) != repetitions:
+        raise IncompleteBenchOutput(f"llama-bench's result line for {name} has {len(ns)} samples of "
+                                    f"{repetitions} repetitions")
+
+
+def parse_jsonl(text: str, settings: LlamaBenchSettings | None = None) -> list[dict]:
+    """The result lines of ``-o jsonl``, each with its samples; with ``settings``, a line for each test asked
+    (pp and tg) with one sample per repetition. IncompleteBenchOutput where any is missing or cut short."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        raise IncompleteBenchOutput(f"llama-bench printed no results: {text[-500:]!r}")
+    tests = []
+    for line in lines:
+        try:
+            tests.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise IncompleteBenchOutput(f"llama-bench's result line is cut short: {line[-200:]!r}") from None
+    for t in tests:
+        _check_samples(t, settings.repetitions if settings else None)
+    if settings is not None:
+        asked = {(settings.n_prompt, 0)} if settings.n_prompt else set()
+        asked |= {(0, settings.n_gen)} if settings.n_gen else set()
+        got = {(int(t.get("n_prompt", 0)), int(t.get("n_gen", 0))) for t in tests}
+        if missing := sorted(asked - got):
+            raise IncompleteBenchOutput("llama-bench's output has no result line for "
+                                        + ", ".join(f"pp{p}" if p else f"tg{g}" for p, g in missing))
     return tests
 
 
@@ -87,6 +124,7 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
     base = plan.row_base()
     rows = []
     for t in tests:
+        _check_samples(t)  # never half a row
         n_prompt, n_gen = int(t.get("n_prompt", 0)), int(t.get("n_gen", 0))
         name = "+".join(x for x in (f"pp{n_prompt}" if n_prompt else "", f"tg{n_gen}" if n_gen else "") if x)
         for rep, (ns, ts) in enumerate(zip(t["samples_ns"], t["samples_ts"], strict=True)):
@@ -119,19 +157,40 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
     return pl.DataFrame(rows, schema=RUN_SCHEMA)
 
 
-def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings) -> str:
-    """Run llama-bench with stderr to ``log_path``; stdout back. A failure raises EngineFailed (OutOfMemory
-    for a failed allocation) with its diagnosis."""
-    with open(log_path, "w") as log:
+def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings, append: bool = False) -> str:
+    """Run llama-bench with stderr to ``log_path`` (after what the log holds, with ``append``), its stdout kept
+    there too; stdout back. A failure raises EngineFailed (OutOfMemory for a failed allocation) with its
+    diagnosis."""
+    log_path = Path(log_path)
+    start = log_path.stat().st_size if append and log_path.exists() else 0
+    with open(log_path, "a" if append else "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        log.write(f"# stdout:\n{proc.stdout}")
     if proc.returncode != 0:
-        text = Path(log_path).read_text(errors="replace")
+        text = log_path.read_bytes()[start:].decode(errors="replace")
         found = diagnose("llama-bench", proc.returncode, text, Path(settings.model),
                          f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.n_prompt + settings.n_gen}")
         raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (engine log {log_path})"))
     return proc.stdout
+
+
+def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]],
+                  settings: LlamaBenchSettings) -> list[dict]:
+    """``parse`` of llama-bench's stdout; where it finds the output cut short (IncompleteBenchOutput), it runs
+    once more, into the same log; cut short again, an IncompleteBenchOutput that names the log. A failed run
+    (exit code) is not rerun."""
+    try:
+        return parse(_run(cmd, log_path, settings))
+    except IncompleteBenchOutput as first:
+        with open(log_path, "a") as log:
+            log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
+    try:
+        return parse(_run(cmd, log_path, settings, append=True))
+    except IncompleteBenchOutput as again:
+        raise IncompleteBenchOutput(f"llama-bench's output stopped short twice ({again}); see both runs in the "
+                                    f"engine log {log_path}") from None
 
 
 def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
@@ -139,4 +198,5 @@ def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path)
     probe_log = log_path.with_suffix(".probe.log")
     _run(probe_command(settings), probe_log, settings)
     offload = parse_offload(probe_log.read_text(errors="replace"))
-    return samples_to_rows(parse_jsonl(_run(bench_command(settings), log_path, settings)), plan, offload)
+    tests = run_and_parse(bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
+    return samples_to_rows(tests, plan, offload)

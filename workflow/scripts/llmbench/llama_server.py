@@ -11,17 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmbench.backend import (
+    THINKING,
     BackendError,
     Engine,
     EngineFailed,
     Generation,
+    StreamCutShort,
+    cut_short,
     engine_failure,
     free_port,
     http_json,
     log_tail,
     peak_rss_bytes,
     post_stream,
+    reasoning_tokens,
     stop_process,
+    stream_error,
 )
 from llmbench.diagnosis import diagnose
 from llmbench.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
@@ -81,28 +86,65 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
 def parse_chat_stream(lines: Iterable[bytes], t0: float, clock: Callable[[], float] = time.perf_counter) -> Generation:
     """A streamed /v1/chat/completions answer → Generation.
 
-    TTFT is the client's clock from the request to the first event carrying content; counts and phase times
-    still come from the ``timings`` that llama-server sends with its last event.
+    TTFT is the client's clock from the request to the first chunk carrying a generated token of any kind, the
+    answer's or a reasoning model's thinking (which comes first); ``text`` is the answer alone. Counts and phase
+    times come from the ``timings`` of the last chunk (the one with the finish_reason), as builds that time every
+    token send timings with each chunk. A stream without that chunk was cut short (StreamCutShort); an error the
+    server sends inside the stream (``data: {"error": ...}``, or a bare ``error: ...`` line from older builds)
+    is raised quoting its message.
     """
-    text, ttft_ms, last = [], None, {}
+    text, ttft_ms, last, final, finish, usage, done, broken = [], None, None, None, None, None, False, None
     for raw in lines:
         line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
+        if not line:
             continue
-        event = json.loads(line[len("data: "):])
-        delta = ((event.get("choices") or [{}])[0].get("delta") or {}).get("content")
-        if delta:
-            if ttft_ms is None:
-                ttft_ms = (clock() - t0) * 1000
-            text.append(delta)
+        if broken is not None:
+            raise BackendError(f"llama-server streamed a line that is not JSON: {broken[:300]!r}")
+        if line.startswith("error:"):
+            raise stream_error("llama-server", {"error": _json_or_text(line[len("error:"):]) or "(no message)"})
+        if not line.startswith("data:"):
+            continue
+        payload = line[len("data:"):].strip()
+        if payload == "[DONE]":
+            done = True
+            continue
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError:
+            broken = line  # a line cut in the middle, if it is the last one
+            continue
+        if error := stream_error("llama-server", event):
+            raise error
+        choice = (event.get("choices") or [{}])[0]
+        delta = choice.get("delta") or {}
+        if ttft_ms is None and any(delta.get(k) for k in ("content", *THINKING)):
+            ttft_ms = (clock() - t0) * 1000
+        if delta.get("content"):
+            text.append(delta["content"])
+        finish = choice.get("finish_reason") or finish
+        usage = event.get("usage") or usage
         if "timings" in event:
             last = event
-    if not last:
-        raise BackendError("llama-server's stream ended without 'timings'")
+            if finish is not None:
+                final = event
+    if final is None:
+        if finish is not None and done:
+            raise BackendError(f"llama-server's stream ended without 'timings' in its last chunk (finish_reason "
+                               f"{finish!r}); llama-server sends them with it")
+        gone = ["'timings'" if last is None else "its last 'timings'"]
+        raise cut_short("llama-server", gone + ["a finish_reason"] * (finish is None) + ["[DONE]"] * (not done),
+                        broken)
     wall_ms = (clock() - t0) * 1000
-    choice = (last.get("choices") or [{}])[0]
-    g = parse_chat_response(last, wall_ms)
-    return dataclasses.replace(g, text="".join(text), ttft_ms=ttft_ms, finish_reason=choice.get("finish_reason"))
+    g = parse_chat_response(final, wall_ms)
+    return dataclasses.replace(g, text="".join(text), ttft_ms=ttft_ms, finish_reason=finish,
+                               reasoning_tokens=reasoning_tokens(usage))
+
+
+def _json_or_text(payload: str):
+    try:
+        return json.loads(payload)
+    except json.JSONDecodeError:
+        return payload.strip()
 
 
 def parse_chat_response(body: dict, wall_ms: float) -> Generation:
@@ -123,6 +165,7 @@ def parse_chat_response(body: dict, wall_ms: float) -> Generation:
         finish_reason=choice.get("finish_reason"),
         text=(choice.get("message") or {}).get("content") or "",
         ttft_ms=None,
+        reasoning_tokens=reasoning_tokens(body.get("usage")),
     )
 
 
@@ -203,9 +246,20 @@ class LlamaServer(Engine):
             "cache_prompt": False,
             "stream": True,
         }
+        url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
         try:
-            return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s,
-                               parse_chat_stream, "llama-server", self.log_path)
+            try:
+                return post_stream(url, body, timeout, parse_chat_stream, "llama-server", self.log_path)
+            except StreamCutShort as first:
+                # A stream cut short is no result: the request runs once more (only then, never after other
+                # errors), unless the server is gone.
+                if self.proc.poll() is not None:
+                    raise
+                try:
+                    return post_stream(url, body, timeout, parse_chat_stream, "llama-server", self.log_path)
+                except StreamCutShort as again:
+                    raise StreamCutShort(f"{again}; cut short again when the request ran once more: see the "
+                                         f"engine log {self.log_path}") from first
         except BackendError as e:
             code = self.proc.poll() if self.proc is not None else None
             if code is not None or out_of_memory_line(self._log_text()):

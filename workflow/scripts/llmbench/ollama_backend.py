@@ -3,6 +3,39 @@
 Two kinds of model: a library tag that the server pulls (as the article ran Ollama), or a GGUF file of the study
 imported with `ollama create` semantics (the file uploaded as a blob, then a model made FROM it), so that
 llama.cpp and Ollama run the identical file.
+
+Prompt cache. The study sends each prompt `repetitions` times in a row and measures every repetition uncached,
+as llama-server (``cache_prompt: false``) and vLLM (no prefix caching) are run. Ollama has no switch for it:
+its runners always reuse the longest common token prefix of a cache slot (runner/ollamarunner/cache.go
+``LoadCacheSlot``; runner.go's completion handler asks for it unconditionally, and older builds' llm/server.go
+sent ``"cache_prompt": true`` hard-coded; the per-request ``cache`` option of ollama/ollama#1642 is gone,
+ollama/ollama#2023 made caching the default with no way to turn it off). Its final object then counts the
+whole prompt in ``prompt_eval_count`` (``numPromptInputs``, counted before the cached part is cut off) while
+``prompt_eval_duration`` covers only the part evaluated (ollama/ollama#5371, #16428): 2410 tokens "in" 128 ms.
+Unloading the model between repetitions (``keep_alive: 0``) would empty the cache but reload the weights inside
+the next measured window; no request option disables the reuse (``num_keep`` only protects tokens at a context
+shift; changing ``num_ctx`` reloads the model too). So before every generation that follows another one on the
+same server, the backend evicts the cache: a raw prompt of one plain token (``_EVICT``) with the same load
+options, which shares no token with the study's prompt but a leading BOS, so the slot is cut back to at most
+that one token (``countCommonPrefix``; one cache slot per model with OLLAMA_NUM_PARALLEL=1, Ollama's default).
+The bench job evicts in ``before_generation``, before the generation's energy window opens, so its cost (one
+forward pass of one token) is measured in no row; a reused BOS makes the prefill rate at most 1/prompt_tokens
+high.
+
+What the row says: on a server the job started (with OLLAMA_NUM_PARALLEL=1: one slot, so the eviction is
+certain) ``prefill_cached`` is False and the prefill rate is Ollama's count over its duration. On a server at
+OLLAMA_HOST the number of slots is unknown (with several, the eviction may reach another slot than the one that
+holds the prompt): ``prefill_cached`` is None and no prefill rate is computed; likewise a parsed answer whose
+cache state the caller does not know. Where the prompt was served from cache (True), the evaluated token count
+is unknown: ``prefill_tokens`` and the rate are null, ``prompt_tokens`` stays Ollama's count of the whole prompt.
+A count or duration Ollama leaves out (its fields are ``omitempty``: ``prompt_eval_count`` disappears when 0,
+ollama/ollama#2068) is null, never 0.
+
+Reasoning models: Ollama returns the thinking in ``message.thinking``, apart from the answer in
+``message.content``; the answer scored for accuracy is the content alone. ``eval_count`` counts thinking and
+answer tokens together and Ollama gives no split, so reasoning tokens are not known (null). The request is not
+streamed (``stream=False``): there is no time to first token (``ttft_ms`` null), and the GPU energy is not split
+into prefill and decode.
 """
 
 from __future__ import annotations
@@ -30,26 +63,43 @@ from llmbench.models import split_count
 NS_PER_MS = 1e6
 
 
-def parse_chat(r, wall_ms: float) -> Generation:
-    """An /api/chat answer (non-streaming) → Generation; durations are nanoseconds, counts are Ollama's."""
+# The prompt of the eviction request: one plain token after the BOS, sent raw (no chat template), so that it
+# shares no token with a study prompt but the BOS; "!" where a prompt itself starts with "~".
+_EVICT = "~"
+
+
+def _count(value) -> int | None:
+    return int(value) if value is not None else None
+
+
+def parse_chat(r, wall_ms: float, *, prefill_cached: bool | None = None) -> Generation:
+    """An /api/chat answer (non-streaming) → Generation; durations are nanoseconds, counts are Ollama's.
+
+    ``prefill_cached``: False where the caller evicted Ollama's prompt cache before the request (the prompt was
+    evaluated whole: the prefill rate stands), True where it was served from cache, None where not known; only
+    False gives prefill tokens and a prefill rate. A count or duration the answer leaves out is None.
+    """
     get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
     if not get("done"):
         raise BackendError(f"Ollama answered an unfinished generation: {str(r)[:300]}")
-    prompt_n, gen_n = get("prompt_eval_count") or 0, get("eval_count") or 0
-    prompt_ns, gen_ns = get("prompt_eval_duration") or 0, get("eval_duration") or 0
+    prompt_n, gen_n = _count(get("prompt_eval_count")), _count(get("eval_count"))
+    prompt_ns, gen_ns = get("prompt_eval_duration"), get("eval_duration")
     message = get("message") or {}
+    # A reasoning model's thinking comes in message.thinking: the answer is the content alone.
     content = message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
+    whole = prefill_cached is False
     return Generation(
-        prompt_tokens=int(prompt_n),
-        prefill_tokens=int(prompt_n),
-        generated_tokens=int(gen_n),
-        prefill_ms=prompt_ns / NS_PER_MS,
-        decode_ms=gen_ns / NS_PER_MS,
-        prefill_tokens_per_s=prompt_n / prompt_ns * 1e9 if prompt_ns and prompt_n else None,
+        prompt_tokens=prompt_n,
+        prefill_tokens=prompt_n if whole else None,
+        generated_tokens=gen_n,
+        prefill_ms=prompt_ns / NS_PER_MS if prompt_ns is not None else None,
+        decode_ms=gen_ns / NS_PER_MS if gen_ns is not None else None,
+        prefill_tokens_per_s=prompt_n / prompt_ns * 1e9 if whole and prompt_ns and prompt_n else None,
         decode_tokens_per_s=gen_n / gen_ns * 1e9 if gen_ns and gen_n else None,
         wall_ms=wall_ms,
         finish_reason=get("done_reason"),
         text=content or "",
+        prefill_cached=prefill_cached,
     )
 
 
@@ -80,6 +130,9 @@ class OllamaBackend(Engine):
         self.proc: subprocess.Popen | None = None
         self.client = None
         self.version: str | None = None
+        # A server this job started has one prompt cache slot (OLLAMA_NUM_PARALLEL=1): evicting it is certain.
+        self.one_cache_slot = False
+        self._cache_holds_prompt = False
 
     def start(self) -> None:
         if self.gguf is not None and self.gguf.is_file() and (shards := split_count(self.gguf)) > 1:
@@ -101,8 +154,9 @@ class OllamaBackend(Engine):
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [binary, "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "OLLAMA_HOST": self.host},
+                    env={**os.environ, "OLLAMA_HOST": self.host, "OLLAMA_NUM_PARALLEL": "1"},
                 )
+            self.one_cache_slot = True
         try:
             self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s)
             self._wait_ready()
@@ -110,6 +164,8 @@ class OllamaBackend(Engine):
         except BaseException:
             self.stop()
             raise
+        # A server at OLLAMA_HOST may hold an earlier prompt of this model in its cache.
+        self._cache_holds_prompt = self.proc is None
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -165,8 +221,10 @@ class OllamaBackend(Engine):
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         import ollama
 
-        t0 = time.perf_counter()
         try:
+            if self._cache_holds_prompt:  # a caller that did not call before_generation (warm-up, accuracy)
+                self.evict_prompt_cache(prompt)
+            t0 = time.perf_counter()
             r = self.client.chat(
                 model=self.tag,
                 messages=[{"role": "user", "content": prompt}],
@@ -184,7 +242,32 @@ class OllamaBackend(Engine):
             raise engine_failure(found) from None
         except Exception as e:  # httpx connection errors: the server went away
             raise BackendError(f"Ollama at {self.host} stopped answering: {e}") from None
-        return parse_chat(r, (time.perf_counter() - t0) * 1000)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        self._cache_holds_prompt = True
+        return parse_chat(r, wall_ms, prefill_cached=False if self.one_cache_slot else None)
+
+    def before_generation(self, prompt: str) -> None:
+        """Evict the prompt cache before the measurement window opens, so that the eviction is not measured."""
+        import ollama
+
+        if self._cache_holds_prompt:
+            try:
+                self.evict_prompt_cache(prompt)
+            except ollama.ResponseError as e:
+                raise BackendError(f"Ollama could not evict its prompt cache with {self.tag!r}: {e}") from None
+
+    def evict_prompt_cache(self, prompt: str) -> None:
+        """Cut Ollama's prompt cache back to (at most) the BOS, so that ``prompt`` is evaluated whole: a raw
+        one-token prompt with the load options of the generations (other ones would reload the model)."""
+        self.client.generate(
+            model=self.tag,
+            prompt="!" if prompt.startswith(_EVICT) else _EVICT,
+            raw=True,
+            options={**self.options, "temperature": 0.0, "seed": 0, "num_predict": 1},
+            stream=False,
+            keep_alive="10m",
+        )
+        self._cache_holds_prompt = False
 
     def facts(self) -> dict:
         """Offload as Ollama reports it (/api/ps): bytes of the model in VRAM over its size."""

@@ -4,13 +4,21 @@ The reference (the F16, or the finest quant a model has) runs once with ``--kl-d
 stores its log-probabilities over the corpus; each quant then runs with ``--kl-divergence-base FILE
 --kl-divergence`` and prints mean KLD with its uncertainty, KLD percentiles, PPL and the PPL ratio to the
 reference, and how often both pick the same top token. Its summary is parsed by label, into one tidy row.
+
+An output cut short (a summary without its percentiles, a reference run without its final estimate, while the
+tool exited 0) is not a result: ``run_and_parse`` runs the tool once more, and fails naming the log if the
+second output is cut short too; never half a row.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The reference scored against itself prints "-nan" for uncertainties of zero spread: a float, as Python reads it.
 _NUM = r"([-+]?(?:[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf))"
@@ -33,10 +41,16 @@ _KLD_QUANTILES = {
     "Minimum": "kld_min",
 }
 REQUIRED = ("ppl", "ppl_base", "ppl_ratio", "kld_mean", "kld_mean_unc", "kld_median", "kld_p99", "same_top_p_pct")
+# A whole summary: the required values and every KLD percentile (printed between the mean and "Same top p").
+COMPLETE = tuple(dict.fromkeys((*REQUIRED, *_KLD_QUANTILES.values())))
 
 
 class PerplexityError(RuntimeError):
     """llama-perplexity failed, or printed no usable summary; the message names the log."""
+
+
+class IncompleteOutput(PerplexityError):
+    """llama-perplexity exited normally but its output stops short of what a row needs: run it once more."""
 
 
 def base_command(binary: Path, model: Path, corpus: Path, base_file: Path, ctx: int, threads: int,
@@ -54,7 +68,8 @@ def kld_command(binary: Path, model: Path, base_file: Path, ctx: int, threads: i
 
 
 def parse_kld_summary(text: str) -> dict[str, float]:
-    """The summary that ``--kl-divergence`` prints, by label → {column: value}; raises if a key line is missing."""
+    """The summary that ``--kl-divergence`` prints, by label → {column: value}; IncompleteOutput where any value
+    of a whole summary (``COMPLETE``: the required ones and every KLD percentile) is missing."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -65,25 +80,59 @@ def parse_kld_summary(text: str) -> dict[str, float]:
             name = m.group(1) if not m.group(1)[0].isdigit() else f"{float(m.group(1)[:-1]):.1f}%"
             if name in _KLD_QUANTILES:
                 out[_KLD_QUANTILES[name]] = float(m.group(2))
-    missing = [c for c in REQUIRED if c not in out]
+    missing = [c for c in COMPLETE if c not in out]
     if missing:
-        raise PerplexityError(f"llama-perplexity's output has no {', '.join(missing)}")
+        raise IncompleteOutput(f"llama-perplexity's output has no {', '.join(missing)}")
     return out
 
 
-def run_logged(cmd: list[str], log_path: Path) -> str:
-    """Run llama-perplexity with its output in ``log_path``; return that output. Its exit code is not enough:
-    some of its errors (a base file from another model, too few tokens) return 0 after printing the error."""
-    with open(log_path, "w") as log:
+def parse_base_run(text: str, base_file: Path, model: Path) -> tuple[float, float]:
+    """The reference run's final PPL ± uncertainty, with its base file written. llama-perplexity returns 0 after
+    some errors (a corpus shorter than two contexts): those logged errors are failures (PerplexityError); an
+    output that just stops before its final estimate, or an empty base file, is IncompleteOutput."""
+    final = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", text)
+    base_file = Path(base_file)
+    if final is not None and base_file.exists() and base_file.stat().st_size > 0:
+        return float(final.group(1)), float(final.group(2))
+    errors = "\n".join(line for line in text.splitlines() if " E " in line or "error" in line.lower())
+    if errors:
+        raise PerplexityError(f"the reference run of {model} produced no base file: {errors}")
+    raise IncompleteOutput(f"the reference run of {model} stopped before "
+                           + ("its final estimate" if final is None else f"writing its base file {base_file}"))
+
+
+def run_logged(cmd: list[str], log_path: Path, append: bool = False) -> str:
+    """Run llama-perplexity with its output in ``log_path`` (after what the log holds, with ``append``); return
+    this run's output. Its exit code is not enough: some of its errors (a base file from another model, too few
+    tokens) return 0 after printing the error."""
+    log_path = Path(log_path)
+    start = log_path.stat().st_size if append and log_path.exists() else 0
+    with open(log_path, "a" if append else "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    text = Path(log_path).read_text(errors="replace")
+    text = log_path.read_bytes()[start:].decode(errors="replace")
     if proc.returncode != 0:
         from llmbench.diagnosis import diagnose
 
         raise PerplexityError(f"{diagnose('llama-perplexity', proc.returncode, text).reason} (log {log_path})")
     return text
+
+
+def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], T]) -> T:
+    """``parse(run_logged(cmd, log_path))``; where the parse finds the output cut short (IncompleteOutput), it
+    runs once more, into the same log; cut short again, a PerplexityError that names the log. A failed run (exit
+    code, a logged error) is not rerun."""
+    try:
+        return parse(run_logged(cmd, log_path))
+    except IncompleteOutput as first:
+        with open(log_path, "a") as log:
+            log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
+    try:
+        return parse(run_logged(cmd, log_path, append=True))
+    except IncompleteOutput as again:
+        raise PerplexityError(f"llama-perplexity's output stopped short twice ({again}); see both runs in the "
+                              f"log {log_path}") from None
 
 
 def failed_kld_row(model: str, quant: str, reason: str, reference: dict | None = None) -> dict:

@@ -42,9 +42,13 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "prompt_tokens": pl.Int64,
     "prefill_tokens": pl.Int64,
     "generated_tokens": pl.Int64,
+    # Of generated_tokens, the reasoning model's thinking, where the engine counts it; null where it does not.
+    "reasoning_tokens": pl.Int64,
     "prefill_ms": pl.Float64,
     "decode_ms": pl.Float64,
     "prefill_tokens_per_s": pl.Float64,
+    # True: the engine served the prompt from its cache (no prefill rate); False: evaluated whole; null: not known.
+    "prefill_cached": pl.Boolean,
     "decode_tokens_per_s": pl.Float64,
     "ttft_ms": pl.Float64,
     "wall_ms": pl.Float64,
@@ -71,6 +75,9 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "gpu_energy_decode_j": pl.Float64,
     "sampled_gpu_energy_j": pl.Float64,
     "energy_split_null_reason": pl.String,
+    # What energy_j covers (e.g. "GPU (NVML energy counter) + CPU package+DRAM (RAPL)") and each sensor's J (JSON).
+    "energy_boundary": pl.String,
+    "energy_by_sensor_j": pl.String,
     # Per GPU (JSON): clocks, temperature, memory used, power limit and throttle reasons at start and end.
     "gpu_state_start": pl.String,
     "gpu_state_end": pl.String,
@@ -222,13 +229,15 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                 started = dt.datetime.now(dt.UTC)
                 window = f"{prompt.id}/{rep}"
                 state_start = meter.gpu_state()
+                getattr(backend, "before_generation", lambda _prompt: None)(prompt.text)
                 meter.begin_window(window)
                 g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
                 energy = estimated(meter.end_window(window), plan.estimate_w)
                 state_end = meter.gpu_state()
                 log.info(
-                    "%s rep %d: %d prompt + %d generated tokens, decode %.1f tok/s",
-                    prompt.id, rep, g.prompt_tokens, g.generated_tokens, g.decode_tokens_per_s or float("nan"),
+                    "%s rep %d: %s prompt + %s generated tokens, decode %s tok/s",
+                    prompt.id, rep, g.prompt_tokens, g.generated_tokens,
+                    "unknown" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.1f}",
                 )
                 rows.append(
                     {
@@ -243,9 +252,11 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                         "prompt_tokens": g.prompt_tokens,
                         "prefill_tokens": g.prefill_tokens,
                         "generated_tokens": g.generated_tokens,
+                        "reasoning_tokens": g.reasoning_tokens,
                         "prefill_ms": g.prefill_ms,
                         "decode_ms": g.decode_ms,
                         "prefill_tokens_per_s": g.prefill_tokens_per_s,
+                        "prefill_cached": g.prefill_cached,
                         "decode_tokens_per_s": g.decode_tokens_per_s,
                         "ttft_ms": g.ttft_ms,
                         "wall_ms": g.wall_ms,
@@ -259,6 +270,7 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                         "energy_source": energy.source,
                         "energy_null_reason": energy.null_reason,
                         "energy_is_estimate": energy.source is not None and energy.source.startswith(ESTIMATE),
+                        **energy.boundary_columns(),
                         **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                         "started_at": started,
                         "output_text": g.text,

@@ -20,16 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmbench.backend import (
+    THINKING,
     BackendError,
     Engine,
     Generation,
+    StreamCutShort,
     ToolUnavailable,
+    cut_short,
     engine_failure,
     free_port,
     http_json,
     log_tail,
     post_stream,
+    reasoning_tokens,
     stop_process,
+    stream_error,
 )
 from llmbench.backend import peak_rss_bytes as vm_hwm
 from llmbench.diagnosis import diagnose
@@ -79,30 +84,51 @@ def parse_vllm_stream(
 ) -> Generation:
     """A streamed /v1/chat/completions answer (with ``stream_options.include_usage``) → Generation.
 
-    TTFT is the client's clock from the request to the first chunk carrying content; token counts are the
-    engine's ``usage`` in the last chunk, never counted chunks (one chunk may carry several tokens).
+    TTFT is the client's clock from the request to the first chunk carrying a generated token of any kind, the
+    answer's or a reasoning model's thinking (``reasoning_content``, ``reasoning`` in newer vLLM); ``text`` is the
+    answer alone. Token counts are the engine's ``usage`` in the chunk after the finish_reason, never counted
+    chunks (one chunk may carry several tokens). A stream without it was cut short (StreamCutShort); an error
+    vLLM sends inside the stream is raised quoting its message.
     """
-    text, ttft_ms, usage, finish = [], None, None, None
+    text, ttft_ms, usage, finish, done, broken = [], None, None, None, False, None
     for raw in lines:
         line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
-        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+        if not line:
             continue
-        event = json.loads(line[5:])
-        if "error" in event or event.get("object") == "error":
-            raise BackendError(f"vLLM streamed an error: {str(event)[:500]}")
+        if broken is not None:
+            raise BackendError(f"vLLM streamed a line that is not JSON: {broken[:300]!r}")
+        if not line.startswith("data:"):
+            continue
+        if line[5:].strip() == "[DONE]":
+            done = True
+            continue
+        try:
+            event = json.loads(line[5:])
+        except json.JSONDecodeError:
+            broken = line  # a line cut in the middle, if it is the last one
+            continue
+        if error := stream_error("vLLM", event):
+            raise error
         for choice in event.get("choices") or []:
-            if delta := (choice.get("delta") or {}).get("content"):
-                ttft_ms = (clock() - t0) * 1000 if ttft_ms is None else ttft_ms
-                text.append(delta)
+            delta = choice.get("delta") or {}
+            if ttft_ms is None and any(delta.get(k) for k in ("content", *THINKING)):
+                ttft_ms = (clock() - t0) * 1000
+            if delta.get("content"):
+                text.append(delta["content"])
             finish = choice.get("finish_reason") or finish
-        usage = event.get("usage") or usage
-    if not usage:
-        raise BackendError("vLLM's stream ended without 'usage' (was stream_options.include_usage sent?)")
+        if event.get("usage") and finish is not None:  # the count of the whole answer, not a running one
+            usage = event["usage"]
+    if usage is None:
+        if finish is not None and done:
+            raise BackendError("vLLM's stream ended without 'usage' (was stream_options.include_usage sent?)")
+        raise cut_short("vLLM", ["'usage'"] + ["a finish_reason"] * (finish is None) + ["[DONE]"] * (not done),
+                        broken)
     wall_ms = (clock() - t0) * 1000
     prompt_n, gen_n = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     prefill_n = prompt_n - int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     # vLLM's API gives no separate phase times, so prefill is bounded by TTFT (which also holds queueing, the
-    # HTTP round trip and the first decode step; its rate is a lower bound) and decode is the rest of the wall.
+    # HTTP round trip and the first decode step; its rate is a lower bound) and decode is the rest of the wall,
+    # a reasoning model's thinking included.
     prefill_ms = ttft_ms if ttft_ms is not None else wall_ms
     decode_ms = wall_ms - prefill_ms
     return Generation(
@@ -111,6 +137,7 @@ def parse_vllm_stream(
         prefill_tokens_per_s=prefill_n / prefill_ms * 1000 if prefill_ms > 0 and prefill_n > 0 else None,
         decode_tokens_per_s=(gen_n - 1) / decode_ms * 1000 if decode_ms > 0 and gen_n > 1 else None,
         wall_ms=wall_ms, finish_reason=finish, text="".join(text), ttft_ms=ttft_ms,
+        reasoning_tokens=reasoning_tokens(usage),
     )
 
 
@@ -175,8 +202,19 @@ class VllmServer(Engine):
         body = {"model": str(self.settings.model),  # vLLM serves the model under its --model argument
                 "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
-        return post_stream(f"{self.url}/v1/chat/completions", body, self.settings.request_timeout_s, parse_vllm_stream,
-                           "vLLM", self.log_path)
+        url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
+        try:
+            return post_stream(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path)
+        except StreamCutShort as first:
+            # A stream cut short is no result: the request runs once more (only then, never after other errors),
+            # unless the server is gone.
+            if self.proc.poll() is not None:
+                raise
+            try:
+                return post_stream(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path)
+            except StreamCutShort as again:
+                raise StreamCutShort(f"{again}; cut short again when the request ran once more: see the engine log "
+                                     f"{self.log_path}") from first
 
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
