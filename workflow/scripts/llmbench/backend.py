@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -74,6 +75,22 @@ class Engine:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def post_stream_once_more(url: str, body: dict, timeout: float, parse, engine: str, log_path: Path,
+                          alive: Callable[[], bool]) -> Generation:
+    """``post_stream``, sent once more when the stream is cut short (only then, never after other errors) while the
+    engine is ``alive()``: a stream cut short is no result; cut short twice, the error names the engine log."""
+    try:
+        return post_stream(url, body, timeout, parse, engine, log_path)
+    except StreamCutShort as first:
+        if not alive():
+            raise
+        try:
+            return post_stream(url, body, timeout, parse, engine, log_path)
+        except StreamCutShort as again:
+            raise StreamCutShort(f"{again}; cut short again when the request ran once more: see the engine log "
+                                 f"{log_path}") from first
 
 
 def post_stream(url: str, body: dict, timeout: float, parse, engine: str, log_path: Path) -> Generation:

@@ -16,14 +16,13 @@ from llmbench.backend import (
     Engine,
     EngineFailed,
     Generation,
-    StreamCutShort,
     cut_short,
     engine_failure,
     free_port,
     http_json,
     log_tail,
     peak_rss_bytes,
-    post_stream,
+    post_stream_once_more,
     reasoning_tokens,
     stop_process,
     stream_error,
@@ -248,18 +247,8 @@ class LlamaServer(Engine):
         }
         url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
         try:
-            try:
-                return post_stream(url, body, timeout, parse_chat_stream, "llama-server", self.log_path)
-            except StreamCutShort as first:
-                # A stream cut short is no result: the request runs once more (only then, never after other
-                # errors), unless the server is gone.
-                if self.proc.poll() is not None:
-                    raise
-                try:
-                    return post_stream(url, body, timeout, parse_chat_stream, "llama-server", self.log_path)
-                except StreamCutShort as again:
-                    raise StreamCutShort(f"{again}; cut short again when the request ran once more: see the "
-                                         f"engine log {self.log_path}") from first
+            return post_stream_once_more(url, body, timeout, parse_chat_stream, "llama-server", self.log_path,
+                                         alive=lambda: self.proc.poll() is None)
         except BackendError as e:
             code = self.proc.poll() if self.proc is not None else None
             if code is not None or out_of_memory_line(self._log_text()):

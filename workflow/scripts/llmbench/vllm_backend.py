@@ -24,14 +24,13 @@ from llmbench.backend import (
     BackendError,
     Engine,
     Generation,
-    StreamCutShort,
     ToolUnavailable,
     cut_short,
     engine_failure,
     free_port,
     http_json,
     log_tail,
-    post_stream,
+    post_stream_once_more,
     reasoning_tokens,
     stop_process,
     stream_error,
@@ -203,18 +202,8 @@ class VllmServer(Engine):
                 "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
         url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
-        try:
-            return post_stream(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path)
-        except StreamCutShort as first:
-            # A stream cut short is no result: the request runs once more (only then, never after other errors),
-            # unless the server is gone.
-            if self.proc.poll() is not None:
-                raise
-            try:
-                return post_stream(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path)
-            except StreamCutShort as again:
-                raise StreamCutShort(f"{again}; cut short again when the request ran once more: see the engine log "
-                                     f"{self.log_path}") from first
+        return post_stream_once_more(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path,
+                                     alive=lambda: self.proc.poll() is None)
 
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
