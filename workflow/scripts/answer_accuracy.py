@@ -34,10 +34,7 @@ def main(snakemake):
         except ToolUnavailable as err:
             log.warning("skipped: %s", err)
             rows = not_asked(group, str(err))
-        except CorruptModelError as err:
-            log.error("failed: %s", err)
-            rows = not_asked(group, str(err), "failed")
-        except BackendError as err:  # the engine failed: its diagnosis is the row's reason, and the study goes on
+        except (BackendError, CorruptModelError) as err:  # its diagnosis is the row's reason; the study goes on
             found = diagnosis_of(err, w.tool, engine_log, model)
             log.error("failed (%s): %s", found.kind, found.reason)
             rows = not_asked(group, found.reason, "failed")

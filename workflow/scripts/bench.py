@@ -16,13 +16,12 @@ import polars as pl
 
 from llmbench import provenance
 from llmbench.backend import BackendError, ToolUnavailable, diagnosis_of
-from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD
 from llmbench.engines import EngineSettings, make_engine
 from llmbench.gpu_slots import hold_gpus
 from llmbench.llama_bench import LlamaBenchSettings, run_llama_bench
 from llmbench.logs import script_logging
 from llmbench.meters import open_energy_meter
-from llmbench.models import CorruptModelError, ShardError, check_gguf
+from llmbench.models import CorruptModelError, check_gguf
 from llmbench.runs import Prompt, RunPlan, failed_run, run_generations, skipped_run
 
 
@@ -122,13 +121,11 @@ def measure(snakemake, plan: RunPlan, gpu_ids: list[int], engine_log: Path, log)
     except ToolUnavailable as e:
         log.warning("skipped: %s", e)
         return skipped_run(plan, str(e))
-    except CorruptModelError as e:  # proven by the GGUF check; a split GGUF given wrongly is sound
-        log.error("failed: %s", e)
-        return failed_run(plan, str(e), LONE_SHARD if isinstance(e, ShardError) else CORRUPT_FILE)
-    except BackendError as e:
+    except (BackendError, CorruptModelError) as e:
         found = diagnosis_of(e, plan.tool, engine_log, model)
         log.error("failed (%s): %s (engine log: %s)", found.kind, found.reason, engine_log)
         return failed_run(plan, found.reason, found.kind, found.signal)
+
 
 if "snakemake" in globals():
     main(snakemake)  # noqa: F821

@@ -205,13 +205,17 @@ def engine_failure(diagnosis) -> EngineFailed:
     return (OutOfMemory if diagnosis.kind in ("out_of_gpu_memory", "out_of_host_memory") else EngineFailed)(diagnosis)
 
 
-def diagnosis_of(error: BackendError, engine: str, log_path: Path | None = None, model: Path | None = None):
-    """The diagnosis an engine error carries, or one read from its message and the engine's log: every
-    BackendError of a job becomes a 'failed' row with it (kind, reason), and the study goes on."""
-    from llmbench.diagnosis import diagnose
+def diagnosis_of(error: Exception, engine: str, log_path: Path | None = None, model: Path | None = None):
+    """The diagnosis an engine error carries, or one read from its message and the engine's log; a model file the
+    GGUF check refused (CorruptModelError) is a damaged file, or a split GGUF given wrongly (ShardError: sound).
+    Every such error of a job becomes a 'failed' row with it (kind, reason), and the study goes on."""
+    from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD, Diagnosis, diagnose
+    from llmbench.models import CorruptModelError, ShardError
 
     if isinstance(error, EngineFailed):
         return error.diagnosis
+    if isinstance(error, CorruptModelError):
+        return Diagnosis(LONE_SHARD if isinstance(error, ShardError) else CORRUPT_FILE, str(error))
     text = str(error)
     if log_path is not None:
         try:
