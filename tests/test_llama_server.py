@@ -507,3 +507,24 @@ def test_a_streamed_error_is_not_run_again(tmp_path):
             s.generate("What is 17 + 25?", 64, 0.0, 1)
     assert requests_made(tmp_path) == 1 and not isinstance(e.value, StreamCutShort)
     assert diagnosis_of(e.value, "llama-server", tmp_path / "server.log").kind == "context_size_exceeded"
+
+
+def test_a_server_killed_by_a_signal_during_a_request_is_named_for_it(tmp_path, tiny_gguf):
+    # A stand-in llama-server that is healthy, then dies by SIGILL at the first request's prefill, as the AMX
+    # build did on an Intel Xeon (the fault is on a worker thread, at the first batched matrix product).
+    exe = standin(tmp_path, """
+        import http.server, json, os, signal, sys
+        port = int(sys.argv[sys.argv.index("--port") + 1])
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
+            def do_POST(self):
+                os.kill(os.getpid(), signal.SIGILL)
+            def log_message(self, *a): pass
+        http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+    """)
+    s = dataclasses.replace(settings(exe, tmp_path), model=tiny_gguf)
+    with LlamaServer(s, tmp_path / "server.log") as server, pytest.raises(EngineFailed) as e:
+        server.generate("Hello", 4, 0.0, 1)
+    d = e.value.diagnosis
+    assert (d.kind, d.signal) == ("illegal_instruction", "SIGILL") and "during a request" in str(e.value)

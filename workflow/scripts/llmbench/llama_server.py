@@ -250,10 +250,20 @@ class LlamaServer(Engine):
             return post_stream_once_more(url, body, timeout, parse_chat_stream, "llama-server", self.log_path,
                                          alive=lambda: self.proc.poll() is None)
         except BackendError as e:
-            code = self.proc.poll() if self.proc is not None else None
+            code = self._exit_code()
             if code is not None or out_of_memory_line(self._log_text()):
                 raise self._failure(code, "during a request") from e
             raise
+
+    def _exit_code(self, grace_s: float = 2.0) -> int | None:
+        """The server's exit status after a failed request, waiting briefly: a server killed by a signal closes
+        its sockets before the kernel lets it be reaped, so the client can see the closed stream first."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _failure(self, code: int | None, when: str) -> EngineFailed:
         """The server ended (or logged a failed allocation): what it was, from its exit and its log's last start."""
