@@ -18,18 +18,13 @@ from pathlib import Path
 
 import bench
 import pytest
+from test_failed_jobs import Fields
 
 from conftest import REPO
 from llmbench.diagnosis import diagnose, signal_of
 from llmbench.runs import Prompt, RunPlan
 
 CASES = REPO / "tests/data/cases"
-
-
-class Fields(dict):
-    """Snakemake's input/params/wildcards stand-in: attribute access, keys() and get()."""
-
-    __getattr__ = dict.__getitem__
 
 
 def job(tool: str, model: Path | None, exe: Path | None = None, tag: str | None = None):
