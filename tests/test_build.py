@@ -155,12 +155,14 @@ def test_portable_after_amx_and_a_clear_error_when_every_build_dies(tmp_path):
         run_build(tmp_path / "again", outcomes, AMX_CPU)
 
 
-def test_a_tool_failing_without_a_signal_fails_the_build_with_its_reason(tmp_path):
+def test_a_tool_failing_without_a_signal_is_recorded_and_the_build_stands(tmp_path):
+    # Not the CPU's doing: the jobs that use the tool will say what it is in their failed rows.
     broken = SmokeResult("llama-perplexity", False, "x", 0.1, 1, None, "llama-perplexity exited with code 1", None,
                          "smoke/perplexity.log")
-    with pytest.raises(BuildError, match=r"native build of llama.cpp does not run here: llama-perplexity: "
-                                         r"llama-perplexity exited with code 1"):
-        run_build(tmp_path, {"native": broken}, AMX_CPU)
+    info, targets, log = run_build(tmp_path, {"native": broken}, AMX_CPU)
+    assert targets == [CpuTarget()] and info["cpu_features_turned_off"] == []
+    assert [r for r in info["smoke_test"] if not r["ok"]][0]["reason"] == "llama-perplexity exited with code 1"
+    assert "warning: llama-perplexity failed its smoke test without a signal" in log
 
 
 def test_the_kernels_words_are_read_for_that_process(tmp_path, monkeypatch):

@@ -195,8 +195,8 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
     rebuild without the extension at fault while a tool dies by a signal; return the build record (commit, flags,
     compiler, CUDA, the CPU target, what was turned off and why, each attempt's smoke results).
 
-    Raises BuildError when the build fails, when a tool fails for another reason than a signal (its diagnosis),
-    or when the portable build dies too. ``compile``/``smoke`` are parameters so that tests can put stand-ins in.
+    Raises BuildError when the build fails, or when the portable build dies by a signal too; a tool that fails
+    otherwise is recorded (``smoke_test``: ok false, its reason) and warned about, and the build stands. ``compile``/``smoke`` are parameters so that tests can put stand-ins in.
     """
     from llmbench.build_smoke import first_crash, smoke_test
 
@@ -218,10 +218,11 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
         log.flush()
         crash = first_crash(results)
         if crash is None:
-            failed = [r for r in results if not r.ok]
-            if failed:
-                raise BuildError(f"the {target.describe()} build of llama.cpp does not run here: {failed[0].tool}: "
-                                 f"{failed[0].reason} (log {failed[0].log})")
+            # A tool that failed otherwise is not this CPU's doing: recorded (build.json, the log) and left to the
+            # jobs that use it, whose failed rows will say what it is; the build stands.
+            for r in results:
+                if not r.ok:
+                    log.write(f"warning: {r.tool} failed its smoke test without a signal: {r.reason} (log {r.log})\n")
             break
         step = next_target(target, crash, flags)
         if step is None:

@@ -145,10 +145,6 @@ def _json_line(stdout: str, _log: str) -> str | None:
     return None if '"avg_ts"' in stdout else "llama-bench printed no result line"
 
 
-def _perplexity_done(_stdout: str, log: str) -> str | None:
-    return None if "Final estimate" in log else "llama-perplexity printed no final estimate"
-
-
 def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.executable) -> list[SmokeResult]:
     """Run each built tool of ``bin_dir`` on the tiny model with ``threads`` threads (at least 2: the AMX fault is
     on worker threads); the results in tool order, every tool run even after one failed."""
@@ -165,8 +161,7 @@ def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.exe
         _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "64", "-n", "8", "-r", "1",
                              "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
         _run("llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus),
-                                  "-c", "64", "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log",
-             check=_perplexity_done),
+                                  "-c", "64", "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log"),
         _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), os.environ.get("PYTHONPATH", "")])}
