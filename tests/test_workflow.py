@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from test_params import reversed_keys
 from test_report import assert_report_shows, render_report, require_chromium
 
 from conftest import REPO, load_config
@@ -329,13 +330,6 @@ def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
         (study / f"res/models/{MODEL}/Q4_0.gguf").unlink(missing_ok=True)
     snakemake(study, "--configfile", "config/test.yaml")
     assert "Nothing to be done" in snakemake(study, "-n", "--configfile", "config/test.yaml").stdout
-
-    def reversed_keys(value):
-        if isinstance(value, dict):
-            return {key: reversed_keys(value[key]) for key in reversed(list(value))}
-        if isinstance(value, list):
-            return [reversed_keys(item) for item in value]
-        return value
 
     cfg = yaml.safe_load((study / "config/test.yaml").read_text())
     flipped = reversed_keys(cfg)
