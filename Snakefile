@@ -24,9 +24,8 @@ include: "workflow/rules/build.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/quality.smk"
-include: "workflow/rules/aggregate.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/summary.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/archive.smk"
 
 

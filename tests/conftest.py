@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,13 +39,27 @@ def schema() -> dict:
     return load_schema(REPO / "workflow/schemas/config.schema.yaml")
 
 
-def write_tiny_gguf(path: Path, n: int = 64) -> Path:
-    """A real (tiny) GGUF written with the gguf package: header, metadata, one tensor."""
+def write_tiny_gguf(path: Path, n: int = 64, *, tensors: Mapping[str, Any] | None = None,
+                    block_count: int | None = 1, metadata: Callable[[Any], None] | None = None) -> Path:
+    """A real (tiny) llama GGUF written with the gguf package: header, metadata, tensors.
+
+    ``tensors``: name → float array, or (quantized array, GGMLQuantizationType) for a tensor stored as that type;
+    by default one float32 token_embd.weight of n × 4. ``block_count`` None writes none; ``metadata(writer)``
+    adds further keys after it.
+    """
     import gguf
 
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+    if block_count is not None:
+        w.add_block_count(block_count)
+    if metadata is not None:
+        metadata(w)
+    for name, data in (tensors or {"token_embd.weight": np.arange(n * 4, dtype=np.float32).reshape(n, 4)}).items():
+        if isinstance(data, tuple):
+            raw, qtype = data
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -54,3 +70,43 @@ def write_tiny_gguf(path: Path, n: int = 64) -> Path:
 @pytest.fixture
 def tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+class Namespace(dict):
+    """Snakemake's named lists (input, params, wildcards) stand-in: attribute access, keys(), get(), items()."""
+
+    __getattr__ = dict.__getitem__
+
+
+def snakemake_standin(tmp_path: Path, *, wildcards: dict, input: dict, params: dict, threads: int = 2):
+    """A stand-in of the ``snakemake`` object a rule's script gets, for llmbench.job.Job.from_snakemake."""
+    return Namespace(wildcards=Namespace(wildcards), input=Namespace(input), params=Namespace(params),
+                     threads=threads, log=[str(tmp_path / "job.log")])
+
+
+def bench_job(tmp_path: Path, tool: str, model: Path | None, *, exe: Path | None = None, tag: str | None = None,
+              n_gpu_layers: int | str | None = 0, quant: str = "Q4_0", repetitions: int = 1, max_tokens: int = 4,
+              tool_settings: dict | None = None, gpus: int = 0):
+    """A bench job as its rule would pass it (llmbench.job.Job), on a stand-in llama.cpp build whose every tool is
+    ``exe`` where given."""
+    from llmbench.job import Job
+
+    inputs = {"model": str(model)} if model else {}
+    if exe is not None:
+        build = tmp_path / "standin-build"
+        (build / "bin").mkdir(parents=True, exist_ok=True)
+        for name in ("llama-server", "llama-bench"):
+            (build / "bin" / name).unlink(missing_ok=True)
+            (build / "bin" / name).symlink_to(exe)
+        (build / "build.json").write_text("{}")
+        inputs["build"] = str(build / "build.json")
+    engine = {"n_gpu_layers": n_gpu_layers, "tensor_split": None, "gpus": gpus, "seed": 1, "ctx_size": 2048,
+              "start_timeout_s": 20, "request_timeout_s": 20, "model_name": tag}
+    plan = {"prompts": [{"id": "p", "text": "hi", "max_tokens": max_tokens}], "repetitions": repetitions,
+            "warmup": 0, "idle_s": 0.0, "energy_estimate_w": None, "temperature": 0.7, "exclusive": False}
+    smk = snakemake_standin(
+        tmp_path, wildcards={"model": "m", "quant": quant, "split": "none"}, input=inputs,
+        params={"tool": tool, "engine": engine, "plan": plan,
+                "tool_settings": tool_settings or ({"n_prompt": 16, "n_gen": 8} if tool == "llama-bench" else {})},
+    )
+    return Job.from_snakemake(smk)

@@ -1,7 +1,7 @@
 """Every engine failure named for what it is, with its fix, from real engines' outputs (../shared/cases).
 
 Each case goes through the product as a real job would: a stand-in engine (a small Python script or HTTP server,
-named as such) prints the engine's real output, and the bench job's own code (bench.measure) turns it into its
+named as such) prints the engine's real output, and the bench job's own code (llmbench.measure) turns it into its
 row. The real engines run in tests/test_workflow.py.
 """
 
@@ -16,25 +16,13 @@ import textwrap
 import threading
 from pathlib import Path
 
-import bench
 import pytest
-from test_failed_jobs import Fields
 
-from conftest import REPO
+from conftest import REPO, bench_job
 from llmbench.diagnosis import diagnose, signal_of
-from llmbench.runs import Prompt, RunPlan
+from llmbench.measure import measure
 
 CASES = REPO / "tests/data/cases"
-
-
-def job(tool: str, model: Path | None, exe: Path | None = None, tag: str | None = None):
-    plan_params = {"ctx_size": 2048, "start_timeout_s": 20, "request_timeout_s": 20, "tensor_split": None}
-    inputs = {"model": str(model)} if model else {}
-    if exe:
-        inputs.update(bench=str(exe), server=str(exe))
-    snakemake = Fields(input=Fields(inputs), params=Fields(plan=plan_params, n_prompt=16, n_gen=8, tag=tag))
-    plan = RunPlan(tool, "m", "Q4_K_M", "none", (Prompt("p", "hi", 4),), 1, 0, 0.0, 0.0, 1, 0, 0, 2)
-    return snakemake, plan
 
 
 def standin_printing(tmp_path: Path, name: str, text: str, exit_code: int = 1) -> Path:
@@ -44,8 +32,8 @@ def standin_printing(tmp_path: Path, name: str, text: str, exit_code: int = 1) -
     return exe
 
 
-def failed_row(snakemake, plan, tmp_path) -> dict:
-    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+def failed_row(job) -> dict:
+    rows = measure(job, [], logging.getLogger("test"))
     assert rows.height == 1
     row = rows.row(0, named=True)
     assert row["status"] == "failed"
@@ -55,8 +43,8 @@ def failed_row(snakemake, plan, tmp_path) -> dict:
 @pytest.mark.parametrize("tool", ["llama-server", "llama-bench"])
 def test_c17_an_architecture_the_build_does_not_know_is_named_with_the_version_fix(tmp_path, tiny_gguf, tool):
     log = (CASES / "c17_llama_server_unknown_arch.log").read_text()
-    snakemake, plan = job(tool, tiny_gguf, standin_printing(tmp_path, tool, log))
-    row = failed_row(snakemake, plan, tmp_path)
+    j = bench_job(tmp_path, tool, tiny_gguf, exe=standin_printing(tmp_path, tool, log), quant="Q4_K_M")
+    row = failed_row(j)
     assert row["failure_kind"] == "unknown_architecture"
     reason = row["status_reason"]
     assert "does not know architecture 'gemma4'" in reason and "pin a newer llama_cpp.version" in reason
@@ -114,8 +102,8 @@ def ollama_answering_500(monkeypatch):
 
 def test_c07a_ollama_out_of_gpu_memory_is_a_failed_row_quoting_cudamalloc_with_the_fix(tmp_path, ollama_answering_500):
     ollama_answering_500((CASES / "c07a_ollama_error_cuda_oom.json").read_bytes())
-    snakemake, plan = job("ollama", None, tag="llama3.1:70b")
-    row = failed_row(snakemake, plan, tmp_path)
+    j = bench_job(tmp_path, "ollama", None, tag="llama3.1:70b", quant="Q4_K_M")
+    row = failed_row(j)
     assert row["failure_kind"] == "out_of_gpu_memory"
     assert "cudaMalloc failed: out of memory" in row["status_reason"]
     assert "n_gpu_layers" in row["status_reason"] and "ctx_size" in row["status_reason"]
@@ -124,8 +112,8 @@ def test_c07a_ollama_out_of_gpu_memory_is_a_failed_row_quoting_cudamalloc_with_t
 def test_ollama_host_memory_refusal_is_a_failed_row_with_the_host_fix(tmp_path, ollama_answering_500):
     body = {"error": "model requires more system memory (61.5 GiB) than is available (22.3 GiB)"}
     ollama_answering_500(json.dumps(body).encode())
-    snakemake, plan = job("ollama", None, tag="llama3.1:70b")
-    row = failed_row(snakemake, plan, tmp_path)
+    j = bench_job(tmp_path, "ollama", None, tag="llama3.1:70b", quant="Q4_K_M")
+    row = failed_row(j)
     assert row["failure_kind"] == "out_of_host_memory"
     assert "(61.5 GiB) than is available (22.3 GiB)" in row["status_reason"]
     assert "smaller quant" in row["status_reason"]

@@ -11,23 +11,17 @@ import sys
 import textwrap
 from pathlib import Path
 
-import bench
 import polars as pl
 import pytest
 
-from conftest import REPO
+from conftest import REPO, bench_job
 from llmbench.costs import cost_table
-from llmbench.runs import RUN_SCHEMA, Prompt, RunPlan, failed_run
+from llmbench.measure import measure
+from llmbench.runs import RUN_SCHEMA, RunPlan, failed_run
 from llmbench.stats import summarize_runs
 
 # llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
-
-
-class Fields(dict):
-    """Snakemake's input/params/wildcards stand-in: attribute access, keys() and get()."""
-
-    __getattr__ = dict.__getitem__
 
 
 def standin(tmp_path: Path, name: str, body: str) -> Path:
@@ -44,20 +38,14 @@ OOM_EXIT = f"""
 """
 
 
-def job(tool: str, tiny_gguf: Path, exe: Path) -> tuple[Fields, RunPlan]:
-    plan_params = {"ctx_size": 2048, "start_timeout_s": 20, "request_timeout_s": 20, "tensor_split": None}
-    snakemake = Fields(
-        input=Fields(model=str(tiny_gguf), bench=str(exe), server=str(exe)),
-        params=Fields(plan=plan_params, n_prompt=512, n_gen=128),
-    )
-    plan = RunPlan(tool, "m", "Q4_0", "none", (Prompt("p", "hi", 4),), 2, 0, 0.0, 0.7, 1, 81, 1, 2)
-    return snakemake, plan
+def job(tool: str, tiny_gguf: Path, exe: Path, tmp_path: Path):
+    return bench_job(tmp_path, tool, tiny_gguf, exe=exe, n_gpu_layers=81, repetitions=2)
 
 
 @pytest.mark.parametrize("tool", ["llama-bench", "llama-server"])
 def test_out_of_memory_is_a_failed_row_with_the_line_and_the_fix(tmp_path, tiny_gguf, tool):
-    snakemake, plan = job(tool, tiny_gguf, standin(tmp_path, tool, OOM_EXIT))
-    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    j = job(tool, tiny_gguf, standin(tmp_path, tool, OOM_EXIT), tmp_path)
+    rows = measure(j, [], logging.getLogger("test"))
     assert rows.columns == list(RUN_SCHEMA) and rows.height == 1
     row = rows.row(0, named=True)
     assert row["status"] == "failed" and row["n_gpu_layers"] == 81
@@ -72,8 +60,8 @@ def test_any_engine_failure_is_a_failed_row_that_never_blames_a_sound_file(tmp_p
         print("llama_model_load: error loading model: tensor 'blk.3.attn_q.weight' data is not within the file bounds")
         sys.exit(1)
     """)
-    snakemake, plan = job("llama-server", tiny_gguf, exe)
-    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    j = job("llama-server", tiny_gguf, exe, tmp_path)
+    rows = measure(j, [], logging.getLogger("test"))
     row = rows.row(0, named=True)
     assert (rows.height, row["status"], row["failure_kind"]) == (1, "failed", "exited")
     assert "not within the file bounds" in row["status_reason"] and "do not delete it" in row["status_reason"]
@@ -89,8 +77,8 @@ def test_an_engine_ended_by_a_signal_is_a_failed_row_naming_it(tmp_path, tiny_gg
         print("load_tensors: loading model tensors, this can take a while... (load_mode = mmap)", flush=True)
         os.kill(os.getpid(), signal.{sig})
     """)
-    snakemake, plan = job(tool, tiny_gguf, exe)
-    rows = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test"))
+    j = job(tool, tiny_gguf, exe, tmp_path)
+    rows = measure(j, [], logging.getLogger("test"))
     row = rows.row(0, named=True)
     assert (row["status"], row["failure_kind"], row["failure_signal"]) == ("failed", kind, sig)
     assert "corrupt" not in row["status_reason"] and "delete" not in row["status_reason"].lower()
@@ -98,8 +86,8 @@ def test_an_engine_ended_by_a_signal_is_a_failed_row_naming_it(tmp_path, tiny_gg
 
 def test_a_model_the_gguf_check_proves_damaged_is_a_failed_row_saying_so(tmp_path, tiny_gguf):
     tiny_gguf.write_bytes(tiny_gguf.read_bytes()[:-100])
-    snakemake, plan = job("llama-server", tiny_gguf, standin(tmp_path, "llama-server", OOM_EXIT))
-    row = bench.measure(snakemake, plan, [], tmp_path / "job.engine.log", logging.getLogger("test")).row(0, named=True)
+    j = job("llama-server", tiny_gguf, standin(tmp_path, "llama-server", OOM_EXIT), tmp_path)
+    row = measure(j, [], logging.getLogger("test")).row(0, named=True)
     assert (row["status"], row["failure_kind"]) == ("failed", "corrupt_model_file")
     assert "is truncated" in row["status_reason"]
 

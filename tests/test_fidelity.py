@@ -1,6 +1,6 @@
 """The harness benchmark's arithmetic and ordering (its timings are recorded in benchmarks/results, not tested)."""
 
-from llmbench.backend import Generation
+from llmbench.engines.base import Generation
 from llmbench.fidelity import Comparison, interleaved, metered_decode_rate, verdicts
 from llmbench.meters import EnergyMeter
 

@@ -1,17 +1,14 @@
-"""The framework table: facts from workflow/data/frameworks.yaml beside what the study measured of each tool."""
+"""The framework table: each tool's facts from its registry record beside what the study measured of it."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from llmbench import frameworks
+from llmbench.engines import registry
+from llmbench.engines.registry import TOOLS, Facts
 from llmbench.runs import RUN_SCHEMA
-from llmbench.study import TOOL_SOURCES
-
-FACTS = Path(__file__).resolve().parents[1] / "workflow/data/frameworks.yaml"
 
 
 def fact(**over):
@@ -41,21 +38,19 @@ def stand_in_study() -> pl.DataFrame:
         schema=RUN_SCHEMA)
 
 
-def test_the_data_file_covers_every_tool_the_study_can_run():
-    facts = frameworks.load_facts(FACTS, sorted(TOOL_SOURCES))
-    assert set(TOOL_SOURCES) <= set(facts)
+def test_every_registered_tool_has_every_fact_with_its_sources():
+    facts = frameworks.registry_facts()
+    assert list(facts) == list(TOOLS)
     for tool, entry in facts.items():
         assert all(entry[k] for k in frameworks.FACT_KEYS), tool
-        assert isinstance(entry["sources"], list) and entry["sources"], tool
+        assert isinstance(entry["sources"], tuple) and entry["sources"], tool
 
 
-def test_facts_missing_a_key_or_a_tool_are_refused(tmp_path):
-    bad = tmp_path / "facts.yaml"
-    bad.write_text("llama-server:\n  family: llama.cpp\n")
-    with pytest.raises(ValueError, match=r"'llama-server' lacks installs, .*give every tool"):
-        frameworks.load_facts(bad)
-    with pytest.raises(ValueError, match=r"no entry for tool\(s\) mlx: add one"):
-        frameworks.load_facts(FACTS, ["llama-server", "mlx"])
+def test_a_tool_with_an_empty_fact_is_refused_at_registration():
+    empty = Facts(family="x", installs="", gpu_offload="x", multi_gpu="x", gguf="x", python_api="x", sources=("s",))
+    with pytest.raises(ValueError, match=r"'mlx' lacks the facts installs"):
+        registry.register(registry.Tool("mlx", empty, engine="llmbench.engines.mlx:Mlx"))
+    assert "mlx" not in TOOLS
 
 
 def test_compare_point_is_what_most_tools_ran():
@@ -96,7 +91,7 @@ def test_gpu_memory_is_the_largest_over_gpu_jobs():
 
 
 def test_markdown_has_both_tables_and_footnotes():
-    facts = frameworks.load_facts(FACTS)
+    facts = frameworks.registry_facts()
     md = frameworks.render_markdown(frameworks.framework_table(stand_in_study(), facts))
     assert "## The frameworks" in md and "## What each did here" in md
     assert "median decode tok/s on m Q4_0 |" in md

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, OutOfMemory
+from llmbench.engines.base import EngineError, OutOfMemory
 from llmbench.llama_bench import (
     IncompleteBenchOutput,
     LlamaBenchSettings,
@@ -58,7 +58,7 @@ def test_unknown_fields_of_another_build_are_ignored():
 
 
 def test_no_results_is_an_error():
-    with pytest.raises(BackendError, match="printed no results"):
+    with pytest.raises(EngineError, match="printed no results"):
         parse_jsonl("main: error: failed to load model\n")
 
 
@@ -126,7 +126,7 @@ def test_out_of_memory_is_out_of_memory_and_other_failures_stay_errors(tmp_path)
         sys.stderr.write("main: error: failed to load model 'm.gguf'\\n")
         sys.exit(1)
     """)
-    with pytest.raises(BackendError, match=r"^llama-bench could not load the model \(exit code 1\): it logged") as e:
+    with pytest.raises(EngineError, match=r"^llama-bench could not load the model \(exit code 1\): it logged") as e:
         run_llama_bench(LlamaBenchSettings(binary=other, model=tmp_path / "m.gguf"), PLAN, tmp_path / "b.log")
     assert not isinstance(e.value, OutOfMemory)
 

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, load_config
-from llmbench.backend import BackendError, OutOfMemory, ToolUnavailable
-from llmbench.llama_cpp_python_backend import LlamaCppPython
+from llmbench.engines.base import EngineError, OutOfMemory, ToolUnavailable
+from llmbench.engines.llama_cpp_python import LlamaCppPython
 
 # llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
@@ -40,7 +40,7 @@ def test_missing_library_names_the_dir_and_says_to_build(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
     says = rf"{re.escape(str(empty))} has no libllama.so; build llama.cpp first \(rule build_llama_cpp\)"
-    with pytest.raises(BackendError, match=says):
+    with pytest.raises(EngineError, match=says):
         backend(tmp_path, empty).start()
 
 
@@ -60,7 +60,7 @@ def test_binding_loaded_on_another_library_is_an_error(tmp_path, monkeypatch):
     (lib_dir / "libllama.so").write_bytes(b"stand-in, never loaded")
     standin = SimpleNamespace(_lib=SimpleNamespace(_name=str(tmp_path / "other/libllama.so")))
     monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", standin)
-    with pytest.raises(BackendError, match=r"already loaded from .*other/libllama.so.*cannot be swapped"):
+    with pytest.raises(EngineError, match=r"already loaded from .*other/libllama.so.*cannot be swapped"):
         backend(tmp_path, lib_dir).start()
 
 
@@ -77,7 +77,7 @@ def test_bad_layer_count_is_refused(tmp_path, bad):
 
 def test_out_of_memory_in_the_load_log_is_out_of_memory(tmp_path, monkeypatch):
     """A stand-in binding whose Llama() logs llama.cpp's CUDA out-of-memory lines and fails, as the real one does."""
-    from llmbench import llama_cpp_python_backend as backend_module
+    from llmbench.engines import llama_cpp_python as backend_module
 
     callbacks = []
 
@@ -98,7 +98,7 @@ def test_out_of_memory_in_the_load_log_is_out_of_memory(tmp_path, monkeypatch):
 
 def test_generate_before_start_is_an_error_and_stop_is_idempotent(tmp_path):
     b = backend(tmp_path, tmp_path)
-    with pytest.raises(BackendError, match="not started"):
+    with pytest.raises(EngineError, match="not started"):
         b.generate("hi", 4, 0.0, 1)
     b.stop()
     b.stop()
@@ -107,7 +107,7 @@ def test_generate_before_start_is_an_error_and_stop_is_idempotent(tmp_path):
 REAL_RUN = """
     import json, sys
     from pathlib import Path
-    from llmbench.llama_cpp_python_backend import LlamaCppPython
+    from llmbench.engines.llama_cpp_python import LlamaCppPython
     model, lib_dir, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     with LlamaCppPython(model, lib_dir, threads=2, ctx_size=512, seed=7, n_gpu_layers="auto", log_path=log) as b:
         gens = [b.generate("What is the capital of France? Answer in one sentence.", 12, 0.0, 7) for _ in range(2)]

@@ -10,7 +10,7 @@ out-of-memory lines below are stand-ins written from the format strings of the p
 import pytest
 
 from conftest import REPO
-from llmbench.llama_log import oom_reason, out_of_memory_line, parse_offload
+from llmbench.engines.llama_log import oom_reason, out_of_memory_line, parse_offload
 
 # Stand-ins from llama-model.cpp's LLAMA_LOG_INFO("%s: offloaded %d/%d layers to GPU\n", ...) on a GPU build.
 GPU_LOAD = """\

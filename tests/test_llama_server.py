@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
-from llmbench.llama_server import (
+from llmbench.engines.base import EngineError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
+from llmbench.engines.llama_server import (
     LlamaServer,
     LlamaServerSettings,
     parse_chat_response,
@@ -68,7 +68,7 @@ def test_parse_recorded_real_stream_with_ttft():
 
 
 def test_stream_without_timings_is_an_error():
-    with pytest.raises(BackendError, match="ended without 'timings'"):
+    with pytest.raises(EngineError, match="ended without 'timings'"):
         parse_chat_stream([b'data: {"choices":[{"delta":{"content":"x"}}]}\n', b"data: [DONE]\n"], 0.0)
 
 
@@ -155,7 +155,7 @@ ERROR_LINES = {
 @pytest.mark.parametrize("form", ["data", "bare"])
 def test_an_error_inside_the_stream_is_the_servers_message(form):
     """Case c03a: the stream ends in the server's error, which is the failure's reason, not missing timings."""
-    with pytest.raises(BackendError) as e:
+    with pytest.raises(EngineError) as e:
         parse_chat_stream(ERROR_LINES[form], 0.0)
     assert not isinstance(e.value, StreamCutShort)  # the server said why: no second try
     msg = str(e.value)
@@ -175,7 +175,7 @@ def test_an_error_inside_the_stream_is_the_servers_message(form):
 ])
 def test_other_stream_errors_quote_the_server(line, kind, words):
     lines = [*Replay.of(REASONING).lines[:4], line + b"\n"]
-    with pytest.raises(BackendError) as e:
+    with pytest.raises(EngineError) as e:
         parse_chat_stream(lines, 0.0)
     assert words in str(e.value) and not isinstance(e.value, StreamCutShort)
     assert diagnosis_of(e.value, "llama-server").kind == kind
@@ -202,7 +202,7 @@ def test_a_stream_cut_in_the_middle_of_a_line_says_so():
 
 def test_a_line_that_is_not_json_mid_stream_is_an_error_not_a_cut():
     lines = Replay.of(REASONING).lines
-    with pytest.raises(BackendError, match="not JSON") as e:
+    with pytest.raises(EngineError, match="not JSON") as e:
         parse_chat_stream([*lines[:4], b"data: {oops\n", *lines[4:]], 0.0)
     assert not isinstance(e.value, StreamCutShort)
 
@@ -215,7 +215,7 @@ def test_cached_prompt_tokens_count_as_prompt_but_not_as_prefill():
 
 
 def test_answer_without_timings_is_an_error():
-    with pytest.raises(BackendError, match="without 'timings'"):
+    with pytest.raises(EngineError, match="without 'timings'"):
         parse_chat_response({"choices": []}, wall_ms=1.0)
 
 
@@ -275,7 +275,7 @@ def test_server_dying_while_loading_says_why(tmp_path):
     """)
     server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
     # The 4-byte stand-in model is damaged: only the GGUF check's proof makes it "corrupt".
-    with pytest.raises(BackendError, match=r"the GGUF check proves the model file damaged: .*model.gguf is a damaged"):
+    with pytest.raises(EngineError, match=r"the GGUF check proves the model file damaged: .*model.gguf is a damaged"):
         server.start()
 
 
@@ -329,12 +329,12 @@ def test_out_of_memory_while_loading_is_out_of_memory_with_the_line_and_fix(tmp_
     msg = str(e.value)
     assert msg.startswith("out of memory: llama-server (n_gpu_layers=81, ctx_size=2048)")
     assert "cudaMalloc failed: out of memory" in msg and "set it to auto" in msg
-    assert server.proc is None or server.proc.poll() is not None
+    assert server.server.proc is None or server.server.proc.poll() is not None
 
 
 def test_missing_binary_says_to_build(tmp_path):
     server = LlamaServer(settings(tmp_path / "nope", tmp_path), tmp_path / "server.log")
-    with pytest.raises(BackendError, match="does not exist; build llama.cpp first"):
+    with pytest.raises(EngineError, match="does not exist; build llama.cpp first"):
         server.start()
 
 
@@ -354,18 +354,18 @@ def test_server_is_stopped_when_the_job_fails(tmp_path):
     server = LlamaServer(settings(exe, tmp_path), tmp_path / "server.log")
     with pytest.raises(RuntimeError, match="job failed"):
         with server:
-            proc = server.proc
+            proc = server.server.proc
             assert proc.poll() is None and server.facts()["engine_build"] == "standin"
             raise RuntimeError("job failed")
-    assert proc.poll() is not None and server.proc is None
+    assert proc.poll() is not None and server.server.proc is None
 
 
 def test_dead_server_during_a_run_is_named(tmp_path):
     exe = standin(tmp_path, HEALTHY)
     with LlamaServer(settings(exe, tmp_path), tmp_path / "server.log") as server:
-        server.proc.kill()
-        server.proc.wait()
-        with pytest.raises(BackendError, match="llama-server is not running"):
+        server.server.proc.kill()
+        server.server.proc.wait()
+        with pytest.raises(EngineError, match="llama-server is not running"):
             server.generate("hi", 4, 0.0, 1)
 
 
@@ -384,11 +384,11 @@ def test_server_is_stopped_when_the_job_is_interrupted(tmp_path, signame):
         [sys.executable, "-c", textwrap.dedent(f"""
             import signal, sys, time
             from pathlib import Path
-            from llmbench.llama_server import LlamaServer, LlamaServerSettings
+            from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as workflow/scripts/bench.py does
             s = LlamaServerSettings(binary=Path({str(exe)!r}), model=Path({str(model)!r}), start_timeout_s=20)
             with LlamaServer(s, Path({str(tmp_path / 'server.log')!r})) as server:
-                print(server.proc.pid, flush=True)
+                print(server.server.proc.pid, flush=True)
                 time.sleep(60)
         """)],
         stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "workflow/scripts")},
@@ -503,7 +503,7 @@ def test_a_request_cut_short_twice_fails_naming_the_engine_log(tmp_path):
 
 def test_a_streamed_error_is_not_run_again(tmp_path):
     with LlamaServer(settings(serving(tmp_path, STREAM_ERROR.read_bytes()), tmp_path), tmp_path / "server.log") as s:
-        with pytest.raises(BackendError, match=r'"Context size has been exceeded\."') as e:
+        with pytest.raises(EngineError, match=r'"Context size has been exceeded\."') as e:
             s.generate("What is 17 + 25?", 64, 0.0, 1)
     assert requests_made(tmp_path) == 1 and not isinstance(e.value, StreamCutShort)
     assert diagnosis_of(e.value, "llama-server", tmp_path / "server.log").kind == "context_size_exceeded"

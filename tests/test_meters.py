@@ -1,14 +1,30 @@
 """Energy meters. RAPL is tested on powercap trees laid out as Linux lists them in /sys/class/powercap (the
 c09 case as captured, and stand-ins with the same files and semantics); NVML on this machine is the real
-library, which finds no driver, so the meter must say so."""
+library, which finds no driver, so the meter must say so. The bookkeeping around the windows (idle power, the
+estimate, the prefill/decode cut, J per token) is tested with a scripted sensor and a scripted clock, so the
+arithmetic is exact."""
 
 import json
 import shutil
 
+import numpy as np
+import polars as pl
 import pytest
 
 from conftest import REPO, nvml_works
-from llmbench.meters import EnergyMeter, RaplZone, open_energy_meter, rapl_sensors
+from llmbench import meters
+from llmbench.meters import (
+    EnergyMeter,
+    EnergyReading,
+    RaplZone,
+    WindowError,
+    estimated,
+    joules_per_token,
+    measure_idle,
+    open_energy_meter,
+    rapl_sensors,
+    split_at_first_token,
+)
 
 C09 = REPO / "tests/data/cases/c09_powercap"
 
@@ -241,3 +257,124 @@ def test_gpu_and_cpu_boundary_named_once_each_with_every_sensor_share(monkeypatc
     assert r.energy_j == pytest.approx(5.0 + 11.0)
     assert r.by_sensor_j == pytest.approx({"nvml-energy:GPU-standin-gpu0": 5.0, "rapl:package-0": 10.0,
                                            "rapl:package-0/dram": 1.0})
+
+
+class ScriptedSensor:
+    """A stand-in sensor: its cumulative joules are the scripted readings, one per read."""
+
+    label = "stand-in-sensor"
+
+    def __init__(self, readings):
+        self.readings = iter(readings)
+
+    def read_j(self):
+        return next(self.readings)
+
+    def delta_j(self, start, end):
+        return end - start
+
+
+def test_opening_an_open_window_raises_naming_it():
+    meter = EnergyMeter([], ["no sensor"])
+    meter.begin_window("a/0")
+    with pytest.raises(WindowError, match=r"energy window 'a/0' is already open \(open: 'a/0'\)"):
+        meter.begin_window("a/0")
+    meter.end_window("a/0")
+    meter.begin_window("a/0")  # closed, the name can be used again
+    assert list(meter._open) == ["a/0"]
+
+
+def test_closing_a_window_not_open_raises_naming_it_and_the_open_ones():
+    meter = EnergyMeter([], ["no sensor"])
+    with pytest.raises(WindowError, match=r"no energy window 'g' is open \(none is open\): begin_window\('g'\)"):
+        meter.end_window("g")
+    meter.begin_window("idle")
+    meter.begin_window("b/1")
+    with pytest.raises(WindowError, match=r"no energy window 'g' is open \(open: 'idle', 'b/1'\)"):
+        meter.end_window("g")
+    meter.end_window("idle")
+    with pytest.raises(WindowError, match="'idle'"):  # closed once: a second close is an error, not a reading
+        meter.end_window("idle")
+
+
+def test_idle_power_is_the_idle_window_energy_over_its_length(monkeypatch):
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(meters.time, "perf_counter", lambda: next(clock))
+    slept = []
+    monkeypatch.setattr(meters.time, "sleep", slept.append)
+    meter = EnergyMeter([ScriptedSensor([100, 600])], [])
+    assert measure_idle(meter, 10.0) == (50.0, None)
+    assert slept == [10.0] and meter._open == {}
+
+
+def test_idle_power_not_measured_says_why_without_waiting(monkeypatch):
+    monkeypatch.setattr(meters.time, "sleep", lambda s: pytest.fail("waited for an idle baseline"))
+    assert measure_idle(EnergyMeter([], ["CPU energy: no RAPL zones"]), 10.0) == (
+        None, "not measured: CPU energy: no RAPL zones")
+    assert measure_idle(EnergyMeter([ScriptedSensor([])], []), 0.0) == (None, "not measured: bench.idle_s is 0")
+
+
+def test_net_energy_subtracts_idle_power_times_the_window():
+    reading = EnergyReading(300.0, "s", None, window_s=2.0)
+    assert reading.net_j(50.0) == 200.0
+    assert reading.net_j(None) is None
+    assert EnergyReading(None, None, "not measured: x", window_s=2.0).net_j(50.0) is None
+
+
+def test_an_estimate_is_flagged_on_the_reading_and_named_in_its_source():
+    unmeasured = EnergyReading(None, None, "not measured: CPU energy: no RAPL zones", window_s=2.0, t0=1.0, t1=3.0)
+    r = estimated(unmeasured, 65.0)
+    assert r.estimated and r.energy_j == 130.0 and r.null_reason is None and (r.t0, r.t1) == (1.0, 3.0)
+    assert r.source == ("estimate: 65 W assumed × window (bench.energy_estimate_w), "
+                        "not measured: CPU energy: no RAPL zones")
+    assert estimated(unmeasured, None) is unmeasured and estimated(unmeasured, 0) is unmeasured
+    assert not unmeasured.estimated
+    measured = EnergyReading(20.0, "stand-in-sensor", None, window_s=2.0)
+    assert estimated(measured, 65.0) is measured and not measured.estimated
+
+
+class ConstantPower:
+    """A stand-in meter with a GPU power trace of 100 W all through."""
+
+    split_null_reason = None
+
+    def gpu_trace_j(self, t0, t1):
+        return 100.0 * (t1 - t0)
+
+
+def test_gpu_energy_is_cut_at_the_first_token():
+    window = EnergyReading(None, None, None, window_s=2.0, t0=10.0, t1=12.0)
+    split = split_at_first_token(ConstantPower(), window, ttft_ms=500.0)
+    assert (split.prefill_j, split.decode_j, split.null_reason) == pytest.approx((50.0, 150.0, None))
+    late = split_at_first_token(ConstantPower(), window, ttft_ms=5000.0)  # past the window: all of it is prefill
+    assert (late.prefill_j, late.decode_j) == pytest.approx((200.0, 0.0))
+
+
+def test_no_split_without_a_first_token_or_a_power_trace_says_why():
+    window = EnergyReading(None, None, None, window_s=2.0, t0=10.0, t1=12.0)
+    split = split_at_first_token(ConstantPower(), window, ttft_ms=None)
+    assert (split.prefill_j, split.decode_j) == (None, None)
+    assert split.null_reason == "not measured: the engine reported no first token"
+    cpu = split_at_first_token(EnergyMeter([], []), window, ttft_ms=500.0)
+    assert (cpu.prefill_j, cpu.decode_j) == (None, None)
+    assert cpu.null_reason == "not measured: no GPU power trace (the job uses no GPU)"
+
+
+def test_joules_per_token_on_numbers_arrays_and_polars_expressions():
+    assert joules_per_token(300.0, 100) == 3.0
+    batches = np.array([[30.0, 60.0], [10.0, 10.0]])
+    assert joules_per_token(batches.sum(axis=-1), np.array([30, 4])) == pytest.approx([3.0, 5.0])
+    frame = pl.DataFrame({"energy_j": [30.0, None], "generated_tokens": [10, 5]})
+    per_row = frame.select(joules_per_token(pl.col("energy_j"), pl.col("generated_tokens")).alias("j"))["j"]
+    assert per_row.to_list() == [3.0, None]
+
+
+def test_meters_stays_light_to_import():
+    # Planning and the bench job import the meter: the plotting and table stack must not come with it.
+    import subprocess
+    import sys
+
+    code = "import sys, llmbench.meters; print(sorted({'polars', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO / "workflow/scripts")}).stdout
+    assert out.strip() == "[]"

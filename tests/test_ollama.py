@@ -21,8 +21,9 @@ import threading
 import pytest
 
 from conftest import REPO
-from llmbench.backend import BackendError, ToolUnavailable, free_port
-from llmbench.ollama_backend import OllamaBackend, parse_chat
+from llmbench.engines.base import EngineError, ToolUnavailable
+from llmbench.engines.ollama import OllamaBackend, parse_chat
+from llmbench.engines.process import free_port
 
 DATA = REPO / "tests/data/ollama"
 # Ollama's final object for a repeated prompt: prompt_eval_count 2410 (the whole prompt), prompt_eval_duration
@@ -71,7 +72,7 @@ def test_a_reasoning_model_answer_is_the_content_and_its_thinking_count_unknown(
 
 
 def test_unfinished_answer_is_an_error():
-    with pytest.raises(BackendError, match="unfinished"):
+    with pytest.raises(EngineError, match="unfinished"):
         parse_chat({"done": False}, wall_ms=1.0)
 
 
@@ -233,7 +234,7 @@ def test_a_server_at_ollama_host_is_evicted_but_its_prefill_is_not_vouched_for(s
 
 def test_missing_gguf_to_import_is_named(standin_ollama, tmp_path):
     host, _ = standin_ollama
-    with pytest.raises(BackendError, match="no-such.gguf does not exist"):
+    with pytest.raises(EngineError, match="no-such.gguf does not exist"):
         OllamaBackend("m:q", tmp_path / "ollama.log", host=host, gguf=tmp_path / "no-such.gguf").start()
 
 
@@ -246,7 +247,7 @@ def test_no_server_and_no_binary_means_skipped_with_the_reason(monkeypatch, tmp_
 
 def test_dead_server_named_in_ollama_host_is_an_error(tmp_path):
     host = f"127.0.0.1:{free_port()}"
-    with pytest.raises(BackendError, match=f"no Ollama server answers at {host}"):
+    with pytest.raises(EngineError, match=f"no Ollama server answers at {host}"):
         OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host, start_timeout_s=2).start()
 
 
@@ -254,6 +255,6 @@ def test_dead_server_named_in_ollama_host_is_an_error(tmp_path):
 def test_real_ollama_server_starts_and_answers(tmp_path, monkeypatch):
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     backend = OllamaBackend("no-such-model-llmbench-test:latest", tmp_path / "ollama.log")
-    with pytest.raises(BackendError, match="could not pull 'no-such-model-llmbench-test:latest'"):
+    with pytest.raises(EngineError, match="could not pull 'no-such-model-llmbench-test:latest'"):
         backend.start()
-    assert backend.proc is None  # the server the job started was stopped
+    assert backend.server.proc is None  # the server the job started was stopped

@@ -16,7 +16,7 @@ from llmbench.perplexity import (
     parse_base_run,
     parse_kld_summary,
     run_and_parse,
-    run_logged,
+    run_perplexity,
 )
 
 REAL = (REPO / "tests/data/llama_perplexity_kld_q4_0.txt").read_text()
@@ -58,7 +58,7 @@ def test_every_quant_is_scored_on_the_reference_tokens():
 def test_failed_run_names_its_log(tmp_path):
     log = tmp_path / "kld.log"
     with pytest.raises(PerplexityError, match=f"llama-perplexity exited with code 1; see the engine log \\(log {log}\\)"):
-        run_logged(["false"], log)
+        run_perplexity(["false"], log)
 
 
 def test_a_perplexity_run_ended_by_a_signal_is_named_for_it(tmp_path):
@@ -66,7 +66,7 @@ def test_a_perplexity_run_ended_by_a_signal_is_named_for_it(tmp_path):
     standin.write_text("#!/bin/sh\nkill -ILL $$\n")
     standin.chmod(0o755)
     with pytest.raises(PerplexityError, match=r"died by SIGILL \(illegal instruction\): this llama.cpp build uses"):
-        run_logged([str(standin)], tmp_path / "kld.log")
+        run_perplexity([str(standin)], tmp_path / "kld.log")
 
 
 # The real summary cut short inside its KLD percentiles (after "95.0%   KLD"), as an interrupted run leaves it.

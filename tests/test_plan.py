@@ -35,8 +35,8 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
     assert hf_files == 15
     assert jobs[("fetch_hf_quant", 0)] == hf_files
     assert jobs[("bench_llama_server", 2)] == jobs[("bench_llama_bench", 2)] == hf_files * 2  # layer and row
-    assert jobs[("bench_ollama", 2)] == 5  # the library tags
-    assert jobs[("bench_ollama_gguf", 2)] == 5  # QuantFactory's Q4_0, Q4_K_M, Q8_0 (8B) and Q4_0, Q4_K_M (70B)
+    # The library tags, and QuantFactory's Q4_0, Q4_K_M, Q8_0 (8B) and Q4_0, Q4_K_M (70B) imported.
+    assert jobs[("bench_ollama", 2)] == 5 + 5
     assert jobs[("bench_llama_cpp_python", 2)] == 3 and jobs[("bench_vllm", 2)] == 2
     assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
     bench = sum(n for (rule, _), n in jobs.items() if rule.startswith("bench_"))
@@ -53,7 +53,7 @@ def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     for rule in ("bench_llama_server", "bench_llama_bench", "bench_llama_cpp_python"):
         assert jobs[(rule, 0)] == 8, rule
     # The slow or absent tools run the quants their `quants` list keeps.
-    assert jobs[("bench_transformers", 0)] == 1 and jobs[("bench_ollama_gguf", 0)] == 2
+    assert jobs[("bench_transformers", 0)] == 1 and jobs[("bench_ollama", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
     assert jobs[("kld_base", 0)] == 1 and jobs[("kld", 0)] == 8
     assert jobs[("answer_accuracy", 0)] == 8 + 8 + 1 + 2  # llama-server, llama-cpp-python, transformers, ollama

@@ -60,7 +60,7 @@ def inner(spec: dict) -> dict:
 
 
 def test_decode_chart_boxes_per_quant_coarse_to_fine_with_layers_on_gpu_in_labels():
-    spec = spec_of(plots.decode_chart(stand_in_runs(), "s"))
+    spec = spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE))
     unit = inner(spec)
     assert unit["mark"]["type"] == "boxplot" and unit["mark"]["extent"] == 1.5
     x = unit["encoding"]["x"]
@@ -91,7 +91,7 @@ def test_rows_without_offload_columns_still_get_labels():
 
 
 def test_split_modes_side_by_side_in_colour_blind_safe_colours():
-    unit = inner(spec_of(plots.decode_chart(stand_in_runs(), "s")))
+    unit = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE)))
     enc = unit["encoding"]
     assert enc["xOffset"]["field"] == "split" and enc["color"]["field"] == "split"
     assert enc["color"]["scale"]["range"] == OKABE_ITO
@@ -99,7 +99,7 @@ def test_split_modes_side_by_side_in_colour_blind_safe_colours():
 
 
 def test_panels_are_tool_by_model_and_skipped_jobs_are_named_in_the_subtitle():
-    chart = plots.decode_chart(stand_in_runs(), "s")
+    chart = plots.metric_chart(stand_in_runs(), "s", plots.DECODE)
     panels = set(chart.data["panel"].to_list())
     assert panels == {"llama-server · llama31-8b", "llama-server · llama31-70b", "ollama · llama31-8b"}
     subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
@@ -111,16 +111,16 @@ def test_panels_are_tool_by_model_and_skipped_jobs_are_named_in_the_subtitle():
 
 def test_one_model_shares_the_y_range_and_several_models_do_not():
     one = stand_in_runs().filter(pl.col("model") == "llama31-8b")
-    y = inner(spec_of(plots.decode_chart(one, "s")))["encoding"]["y"]["scale"]
+    y = inner(spec_of(plots.metric_chart(one, "s", plots.DECODE)))["encoding"]["y"]["scale"]
     assert y["domain"] == [0, one["decode_tokens_per_s"].max()]
-    y = inner(spec_of(plots.decode_chart(stand_in_runs(), "s")))["encoding"]["y"]["scale"]
+    y = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE)))["encoding"]["y"]["scale"]
     assert "domain" not in y and y["zero"] is True
 
 
 def test_prefill_and_ttft_carry_their_units():
-    prefill = inner(spec_of(plots.prefill_chart(stand_in_runs(), "s")))
+    prefill = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.PREFILL)))
     assert prefill["encoding"]["y"]["title"] == "prefill speed [prompt tokens/s]"
-    ttft = spec_of(plots.ttft_chart(stand_in_runs(), "s"))
+    ttft = spec_of(plots.metric_chart(stand_in_runs(), "s", plots.TTFT))
     assert inner(ttft)["encoding"]["y"]["title"] == "time to first token [ms]"
     assert "time to first token not reported by llama-bench" in " ".join(ttft["title"]["subtitle"])
 
@@ -226,7 +226,7 @@ def test_unknown_figure_and_missing_columns_are_named():
     with pytest.raises(FigureDataError, match="unknown figure 'speed'.*decode_tokens_per_s"):
         write_figure("speed", stand_in_runs(), "s", "x.png")
     with pytest.raises(FigureDataError, match="lacks column.*ttft_ms.*rerun"):
-        plots.ttft_chart(stand_in_runs().drop("ttft_ms"), "s")
+        plots.metric_chart(stand_in_runs().drop("ttft_ms"), "s", plots.TTFT)
 
 
 

@@ -7,9 +7,10 @@ from conftest import REPO, write_tiny_gguf
 from llmbench.accuracy import wilson_interval
 from llmbench.costs import usd_per_1m_tokens
 from llmbench.perplexity import parse_kld_summary
-from llmbench.plots import save_all
-from llmbench.quality import file_facts, pareto_chart, pareto_front, quality_table, render_markdown
+from llmbench.plots import pareto_chart, save_all
+from llmbench.quality import file_facts, quality_table, render_markdown
 from llmbench.runs import RUN_SCHEMA
+from llmbench.stats import pareto_front
 
 NO_RAPL = "not measured: CPU energy: no RAPL zones under /sys/class/powercap (absent in many VMs)"
 KLD_Q4_0 = parse_kld_summary((REPO / "tests/data/llama_perplexity_kld_q4_0.txt").read_text())

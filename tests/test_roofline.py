@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import write_tiny_gguf
 from llmbench import bandwidth, roofline
 from llmbench.runs import RUN_SCHEMA
 
@@ -16,22 +17,12 @@ GB = 1e9
 
 
 def write_gguf(path, *, tied: bool, experts: int = 0):
-    """A real GGUF (gguf package) of float32 tensors: embedding [VOCAB × EMBD], one 8×8 block, maybe an output head."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    if experts:
-        w.add_expert_count(experts)
-    w.add_tensor("token_embd.weight", np.zeros((VOCAB, EMBD), dtype=np.float32))
-    w.add_tensor("blk.0.ffn_up.weight", np.zeros((EMBD, EMBD), dtype=np.float32))
+    """A real GGUF of float32 tensors: embedding [VOCAB × EMBD], one 8×8 block, maybe an output head."""
+    tensors = {"token_embd.weight": np.zeros((VOCAB, EMBD), dtype=np.float32),
+               "blk.0.ffn_up.weight": np.zeros((EMBD, EMBD), dtype=np.float32)}
     if not tied:
-        w.add_tensor("output.weight", np.zeros((VOCAB, EMBD), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        tensors["output.weight"] = np.zeros((VOCAB, EMBD), dtype=np.float32)
+    return write_tiny_gguf(path, tensors=tensors, metadata=(lambda w: w.add_expert_count(experts)) if experts else None)
 
 
 def test_tied_output_head_reads_the_whole_embedding_table(tmp_path):
@@ -254,5 +245,5 @@ def test_damaged_gguf_is_named_with_the_fix(tmp_path):
     whole = write_gguf(tmp_path / "whole.gguf", tied=True).read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[:40])
-    with pytest.raises(CorruptModelError, match=r"cut.gguf is a damaged GGUF .*delete it"):
+    with pytest.raises(CorruptModelError, match=r"cut.gguf is a damaged GGUF.*Delete it and run the workflow again"):
         roofline.gguf_traffic(cut)

@@ -3,10 +3,13 @@
 Uses a stand-in backend (fixed answers) and a stand-in sensor with scripted readings and a scripted clock, so
 the arithmetic is exact; the real engines and meters run in test_workflow.py and test_meters.py."""
 
+import json
+
 import pytest
+from test_meters import ScriptedSensor
 
 from llmbench import meters, runs
-from llmbench.backend import Generation, OutOfMemory
+from llmbench.engines.base import Generation, OutOfMemory
 from llmbench.meters import EnergyMeter
 from llmbench.runs import Prompt, RunPlan, run_generations
 
@@ -25,19 +28,6 @@ class StandInBackend:
         return 123_456
 
 
-class ScriptedSensor:
-    label = "stand-in-sensor"
-
-    def __init__(self, readings):
-        self.readings = iter(readings)
-
-    def read_j(self):
-        return next(self.readings)
-
-    def delta_j(self, start, end):
-        return end - start
-
-
 def plan(**kw):
     base = dict(tool="stand-in", model="m", quant="Q4_0", split="none", prompts=(Prompt("a", "hi", 8),),
                 repetitions=2, warmup=1, idle_s=10.0, temperature=0.5, seed=100, n_gpu_layers=0, gpus=0, threads=2)
@@ -48,7 +38,7 @@ def test_idle_baseline_is_subtracted_per_window(monkeypatch):
     # idle: 0 → 500 J over 10 s (50 W); generations: 2 s windows of 300 J and 260 J.
     clock = iter([0.0, 10.0, 10.0, 12.0, 12.0, 14.0])
     monkeypatch.setattr(meters.time, "perf_counter", lambda: next(clock))
-    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(meters.time, "sleep", lambda s: None)
     meter = EnergyMeter([ScriptedSensor([0, 500, 500, 800, 800, 1060])], [])
     backend = StandInBackend()
     rows = run_generations(backend, plan(), meter, {"engine_build": "b1", "load_ms": 12.5})
@@ -65,7 +55,7 @@ def test_idle_baseline_is_subtracted_per_window(monkeypatch):
 
 
 def test_without_sensors_no_idle_wait_and_every_energy_is_null_with_the_reason(monkeypatch):
-    monkeypatch.setattr(runs.time, "sleep", lambda s: pytest.fail("waited for an idle baseline nobody can measure"))
+    monkeypatch.setattr(meters.time, "sleep", lambda s: pytest.fail("waited for an idle baseline nobody can measure"))
     meter = EnergyMeter([], ["CPU energy: no RAPL zones under /x (absent in many VMs)"])
     rows = run_generations(StandInBackend(), plan(), meter)
     assert rows["energy_j"].is_null().all() and rows["idle_power_w"].is_null().all()
@@ -80,7 +70,6 @@ def test_cpu_job_says_why_gpu_phase_energy_and_state_are_absent():
 
 def test_gpu_energy_is_split_at_the_first_token(monkeypatch, tmp_path):
     """A stand-in GPU at a constant 100 W: the phases' energies are 100 W × their lengths and add up to the window."""
-    import json
     import sys
     import time
 
@@ -102,13 +91,25 @@ def test_gpu_energy_is_split_at_the_first_token(monkeypatch, tmp_path):
 
 
 def test_an_estimate_only_when_asked_and_labelled(monkeypatch):
+    # The row's columns as before the estimate became a flag of the reading: the flag column, the source's text.
     meter = EnergyMeter([], ["CPU energy: no RAPL zones"])
     asked = run_generations(StandInBackend(), plan(idle_s=0.0, estimate_w=65.0), meter)
     assert (asked["energy_j"] == 65.0 * asked["energy_window_s"]).all() and asked["energy_is_estimate"].all()
     assert asked["energy_source"][0] == ("estimate: 65 W assumed × window (bench.energy_estimate_w), "
                                          "not measured: CPU energy: no RAPL zones")
+    assert asked["energy_null_reason"].is_null().all() and asked["energy_net_j"].is_null().all()
     plain = run_generations(StandInBackend(), plan(idle_s=0.0), meter)
     assert plain["energy_j"].is_null().all() and not plain["energy_is_estimate"].any()
+
+
+def test_a_measured_window_is_never_flagged_an_estimate(monkeypatch):
+    clock = iter([0.0, 1.0, 1.0, 3.0])
+    monkeypatch.setattr(meters.time, "perf_counter", lambda: next(clock))
+    meter = EnergyMeter([ScriptedSensor([0, 100, 100, 200])], [])
+    rows = run_generations(StandInBackend(), plan(idle_s=0.0, repetitions=2, estimate_w=65.0), meter)
+    assert rows["energy_j"].to_list() == [100.0, 100.0] and not rows["energy_is_estimate"].any()
+    assert rows["energy_source"].to_list() == ["stand-in-sensor"] * 2
+    assert [json.loads(s) for s in rows["energy_by_sensor_j"]] == [{"stand-in-sensor": 100.0}] * 2
 
 
 def test_out_of_memory_mid_job_keeps_the_finished_generations_and_adds_a_failed_row():
@@ -154,8 +155,8 @@ def test_skipped_and_failed_rows_quote_no_path_of_this_machine(tmp_path, monkeyp
     from pathlib import Path
 
     from conftest import REPO
-    from llmbench.backend import ToolUnavailable
-    from llmbench.vllm_backend import VllmServer, VllmSettings
+    from llmbench.engines.base import ToolUnavailable
+    from llmbench.engines.vllm import VllmServer, VllmSettings
 
     monkeypatch.chdir(REPO)  # Snakemake runs every job in the project
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)

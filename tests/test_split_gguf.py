@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, write_tiny_gguf
 from llmbench import study
-from llmbench.backend import ToolUnavailable
 from llmbench.configcheck import ConfigError, validate_config
+from llmbench.engines.base import ToolUnavailable
 from llmbench.models import CorruptModelError, MissingShardsError, check_gguf, split_count
 
 CASE = REPO / "tests/data/cases/c10_config_split_q8.yaml"
@@ -37,18 +37,15 @@ def write_split_gguf(folder: Path, prefix: str, count: int, n: int = 64) -> list
     paths = []
     for k in range(count):
         path = folder / f"{prefix}-{k + 1:05d}-of-{count:05d}.gguf"
-        w = gguf.GGUFWriter(str(path), "llama")
-        if k == 0:
-            w.add_block_count(count)
-        w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, k)
-        w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, count)
-        w.add_int32(gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, count)
-        w.add_tensor(f"blk.{k}.attn_q.weight", np.arange(n * 4, dtype=np.float32).reshape(n, 4) + k)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        paths.append(path)
+
+        def split_keys(w, k=k):
+            w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, k)
+            w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, count)
+            w.add_int32(gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, count)
+
+        tensor = np.arange(n * 4, dtype=np.float32).reshape(n, 4) + k
+        paths.append(write_tiny_gguf(path, tensors={f"blk.{k}.attn_q.weight": tensor},
+                                     block_count=count if k == 0 else None, metadata=split_keys))
     return paths
 
 
@@ -271,9 +268,9 @@ def test_a_shard_with_a_wrong_sha256_fails_alone_and_leaves_nothing(split_hub_ca
 
 
 def test_tools_that_take_one_file_end_skipped_with_the_reason(tmp_path):
-    from llmbench.ollama_backend import OllamaBackend
-    from llmbench.transformers_backend import TransformersBackend
-    from llmbench.vllm_backend import VllmServer, VllmSettings
+    from llmbench.engines.ollama import OllamaBackend
+    from llmbench.engines.transformers import TransformersBackend
+    from llmbench.engines.vllm import VllmServer, VllmSettings
 
     first, _ = write_split_gguf(tmp_path, "Q8_0", 2)
     engines = {

@@ -8,14 +8,13 @@ import copy
 import json
 from pathlib import Path
 
-import bench
 import numpy as np
 import polars as pl
 import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from conftest import REPO, load_config
+from conftest import REPO, bench_job, load_config
 from llmbench import study
 from llmbench.configcheck import ConfigError, validate_config
 from llmbench.models import check_gguf
@@ -119,7 +118,7 @@ def test_weights_are_finite_and_no_end_token_can_win(tiny, quant):
 
 @pytest.mark.e2e
 def test_real_llama_server_generates_exactly_max_tokens_on_the_tiny_file(tiny, tmp_path):
-    from llmbench.llama_server import LlamaServer, LlamaServerSettings
+    from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings
 
     if not SERVER.exists():
         pytest.skip(f"no llama.cpp build at {SERVER.parent} (run the workflow's rule build_llama_cpp)")
@@ -184,10 +183,9 @@ def test_bench_rows_say_synthetic_from_the_model_record(tiny, tmp_path):
     real = tmp_path / "real.gguf"
     real.write_bytes(b"")
     real.with_suffix(".json").write_text(json.dumps({"kind": "derived"}))
-    inputs = lambda **kw: type("Inputs", (dict,), {"__getattr__": dict.__getitem__})(kw)  # noqa: E731
-    assert bench.model_is_synthetic(bench.model_record(inputs(model=str(path))))
-    assert not bench.model_is_synthetic(bench.model_record(inputs(model=str(real))))
-    assert not bench.model_is_synthetic(bench.model_record(inputs()))  # an Ollama library tag: no file of ours
+    assert bench_job(tmp_path, "llama-server", path).plan.model_is_synthetic
+    assert not bench_job(tmp_path, "llama-server", real).plan.model_is_synthetic
+    assert not bench_job(tmp_path, "ollama", None, tag="x:y").plan.model_is_synthetic  # a library tag: no file of ours
     assert RUN_SCHEMA["model_is_synthetic"] == pl.Boolean
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmbench.backend import BackendError, ToolUnavailable
-from llmbench.transformers_backend import TransformersBackend, unsupported_quant_types
+from conftest import write_tiny_gguf
+from llmbench.engines.base import EngineError, ToolUnavailable
+from llmbench.engines.transformers import TransformersBackend, unsupported_quant_types
 
 MiB = 1 << 20
 
@@ -23,23 +24,16 @@ def needs_stack():
 
 
 def write_gguf(path: Path, qtype: str) -> Path:
-    """A real (tiny) GGUF with one tensor stored as ``qtype``, written with the gguf package."""
+    """A real (tiny) GGUF with one tensor stored as ``qtype``."""
     import gguf
 
     x = np.linspace(-1, 1, 8 * 32, dtype=np.float32).reshape(8, 32)
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
     if qtype == "F64":
-        w.add_tensor("token_embd.weight", x.astype(np.float64))
+        tensor = x.astype(np.float64)
     else:
         t = gguf.GGMLQuantizationType[qtype]
-        q = gguf.quants.quantize(x, t)
-        w.add_tensor("token_embd.weight", q, raw_shape=q.shape, raw_dtype=t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+        tensor = (gguf.quants.quantize(x, t), t)
+    return write_tiny_gguf(path, tensors={"token_embd.weight": tensor})
 
 
 def test_missing_transformers_is_unavailable_and_says_what_to_install(monkeypatch, tiny_gguf):
@@ -66,18 +60,18 @@ def test_quant_types_without_a_dequantizer_are_found(tmp_path, qtype, bad):
 def test_unsupported_quant_type_is_an_error_naming_type_and_file(tmp_path):
     needs_stack()
     path = write_gguf(tmp_path / "model-f64.gguf", "F64")
-    with pytest.raises(BackendError, match=r"cannot load .*model-f64\.gguf.* F64 tensors"):
+    with pytest.raises(EngineError, match=r"cannot load .*model-f64\.gguf.* F64 tensors"):
         TransformersBackend(path).start()
 
 
 def test_missing_model_file_is_named(tmp_path):
     needs_stack()
-    with pytest.raises(BackendError, match="nope.gguf does not exist"):
+    with pytest.raises(EngineError, match="nope.gguf does not exist"):
         TransformersBackend(tmp_path / "nope.gguf").start()
 
 
 def test_generate_before_start_is_an_error(tiny_gguf):
-    with pytest.raises(BackendError, match="not started"):
+    with pytest.raises(EngineError, match="not started"):
         TransformersBackend(tiny_gguf).generate("hi", 4, 0.0, 1)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, nvml_works
-from llmbench import vllm_backend
-from llmbench.backend import BackendError, StreamCutShort, ToolUnavailable, diagnosis_of
-from llmbench.vllm_backend import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
+from llmbench.engines import vllm as vllm_backend
+from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
+from llmbench.engines.vllm import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
 
 STREAM = REPO / "tests/data/vllm_chat_stream.txt"
 
@@ -43,13 +43,13 @@ def test_parse_stream_in_vllms_format():
 
 def test_stream_without_usage_is_an_error():
     lines = [x for x in stream_lines() if b'"usage"' not in x]
-    with pytest.raises(BackendError, match="ended without 'usage'"):
+    with pytest.raises(EngineError, match="ended without 'usage'"):
         parse_vllm_stream(lines, 0.0)
 
 
 def test_streamed_error_is_named():
     lines = [b'data: {"error": {"message": "CUDA out of memory", "type": "InternalServerError", "code": 500}}\n']
-    with pytest.raises(BackendError, match="CUDA out of memory"):
+    with pytest.raises(EngineError, match="CUDA out of memory"):
         parse_vllm_stream(lines, 0.0)
 
 
@@ -125,7 +125,7 @@ def test_a_reasoning_count_vllm_gives_is_kept():
     b'requested 2100 tokens.", "type": "BadRequestError", "param": null, "code": 400}',
 ])
 def test_an_error_inside_the_stream_is_vllms_message(line):
-    with pytest.raises(BackendError) as e:
+    with pytest.raises(EngineError) as e:
         parse_vllm_stream([*reasoning_stream()[:4], line + b"\n"], 0.0)
     msg = str(e.value)
     assert "maximum context length is 2048 tokens" in msg and "(type BadRequestError, code 400)" in msg
@@ -215,11 +215,11 @@ SERVING = f"""
 def test_generation_through_the_server_and_stop(tmp_path, monkeypatch):
     model = standin_vllm(tmp_path, SERVING, monkeypatch)
     with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
-        proc = server.proc
+        proc = server.server.proc
         g = server.generate("What is the capital of France?", 12, 0.0, 42)
         facts = server.facts()
         assert server.peak_rss_bytes() > 0
-    assert proc.poll() is not None and server.proc is None
+    assert proc.poll() is not None and server.server.proc is None
     assert g.generated_tokens == 12 and g.ttft_ms is not None and g.wall_ms >= g.ttft_ms
     sent = json.loads(Path(f"{model}.request.json").read_text())
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
@@ -234,7 +234,7 @@ def test_server_dying_while_loading_says_why(tmp_path, monkeypatch):
         sys.exit(1)
     """, monkeypatch)
     server = VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log")
-    with pytest.raises(BackendError, match=r"exited with code 1: .*No supported config format.*\(while loading"):
+    with pytest.raises(EngineError, match=r"exited with code 1: .*No supported config format.*\(while loading"):
         server.start()
 
 

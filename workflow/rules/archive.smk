@@ -1,5 +1,5 @@
 # A study in one file: `snakemake archive` packs results, figures, tables, provenance and the config, with a
-# manifest of sha256, into results/archive/<study>-<date>.tar.gz.
+# manifest of sha256, into results/archive/<study>.tar.gz (its top folder inside: <study>-<day measured>).
 
 
 rule study_config:
@@ -18,7 +18,8 @@ rule study_config:
 rule make_archive:
     input:
         members=[path for _, path in archive_members()],
-        code=package_files("archive.py", "provenance.py"),
+        runs=results("summary/runs.parquet"),
+        code=code("make_archive.py"),
     output:
         ARCHIVE,
     log:
@@ -27,7 +28,7 @@ rule make_archive:
         ENV
     params:
         members=sorted(archive_members()),
-        top=Path(ARCHIVE).name.removesuffix(".tar.gz"),
+        study=config["study"],
     script:
         "../scripts/make_archive.py"
 

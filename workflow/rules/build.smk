@@ -16,18 +16,7 @@ rule fetch_llama_cpp_sdist:
 rule build_llama_cpp:
     input:
         sdist=SDIST,
-        code=package_files(
-            "build.py",
-            "build_smoke.py",
-            "backend.py",
-            "diagnosis.py",
-            "llama_log.py",
-            "llama_server.py",
-            "llama_cpp_python_backend.py",
-            "synthetic.py",
-            "models.py",
-            "fetch.py",
-        ),
+        code=code("build_llama_cpp.py"),
     output:
         tools=[llama_tool(t) for t in LLAMA_TOOLS],
         info=f"{BUILD_DIR}/build.json",

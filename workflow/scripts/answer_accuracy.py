@@ -3,39 +3,33 @@ engine that fails one 'failed' row with its diagnosis."""
 
 import signal
 import sys
-from pathlib import Path
 
 from llmbench.accuracy import ask_all, load_questions, not_asked
-from llmbench.backend import BackendError, ToolUnavailable, diagnosis_of
-from llmbench.engines import EngineSettings, make_engine
+from llmbench.engines.base import EngineError, ToolUnavailable, diagnosis_of
+from llmbench.engines.registry import tool
 from llmbench.gpu_slots import hold_gpus
+from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
 
 
 def main(snakemake):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with script_logging(snakemake.log[0]) as log:
-        w, e, inp = snakemake.wildcards, snakemake.params.engine, snakemake.input
-        model = Path(inp.model) if "model" in inp.keys() else None
-        settings = EngineSettings(
-            tool=w.tool, model=model, server=Path(inp.server) if "server" in inp.keys() else None,
-            lib_dir=Path(e["lib_dir"]) if e["lib_dir"] else None, threads=snakemake.threads,
-            **{k: v for k, v in e.items() if k != "lib_dir"},
-        )
-        group = {"tool": w.tool, "model": w.model, "quant": w.quant, "split": settings.split}
-        questions = load_questions(inp.questions)
-        engine_log = Path(snakemake.log[0]).with_suffix(".engine.log")
+    job = Job.from_snakemake(snakemake)
+    with script_logging(job.log) as log:
+        group = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split}
+        questions = load_questions(snakemake.input.questions)
         try:
-            if model is not None:
-                log.info("model %s: %s", model, check_gguf(model))
-            with hold_gpus(settings.gpus, job=str(snakemake.output[0])), make_engine(settings, engine_log) as engine:
-                rows = ask_all(engine, questions, settings.seed, group)
+            if job.model_file is not None:
+                log.info("model %s: %s", job.model_file, check_gguf(job.model_file))
+            with (hold_gpus(job.gpus, job=str(snakemake.output[0])),
+                  tool(job.tool).make_engine(job.settings, job.engine_log) as engine):
+                rows = ask_all(engine, questions, job.settings.seed, group)
         except ToolUnavailable as err:
             log.warning("skipped: %s", err)
             rows = not_asked(group, str(err))
-        except (BackendError, CorruptModelError) as err:  # its diagnosis is the row's reason; the study goes on
-            found = diagnosis_of(err, w.tool, engine_log, model)
+        except (EngineError, CorruptModelError) as err:  # its diagnosis is the row's reason; the study goes on
+            found = diagnosis_of(err, job.tool, job.engine_log, job.model_file)
             log.error("failed (%s): %s", found.kind, found.reason)
             rows = not_asked(group, found.reason, "failed")
         rows.write_parquet(snakemake.output[0])

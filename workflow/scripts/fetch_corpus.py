@@ -5,7 +5,8 @@ import tempfile
 from pathlib import Path
 
 from llmbench.corpus import parquet_text
-from llmbench.fetch import atomic_path, fetch_hf_file
+from llmbench.fetch import fetch_hf_file
+from llmbench.files import atomic_path
 from llmbench.logs import script_logging
 
 

@@ -4,7 +4,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llmbench.fetch import atomic_path, pip_download, verify_sha256
+from llmbench.fetch import pip_download, verify_sha256
+from llmbench.files import atomic_path
 from llmbench.logs import script_logging
 
 

@@ -1,8 +1,6 @@
 """One row per tool: how it installs here, GPU offload, multi-GPU modes, GGUF support, Python API (facts with their
 sources), then its measured load time, peak memory and decode speed, and why it did not run where it did not."""
 
-from pathlib import Path
-
 import polars as pl
 
 from llmbench.logs import script_logging
@@ -12,7 +10,7 @@ from llmbench.render import write_framework_table
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         runs = pl.read_parquet(snakemake.input.runs)
-        table = write_framework_table(runs, Path(snakemake.input.facts), snakemake.output.csv, snakemake.output.md)
+        table = write_framework_table(runs, snakemake.output.csv, snakemake.output.md)
         log.info("framework table: %d tools, compared on %s", table.height,
                  ", ".join(table["compare_on"].drop_nulls().unique().to_list()) or "nothing (no tool ran)")
 

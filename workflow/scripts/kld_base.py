@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from llmbench.fetch import sha256_file
+from llmbench.files import sha256_file
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.perplexity import PerplexityError, base_command, parse_base_run, run_and_parse

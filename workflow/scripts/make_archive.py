@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-from llmbench.archive import build_archive, verify_archive
+from llmbench.archive import build_archive, measured_day, verify_archive
 from llmbench.logs import script_logging
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         members = {name: Path(path) for name, path in snakemake.params.members}
-        dest = build_archive(members, Path(snakemake.output[0]), snakemake.params.top)
+        top = f"{snakemake.params.study}-{measured_day(Path(snakemake.input.runs))}"
+        dest = build_archive(members, Path(snakemake.output[0]), top)
         problems = verify_archive(dest)
         if problems:
             raise RuntimeError(f"{dest} failed its own manifest check: " + "; ".join(problems))

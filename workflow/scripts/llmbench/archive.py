@@ -12,12 +12,23 @@ import io
 import tarfile
 from pathlib import Path
 
-from llmbench.fetch import atomic_path, sha256_file
+from llmbench.files import atomic_path, sha256_file
 from llmbench.provenance import assert_no_secrets
 
 MANIFEST = "MANIFEST.sha256"
 # Members read as text for the secret check; parquet and images are data the workflow wrote from measurements.
 TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".md", ".csv", ".log", ".txt", ".html", ".svg", ".rst"}
+
+
+def measured_day(runs: Path) -> str:
+    """The day the study's rows were measured (the latest generation, YYYY-MM-DD), so that archiving again writes
+    the same bytes; today (UTC) where nothing was measured yet."""
+    import datetime as dt
+
+    import polars as pl
+
+    latest = pl.read_parquet(runs, columns=["started_at"])["started_at"].max() if Path(runs).exists() else None
+    return (latest or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
 
 
 def manifest_text(members: dict[str, Path]) -> str:

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from llmbench.nvml import NvmlUnavailable, nvml
+from llmbench.provenance import cpu_model
+
 CPU_LABEL = "measured on the CPU"
 GPU_LABEL = "GPU spec via NVML"
 GPU_FORMULA = "memory bus width / 8 × max memory clock × 2 (double data rate)"
@@ -143,24 +146,16 @@ def gpu_spec_bandwidth(pynvml: Any, handle: Any) -> dict[str, Any]:
 def gpu_bandwidths(pynvml: Any | None = None) -> dict[str, Any]:
     """Every GPU's spec bandwidth by NVML index; {"not_available": reason} where NVML cannot start."""
     try:
-        if pynvml is None:
-            import pynvml
-        pynvml.nvmlInit()
-    except Exception as e:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded: no GPU here
-        return {"not_available": f"NVML could not start ({type(e).__name__}: {e})"}
-    try:
-        out: dict[str, Any] = {}
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            try:
-                out[str(i)] = gpu_spec_bandwidth(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i))
-            except Exception as e:  # one GPU NVML cannot read must not hide the others
-                out[str(i)] = {"not_available": f"NVML cannot read GPU {i}'s memory bus ({type(e).__name__}: {e})"}
-        return out
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass  # already shut down, or a stand-in without it: nothing read depends on it
+        with nvml(pynvml) as lib:
+            out: dict[str, Any] = {}
+            for i in range(lib.nvmlDeviceGetCount()):
+                try:
+                    out[str(i)] = gpu_spec_bandwidth(lib, lib.nvmlDeviceGetHandleByIndex(i))
+                except Exception as e:  # one GPU NVML cannot read must not hide the others
+                    out[str(i)] = {"not_available": f"NVML cannot read GPU {i}'s memory bus ({type(e).__name__}: {e})"}
+            return out
+    except NvmlUnavailable as e:  # no GPU here
+        return {"not_available": str(e)}
 
 
 def machine_bandwidth(threads: int, repetitions: int = 5, array_bytes: int | None = None,
@@ -168,14 +163,12 @@ def machine_bandwidth(threads: int, repetitions: int = 5, array_bytes: int | Non
     """The record rule measure_memory_bandwidth writes: the CPU measured, each GPU from its specification."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     cpu = measure_cpu_bandwidth(threads, repetitions, array_bytes)
-    cpu_model = None
     try:
-        cpu_model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass  # the record's cpu_model stays null: /proc/cpuinfo is absent or has no model name
+        model: str | None = cpu_model()
+    except (OSError, LookupError):
+        model = None  # the record's cpu_model stays null: /proc/cpuinfo is absent or has no model name
     return {
-        "cpu": {**cpu, "cpu_model": cpu_model, "logical_cores": os.cpu_count()},
+        "cpu": {**cpu, "cpu_model": model, "logical_cores": os.cpu_count()},
         "gpus": gpu_bandwidths(pynvml),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

@@ -17,6 +17,8 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmbench.logs import run_logged
+
 TOOLS = ("llama-server", "llama-bench", "llama-quantize", "llama-perplexity")
 
 # x86-64 extensions a build can leave out, with the GCC/Clang flags that turn each off (an explicit -mno-…
@@ -136,12 +138,12 @@ def git_commit(source: Path) -> str | None:
     return _first_line(["git", "-C", str(source), "rev-parse", "HEAD"])
 
 
-def run_logged(cmd: list[str], log) -> None:
-    log.write("$ " + " ".join(cmd) + "\n")
-    log.flush()
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise BuildError(f"{' '.join(cmd[:3])} … failed with exit {proc.returncode}; see the log above")
+def _build_step(cmd: list[str], log) -> None:
+    """One CMake step with its output in the build log, ``log`` a file open in append mode."""
+    log.flush()  # what the build wrote so far comes before the tool's output
+    run = run_logged(cmd, log.name, append=True)
+    if run.returncode != 0:
+        raise BuildError(f"{' '.join(cmd[:3])} … failed with exit {run.returncode}; see the log above")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -184,8 +186,8 @@ def compile_llama_cpp(source: Path, build_dir: Path, spec: BuildSpec, target: Cp
         (build_dir / "CMakeCache.txt").unlink()
         shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
     configure = cmake_configure_args(source, build_dir, spec, target)
-    run_logged(configure, log)
-    run_logged(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *TOOLS], log)
+    _build_step(configure, log)
+    _build_step(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", *TOOLS], log)
     return configure
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmbench.diagnosis import diagnose, signal_of
+from llmbench.logs import run_logged
 
 SMOKE_SHAPE, SMOKE_QUANT, SMOKE_SEED = "llama-tiny", "Q4_0", 0
 # Enough tokens for two perplexity chunks of 64 tokens, whatever the tiny vocabulary merges.
@@ -33,8 +34,8 @@ SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 _BINDING_CHECK = """
 import sys
 from pathlib import Path
-from llmbench.backend import ToolUnavailable
-from llmbench.llama_cpp_python_backend import LlamaCppPython
+from llmbench.engines.base import ToolUnavailable
+from llmbench.engines.llama_cpp_python import LlamaCppPython
 try:
     engine = LlamaCppPython(Path(sys.argv[1]), Path(sys.argv[2]), threads=int(sys.argv[3]), ctx_size=512)
     with engine:
@@ -97,33 +98,24 @@ def kernel_words(tool: str, pid: int | None = None) -> str | None:
 
 def _run(tool: str, cmd: list[str], log: Path, env: dict | None = None, check=None) -> SmokeResult:
     t0 = time.monotonic()
-    with open(log, "w") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL, text=True, env=env)
-        try:
-            stdout, _ = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return SmokeResult(tool, False, " ".join(cmd), time.monotonic() - t0,
-                               reason=f"{tool} did not finish within {TIMEOUT_S:.0f} s", log=str(log))
-        fh.write(stdout)
+    run = run_logged(cmd, log, capture_stdout=True, stdout_heading="", env=env, timeout_s=TIMEOUT_S)
     seconds = time.monotonic() - t0
-    text = log.read_text(errors="replace")
-    problem = None if proc.returncode != 0 else (check(stdout, text) if check else None)
-    if proc.returncode == 0 and problem is None:
+    if run.timed_out:
+        return SmokeResult(tool, False, " ".join(cmd), seconds,
+                           reason=f"{tool} did not finish within {TIMEOUT_S:.0f} s", log=str(log))
+    problem = None if run.returncode != 0 else (check(run.stdout, run.output) if check else None)
+    if run.returncode == 0 and problem is None:
         return SmokeResult(tool, True, " ".join(cmd), seconds, 0, log=str(log))
-    sig = signal_of(proc.returncode)
-    reason = problem or diagnose(tool, proc.returncode, text).reason
-    return SmokeResult(tool, False, " ".join(cmd), seconds, proc.returncode, sig.name if sig else None, reason,
-                       kernel_words(cmd[0], proc.pid) if sig else None, str(log))
+    sig = signal_of(run.returncode)
+    reason = problem or diagnose(tool, run.returncode, run.output).reason
+    return SmokeResult(tool, False, " ".join(cmd), seconds, run.returncode, sig.name if sig else None, reason,
+                       kernel_words(cmd[0], run.pid) if sig else None, str(log))
 
 
 def _server(binary: Path, model: Path, threads: int, log: Path) -> SmokeResult:
     """llama-server started as a bench job starts it, asked for a few tokens, stopped."""
-    from llmbench.backend import BackendError, EngineFailed
-    from llmbench.llama_server import LlamaServer, LlamaServerSettings
+    from llmbench.engines.base import EngineError, EngineFailed
+    from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings
 
     settings = LlamaServerSettings(binary=binary, model=model, threads=threads, ctx_size=512, start_timeout_s=60,
                                    request_timeout_s=60)
@@ -132,7 +124,7 @@ def _server(binary: Path, model: Path, threads: int, log: Path) -> SmokeResult:
     try:
         with LlamaServer(settings, log) as server:
             server.generate(SMOKE_PROMPT, 4, 0.0, 1)
-    except BackendError as e:
+    except EngineError as e:
         d = e.diagnosis if isinstance(e, EngineFailed) else diagnose("llama-server", None, str(e))
         return SmokeResult("llama-server", False, f"{binary} (started as a bench job starts it)",
                            time.monotonic() - t0, None, d.signal, d.reason,

@@ -11,12 +11,11 @@ import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import altair as alt
 import numpy as np
 import polars as pl
 
-from llmbench.costs import _md_table, fmt
-from llmbench.plots import OKABE_ITO
+from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.meters import joules_per_token
 from llmbench.runs import RUN_SCHEMA
 from llmbench.stats import GROUP
 
@@ -71,7 +70,7 @@ def median_stat(x: np.ndarray) -> np.ndarray:
 
 def j_per_token_stat(x: np.ndarray) -> np.ndarray:
     """x: rows of (energy J, tokens); summed before dividing, as in the cost table."""
-    return x[..., 0].sum(axis=-1) / x[..., 1].sum(axis=-1)
+    return joules_per_token(x[..., 0].sum(axis=-1), x[..., 1].sum(axis=-1))
 
 
 def bootstrap_ratio(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n: int = 2000,
@@ -175,10 +174,10 @@ def ratio_cell(ratio: float | None, low: float | None = None, high: float | None
 def render_markdown(table: pl.DataFrame, labels: Sequence[str], n: int = 2000) -> str:
     """The comparison for people: one footnote per reason instead of repeated cells."""
     la, lb = labels
-    notes: dict[str, int] = {}
+    notes = Footnotes()
 
     def note(reason: str | None) -> str:
-        return "" if not reason else f" [{notes.setdefault(reason, len(notes) + 1)}]"
+        return f" {notes(reason)}" if reason else ""
 
     header = [*GROUP, "present", f"n {la}", f"n {lb}", f"decode tok/s {la}", f"decode tok/s {lb}", "decode B/A",
               f"J/token {la}", f"J/token {lb}", "J/token B/A", f"KLD {la}", f"KLD {lb}", "KLD B/A"]
@@ -194,19 +193,6 @@ def render_markdown(table: pl.DataFrame, labels: Sequence[str], n: int = 2000) -
             ratio_cell(r["j_per_token_ratio"], r["j_per_token_low"], r["j_per_token_high"]) + note(r["j_per_token_note"]),
             fmt(r["kld_a"]), fmt(r["kld_b"]), ratio_cell(r["kld_ratio"]) + note(kld_note),
         ])
-    out = [f"## {lb} over {la}\n\n", _md_table(header, rows), "\n", BOOTSTRAP_NOTE.format(a=la, b=lb, n=n), "\n"]
-    return "".join(out + [f"\n[{i}] {reason}\n" for reason, i in notes.items()])
+    out = [f"## {lb} over {la}\n\n", pipe_table(header, rows), "\n", BOOTSTRAP_NOTE.format(a=la, b=lb, n=n), "\n"]
+    return "".join([*out, notes.render()])
 
-
-def ratio_chart(table: pl.DataFrame) -> alt.Chart:
-    """Decode-speed ratio B/A per group with its bootstrap interval; the dashed rule at 1 is "no change"."""
-    data = table.filter(pl.col("decode_ratio").is_not_null()).select(
-        pl.concat_str(GROUP, separator=" · ").alias("group"), "tool", "decode_ratio", "decode_low", "decode_high")
-    base = alt.Chart(data).encode(y=alt.Y("group:N", title=None, sort=None),
-                                  color=alt.Color("tool:N", scale=alt.Scale(range=OKABE_ITO)))
-    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("decode_low:Q", title="decode tok/s ratio B/A (95 % CI)",
-                                                        scale=alt.Scale(zero=False)), x2="decode_high:Q")
-    points = base.mark_point(filled=True, size=60).encode(
-        x="decode_ratio:Q", tooltip=["group:N", "decode_ratio:Q", "decode_low:Q", "decode_high:Q"])
-    one = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 4], color="#333").encode(x="x:Q")
-    return alt.layer(bars, points, one).properties(width=420, title="decode speed, B over A")

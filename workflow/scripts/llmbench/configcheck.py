@@ -52,8 +52,14 @@ def fill_defaults(instance, schema: dict, root: dict) -> None:
 
 
 def load_schema(path: str | Path) -> dict:
+    """The config schema, its tool names filled from the registry (llmbench.engines.registry): a tool registered
+    there is a tool the config may name, with no second list to keep."""
+    from llmbench.engines.registry import TOOLS
+
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    schema["properties"]["tools"]["propertyNames"] = {"enum": list(TOOLS)}
+    return schema
 
 
 def key_path(parts) -> str:

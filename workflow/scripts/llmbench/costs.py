@@ -19,7 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.quants import KNOWN_QUANTS
+from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.meters import joules_per_token
+from llmbench.quants import rank
 from llmbench.stats import GROUP, summarize
 
 J_PER_KWH = 3.6e6
@@ -59,7 +61,8 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("energy_null_reason").drop_nulls().unique().sort().str.join("; ").alias("energy_null_reason"),
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason"),
     ).with_columns(
-        pl.when(pl.col("_any_null")).then(None).otherwise(pl.col("_energy_j") / pl.col("generated_tokens"))
+        pl.when(pl.col("_any_null")).then(None)
+        .otherwise(joules_per_token(pl.col("_energy_j"), pl.col("generated_tokens")))
         .alias("j_per_token")
     ).with_columns(
         pl.when(pl.col("j_per_token").is_not_null()).then(pl.format(
@@ -76,7 +79,7 @@ def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
     out; their energy still counts in the pooled J/token.
     """
     gens = runs.filter(pl.col("generated_tokens") > 0).with_columns(
-        (pl.col("energy_j") / pl.col("generated_tokens")).alias("j_per_token")
+        joules_per_token(pl.col("energy_j"), pl.col("generated_tokens")).alias("j_per_token")
     )
     stats = summarize(gens, ["j_per_token"])
     return stats.select(
@@ -186,24 +189,9 @@ def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict], hardwa
     return t.sort(GROUP)
 
 
-def fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _ranked(table: pl.DataFrame) -> pl.DataFrame:
     return table.with_columns(
-        pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
-        .alias("_rank")
+        pl.col("quant").replace_strict(rank(table["quant"]), return_dtype=pl.Int64).alias("_rank")
     ).sort(["tool", "model", "split", "_rank"])
 
 
@@ -225,7 +213,7 @@ def _pm(center, spread) -> str:
 def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: str, cloud: list[dict],
                     hardware: dict | None = None) -> str:
     """The cost tables for people: one section per tool, quants by bits per weight, the article's rule visible."""
-    notes: dict[str, int] = {}
+    notes = Footnotes()
 
     def cell(r: dict, text: str, first: bool = False) -> str:
         """A value derived from energy: 'not measured: why' where there is none, estimates marked."""
@@ -235,7 +223,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             why = r["energy_status"].removeprefix("not measured: ")
             return f"not measured: {why}" if first else "not measured"
         if r["energy_is_estimate"]:
-            return f"{text} estimate [{notes.setdefault(r['energy_status'], len(notes) + 1)}]"
+            return f"{text} estimate {notes(r['energy_status'])}"
         return text
 
     out = [
@@ -253,7 +241,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             "\n## Cloud API prices\n\n",
             "Local cost is compared with each API's OUTPUT price (the local figure is per generated token; the local "
             "prompt's energy is inside it). Input prices are shown beside, not used in the ratios.\n\n",
-            _md_table(["API", "input $ per 1M tokens", "output $ per 1M tokens", "as of", "source"],
+            pipe_table(["API", "input $ per 1M tokens", "output $ per 1M tokens", "as of", "source"],
                       [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"],
                         c["source"]] for c in cloud]),
         ]
@@ -300,12 +288,12 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                     cell(r, fmt(r["total_usd_per_1m_tokens"]) or r["hardware_null_reason"] or ""), capacity,
                     *breakeven,
                 ])
-        out += [f"\n## {tool}\n\n", _md_table(header, rows)]
+        out += [f"\n## {tool}\n\n", pipe_table(header, rows)]
         boundaries = sorted({b for b in ranked.filter(pl.col("tool") == tool)["energy_boundary"].to_list() if b})
         if boundaries:
             out.append(f"\nEnergy measured at: {'; '.join(boundaries)}.\n")
         if hardware:
-            out += [f"\n### {tool}: with hardware amortization (estimate)\n\n", _md_table(hw_header, hw_rows)]
+            out += [f"\n### {tool}: with hardware amortization (estimate)\n\n", pipe_table(hw_header, hw_rows)]
     if hardware:
         out.append(
             f"\nHardware amortization is an estimate, not a measurement: {hardware.get('name') or 'the machine'} "
@@ -317,7 +305,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             "utilization; capacity = tokens/s × 86,400 (one stream, all day): a break-even above capacity cannot be "
             "reached on this machine at that throughput.\n"
         )
-    out += [f"\n[{n}] {reason}\n" for reason, n in notes.items()]
+    out.append(notes.render())
     return "".join(out)
 
 

@@ -19,7 +19,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmbench.llama_log import OOM_FIX, out_of_memory_line
+from llmbench.engines.llama_log import OOM_FIX, out_of_memory_line
 
 # Kinds of failure, as the `failure_kind` column of a failed row names them.
 ILLEGAL_INSTRUCTION = "illegal_instruction"

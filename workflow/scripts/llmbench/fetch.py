@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -13,7 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-CHUNK = 8 << 20
+from llmbench.files import CHUNK, atomic_path, sha256_file
 
 
 class IntegrityError(RuntimeError):
@@ -22,14 +20,6 @@ class IntegrityError(RuntimeError):
 
 class FetchError(RuntimeError):
     """A source that could not be fetched (package, file or revision not found, no network)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str | None, what: str) -> str:
@@ -43,25 +33,6 @@ def verify_sha256(path: str | Path, expected: str | None, what: str) -> str:
             "Run again to re-download, or correct the sha256 in the config if the source changed on purpose."
         )
     return actual
-
-
-@contextlib.contextmanager
-def atomic_path(dest: str | Path):
-    """Yield a temporary path beside ``dest``; move it into place only if the block succeeds."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        # mkstemp makes the file private (0600); the result should have the mode any new file gets.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def pip_download(requirement: str, dest_dir: Path, *, binary: bool) -> Path:

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmbench.backend import Backend
+from llmbench.engines.base import Engine
 from llmbench.meters import EnergyMeter
 
 # Thresholds of the issue that asked for these checks.
@@ -44,7 +44,7 @@ def interleaved(n: int, first: Callable[[int], float], second: Callable[[int], f
     return a, b
 
 
-def metered_decode_rate(backend: Backend, meter: EnergyMeter, prompt: str, max_tokens: int, seed: int) -> float:
+def metered_decode_rate(backend: Engine, meter: EnergyMeter, prompt: str, max_tokens: int, seed: int) -> float:
     """One generation through the bench's measured path: energy window around it, engine RSS after it."""
     meter.begin_window("fidelity")
     g = backend.generate(prompt, max_tokens, 0.0, seed)
@@ -53,7 +53,7 @@ def metered_decode_rate(backend: Backend, meter: EnergyMeter, prompt: str, max_t
     return g.decode_tokens_per_s
 
 
-def bare_decode_rate(backend: Backend, prompt: str, max_tokens: int, seed: int) -> float:
+def bare_decode_rate(backend: Engine, prompt: str, max_tokens: int, seed: int) -> float:
     return backend.generate(prompt, max_tokens, 0.0, seed).decode_tokens_per_s
 
 

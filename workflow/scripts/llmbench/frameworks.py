@@ -1,18 +1,18 @@
-"""The framework table: one row per tool, what it is (facts kept in workflow/data/frameworks.yaml with their
+"""The framework table: one row per tool, what it is (facts kept in each tool's registry record with their
 sources) beside what the study measured of it (load time, peak memory, decode speed) and, where it did not run,
 why."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
-from llmbench.costs import _md_table, fmt
-from llmbench.quants import order_by_bits
+from llmbench.engines.registry import TOOLS
+from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.quants import order_by_bits, rank
 from llmbench.stats import GROUP
 
 FACT_KEYS = ("family", "installs", "gpu_offload", "multi_gpu", "gguf", "python_api", "sources")
@@ -29,17 +29,9 @@ SCHEMA = {
 }
 
 
-def load_facts(path: str | Path, tools: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The facts file, checked: every tool has every key; ``tools`` (those the study ran) must all be present."""
-    facts = yaml.safe_load(Path(path).read_text()) or {}
-    for tool, entry in facts.items():
-        missing = [k for k in FACT_KEYS if not (entry or {}).get(k)]
-        if missing:
-            raise ValueError(f"{path}: tool {tool!r} lacks {', '.join(missing)}; give every tool {', '.join(FACT_KEYS)}")
-    absent = sorted(set(tools or []) - set(facts))
-    if absent:
-        raise ValueError(f"{path} has no entry for tool(s) {', '.join(absent)}: add one with {', '.join(FACT_KEYS)}")
-    return facts
+def registry_facts() -> dict[str, dict[str, Any]]:
+    """Every registered tool's facts (llmbench.engines.registry), in the registry's order, as plain values."""
+    return {name: dataclasses.asdict(t.facts) for name, t in TOOLS.items()}
 
 
 def compare_point(runs: pl.DataFrame) -> tuple[str, str] | None:
@@ -50,8 +42,8 @@ def compare_point(runs: pl.DataFrame) -> tuple[str, str] | None:
     if ok.is_empty():
         return None
     counts = ok.group_by("model", "quant").agg(pl.col("tool").n_unique().alias("tools"))
-    rank = {q: i for i, q in enumerate(order_by_bits(counts["quant"].unique().to_list()))}
-    best = min(counts.iter_rows(named=True), key=lambda r: (-r["tools"], rank[r["quant"]], r["model"]))
+    order = rank(counts["quant"])
+    best = min(counts.iter_rows(named=True), key=lambda r: (-r["tools"], order[r["quant"]], r["model"]))
     return best["model"], best["quant"]
 
 
@@ -109,7 +101,7 @@ def _measured(tool: str, mine: pl.DataFrame, point: tuple[str, str] | None) -> d
 
 
 def framework_table(runs: pl.DataFrame, facts: Mapping[str, Mapping[str, Any]]) -> pl.DataFrame:
-    """One row per tool of the facts file, in its order: the facts, then what the study measured."""
+    """One row per tool of ``facts`` (registry_facts()), in its order: the facts, then what the study measured."""
     point = compare_point(runs)
     rows = []
     for tool, entry in facts.items():
@@ -128,10 +120,7 @@ def framework_table(runs: pl.DataFrame, facts: Mapping[str, Mapping[str, Any]]) 
 
 def render_markdown(table: pl.DataFrame) -> str:
     """Two tables for people: what each tool is, then what it did here; reasons and sources as footnotes."""
-    notes: dict[str, int] = {}
-
-    def note(text: str) -> str:
-        return f"[{notes.setdefault(text, len(notes) + 1)}]"
+    note = Footnotes()
 
     def mib(v: int | None, reason: str | None) -> str:
         return f"{v / 2**20:.0f}" if v is not None else f"— {note(reason or 'not measured')}"
@@ -151,9 +140,9 @@ def render_markdown(table: pl.DataFrame) -> str:
                          r["median_decode_tokens_per_s_all"] or "—", r["not_run_here"] or ""])
     return "".join([
         "## The frameworks\n\n",
-        _md_table(["tool", *FACT_TITLES.values(), "sources"], facts), "\n",
+        pipe_table(["tool", *FACT_TITLES.values(), "sources"], facts), "\n",
         "## What each did here\n\n",
-        _md_table(["tool", "ran (model: quants)", "generations", "median load s", "peak RSS MiB",
+        pipe_table(["tool", "ran (model: quants)", "generations", "median load s", "peak RSS MiB",
                    "GPU memory used MiB", speed_title, "median decode tok/s per quant", "not run here: why"],
                   measured), "\n",
         "How it installs here: what this workflow does; the other facts are the tools' own, checked against the "
@@ -162,5 +151,5 @@ def render_markdown(table: pl.DataFrame) -> str:
         "on the job's GPUs, the largest over its jobs. Decode tok/s: median over the generations that ran, on the "
         "model and quant the most tools ran, so that the tools compare on the same file; the last speed column "
         "gives each quant's median.\n",
-        *[f"\n[{n}] {text}\n" for text, n in notes.items()],
+        note.render(),
     ])

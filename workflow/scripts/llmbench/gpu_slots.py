@@ -13,23 +13,22 @@ import sys
 import time
 from pathlib import Path
 
+from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
 from llmbench.slurm import slurm_nvml_ids
 
 
 def gpu_count() -> tuple[int, str | None]:
     """How many GPUs NVML sees; (0, why) where there is none to see."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ... (as in meters.nvml_sensors)
-        return 0, f"NVML could not start ({e})"
+        pynvml = open_nvml()
+    except NvmlUnavailable as e:
+        return 0, str(e)
     try:
         count = pynvml.nvmlDeviceGetCount()
     except pynvml.NVMLError as e:
         return 0, f"NVML cannot count the GPUs ({e})"
     finally:
-        pynvml.nvmlShutdown()
+        close_nvml(pynvml)
     return count, None if count else "NVML started but found no GPU"
 
 

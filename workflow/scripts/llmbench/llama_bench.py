@@ -18,16 +18,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import BackendError, engine_failure
 from llmbench.diagnosis import diagnose
-from llmbench.llama_log import AUTO, Offload, check_offload, parse_offload
+from llmbench.engines.base import EngineError, engine_failure
+from llmbench.engines.llama_log import AUTO, Offload, check_offload, parse_offload
+from llmbench.logs import run_logged
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
 # llama-server's default margin for --fit; llama-bench fits only when given one (-fitt).
@@ -79,7 +79,7 @@ def probe_command(s: LlamaBenchSettings) -> list[str]:
     return [*cmd, "--no-warmup", "-v"]
 
 
-class IncompleteBenchOutput(BackendError):
+class IncompleteBenchOutput(EngineError):
     """llama-bench exited normally but its output stops short of whole results: run it once more."""
 
 
@@ -161,19 +161,12 @@ def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings, append: b
     """Run llama-bench with stderr to ``log_path`` (after what the log holds, with ``append``), its stdout kept
     there too; stdout back. A failure raises EngineFailed (OutOfMemory for a failed allocation) with its
     diagnosis."""
-    log_path = Path(log_path)
-    start = log_path.stat().st_size if append and log_path.exists() else 0
-    with open(log_path, "a" if append else "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        log.write(f"# stdout:\n{proc.stdout}")
-    if proc.returncode != 0:
-        text = log_path.read_bytes()[start:].decode(errors="replace")
-        found = diagnose("llama-bench", proc.returncode, text, Path(settings.model),
+    run = run_logged(cmd, log_path, append=append, capture_stdout=True)
+    if run.returncode != 0:
+        found = diagnose("llama-bench", run.returncode, run.output, Path(settings.model),
                          f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.n_prompt + settings.n_gen}")
         raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (engine log {log_path})"))
-    return proc.stdout
+    return run.stdout
 
 
 def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]],
@@ -200,3 +193,15 @@ def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path)
     offload = parse_offload(probe_log.read_text(errors="replace"))
     tests = run_and_parse(bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
     return samples_to_rows(tests, plan, offload)
+
+
+def run_job(job, engine_log: Path) -> pl.DataFrame:
+    """A bench job's rows from llama-bench (llmbench.job.Job: the build, model, offload and the tool's own
+    n_prompt and n_gen), as run_generations gives an engine's."""
+    s = job.settings
+    settings = LlamaBenchSettings(
+        binary=s.build_dir / "bin" / "llama-bench", model=s.model, n_prompt=job.tool_settings["n_prompt"],
+        n_gen=job.tool_settings["n_gen"], repetitions=job.plan.repetitions, threads=s.threads,
+        n_gpu_layers=s.n_gpu_layers, split_mode=s.split, tensor_split=s.tensor_split,
+    )
+    return run_llama_bench(settings, job.plan, engine_log)

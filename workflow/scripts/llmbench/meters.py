@@ -6,6 +6,11 @@ GPUs a background sampler of instant power runs too: its trace is the fallback w
 the cross-check where it has one, and what splits a generation's GPU energy into prefill and decode at the first
 token. The meter says which sensors it read, what boundary their sum covers and each sensor's share; where none
 could be read the reading is null with the reasons, never a made-up number.
+
+All of a run's energy bookkeeping lives here: the windows (opening an open name or closing an unknown one raises,
+naming it, as Zeus does), the idle power (``measure_idle``), the configured estimate where nothing can be read
+(``estimated``, flagged on the reading), the prefill/decode cut at the first token (``split_at_first_token``) and
+J per generated token (``joules_per_token``), which the cost table, the figures and the comparison all use.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 POWERCAP = Path("/sys/class/powercap")
 
@@ -44,6 +49,15 @@ class EnergyReading:
     sampled_gpu_j: float | None = None  # the power trace's integral over the window, beside the counter
     boundary: str | None = None  # what the sum covers, e.g. "GPU (NVML energy counter) + CPU package+DRAM (RAPL)"
     by_sensor_j: dict[str, float] | None = None  # each sensor's joules over the window, by label; they sum to energy_j
+    # True where energy_j is bench.energy_estimate_w × the window (``estimated``), not a sensor's reading.
+    estimated: bool = False
+
+    def net_j(self, idle_w: float | None) -> float | None:
+        """The window's energy above idle [J]: energy_j less ``idle_w`` (W, ``measure_idle``) × its length; None
+        where either is unknown."""
+        if self.energy_j is None or idle_w is None:
+            return None
+        return self.energy_j - idle_w * self.window_s
 
     def boundary_columns(self) -> dict:
         """The run row's columns saying what was measured: the boundary, and each sensor's joules (JSON)."""
@@ -110,6 +124,11 @@ class SampledPower:
         return end - start
 
 
+class WindowError(ValueError):
+    """An energy window used out of turn: opened under a name already open, or closed under a name not open. A
+    bug of the caller, not of the machine: reopening would drop the first start, closing guesses nothing."""
+
+
 class EnergyMeter:
     def __init__(self, sensors: list[Sensor], unavailable: list[str], sampler=None, gpu_state=None):
         self.sensors = sensors
@@ -128,10 +147,22 @@ class EnergyMeter:
         parts = dict.fromkeys(getattr(s, "boundary", s.label) for s in self.sensors)
         return " + ".join(parts) or None
 
+    def _open_names(self) -> str:
+        return "open: " + ", ".join(map(repr, self._open)) if self._open else "none is open"
+
     def begin_window(self, name: str) -> None:
+        """Start the window ``name``: every sensor's counter and the clock now. WindowError if ``name`` is open."""
+        if name in self._open:
+            raise WindowError(f"energy window {name!r} is already open ({self._open_names()}): "
+                              f"end_window({name!r}) before opening it again")
         self._open[name] = (time.perf_counter(), [s.read_j() for s in self.sensors])
 
     def end_window(self, name: str) -> EnergyReading:
+        """End the window ``name``: each sensor's joules since begin_window, their sum and the window's length in
+        seconds; null with the reasons where no sensor could be read. WindowError if ``name`` is not open."""
+        if name not in self._open:
+            raise WindowError(f"no energy window {name!r} is open ({self._open_names()}): "
+                              f"begin_window({name!r}) first")
         t0, starts = self._open.pop(name)
         ends = [s.read_j() for s in self.sensors]
         t1 = time.perf_counter()
@@ -172,16 +203,73 @@ class EnergyMeter:
         self.close()
 
 
+def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str | None]:
+    """Idle power in W with the model loaded: the meter's energy over one window of ``seconds`` (bench.idle_s)
+    doing nothing, over its length; (None, why) where nothing can be measured, without waiting."""
+    if not meter.sensors:
+        return None, "not measured: " + "; ".join(meter.unavailable)
+    if seconds <= 0:
+        return None, "not measured: bench.idle_s is 0"
+    meter.begin_window("idle")
+    time.sleep(seconds)
+    idle = meter.end_window("idle")
+    return idle.energy_j / idle.window_s, None
+
+
+def estimated(energy: EnergyReading, watts: float | None) -> EnergyReading:
+    """Where nothing was measured and the config asks for it (bench.energy_estimate_w, in W): that power × the
+    window's length in J, flagged ``estimated`` and named so in its source; any other reading as it is."""
+    if energy.energy_j is not None or not watts:
+        return energy
+    source = f"estimate: {watts:g} W assumed × window (bench.energy_estimate_w), {energy.null_reason}"
+    return replace(energy, energy_j=watts * energy.window_s, source=source, null_reason=None, estimated=True)
+
+
+@dataclass(frozen=True)
+class PhaseEnergy:
+    """A generation's GPU energy in J before its first token (prefill) and after it (decode), from the sampled
+    power trace; both None with the reason where there is no trace or no first token."""
+
+    prefill_j: float | None
+    decode_j: float | None
+    null_reason: str | None
+
+
+def split_at_first_token(meter: EnergyMeter, energy: EnergyReading, ttft_ms: float | None) -> PhaseEnergy:
+    """Cut the window ``energy`` at the first token, ``ttft_ms`` after its start (the engine's time to first
+    token, in ms; a first token past the window's end is taken at its end), and integrate the meter's GPU power
+    trace on each side. With the first thinking token a reasoning model's thinking counts as decode."""
+    reason = meter.split_null_reason
+    if reason is not None:
+        return PhaseEnergy(None, None, reason)
+    if ttft_ms is None:
+        return PhaseEnergy(None, None, "not measured: the engine reported no first token")
+    first = min(energy.t0 + ttft_ms / 1000, energy.t1)
+    return PhaseEnergy(meter.gpu_trace_j(energy.t0, first), meter.gpu_trace_j(first, energy.t1), None)
+
+
+Quantity = TypeVar("Quantity")  # a number, a numpy array or a polars expression
+
+
+def joules_per_token(energy_j: Quantity, tokens: Quantity) -> Quantity:
+    """Energy per generated token in J/token: a window's gross energy (energy_j as the meter read it: prefill and
+    decode, idle not subtracted, as the article's P / (tokens/s)) over the tokens generated in it. Over several
+    windows pass the sums (energy summed, tokens summed, then divided): each generation weighs by its tokens and
+    short windows, which read low on counters that step every ~100 ms, are diluted. Numbers, numpy arrays and
+    polars expressions alike; which rows have none (no energy, no token) is the caller's rule, said there."""
+    return energy_j / tokens
+
+
 def nvml_sensors(gpu_indices: list[int]):
     """Per GPU its energy counter, or the sampled power where it has none; plus the sampler and a state reader."""
     if not gpu_indices:
         return [], [], None, None
-    try:
-        import pynvml
+    from llmbench.nvml import NvmlUnavailable, open_nvml
 
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return [], [f"GPU energy: NVML could not start ({e})"], None, None
+    try:
+        pynvml = open_nvml()  # left open: the sensors read it until the job ends
+    except NvmlUnavailable as e:
+        return [], [f"GPU energy: {e}"], None, None
     from llmbench.gpu_telemetry import PowerSampler, gpu_snapshot
 
     sensors, problems, handles, no_counter = [], [], [], []

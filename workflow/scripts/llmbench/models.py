@@ -6,10 +6,11 @@ import json
 import math
 import mmap
 import struct
-import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-from llmbench.fetch import atomic_path, sha256_file
+from llmbench.files import atomic_path, sha256_file
+from llmbench.logs import run_logged
 
 GGUF_MAGIC = b"GGUF"
 
@@ -73,6 +74,61 @@ def read_header(buf) -> tuple[int, dict, list[tuple[str, list[int], int, int]], 
     return version, meta, tensors, c.pos
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """One entry of a GGUF's tensor table, its size worked out from its ggml type."""
+
+    name: str
+    dims: tuple[int, ...]  # fastest first: token_embd is (n_embd, n_vocab)
+    ggml_type: int
+    offset: int  # bytes from the start of the data section
+    weights: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """A GGUF's header: what the file check and the roofline read of it (no tensor data is read)."""
+
+    version: int
+    meta: dict
+    tensors: list[Tensor]
+    data_start: int  # byte where the data section begins (the header's end, aligned)
+
+
+FIX = "Delete it and run the workflow again so it is fetched or derived anew."
+
+
+def read_tensor_table(path: str | Path) -> TensorTable:
+    """The header and tensor table of the GGUF at ``path``, each tensor's bytes from gguf's block and type sizes.
+
+    Raises CorruptModelError, naming the file and the fix, for a missing file, one that is not a GGUF, or a
+    damaged header (cut short, an unknown tensor type). A truncated data section is check_gguf's to find.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    if not path.exists():
+        raise CorruptModelError(f"model file {path} does not exist. {FIX}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+        if magic != GGUF_MAGIC:
+            raise CorruptModelError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}). {FIX}")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                version, meta, table, header_end = read_header(buf)
+                tensors = []
+                for name, dims, ttype, offset in table:
+                    n = math.prod(dims)
+                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+                    tensors.append(Tensor(name, tuple(dims), ttype, offset, n, n // block * type_size))
+                alignment = meta.get("general.alignment") or 32
+                data_start = -(-header_end // alignment) * alignment
+            except (struct.error, ValueError, KeyError, OverflowError) as e:
+                raise CorruptModelError(f"{path} is a damaged GGUF: {type(e).__name__}: {e}. {FIX}") from None
+    return TensorTable(version, meta, tensors, data_start)
+
+
 class ShardError(CorruptModelError):
     """A split GGUF given as llama.cpp cannot load it (a shard renamed, not the first, or alone); the files are
     sound, so the fix never deletes them."""
@@ -88,40 +144,20 @@ SHARD_SUFFIX = "-{no:05d}-of-{count:05d}.gguf"
 
 def _walk(path: Path) -> tuple[dict, dict]:
     """One GGUF file's facts and metadata; raise CorruptModelError naming the file and the fix."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    fix = "Delete it and run the workflow again so it is fetched or derived anew."
-    if not path.exists():
-        raise CorruptModelError(f"model file {path} does not exist. {fix}")
+    header = read_tensor_table(path)
     size = path.stat().st_size
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-        if magic != GGUF_MAGIC:
-            raise CorruptModelError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}). {fix}")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                version, meta, tensors, header_end = read_header(buf)
-                n_tensors, end, weights = len(tensors), 0, 0
-                alignment = meta.get("general.alignment") or 32
-                data_start = -(-header_end // alignment) * alignment
-                for _name, dims, ttype, offset in tensors:
-                    n = math.prod(dims)
-                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-                    end = max(end, data_start + offset + n // block * type_size)
-                    weights += n
-            except (struct.error, ValueError, KeyError, OverflowError) as e:
-                raise CorruptModelError(f"{path} is a damaged GGUF: {type(e).__name__}: {e}. {fix}") from None
+    end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=0)
     if end > size:
-        raise CorruptModelError(f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}. {fix}")
-    arch = meta.get("general.architecture")
+        raise CorruptModelError(f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}. {FIX}")
+    arch = header.meta.get("general.architecture")
     info = {
-        "gguf_version": version,
-        "tensors": n_tensors,
+        "gguf_version": header.version,
+        "tensors": len(header.tensors),
         "bytes": size,
         "architecture": arch.decode() if isinstance(arch, bytes) else None,
-        "weights": weights,
+        "weights": sum(t.weights for t in header.tensors),
     }
-    return info, meta
+    return info, header.meta
 
 
 def _split(meta: dict) -> tuple[int, int] | None:
@@ -212,18 +248,18 @@ def quantize_command(binary: Path, src: Path, dest: Path, quant: str, threads: i
 def derive_quant(
     binary: Path, src: Path, src_record: Path, dest: Path, quant: str, threads: int, allow_requantize: bool, log
 ) -> dict:
-    """Run llama-quantize into a temporary file and move it into place; return the derivation record."""
+    """Run llama-quantize into a temporary file and move it into place; return the derivation record.
+
+    ``log`` is the job's log, open in append mode: llama-quantize's output goes after what it holds."""
     check_gguf(src)
     with atomic_path(dest) as part:
         cmd = quantize_command(binary, src, part, quant, threads, allow_requantize)
-        log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
+        run = run_logged(cmd, log.name, append=True)
+        if run.returncode != 0:
             from llmbench.diagnosis import diagnose
 
-            log.flush()
-            found = diagnose("llama-quantize", proc.returncode, Path(log.name).read_text(errors="replace"), src)
+            found = diagnose("llama-quantize", run.returncode, run.output, src)
             raise RuntimeError(f"llama-quantize {quant} of {src}: {found.reason} (log {log.name})")
         info = check_gguf(part)
         digest = sha256_file(part)

@@ -13,10 +13,11 @@ second output is cut short too; never half a row.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from llmbench.logs import run_logged
 
 T = TypeVar("T")
 
@@ -101,35 +102,29 @@ def parse_base_run(text: str, base_file: Path, model: Path) -> tuple[float, floa
                            + ("its final estimate" if final is None else f"writing its base file {base_file}"))
 
 
-def run_logged(cmd: list[str], log_path: Path, append: bool = False) -> str:
+def run_perplexity(cmd: list[str], log_path: Path, append: bool = False) -> str:
     """Run llama-perplexity with its output in ``log_path`` (after what the log holds, with ``append``); return
     this run's output. Its exit code is not enough: some of its errors (a base file from another model, too few
     tokens) return 0 after printing the error."""
-    log_path = Path(log_path)
-    start = log_path.stat().st_size if append and log_path.exists() else 0
-    with open(log_path, "a" if append else "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    text = log_path.read_bytes()[start:].decode(errors="replace")
-    if proc.returncode != 0:
+    run = run_logged(cmd, log_path, append=append)
+    if run.returncode != 0:
         from llmbench.diagnosis import diagnose
 
-        raise PerplexityError(f"{diagnose('llama-perplexity', proc.returncode, text).reason} (log {log_path})")
-    return text
+        raise PerplexityError(f"{diagnose('llama-perplexity', run.returncode, run.output).reason} (log {log_path})")
+    return run.output
 
 
 def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], T]) -> T:
-    """``parse(run_logged(cmd, log_path))``; where the parse finds the output cut short (IncompleteOutput), it
+    """``parse(run_perplexity(cmd, log_path))``; where the parse finds the output cut short (IncompleteOutput), it
     runs once more, into the same log; cut short again, a PerplexityError that names the log. A failed run (exit
     code, a logged error) is not rerun."""
     try:
-        return parse(run_logged(cmd, log_path))
+        return parse(run_perplexity(cmd, log_path))
     except IncompleteOutput as first:
         with open(log_path, "a") as log:
             log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
     try:
-        return parse(run_logged(cmd, log_path, append=True))
+        return parse(run_perplexity(cmd, log_path, append=True))
     except IncompleteOutput as again:
         raise PerplexityError(f"llama-perplexity's output stopped short twice ({again}); see both runs in the "
                               f"log {log_path}") from None

@@ -8,14 +8,18 @@ says why, so that an absent box is never silent.
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import altair as alt
 import polars as pl
 
-from llmbench.quants import order_by_bits
+from llmbench.meters import joules_per_token
+from llmbench.quants import order_by_bits, rank
+from llmbench.stats import GROUP, pareto_front
 
 # Whiskers at 1.5 IQR, points beyond them drawn: Tukey's box plot, as in the article.
 TUKEY_EXTENT = 1.5
@@ -127,9 +131,8 @@ def quant_labels(data: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
         pl.col("_ngl").unique().sort().str.join(", ").alias("_ngl"))
     data = data.join(ngl, on=key, how="left").with_columns(
         pl.format("{}{}ngl {}", "quant", pl.lit(LABEL_SEP), "_ngl").alias("quant_label")).drop("_ngl")
-    rank = {q: i for i, q in enumerate(order_by_bits(data["quant"].unique().to_list()))}
     labels = data.select("quant", "quant_label").unique().with_columns(
-        pl.col("quant").replace_strict(rank, return_dtype=pl.Int64).alias("_rank")
+        pl.col("quant").replace_strict(rank(data["quant"]), return_dtype=pl.Int64).alias("_rank")
     ).sort("_rank", "quant_label")["quant_label"].to_list()
     return data, labels
 
@@ -179,23 +182,25 @@ def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, n
         x="independent", y="independent").properties(title=_title(title, notes))
 
 
-def decode_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
-    _require(runs, [*BOX_COLUMNS, "decode_tokens_per_s"])
-    return box_by_quant(
-        runs, "decode_tokens_per_s",
-        title=f"{study}: decode speed per quant (Tukey box plots, whiskers 1.5 IQR)",
-        axis_title="decode speed [tokens/s]",
-        notes=unreported_notes(runs, "decode_tokens_per_s", "decode speed"),
-    )
+@dataclass(frozen=True)
+class MetricFigure:
+    """A box-per-quant figure of one timing column of the runs table, and what its title and notes say."""
+
+    metric: str  # the runs table's column drawn
+    what: str  # the metric in words, for "… not reported by <tool>"
+    title: str  # after "<study>: "
+    axis_title: str
+    notes: Callable[[pl.DataFrame], list[str]] = lambda runs: []  # before the tools that report no value
 
 
-def prefill_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
-    _require(runs, [*BOX_COLUMNS, "prefill_tokens_per_s"])
+def metric_chart(runs: pl.DataFrame, study: str, figure: MetricFigure) -> alt.FacetChart | alt.Chart:
+    """Tukey box plots of ``figure.metric`` per quant (box_by_quant), titled and annotated as ``figure`` says."""
+    _require(runs, [*BOX_COLUMNS, figure.metric])
     return box_by_quant(
-        runs, "prefill_tokens_per_s",
-        title=f"{study}: prefill (prompt processing) speed per quant (Tukey box plots, whiskers 1.5 IQR)",
-        axis_title="prefill speed [prompt tokens/s]",
-        notes=[*prefill_notes(runs), *unreported_notes(runs, "prefill_tokens_per_s", "prefill speed")],
+        runs, figure.metric,
+        title=f"{study}: {figure.title} (Tukey box plots, whiskers 1.5 IQR)",
+        axis_title=figure.axis_title,
+        notes=[*figure.notes(runs), *unreported_notes(runs, figure.metric, figure.what)],
     )
 
 
@@ -211,15 +216,11 @@ def prefill_notes(runs: pl.DataFrame) -> list[str]:
             " drawn is a lower bound"]
 
 
-def ttft_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
-    _require(runs, [*BOX_COLUMNS, "ttft_ms"])
-    return box_by_quant(
-        runs, "ttft_ms",
-        title=f"{study}: time to first token per quant (Tukey box plots, whiskers 1.5 IQR)",
-        axis_title="time to first token [ms]",
-        notes=["time to first token on the client's clock, from sending the request",
-               *unreported_notes(runs, "ttft_ms", "time to first token")],
-    )
+DECODE = MetricFigure("decode_tokens_per_s", "decode speed", "decode speed per quant", "decode speed [tokens/s]")
+PREFILL = MetricFigure("prefill_tokens_per_s", "prefill speed", "prefill (prompt processing) speed per quant",
+                       "prefill speed [prompt tokens/s]", prefill_notes)
+TTFT = MetricFigure("ttft_ms", "time to first token", "time to first token per quant", "time to first token [ms]",
+                    lambda runs: ["time to first token on the client's clock, from sending the request"])
 
 
 def with_j_per_token(runs: pl.DataFrame) -> pl.DataFrame:
@@ -228,8 +229,8 @@ def with_j_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     _require(runs, [*BOX_COLUMNS, "energy_j", "generated_tokens", "energy_is_estimate", "energy_source",
                     "energy_window_s", "energy_null_reason"])
     return runs.with_columns(
-        pl.when(pl.col("generated_tokens") > 0).then(pl.col("energy_j") / pl.col("generated_tokens"))
-        .alias("j_per_token"),
+        pl.when(pl.col("generated_tokens") > 0)
+        .then(joules_per_token(pl.col("energy_j"), pl.col("generated_tokens"))).alias("j_per_token"),
         pl.when(pl.col("energy_is_estimate").fill_null(False))
         .then(pl.col("split") + " (estimate, not measured)").otherwise(pl.col("split")).alias("energy_kind"),
     )
@@ -299,9 +300,7 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
 
 # Output stem under results/figures → what draws it from the runs table and the study's name.
 FIGURES: dict[str, Callable[[pl.DataFrame, str], alt.TopLevelMixin]] = {
-    "decode_tokens_per_s": decode_chart,
-    "prefill_tokens_per_s": prefill_chart,
-    "ttft_ms": ttft_chart,
+    **{f.metric: functools.partial(metric_chart, figure=f) for f in (DECODE, PREFILL, TTFT)},
     "energy_per_token": energy_chart,
     "frameworks_decode_tokens_per_s": framework_chart,
 }
@@ -324,3 +323,47 @@ def save_all(chart: alt.TopLevelMixin, stem: str | Path) -> list[Path]:
         chart.save(str(path), **kw)
         out.append(path)
     return out
+
+
+# The quality figure: mean KLD against speed or cost, per model (llmbench.quality's table).
+KEY = ["model", "quant"]
+KLD_TITLE = "mean KL divergence vs reference (lower is better)"
+FRONTIER_NOTE = "Filled and joined: the Pareto frontier (no other quant is both closer to the reference and better)."
+
+
+def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise_y: bool = True) -> alt.Chart:
+    """Mean KLD (log x) against y per model; the frontier drawn as a line, its points filled, the rest hollow.
+
+    Points without y or with KLD ≤ 0 (the reference itself: a log axis cannot show 0) are left out.
+    """
+    data = table.filter(pl.col(y).is_not_null() & (pl.col("kld_mean") > 0)).select(*KEY, "kld_mean", y)
+    data = pareto_front(data, "kld_mean", y, maximise_y).with_columns(
+        pl.when(pl.col("on_frontier")).then(pl.lit("on the frontier")).otherwise(pl.lit("dominated")).alias("point"))
+    x_enc = alt.X("kld_mean:Q", scale=alt.Scale(type="log"), title=KLD_TITLE)
+    colour = alt.Color("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None)
+    base = alt.Chart(data).encode(x=x_enc, y=alt.Y(f"{y}:Q", title=y_title), color=colour)
+    line = base.transform_filter("datum.on_frontier").mark_line(strokeWidth=1.5).encode(order="kld_mean:Q")
+    # Filled on the frontier, hollow off it; Vega-Lite draws no legend for fill opacity, so the subtitle says so.
+    points = base.mark_point(size=70, strokeWidth=1.5, filled=False).encode(
+        fill=alt.Fill("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None),
+        fillOpacity=alt.FillOpacity("point:N", scale=alt.Scale(domain=["on the frontier", "dominated"], range=[1, 0]),
+                                    legend=None),
+        tooltip=[*KEY, "kld_mean:Q", f"{y}:Q", "point:N"])
+    # Labels in dark grey: Okabe–Ito's yellow is a fine point colour but illegible as text on white.
+    labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="quant:N", color=alt.value("#333"))
+    return alt.layer(line, points, labels).properties(width=320, height=240).facet(
+        facet=alt.Facet("model:N", title=None), columns=2).properties(title=alt.TitleParams(title, subtitle=FRONTIER_NOTE))
+
+
+def ratio_chart(table: pl.DataFrame) -> alt.Chart:
+    """Decode-speed ratio B/A per group with its bootstrap interval; the dashed rule at 1 is "no change"."""
+    data = table.filter(pl.col("decode_ratio").is_not_null()).select(
+        pl.concat_str(GROUP, separator=" · ").alias("group"), "tool", "decode_ratio", "decode_low", "decode_high")
+    base = alt.Chart(data).encode(y=alt.Y("group:N", title=None, sort=None),
+                                  color=alt.Color("tool:N", scale=alt.Scale(range=OKABE_ITO)))
+    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("decode_low:Q", title="decode tok/s ratio B/A (95 % CI)",
+                                                        scale=alt.Scale(zero=False)), x2="decode_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(
+        x="decode_ratio:Q", tooltip=["group:N", "decode_ratio:Q", "decode_low:Q", "decode_high:Q"])
+    one = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 4], color="#333").encode(x="x:Q")
+    return alt.layer(bars, points, one).properties(width=420, title="decode speed, B over A")

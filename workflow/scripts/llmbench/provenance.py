@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
+
 PACKAGES = ("snakemake", "polars", "altair", "vl-convert-python", "nvidia-ml-py", "huggingface-hub", "ollama",
             "llama-cpp-python", "torch", "transformers", "accelerate", "gguf")
 # Only variables that change what is measured; the rest of the environment is nobody's business and may hold secrets.
@@ -115,6 +117,12 @@ def _proc_field(path: str, field: str) -> str:
     raise LookupError(f"no '{field}' line in {path}")
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name as the kernel gives it (x86: "model name"); OSError where the file cannot be read,
+    LookupError where it has no such line (most ARM kernels)."""
+    return _proc_field(str(cpuinfo), "model name")
+
+
 def _governor() -> str:
     if not GOVERNOR.exists():
         raise FileNotFoundError(f"{GOVERNOR} absent (no cpufreq driver; common in VMs)")
@@ -147,11 +155,9 @@ def gpu_state(gpu_indices: list[int]) -> dict[str, Any]:
     if not gpu_indices:
         return {}
     try:
-        import pynvml
-
-        pynvml.nvmlInit()  # reference-counted, so the meters' own init is unaffected
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ImportError
-        return {"not_available": f"NVML could not start ({type(e).__name__}: {e})"}
+        pynvml = open_nvml()
+    except NvmlUnavailable as e:
+        return {"not_available": str(e)}
     levels = {getattr(pynvml, f"NVML_TOPOLOGY_{n}", None): n.lower() for n in _TOPOLOGY}
     out: dict[str, Any] = {}
     handles: dict[int, Any] = {}
@@ -178,10 +184,7 @@ def gpu_state(gpu_indices: list[int]) -> dict[str, Any]:
                 str(j): levels.get(pynvml.nvmlDeviceGetTopologyCommonAncestor(h, other), "unknown")
                 for j, other in handles.items() if j != i},
         })
-    try:
-        pynvml.nvmlShutdown()
-    except Exception:
-        pass  # a stand-in or an already shut-down library: nothing recorded depends on it
+    close_nvml(pynvml)
     return out
 
 
@@ -216,7 +219,7 @@ def collect(*, config: dict, build_record: dict | None, model_records: list[dict
         "llama_cpp": build_record,
         "gpus": _fenced_gpus(list(gpu_indices)),
         "cpu": _probe({
-            "model": lambda: _proc_field("/proc/cpuinfo", "model name"),
+            "model": cpu_model,
             "logical_cores": os.cpu_count,
             "affinity_cores": lambda: len(os.sched_getaffinity(0)),
             "governor": _governor,

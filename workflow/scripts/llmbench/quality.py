@@ -10,22 +10,19 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import altair as alt
 import polars as pl
 
 from llmbench.accuracy import accuracy_table
-from llmbench.costs import _md_table, energy_per_token, fmt, usd_per_1m_tokens
+from llmbench.costs import energy_per_token, usd_per_1m_tokens
+from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.models import CorruptModelError, check_gguf
-from llmbench.plots import OKABE_ITO
-from llmbench.quants import KNOWN_QUANTS, NOMINAL_BITS_PER_WEIGHT
+from llmbench.quants import NOMINAL_BITS_PER_WEIGHT, rank
 from llmbench.synthetic import QUALITY_NULL_REASON
 
 KEY = ["model", "quant"]
 KLD_COLUMNS = ["kld_mean", "kld_mean_unc", "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc", "same_top_p_pct",
                "reference_quant"]
 FILE_SCHEMA = {"model": pl.String, "quant": pl.String, "file_bytes": pl.Int64, "weights": pl.Int64}
-KLD_TITLE = "mean KL divergence vs reference (lower is better)"
-FRONTIER_NOTE = "Filled and joined: the Pareto frontier (no other quant is both closer to the reference and better)."
 
 
 def file_facts(files: dict[tuple[str, str], Path]) -> pl.DataFrame:
@@ -94,7 +91,7 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
         table = table.join(f, on=KEY, how="left")
     # Order by the measured bpw; a quant without a file falls back on its nominal bpw, unknown types go last.
     nominal = pl.col("quant").replace_strict(NOMINAL_BITS_PER_WEIGHT, default=None, return_dtype=pl.Float64)
-    rank = pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
+    order = pl.col("quant").replace_strict(rank(table["quant"]), return_dtype=pl.Int64)
     table = table.with_columns(
         pl.when(pl.col("_ran").is_null() & pl.col("speed_null_reason").is_null())
         .then(pl.lit(f"no {speed_tool} runs")).otherwise(pl.col("speed_null_reason")).alias("speed_null_reason"),
@@ -103,7 +100,7 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
         # Random weights (runs say model_is_synthetic): no KLD or accuracy is planned for them, and the table says why.
         pl.when(pl.col("model").is_in(_synthetic_models(runs).implode())).then(pl.lit(QUALITY_NULL_REASON))
         .otherwise(None).alias("quality_null_reason"),
-    ).sort(["model", pl.coalesce("bits_per_weight", nominal), rank, "quant"], nulls_last=True)
+    ).sort(["model", pl.coalesce("bits_per_weight", nominal), order, "quant"], nulls_last=True)
     acc_cols = [c for c in acc.columns if c not in KEY]
     return table.select(*KEY, "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
                         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
@@ -118,10 +115,7 @@ def _synthetic_models(runs: pl.DataFrame) -> pl.Series:
 
 def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
     """The quality table for people: one footnote per reason instead of repeated cells."""
-    notes: dict[str, int] = {}
-
-    def note(reason: str) -> str:
-        return f"[{notes.setdefault(reason, len(notes) + 1)}]"
+    note = Footnotes()
 
     def pm(value: float | None, unc: float | None, digits: int) -> str:
         return "" if value is None else f"{value:.{digits}f}" + ("" if unc is None else f" ± {unc:.{digits}f}")
@@ -164,7 +158,7 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
             fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}",
             joule, kld, pm(r["ppl_ratio"], r["ppl_ratio_unc"], 3), pm(r["same_top_p_pct"], None, 1), *accuracy,
         ])
-    out = ["## Quality, speed and energy per quant\n\n", _md_table(header, rows), "\n",
+    out = ["## Quality, speed and energy per quant\n\n", pipe_table(header, rows), "\n",
            "File MiB and bpw: measured from the GGUF file (its size × 8 over its weight count, header included). "
            "Decode tok/s: median over the generations that ran; J/token: energy summed over all generation windows, "
            "divided by the tokens they generated (as in the cost table). Mean KLD (± its uncertainty): "
@@ -172,50 +166,6 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
            "over the whole corpus; PPL ratio: perplexity over the reference's; same top %: how often both pick the "
            "same most likely token. Accuracy: share of exactly checkable questions answered correctly, with the "
            "Wilson 95 % interval and the number of answers judged.\n"]
-    out += [f"\n[{n}] {reason}\n" for reason, n in notes.items()]
+    out.append(note.render())
     return "".join(out)
 
-
-def pareto_front(df: pl.DataFrame, x: str, y: str, maximise_y: bool = True,
-                 by: Sequence[str] = ("model",)) -> pl.DataFrame:
-    """Add ``on_frontier``: no other point of the group has x ≤ and y at least as good, one of them strictly.
-
-    x is minimised (mean KLD). Every pair within a group is compared: groups are a model's few quants.
-    """
-    by = list(by)
-    d = df.with_row_index("_row")
-    # NaN counts as missing: it compares as larger than any number in polars and would otherwise dominate.
-    pts = d.select("_row", *by, pl.col(x).cast(pl.Float64).fill_nan(None).alias("_x"),
-                   pl.col(y).cast(pl.Float64).fill_nan(None).alias("_y")).drop_nulls(["_x", "_y"])
-    other = pts.rename({"_row": "_o", "_x": "_ox", "_y": "_oy"})
-    pairs = pts.join(other, on=by, nulls_equal=True) if by else pts.join(other, how="cross")
-    sign = 1 if maximise_y else -1  # compare sign·y so that larger is always better
-    ox, oy, px, py = pl.col("_ox"), sign * pl.col("_oy"), pl.col("_x"), sign * pl.col("_y")
-    dominated = pairs.filter((ox <= px) & (oy >= py) & ((ox < px) | (oy > py)))["_row"]
-    return d.with_columns(
-        (pl.col("_row").is_in(pts["_row"].implode()) & ~pl.col("_row").is_in(dominated.implode()))
-        .alias("on_frontier")).drop("_row")
-
-
-def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise_y: bool = True) -> alt.Chart:
-    """Mean KLD (log x) against y per model; the frontier drawn as a line, its points filled, the rest hollow.
-
-    Points without y or with KLD ≤ 0 (the reference itself: a log axis cannot show 0) are left out.
-    """
-    data = table.filter(pl.col(y).is_not_null() & (pl.col("kld_mean") > 0)).select(*KEY, "kld_mean", y)
-    data = pareto_front(data, "kld_mean", y, maximise_y).with_columns(
-        pl.when(pl.col("on_frontier")).then(pl.lit("on the frontier")).otherwise(pl.lit("dominated")).alias("point"))
-    x_enc = alt.X("kld_mean:Q", scale=alt.Scale(type="log"), title=KLD_TITLE)
-    colour = alt.Color("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None)
-    base = alt.Chart(data).encode(x=x_enc, y=alt.Y(f"{y}:Q", title=y_title), color=colour)
-    line = base.transform_filter("datum.on_frontier").mark_line(strokeWidth=1.5).encode(order="kld_mean:Q")
-    # Filled on the frontier, hollow off it; Vega-Lite draws no legend for fill opacity, so the subtitle says so.
-    points = base.mark_point(size=70, strokeWidth=1.5, filled=False).encode(
-        fill=alt.Fill("model:N", scale=alt.Scale(range=OKABE_ITO), legend=None),
-        fillOpacity=alt.FillOpacity("point:N", scale=alt.Scale(domain=["on the frontier", "dominated"], range=[1, 0]),
-                                    legend=None),
-        tooltip=[*KEY, "kld_mean:Q", f"{y}:Q", "point:N"])
-    # Labels in dark grey: Okabe–Ito's yellow is a fine point colour but illegible as text on white.
-    labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="quant:N", color=alt.value("#333"))
-    return alt.layer(line, points, labels).properties(width=320, height=240).facet(
-        facet=alt.Facet("model:N", title=None), columns=2).properties(title=alt.TitleParams(title, subtitle=FRONTIER_NOTE))

@@ -196,9 +196,12 @@ def order_by_bits(quants: Iterable[str]) -> list[str]:
     return sorted(set(quants), key=sort_key)
 
 
-def rank(quants: Iterable[str]) -> dict[str, int]:
-    """Each quant's position, coarsest first (for a polars ``replace_strict``, unknown names given the length)."""
-    return {q: i for i, q in enumerate(order_by_bits(quants))}
+def rank(quants: Iterable[str | None]) -> dict[str, int]:
+    """Each quant's position, coarsest first, names no table knows last (see sort_key); None is left out.
+
+    The order of tables and figures: ``pl.col("quant").replace_strict(rank(df["quant"]), return_dtype=pl.Int64)``.
+    """
+    return {q: i for i, q in enumerate(order_by_bits(q for q in quants if q is not None))}
 
 
 def derivation_problem(quant: str) -> str | None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.costs import write_cost_tables
-from llmbench.frameworks import framework_table, load_facts
+from llmbench.frameworks import framework_table, registry_facts
 from llmbench.frameworks import render_markdown as framework_markdown
-from llmbench.plots import FIGURES, save_all, write_figure
-from llmbench.quality import pareto_chart
+from llmbench.plots import FIGURES, pareto_chart, save_all, write_figure
 from llmbench.quality import render_markdown as quality_markdown
 from llmbench.stats import summarize_runs
 
@@ -25,18 +24,13 @@ def write_stats(runs: pl.DataFrame, parquet: Path, csv: Path) -> pl.DataFrame:
     return stats
 
 
-FRAMEWORK_FACTS = Path(__file__).resolve().parents[2] / "data/frameworks.yaml"
 
 
-def write_framework_table(runs: pl.DataFrame, facts: Path, csv: Path, md: Path) -> pl.DataFrame:
-    table = framework_table(runs, load_facts(facts, runs["tool"].unique().sort().to_list()))
+def write_framework_table(runs: pl.DataFrame, csv: Path, md: Path) -> pl.DataFrame:
+    table = framework_table(runs, registry_facts())
     table.write_csv(csv)
     Path(md).write_text(framework_markdown(table))
     return table
-
-
-def write_decode_figure(runs: pl.DataFrame, study: str, png: Path) -> list[Path]:
-    return write_figure("decode_tokens_per_s", runs, study, png)
 
 
 def write_quality_markdown(table: pl.DataFrame, tools: list[str], speed: str, md: Path) -> None:
@@ -64,7 +58,7 @@ def rerender(results: Path, config: dict) -> list[Path]:
     write_stats(runs, results / "summary/stats.parquet", results / "summary/stats.csv")
     write_cost_tables(runs, config["costs"], results / "tables/cost_per_1m_tokens.csv",
                       results / "tables/cost_per_1m_tokens.md")
-    write_framework_table(runs, FRAMEWORK_FACTS, results / "tables/frameworks.csv", results / "tables/frameworks.md")
+    write_framework_table(runs, results / "tables/frameworks.csv", results / "tables/frameworks.md")
     written = [results / "summary/stats.csv", results / "tables/cost_per_1m_tokens.md", results / "tables/frameworks.md"]
     for name in FIGURES:  # every figure drawn from the rows, under the name its rule gives it
         written += write_figure(name, runs, config["study"], results / f"figures/{name}.png")

@@ -11,8 +11,6 @@ beside the last-level cache is partly served from cache and can pass a DRAM boun
 from __future__ import annotations
 
 import math
-import mmap
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,9 @@ from typing import Any
 import polars as pl
 
 from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
-from llmbench.models import CorruptModelError, read_header
+from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.models import CorruptModelError, read_tensor_table
+from llmbench.quants import rank
 from llmbench.stats import GROUP
 
 EMBEDDING = "token_embd.weight"
@@ -39,23 +39,12 @@ DEVICE_SCHEMA = {**{k: pl.String for k in GROUP}, "bandwidth_bytes_per_s": pl.Fl
 
 
 def gguf_traffic(path: str | Path) -> dict[str, Any]:
-    """Bytes a dense GGUF model reads per generated token, from its tensor table (no tensor data is read)."""
-    try:
-        return _traffic(path)
-    except (struct.error, ValueError, KeyError, OverflowError) as e:
-        raise CorruptModelError(f"{path} is a damaged GGUF ({type(e).__name__}: {e}); delete it and run the "
-                                "workflow again so it is fetched or derived anew") from None
+    """Bytes a dense GGUF model reads per generated token, from its tensor table (no tensor data is read).
 
-
-def _traffic(path: str | Path) -> dict[str, Any]:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        _version, meta, table, _end = read_header(buf)
-        tensors: dict[str, tuple[int, list[int]]] = {}  # name: (bytes, dimensions)
-        for name, dims, ttype, _offset in table:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            tensors[name] = (math.prod(dims) // block * type_size, dims)
+    Raises CorruptModelError, as the file check does, for a file that is not a readable GGUF."""
+    header = read_tensor_table(path)
+    meta = header.meta
+    tensors = {t.name: (t.nbytes, t.dims) for t in header.tensors}  # name: (bytes, dimensions)
     arch = meta.get("general.architecture")
     arch = arch.decode() if isinstance(arch, bytes) else str(arch)
     total = sum(b for b, _ in tensors.values())
@@ -214,17 +203,10 @@ def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFr
 
 def render_markdown(table: pl.DataFrame) -> str:
     """The roofline for people: one footnote per reason, label and bytes note instead of repeated cells."""
-    from llmbench.costs import _md_table, fmt
-    from llmbench.quants import KNOWN_QUANTS
-
-    notes: dict[str, int] = {}
-
-    def note(text: str) -> str:
-        return f"[{notes.setdefault(text, len(notes) + 1)}]"
-
-    rank = pl.col("quant").replace_strict({q: i for i, q in enumerate(KNOWN_QUANTS)}, default=len(KNOWN_QUANTS))
+    note = Footnotes()
+    order = pl.col("quant").replace_strict(rank(table["quant"]), return_dtype=pl.Int64)
     rows = []
-    for r in table.sort(["tool", "model", "split", rank]).iter_rows(named=True):
+    for r in table.sort(["tool", "model", "split", order]).iter_rows(named=True):
         speed = fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}"
         mib = "" if r["bytes_per_token"] is None else f"{r['bytes_per_token'] / 2**20:.1f} {note(r['bytes_note'])}"
         bw = ("" if r["bandwidth_bytes_per_s"] is None
@@ -237,7 +219,7 @@ def render_markdown(table: pl.DataFrame) -> str:
     header = ["tool", "model", "quant", "split", "median decode tok/s", "MiB read per token", "bandwidth GB/s",
               "bound tok/s", "fraction of bound"]
     return "".join([
-        "## Decode speed against the memory-bandwidth bound\n\n", _md_table(header, rows), "\n",
+        "## Decode speed against the memory-bandwidth bound\n\n", pipe_table(header, rows), "\n",
         "Bound = bandwidth / bytes read per generated token, for a dense model that reads every weight once per "
         "token. Bytes per token come from the GGUF's tensor table; the KV cache and activations are not counted, "
         "so the bound is an upper limit on speed and a fraction near 1 means decode is memory-bound. A fraction "
@@ -247,5 +229,5 @@ def render_markdown(table: pl.DataFrame) -> str:
         f"'{GPU_LABEL}' is the GPU's specification (not a measurement; kernels reach less); "
         f"'{CPU_LABEL}' is rule measure_memory_bandwidth's numpy measurement on this machine. "
         "GB = 10^9 bytes.\n",
-        *[f"\n[{n}] {text}\n" for text, n in notes.items()],
+        note.render(),
     ])

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from llmbench.backend import Backend, BackendError, diagnosis_of
-from llmbench.meters import EnergyMeter, EnergyReading
+from llmbench.engines.base import Engine, EngineError, diagnosis_of
+from llmbench.meters import EnergyMeter, EnergyReading, estimated, measure_idle, split_at_first_token
 
 log = logging.getLogger(__name__)
 
@@ -159,52 +157,24 @@ def failed_run(plan: RunPlan, reason: str, kind: str | None = None, signal: str 
     return pl.DataFrame([row], schema=RUN_SCHEMA)
 
 
-def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str | None]:
-    """Idle power with the model loaded, over one window; (None, why) where nothing can be measured."""
-    if not meter.sensors:
-        return None, "not measured: " + "; ".join(meter.unavailable)
-    if seconds <= 0:
-        return None, "not measured: bench.idle_s is 0"
-    meter.begin_window("idle")
-    time.sleep(seconds)
-    idle = meter.end_window("idle")
-    return idle.energy_j / idle.window_s, None
-
-
-ESTIMATE = "estimate: "
-
-
-def estimated(energy: EnergyReading, watts: float | None) -> EnergyReading:
-    """Where nothing was measured and the config asks for it: the assumed power × the window, labelled so."""
-    if energy.energy_j is not None or not watts:
-        return energy
-    source = f"{ESTIMATE}{watts:g} W assumed × window (bench.energy_estimate_w), {energy.null_reason}"
-    return dataclasses.replace(energy, energy_j=watts * energy.window_s, source=source, null_reason=None)
-
-
 def gpu_columns(meter: EnergyMeter, energy: EnergyReading, ttft_ms: float | None, start: dict | None,
                 end: dict | None) -> dict:
-    """The GPU side of one generation: phase energies from the power trace, and the devices' state."""
-    split = meter.split_null_reason
-    prefill = decode = None
-    if split is None and ttft_ms is None:
-        split = "not measured: the engine reported no first token"
-    elif split is None:
-        first = min(energy.t0 + ttft_ms / 1000, energy.t1)
-        prefill, decode = meter.gpu_trace_j(energy.t0, first), meter.gpu_trace_j(first, energy.t1)
+    """The GPU side of one generation's row: the phase energies (meters.split_at_first_token) beside the power
+    trace's whole-window integral, and the devices' state at start and end."""
+    split = split_at_first_token(meter, energy, ttft_ms)
     used = [g["memory_used_bytes"] for g in (end or {}).values() if g.get("memory_used_bytes") is not None]
     return {
-        "gpu_energy_prefill_j": prefill,
-        "gpu_energy_decode_j": decode,
+        "gpu_energy_prefill_j": split.prefill_j,
+        "gpu_energy_decode_j": split.decode_j,
         "sampled_gpu_energy_j": energy.sampled_gpu_j,
-        "energy_split_null_reason": split,
+        "energy_split_null_reason": split.null_reason,
         "gpu_state_start": json.dumps(start) if start is not None else None,
         "gpu_state_end": json.dumps(end) if end is not None else None,
         "gpu_mem_used_bytes": sum(used) if used else None,
     }
 
 
-def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
+def run_generations(backend: Engine, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
     """Warm up, then generate every prompt × repetition, each in its own energy window.
 
     The backend must already be started; ``facts`` is what it reported about itself (build, load time, library).
@@ -263,20 +233,19 @@ def run_generations(backend: Backend, plan: RunPlan, meter: EnergyMeter, facts: 
                         "peak_rss_bytes": backend.peak_rss_bytes(),
                         "finish_reason": g.finish_reason,
                         "energy_j": energy.energy_j,
-                        "energy_net_j": (energy.energy_j - idle_w * energy.window_s
-                                         if energy.energy_j is not None and idle_w is not None else None),
+                        "energy_net_j": energy.net_j(idle_w),
                         "idle_power_w": idle_w,
                         "energy_window_s": energy.window_s,
                         "energy_source": energy.source,
                         "energy_null_reason": energy.null_reason,
-                        "energy_is_estimate": energy.source is not None and energy.source.startswith(ESTIMATE),
+                        "energy_is_estimate": energy.estimated,
                         **energy.boundary_columns(),
                         **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                         "started_at": started,
                         "output_text": g.text,
                     }
                 )
-    except BackendError as e:
+    except EngineError as e:
         if not rows:
             raise
         # The generations that finished stand; the one whose engine failed is a failed row of its own.

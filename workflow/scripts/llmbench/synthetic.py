@@ -374,7 +374,7 @@ def write_synthetic_gguf(path: str | Path, shape_name: str, quant: str, seed: in
 
 def make_synthetic_model(dest: str | Path, shape_name: str, quant: str, seed: int, model_name: str = "") -> dict:
     """Write the file into place atomically, checked as a loadable GGUF; return its record (with sha256)."""
-    from llmbench.fetch import atomic_path, sha256_file
+    from llmbench.files import atomic_path, sha256_file
     from llmbench.models import check_gguf
 
     with atomic_path(dest) as part:

@@ -1,34 +1,18 @@
-"""llama.cpp's llama-server as a bench backend: one server per job on a free loopback port, always stopped."""
+"""llama.cpp's llama-server as an engine: one server per job on a free loopback port, always stopped."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import (
-    THINKING,
-    BackendError,
-    Engine,
-    EngineFailed,
-    Generation,
-    cut_short,
-    engine_failure,
-    free_port,
-    http_json,
-    log_tail,
-    peak_rss_bytes,
-    post_stream_once_more,
-    reasoning_tokens,
-    stop_process,
-    stream_error,
-)
 from llmbench.diagnosis import diagnose
-from llmbench.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
+from llmbench.engines.base import Engine, EngineError, EngineFailed, EngineSettings, Generation, engine_failure
+from llmbench.engines.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
+from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
+from llmbench.engines.process import ServerProcess, http_json
 
 
 @dataclass
@@ -85,72 +69,32 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
 def parse_chat_stream(lines: Iterable[bytes], t0: float, clock: Callable[[], float] = time.perf_counter) -> Generation:
     """A streamed /v1/chat/completions answer → Generation.
 
-    TTFT is the client's clock from the request to the first chunk carrying a generated token of any kind, the
-    answer's or a reasoning model's thinking (which comes first); ``text`` is the answer alone. Counts and phase
-    times come from the ``timings`` of the last chunk (the one with the finish_reason), as builds that time every
-    token send timings with each chunk. A stream without that chunk was cut short (StreamCutShort); an error the
-    server sends inside the stream (``data: {"error": ...}``, or a bare ``error: ...`` line from older builds)
-    is raised quoting its message.
+    TTFT and the answer's text as every OpenAI-style stream gives them (openai_stream.ChatStream). Counts and
+    phase times come from the ``timings`` of the last chunk (the one with the finish_reason), as builds that time
+    every token send timings with each chunk. A stream without that chunk was cut short (StreamCutShort).
     """
-    text, ttft_ms, last, final, finish, usage, done, broken = [], None, None, None, None, None, False, None
-    for raw in lines:
-        line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
-        if not line:
-            continue
-        if broken is not None:
-            raise BackendError(f"llama-server streamed a line that is not JSON: {broken[:300]!r}")
-        if line.startswith("error:"):
-            raise stream_error("llama-server", {"error": _json_or_text(line[len("error:"):]) or "(no message)"})
-        if not line.startswith("data:"):
-            continue
-        payload = line[len("data:"):].strip()
-        if payload == "[DONE]":
-            done = True
-            continue
-        try:
-            event = json.loads(payload)
-        except json.JSONDecodeError:
-            broken = line  # a line cut in the middle, if it is the last one
-            continue
-        if error := stream_error("llama-server", event):
-            raise error
-        choice = (event.get("choices") or [{}])[0]
-        delta = choice.get("delta") or {}
-        if ttft_ms is None and any(delta.get(k) for k in ("content", *THINKING)):
-            ttft_ms = (clock() - t0) * 1000
-        if delta.get("content"):
-            text.append(delta["content"])
-        finish = choice.get("finish_reason") or finish
+    stream, last, final, usage = ChatStream("llama-server", t0, clock), None, None, None
+    for event in stream.events(lines):
         usage = event.get("usage") or usage
         if "timings" in event:
             last = event
-            if finish is not None:
+            if stream.finish is not None:
                 final = event
     if final is None:
-        if finish is not None and done:
-            raise BackendError(f"llama-server's stream ended without 'timings' in its last chunk (finish_reason "
-                               f"{finish!r}); llama-server sends them with it")
-        gone = ["'timings'" if last is None else "its last 'timings'"]
-        raise cut_short("llama-server", gone + ["a finish_reason"] * (finish is None) + ["[DONE]"] * (not done),
-                        broken)
-    wall_ms = (clock() - t0) * 1000
-    g = parse_chat_response(final, wall_ms)
-    return dataclasses.replace(g, text="".join(text), ttft_ms=ttft_ms, finish_reason=finish,
+        if stream.finish is not None and stream.done:
+            raise EngineError(f"llama-server's stream ended without 'timings' in its last chunk (finish_reason "
+                              f"{stream.finish!r}); llama-server sends them with it")
+        raise stream.cut_short(["'timings'" if last is None else "its last 'timings'"])
+    g = parse_chat_response(final, stream.wall_ms())
+    return dataclasses.replace(g, text=stream.answer, ttft_ms=stream.ttft_ms, finish_reason=stream.finish,
                                reasoning_tokens=reasoning_tokens(usage))
-
-
-def _json_or_text(payload: str):
-    try:
-        return json.loads(payload)
-    except json.JSONDecodeError:
-        return payload.strip()
 
 
 def parse_chat_response(body: dict, wall_ms: float) -> Generation:
     """A /v1/chat/completions answer → Generation, from its ``timings`` (llama-server's own counters)."""
     t = body.get("timings")
     if not t:
-        raise BackendError(f"llama-server answered without 'timings': {str(body)[:300]}")
+        raise EngineError(f"llama-server answered without 'timings': {str(body)[:300]}")
     choice = (body.get("choices") or [{}])[0]
     return Generation(
         prompt_tokens=int(t["prompt_n"]) + int(t.get("cache_n", 0)),
@@ -182,60 +126,34 @@ class LlamaServer(Engine):
     def __init__(self, settings: LlamaServerSettings, log_path: Path):
         self.settings = settings
         self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.server = ServerProcess("llama-server", self.log_path)
         self._props: dict = {}
+
+    @classmethod
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> LlamaServer:
+        return cls(LlamaServerSettings(
+            binary=s.build_dir / "bin" / "llama-server", model=s.model, n_gpu_layers=s.n_gpu_layers,
+            split_mode=s.split, threads=s.threads, ctx_size=s.ctx_size, start_timeout_s=s.start_timeout_s,
+            request_timeout_s=s.request_timeout_s, tensor_split=s.tensor_split,
+        ), log_path)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
     def start(self) -> None:
         s = self.settings
         if not Path(s.binary).exists():
-            raise BackendError(f"llama-server binary {s.binary} does not exist; build llama.cpp first (rule build_llama_cpp)")
+            raise EngineError(f"llama-server binary {s.binary} does not exist; build llama.cpp first (rule build_llama_cpp)")
         if not Path(s.model).exists():
-            raise BackendError(f"model file {s.model} does not exist")
-        for _attempt in range(3):
-            self.port = free_port()
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    server_command(s, self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-                )
-            try:
-                self._wait_healthy()
-                return
-            except _PortTaken:
-                self.stop()
-        raise BackendError("llama-server could not bind a free loopback port in 3 attempts")
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.settings.start_timeout_s
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                tail = self.log_tail()
-                if "couldn't bind" in tail or "Address already in use" in tail:
-                    raise _PortTaken()
-                raise self._failure(code, "while loading")
-            try:
-                status, _ = http_json("GET", f"{self.url}/health", timeout=5)
-                if status == 200:
-                    _, self._props = http_json("GET", f"{self.url}/props", timeout=5)
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise BackendError(
-            f"llama-server did not become healthy within {self.settings.start_timeout_s:.0f} s loading "
-            f"{self.settings.model}; raise bench.start_timeout_s for large models. Log: {self.log_path}"
-        )
+            raise EngineError(f"model file {s.model} does not exist")
+        self.server.start(lambda port: server_command(s, port), s.start_timeout_s, failed=self._failure,
+                          loading=str(s.model))
+        _, self._props = http_json("GET", f"{self.url}/props", timeout=5)
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
-        if self.proc is None or self.proc.poll() is not None:
-            raise BackendError(f"llama-server is not running (log: {self.log_path})")
+        if not self.server.alive():
+            raise EngineError(f"llama-server is not running (log: {self.log_path})")
         body = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
@@ -248,22 +166,12 @@ class LlamaServer(Engine):
         url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
         try:
             return post_stream_once_more(url, body, timeout, parse_chat_stream, "llama-server", self.log_path,
-                                         alive=lambda: self.proc.poll() is None)
-        except BackendError as e:
-            code = self._exit_code()
+                                         alive=self.server.alive)
+        except EngineError as e:
+            code = self.server.exit_code()
             if code is not None or out_of_memory_line(self._log_text()):
                 raise self._failure(code, "during a request") from e
             raise
-
-    def _exit_code(self, grace_s: float = 2.0) -> int | None:
-        """The server's exit status after a failed request, waiting briefly: a server killed by a signal closes
-        its sockets before the kernel lets it be reaped, so the client can see the closed stream first."""
-        if self.proc is None:
-            return None
-        try:
-            return self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            return None
 
     def _failure(self, code: int | None, when: str) -> EngineFailed:
         """The server ended (or logged a failed allocation): what it was, from its exit and its log's last start."""
@@ -273,10 +181,7 @@ class LlamaServer(Engine):
         return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; engine log {self.log_path})"))
 
     def _log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.server.log_text()
 
     def facts(self) -> dict:
         settings = self._props.get("default_generation_settings", {})
@@ -288,18 +193,13 @@ class LlamaServer(Engine):
         }
 
     def peak_rss_bytes(self) -> int | None:
-        return peak_rss_bytes(self.proc.pid) if self.proc is not None else None
+        return self.server.peak_rss_bytes()
 
     def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
+        self.server.stop()
 
     def log_tail(self, lines: int = 15) -> str:
-        return log_tail(self.log_path, lines)
-
-
-class _PortTaken(Exception):
-    pass
+        return self.server.log_tail(lines)
 
 
 def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:
@@ -312,7 +212,7 @@ def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:
     with LlamaServer(auto, log_path) as server:
         offload = parse_offload(server._log_text())
     if offload.offloaded is None:
-        raise BackendError(f"llama-server's fitting left no offload line in {log_path} ({offload.source}); "
+        raise EngineError(f"llama-server's fitting left no offload line in {log_path} ({offload.source}); "
                            "set the model's n_gpu_layers to a number instead of auto")
     return offload.offloaded
 

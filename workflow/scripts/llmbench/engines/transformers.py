@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, peak_rss_bytes
 from llmbench.diagnosis import diagnose
+from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.process import peak_rss_bytes
 from llmbench.models import split_count
 
 INSTALL_HINT = "the pins of requirements.txt (torch, transformers, accelerate, gguf)"
@@ -71,6 +72,10 @@ class TransformersBackend(Engine):
         self._torch: ModuleType | None = None
         self._versions = ""
 
+    @classmethod
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> TransformersBackend:
+        return cls(s.model, device="cuda" if s.gpus else "cpu", threads=s.threads)
+
     def start(self) -> None:
         if self.model_path.is_file() and (shards := split_count(self.model_path)) > 1:
             raise ToolUnavailable(
@@ -86,11 +91,11 @@ class TransformersBackend(Engine):
             _require(name)
         dtype = getattr(torch, self.dtype_name, None)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise BackendError(f"dtype {self.dtype_name!r} is not a torch floating-point dtype")
+            raise EngineError(f"dtype {self.dtype_name!r} is not a torch floating-point dtype")
         if not self.model_path.is_file():
-            raise BackendError(f"model file {self.model_path} does not exist")
+            raise EngineError(f"model file {self.model_path} does not exist")
         if bad := unsupported_quant_types(self.model_path):
-            raise BackendError(
+            raise EngineError(
                 f"transformers {transformers.__version__} cannot load {self.model_path}: it has no de-quantizer for "
                 f"its {', '.join(bad)} tensors; bench another quant type of this model with transformers"
             )
@@ -108,14 +113,14 @@ class TransformersBackend(Engine):
                 raise ValueError("it carries no chat template, so prompts cannot be given as chat")
             model = transformers.AutoModelForCausalLM.from_pretrained(**where, dtype=dtype)
         except (ValueError, KeyError, NotImplementedError, OSError, RuntimeError) as e:
-            raise BackendError(f"transformers could not load {self.model_path}: {e}") from None
+            raise EngineError(f"transformers could not load {self.model_path}: {e}") from None
         self.tokenizer, self.model = tokenizer, model.to(self.device).eval()
         self.load_ms = (time.perf_counter() - t0) * 1000
         self.load_peak_rss = self.peak_rss_bytes()
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         if self.model is None:
-            raise BackendError("the transformers backend is not started")
+            raise EngineError("the transformers backend is not started")
         torch = self._torch
         enc = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True

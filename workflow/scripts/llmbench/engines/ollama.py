@@ -1,4 +1,4 @@
-"""Ollama as a bench backend, through the official client: a running server (OLLAMA_HOST) or one started for the job.
+"""Ollama as an engine, through the official client: a running server (OLLAMA_HOST) or one started for the job.
 
 Two kinds of model: a library tag that the server pulls (as the article ran Ollama), or a GGUF file of the study
 imported with `ollama create` semantics (the file uploaded as a blob, then a model made FROM it), so that
@@ -43,21 +43,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-from llmbench.backend import (
-    BackendError,
-    Engine,
-    Generation,
-    ToolUnavailable,
-    engine_failure,
-    free_port,
-    log_tail,
-    stop_process,
-)
 from llmbench.diagnosis import EXITED, diagnose
+from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.process import ServerProcess
 from llmbench.models import split_count
 
 NS_PER_MS = 1e6
@@ -81,7 +72,7 @@ def parse_chat(r, wall_ms: float, *, prefill_cached: bool | None = None) -> Gene
     """
     get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
     if not get("done"):
-        raise BackendError(f"Ollama answered an unfinished generation: {str(r)[:300]}")
+        raise EngineError(f"Ollama answered an unfinished generation: {str(r)[:300]}")
     prompt_n, gen_n = _count(get("prompt_eval_count")), _count(get("eval_count"))
     prompt_ns, gen_ns = get("prompt_eval_duration"), get("eval_duration")
     message = get("message") or {}
@@ -127,12 +118,20 @@ class OllamaBackend(Engine):
         self.host = host if host is not None else os.environ.get("OLLAMA_HOST")
         self.start_timeout_s = start_timeout_s
         self.request_timeout_s = request_timeout_s
-        self.proc: subprocess.Popen | None = None
+        self.server = ServerProcess("`ollama serve`", self.log_path)
+        self.started_server = False
         self.client = None
         self.version: str | None = None
         # A server this job started has one prompt cache slot (OLLAMA_NUM_PARALLEL=1): evicting it is certain.
         self.one_cache_slot = False
         self._cache_holds_prompt = False
+
+    @classmethod
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> OllamaBackend:
+        # Ollama fits layers to free memory itself when num_gpu is unset: that is its "auto".
+        return cls(s.tag, log_path, num_gpu=None if s.n_gpu_layers == "auto" else s.n_gpu_layers,
+                   num_thread=s.threads, num_ctx=s.ctx_size, start_timeout_s=s.start_timeout_s,
+                   request_timeout_s=s.request_timeout_s, gguf=s.model)
 
     def start(self) -> None:
         if self.gguf is not None and self.gguf.is_file() and (shards := split_count(self.gguf)) > 1:
@@ -142,50 +141,54 @@ class OllamaBackend(Engine):
             )
         import ollama
 
-        if not self.host:
-            binary = shutil.which("ollama")
-            if binary is None:
-                raise ToolUnavailable(
-                    "Ollama is not installed here: OLLAMA_HOST is unset and no `ollama` binary is on PATH "
-                    "(install it from ollama.com, or point OLLAMA_HOST at a running server)"
-                )
-            self.host = f"127.0.0.1:{free_port()}"
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [binary, "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "OLLAMA_HOST": self.host, "OLLAMA_NUM_PARALLEL": "1"},
-                )
-            self.one_cache_slot = True
         try:
-            self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s)
-            self._wait_ready()
+            if self.host:
+                self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s)
+                self._connect()
+            else:
+                self._start_server(ollama)
             self._ensure_model()
         except BaseException:
             self.stop()
             raise
         # A server at OLLAMA_HOST may hold an earlier prompt of this model in its cache.
-        self._cache_holds_prompt = self.proc is None
+        self._cache_holds_prompt = not self.started_server
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                found = diagnose("`ollama serve`", self.proc.returncode, log_tail(self.log_path, 60))
-                raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (log {self.log_path})"))
+    def _start_server(self, ollama) -> None:
+        """`ollama serve` of the job's own, with one cache slot (OLLAMA_NUM_PARALLEL=1): evicting it is certain."""
+        binary = shutil.which("ollama")
+        if binary is None:
+            raise ToolUnavailable(
+                "Ollama is not installed here: OLLAMA_HOST is unset and no `ollama` binary is on PATH "
+                "(install it from ollama.com, or point OLLAMA_HOST at a running server)"
+            )
+
+        def answers() -> bool:
+            self.client = ollama.Client(host=f"127.0.0.1:{self.server.port}", timeout=self.request_timeout_s)
             try:
-                self.version = self.client._client.get("/api/version").json().get("version")
-                return
-            except Exception as e:  # connection refused while the server starts
-                last = e
-                if self.proc is None:
-                    break
-                time.sleep(0.2)
-        raise BackendError(
-            f"no Ollama server answers at {self.host} ({last}). Start one with `ollama serve`, or unset OLLAMA_HOST "
-            "so the job starts its own."
-        )
+                self._connect()
+            except EngineError:
+                return False
+            return True
+
+        self.server.start(lambda port: [binary, "serve"], self.start_timeout_s, failed=self._failure,
+                          loading="its model list", healthy=answers,
+                          env=lambda port: {"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_NUM_PARALLEL": "1"})
+        self.host, self.one_cache_slot, self.started_server = f"127.0.0.1:{self.server.port}", True, True
+
+    def _connect(self) -> None:
+        """The server's version, which also proves it answers."""
+        try:
+            self.version = self.client._client.get("/api/version").json().get("version")
+        except Exception as e:  # httpx's connection errors
+            raise EngineError(
+                f"no Ollama server answers at {self.host or self.client._client.base_url} ({e}). Start one with "
+                "`ollama serve`, or unset OLLAMA_HOST so the job starts its own."
+            ) from None
+
+    def _failure(self, code: int, when: str) -> Exception:
+        found = diagnose("`ollama serve`", code, self.server.log_tail(60))
+        return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; log {self.log_path})"))
 
     def _ensure_model(self) -> None:
         import ollama
@@ -197,11 +200,11 @@ class OllamaBackend(Engine):
             self.client.show(self.tag)
         except ollama.ResponseError as e:
             if e.status_code != 404:
-                raise BackendError(f"Ollama could not show {self.tag!r}: {e}") from None
+                raise EngineError(f"Ollama could not show {self.tag!r}: {e}") from None
             try:
                 self.client.pull(self.tag)
             except ollama.ResponseError as pull_error:
-                raise BackendError(
+                raise EngineError(
                     f"Ollama could not pull {self.tag!r}: {pull_error}. Check the tag in the config "
                     "(source.tag) and that the server can reach its registry."
                 ) from None
@@ -211,12 +214,12 @@ class OllamaBackend(Engine):
         import ollama
 
         if not self.gguf.exists():
-            raise BackendError(f"model file {self.gguf} does not exist; run the workflow so it is fetched or derived")
+            raise EngineError(f"model file {self.gguf} does not exist; run the workflow so it is fetched or derived")
         try:
             digest = self.client.create_blob(self.gguf)
             self.client.create(model=self.tag, files={self.gguf.name: digest})
         except ollama.ResponseError as e:
-            raise BackendError(f"Ollama could not import {self.gguf} as {self.tag!r}: {e}") from None
+            raise EngineError(f"Ollama could not import {self.gguf} as {self.tag!r}: {e}") from None
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         import ollama
@@ -241,7 +244,7 @@ class OllamaBackend(Engine):
                     found, reason=f"Ollama failed to generate with {self.tag!r} (HTTP {e.status_code}): {e.error}")
             raise engine_failure(found) from None
         except Exception as e:  # httpx connection errors: the server went away
-            raise BackendError(f"Ollama at {self.host} stopped answering: {e}") from None
+            raise EngineError(f"Ollama at {self.host} stopped answering: {e}") from None
         wall_ms = (time.perf_counter() - t0) * 1000
         self._cache_holds_prompt = True
         return parse_chat(r, wall_ms, prefill_cached=False if self.one_cache_slot else None)
@@ -254,7 +257,7 @@ class OllamaBackend(Engine):
             try:
                 self.evict_prompt_cache(prompt)
             except ollama.ResponseError as e:
-                raise BackendError(f"Ollama could not evict its prompt cache with {self.tag!r}: {e}") from None
+                raise EngineError(f"Ollama could not evict its prompt cache with {self.tag!r}: {e}") from None
 
     def evict_prompt_cache(self, prompt: str) -> None:
         """Cut Ollama's prompt cache back to (at most) the BOS, so that ``prompt`` is evaluated whole: a raw
@@ -287,5 +290,4 @@ class OllamaBackend(Engine):
         return None
 
     def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
+        self.server.stop()

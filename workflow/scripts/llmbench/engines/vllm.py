@@ -1,4 +1,4 @@
-"""vLLM's OpenAI-compatible server as a bench backend: one server per job on a free loopback port, always stopped.
+"""vLLM's OpenAI-compatible server as an engine: one server per job on a free loopback port, always stopped.
 
 GGUF in vLLM is experimental (newer releases need the vllm-gguf-plugin package). ``tokenizer`` defaults to the
 GGUF file itself, whose tokenizer vLLM converts; vLLM's docs advise the base model's Hugging Face tokenizer
@@ -9,34 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.backend import (
-    THINKING,
-    BackendError,
-    Engine,
-    Generation,
-    ToolUnavailable,
-    cut_short,
-    engine_failure,
-    free_port,
-    http_json,
-    log_tail,
-    post_stream_once_more,
-    reasoning_tokens,
-    stop_process,
-    stream_error,
-)
-from llmbench.backend import peak_rss_bytes as vm_hwm
 from llmbench.diagnosis import diagnose
+from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
+from llmbench.engines.process import ServerProcess, http_json
 from llmbench.gpu_slots import gpu_count
 from llmbench.models import split_count
 
@@ -83,46 +65,20 @@ def parse_vllm_stream(
 ) -> Generation:
     """A streamed /v1/chat/completions answer (with ``stream_options.include_usage``) → Generation.
 
-    TTFT is the client's clock from the request to the first chunk carrying a generated token of any kind, the
-    answer's or a reasoning model's thinking (``reasoning_content``, ``reasoning`` in newer vLLM); ``text`` is the
-    answer alone. Token counts are the engine's ``usage`` in the chunk after the finish_reason, never counted
-    chunks (one chunk may carry several tokens). A stream without it was cut short (StreamCutShort); an error
-    vLLM sends inside the stream is raised quoting its message.
+    TTFT and the answer's text as every OpenAI-style stream gives them (openai_stream.ChatStream; vLLM's thinking
+    is ``reasoning_content``, ``reasoning`` in newer releases). Token counts are the engine's ``usage`` in the
+    chunk after the finish_reason, never counted chunks (one chunk may carry several tokens). A stream without it
+    was cut short (StreamCutShort).
     """
-    text, ttft_ms, usage, finish, done, broken = [], None, None, None, False, None
-    for raw in lines:
-        line = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else raw.strip()
-        if not line:
-            continue
-        if broken is not None:
-            raise BackendError(f"vLLM streamed a line that is not JSON: {broken[:300]!r}")
-        if not line.startswith("data:"):
-            continue
-        if line[5:].strip() == "[DONE]":
-            done = True
-            continue
-        try:
-            event = json.loads(line[5:])
-        except json.JSONDecodeError:
-            broken = line  # a line cut in the middle, if it is the last one
-            continue
-        if error := stream_error("vLLM", event):
-            raise error
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if ttft_ms is None and any(delta.get(k) for k in ("content", *THINKING)):
-                ttft_ms = (clock() - t0) * 1000
-            if delta.get("content"):
-                text.append(delta["content"])
-            finish = choice.get("finish_reason") or finish
-        if event.get("usage") and finish is not None:  # the count of the whole answer, not a running one
+    stream, usage = ChatStream("vLLM", t0, clock), None
+    for event in stream.events(lines):
+        if event.get("usage") and stream.finish is not None:  # the count of the whole answer, not a running one
             usage = event["usage"]
     if usage is None:
-        if finish is not None and done:
-            raise BackendError("vLLM's stream ended without 'usage' (was stream_options.include_usage sent?)")
-        raise cut_short("vLLM", ["'usage'"] + ["a finish_reason"] * (finish is None) + ["[DONE]"] * (not done),
-                        broken)
-    wall_ms = (clock() - t0) * 1000
+        if stream.finish is not None and stream.done:
+            raise EngineError("vLLM's stream ended without 'usage' (was stream_options.include_usage sent?)")
+        raise stream.cut_short(["'usage'"])
+    wall_ms, ttft_ms = stream.wall_ms(), stream.ttft_ms
     prompt_n, gen_n = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     prefill_n = prompt_n - int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     # vLLM's API gives no separate phase times, so prefill is bounded by TTFT (which also holds queueing, the
@@ -135,7 +91,7 @@ def parse_vllm_stream(
         prefill_ms=prefill_ms, decode_ms=decode_ms,
         prefill_tokens_per_s=prefill_n / prefill_ms * 1000 if prefill_ms > 0 and prefill_n > 0 else None,
         decode_tokens_per_s=(gen_n - 1) / decode_ms * 1000 if decode_ms > 0 and gen_n > 1 else None,
-        wall_ms=wall_ms, finish_reason=finish, text="".join(text), ttft_ms=ttft_ms,
+        wall_ms=wall_ms, finish_reason=stream.finish, text=stream.answer, ttft_ms=ttft_ms,
         reasoning_tokens=reasoning_tokens(usage),
     )
 
@@ -150,14 +106,18 @@ class VllmServer(Engine):
 
     def __init__(self, settings: VllmSettings, log_path: Path):
         self.settings, self.log_path = settings, Path(log_path)
-        self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
-        self.load_ms: float | None = None
+        # Its own process group: its engine core and GPU workers are found and stopped with it.
+        self.server = ServerProcess("vLLM", self.log_path, own_session=True, grace_s=30.0)
         self._version: str | None = None
+
+    @classmethod
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> VllmServer:
+        return cls(VllmSettings(model=s.model, ctx_size=s.ctx_size, gpus=max(s.gpus, 1), seed=s.seed,
+                                start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s), log_path)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
     def start(self) -> None:
         model = Path(self.settings.model)
@@ -169,59 +129,37 @@ class VllmServer(Engine):
                                   "pip install vllm; it needs an NVIDIA GPU")
         if not nvidia_gpu_present():
             raise ToolUnavailable(f"vLLM needs an NVIDIA GPU: no driver ({NVIDIA_PROC} is absent) and NVML sees none")
-        if not Path(self.settings.model).exists():
-            raise BackendError(f"model file {self.settings.model} does not exist")
-        self.port = free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(self.log_path, "ab") as log:  # own process group: its engine core and GPU workers can be found
-            self.proc = subprocess.Popen(server_command(self.settings, self.port), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + self.settings.start_timeout_s
-        while (code := self.proc.poll()) is None and time.monotonic() < deadline:
-            try:
-                if http_json("GET", f"{self.url}/health", timeout=5)[0] == 200:
-                    self.load_ms = (time.perf_counter() - t0) * 1000
-                    self._version = http_json("GET", f"{self.url}/version", timeout=5)[1].get("version")
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        if code is not None:
-            found = diagnose("vLLM", code, self.log_tail(60), Path(self.settings.model))
-            raise engine_failure(dataclasses.replace(
-                found, reason=f"{found.reason} (while loading; engine log {self.log_path})"))
-        raise BackendError(f"vLLM did not become healthy within {self.settings.start_timeout_s:.0f} s loading "
-                           f"{self.settings.model}; raise bench.start_timeout_s for large models. Log: {self.log_path}")
+        if not model.exists():
+            raise EngineError(f"model file {model} does not exist")
+        self.server.start(lambda port: server_command(self.settings, port), self.settings.start_timeout_s,
+                          failed=self._failure, loading=str(model), poll_s=0.5)
+        self._version = http_json("GET", f"{self.url}/version", timeout=5)[1].get("version")
+
+    def _failure(self, code: int, when: str) -> Exception:
+        found = diagnose("vLLM", code, self.server.log_tail(60), Path(self.settings.model))
+        return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; engine log {self.log_path})"))
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
-        if self.proc is None or self.proc.poll() is not None:
-            raise BackendError(f"vLLM is not running (log: {self.log_path})")
+        if not self.server.alive():
+            raise EngineError(f"vLLM is not running (log: {self.log_path})")
         body = {"model": str(self.settings.model),  # vLLM serves the model under its --model argument
                 "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
         url, timeout = f"{self.url}/v1/chat/completions", self.settings.request_timeout_s
         return post_stream_once_more(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path,
-                                     alive=lambda: self.proc.poll() is None)
+                                     alive=self.server.alive)
 
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
         return {"engine_build": self._version, "n_gpu_layers": -1, "n_ctx": self.settings.ctx_size,
-                "tensor_parallel_size": self.settings.gpus, "load_ms": self.load_ms}
+                "tensor_parallel_size": self.settings.gpus, "load_ms": self.server.load_ms}
 
     def peak_rss_bytes(self) -> int | None:
         """VmHWM of the API server process only; vLLM's engine core and GPU workers are separate processes."""
-        return vm_hwm(self.proc.pid) if self.proc is not None else None
+        return self.server.peak_rss_bytes()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace_s=30.0)
-            try:  # workers left behind: the server stops them itself on SIGTERM, not when it had to be killed
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc = None
+        self.server.stop()
 
     def log_tail(self, lines: int = 15) -> str:
-        return log_tail(self.log_path, lines)
+        return self.server.log_tail(lines)

@@ -1,4 +1,4 @@
-"""llama-cpp-python as a bench backend: the engine runs in this process, on the project's own llama.cpp build."""
+"""llama-cpp-python as an engine: the engine runs in this process, on the project's own llama.cpp build."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.backend import BackendError, Engine, Generation, ToolUnavailable, engine_failure, peak_rss_bytes
 from llmbench.diagnosis import EXITED, diagnose
-from llmbench.llama_log import AUTO, Offload, check_offload, parse_offload
+from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.llama_log import AUTO, Offload, check_offload, parse_offload
+from llmbench.engines.process import peak_rss_bytes
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
@@ -27,13 +28,13 @@ def import_llama_cpp(lib_dir: Path) -> ModuleType:
     loaded = sys.modules.get("llama_cpp.llama_cpp")
     if loaded is not None:
         if Path(loaded._lib._name).resolve() != lib.resolve():
-            raise BackendError(
+            raise EngineError(
                 f"llama_cpp is already loaded from {loaded._lib._name} in this process and a library cannot be "
                 f"swapped in one process; run {lib} in a process of its own"
             )
         return sys.modules["llama_cpp"]
     if not lib.exists():
-        raise BackendError(f"{lib.parent} has no libllama.so; build llama.cpp first (rule build_llama_cpp)")
+        raise EngineError(f"{lib.parent} has no libllama.so; build llama.cpp first (rule build_llama_cpp)")
     # Read at import by llama_cpp/llama_cpp.py; without it the binding would look for a library of its own.
     os.environ["LLAMA_CPP_LIB_PATH"] = str(lib.parent)
     try:
@@ -41,7 +42,7 @@ def import_llama_cpp(lib_dir: Path) -> ModuleType:
     except ImportError as e:
         raise ToolUnavailable(f"llama-cpp-python is not installed here ({e}): install it with {INSTALL_HINT}") from None
     except (OSError, RuntimeError) as e:
-        raise BackendError(f"llama-cpp-python could not load {lib}: {e}") from None
+        raise EngineError(f"llama-cpp-python could not load {lib}: {e}") from None
     return llama_cpp
 
 
@@ -65,10 +66,15 @@ class LlamaCppPython(Engine):
         self.offload = Offload(None, None, "not loaded")
         self._lc: ModuleType | None = None
 
+    @classmethod
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> LlamaCppPython:
+        return cls(s.model, s.build_dir / "bin", n_gpu_layers=s.n_gpu_layers, split_mode=s.split, threads=s.threads,
+                   ctx_size=s.ctx_size, seed=s.seed, tensor_split=s.tensor_split, log_path=log_path)
+
     def start(self) -> None:
         lc = import_llama_cpp(self.lib_dir)
         if not self.model.exists():
-            raise BackendError(f"model file {self.model} does not exist")
+            raise EngineError(f"model file {self.model} does not exist")
         layers = self.n_gpu_layers if self.n_gpu_layers != AUTO else self._fit_layers(lc)
         t0 = time.perf_counter()
         with _llama_log(lc) as lines:
@@ -103,11 +109,11 @@ class LlamaCppPython(Engine):
         if not lc.llama_supports_gpu_offload():
             self.fitted_layers = 0  # a build without a GPU backend offloads nothing, whatever is asked
             return 0
-        from llmbench.llama_server import LlamaServerSettings, fitted_gpu_layers
+        from llmbench.engines.llama_server import LlamaServerSettings, fitted_gpu_layers
 
         server = self.lib_dir / "llama-server"
         if not server.exists():
-            raise BackendError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
+            raise EngineError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
         fit_log = self.log_path.with_suffix(".fit.log") if self.log_path else Path(tempfile.mkdtemp()) / "fit.log"
         self.fitted_layers = fitted_gpu_layers(
             LlamaServerSettings(binary=server, model=self.model, split_mode=self.split_mode, threads=self.threads,
@@ -117,7 +123,7 @@ class LlamaCppPython(Engine):
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
         llm, lc = self.llm, self._lc
         if llm is None or lc is None:
-            raise BackendError("llama-cpp-python backend is not started")
+            raise EngineError("llama-cpp-python backend is not started")
         # Every generation processes its whole prompt: no prompt cache, and no KV prefix kept from the last one.
         llm.set_cache(None)
         llm.reset()
@@ -137,7 +143,7 @@ class LlamaCppPython(Engine):
                     text.append(delta)
                 finish = choice.get("finish_reason") or finish
         except (ValueError, RuntimeError) as e:
-            raise BackendError(f"llama-cpp-python failed to generate: {e}") from None
+            raise EngineError(f"llama-cpp-python failed to generate: {e}") from None
         wall_ms = (time.perf_counter() - t0) * 1000
         perf = lc.llama_perf_context(llm.ctx)
         # llama.cpp reports n_eval as at least 1; a generation of one token has no decode step and 0 ms of it.

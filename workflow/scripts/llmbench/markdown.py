@@ -1,0 +1,45 @@
+"""Markdown for the tables people read: a pipe table, numbers to four significant digits, numbered footnotes.
+
+Every table module writes its Markdown through these, so that the tables look alike and a reason repeated in many
+cells is written once, under the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A cell's text: floats to ``digits`` significant digits, None as an empty cell, anything else as str()."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def pipe_table(header: list[str], rows: list[list[str]]) -> str:
+    """A pipe table ending in a newline; a '|' inside a cell is escaped so that it cannot split the cell."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class Footnotes:
+    """Numbered notes under a table: each distinct text gets one number, in the order the cells first cite it.
+
+    ``notes(text)`` gives the marker "[n]" to put in a cell; ``notes.render()`` the notes themselves, one paragraph
+    each ("\\n[n] text\\n"), or "" where no cell cited any.
+    """
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {}
+
+    def __call__(self, text: str) -> str:
+        return f"[{self._numbers.setdefault(text, len(self._numbers) + 1)}]"
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    def render(self) -> str:
+        return "".join(f"\n[{n}] {text}\n" for text, n in self._numbers.items())

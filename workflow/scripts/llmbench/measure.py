@@ -1,0 +1,77 @@
+"""One bench job measured: its engine (or runner) started, every prompt × repetition generated, one row each.
+
+A tool that is not installed here ends the job with a 'skipped' row that says why; an engine that fails (out of
+memory, killed by a signal, a model it cannot load, …) or a model file the GGUF check proves damaged ends it with
+'failed' rows naming what it was and the fix (llmbench.diagnosis), beside the generations that finished: the job
+exits normally, so the study goes on to its tables, and the run's summary lists the failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from llmbench import provenance
+from llmbench.engines.base import EngineError, ToolUnavailable, diagnosis_of
+from llmbench.engines.registry import tool
+from llmbench.gpu_slots import hold_gpus
+from llmbench.job import Job
+from llmbench.meters import open_energy_meter
+from llmbench.models import CorruptModelError, check_gguf
+from llmbench.runs import failed_run, run_generations, skipped_run
+
+
+def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logging.Logger) -> pl.DataFrame:
+    """Measure the job on the GPUs it holds, write its rows to ``run_file`` and how they were measured to
+    ``provenance_file``; returns the rows."""
+    job.engine_log.unlink(missing_ok=True)
+    started = dt.datetime.now(dt.UTC).isoformat()
+    with hold_gpus(job.gpus, exclusive=job.params["plan"]["exclusive"], job=str(run_file)) as gpu_ids:
+        if gpu_ids:
+            log.info("holding GPUs %s (NVML indices; CUDA_VISIBLE_DEVICES set for the engine)", gpu_ids)
+        # Without a GPU here the indices stay nominal, so that the meter says why nothing was read.
+        gpu_ids = gpu_ids or list(range(job.gpus))
+        rows = measure(job, gpu_ids, log)
+        rows.write_parquet(run_file)
+        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo))
+    return rows
+
+
+def measure(job: Job, gpu_ids: list[int], log: logging.Logger) -> pl.DataFrame:
+    """The job's rows: a runner's (llama-bench's raw samples), one row per generation, or one 'skipped' or
+    'failed' row saying why."""
+    t = tool(job.tool)
+    try:
+        if job.model_file is not None:
+            log.info("model %s: %s", job.model_file, check_gguf(job.model_file))
+        if not t.generates:
+            return t.run(job, job.engine_log)
+        with open_energy_meter(gpu_ids) as meter:
+            log.info("energy: %s", meter.source or "not measured: " + "; ".join(meter.unavailable))
+            with t.make_engine(job.settings, job.engine_log) as engine:
+                facts = engine.facts()
+                log.info("%s ready: %s", job.tool, facts)
+                return run_generations(engine, job.plan, meter, facts)
+    except ToolUnavailable as e:
+        log.warning("skipped: %s", e)
+        return skipped_run(job.plan, str(e))
+    except (EngineError, CorruptModelError) as e:
+        found = diagnosis_of(e, job.tool, job.engine_log, job.model_file)
+        log.error("failed (%s): %s (engine log: %s)", found.kind, found.reason, job.engine_log)
+        return failed_run(job.plan, found.reason, found.kind, found.signal)
+
+
+def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path) -> dict:
+    """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
+    model files, the tool's packages and the machine. The whole study config is archived once, beside the
+    results."""
+    settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
+                "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
+    return provenance.collect(
+        config=settings, build_record=job.build_record,
+        model_records=[job.model_record] if job.model_record is not None else [], gpu_indices=gpu_ids,
+        started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo,
+    )
