@@ -14,12 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def nvml_works() -> bool:
     """Whether this machine has a working NVML (an NVIDIA driver); tests of the no-GPU path skip where it does."""
-    try:
-        import pynvml
+    from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
 
-        pynvml.nvmlInit()
+    try:
+        close_nvml(open_nvml())
         return True
-    except Exception:
+    except NvmlUnavailable:
         return False
 
 

@@ -31,7 +31,7 @@ def test_real_collect_on_this_machine():
     assert r["cpu"]["model"] and r["cpu"]["logical_cores"] >= 1 and r["cpu"]["affinity_cores"] >= 1
     assert r["cpu"]["governor"] is not None or "governor" in r["cpu"]["errors"]  # a value or why there is none
     assert r["memory_bytes"] > 0 and r["os"]["kernel"] and r["python"]["executable"] == sys.executable
-    assert r["packages"]["polars"] == polars.__version__ and set(r["packages"]) == set(provenance.PACKAGES)
+    assert r["packages"]["polars"] == polars.__version__ and set(r["packages"]) == set(provenance.packages())
     assert r["llama_cpp"] == build and r["models"] == models and r["ended_at"] == "2026-01-01T00:01:00Z"
     if (REPO / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}", r["workflow"]["commit"]) and isinstance(r["workflow"]["dirty"], bool)
@@ -171,3 +171,12 @@ def test_gpu_without_nvlink_says_why(monkeypatch):
     g = run_collect(gpu_indices=[0])["gpus"]["0"]
     assert g["nvlink_active_links"] is None and "Not Supported" in g["errors"]["nvlink_active_links"]
     assert g["topology"] == {} and g["name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_cpu_model_is_the_model_name_line_or_says_why_not(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Xeon  \nflags\t\t: fpu\n")
+    assert provenance.cpu_model(info) == "Intel Xeon"
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM kernel names no model
+    with pytest.raises(LookupError, match="no 'model name' line"):
+        provenance.cpu_model(info)

@@ -21,8 +21,8 @@ from typing import Any
 
 from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
 
-PACKAGES = ("snakemake", "polars", "altair", "vl-convert-python", "nvidia-ml-py", "huggingface-hub", "ollama",
-            "llama-cpp-python", "torch", "transformers", "accelerate", "gguf")
+# The study's own packages; each tool's come from its registry record (llmbench.engines.registry).
+CORE_PACKAGES = ("snakemake", "polars", "altair", "vl-convert-python", "nvidia-ml-py", "huggingface-hub", "gguf")
 # Only variables that change what is measured; the rest of the environment is nobody's business and may hold secrets.
 ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OLLAMA_HOST", "LLAMA_CPP_LIB_PATH", "HF_HUB_OFFLINE",
                "OPENBLAS_CORETYPE")
@@ -195,6 +195,13 @@ def _fenced_gpus(gpu_indices: list[int]) -> dict[str, Any]:
         return {"not_available": f"GPU probe failed ({type(e).__name__}: {e})"}
 
 
+def packages() -> tuple[str, ...]:
+    """The pip distributions a job's provenance records: the study's own, then every registered tool's."""
+    from llmbench.engines.registry import TOOLS
+
+    return tuple(dict.fromkeys([*CORE_PACKAGES, *(p for t in TOOLS.values() for p in t.packages)]))
+
+
 def _package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -231,7 +238,7 @@ def collect(*, config: dict, build_record: dict | None, model_records: list[dict
             "distro": lambda: platform.freedesktop_os_release()["PRETTY_NAME"],
         }),
         "python": {"version": sys.version, "executable": sys.executable},
-        "packages": {name: _package_version(name) for name in PACKAGES},
+        "packages": {name: _package_version(name) for name in packages()},
         "models": model_records,
         "started_at": started_at,
         "ended_at": ended_at,
