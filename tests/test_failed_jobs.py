@@ -20,7 +20,7 @@ from llmbench.measure import measure
 from llmbench.runs import RUN_SCHEMA, RunPlan, failed_run
 from llmbench.stats import summarize_runs
 
-# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 

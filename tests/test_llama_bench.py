@@ -26,7 +26,7 @@ from llmbench.llama_bench import (
 )
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
-# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 PLAN = RunPlan("llama-bench", "smollm2-135m", "Q4_0", "none", (), 3, 0, 0.0, 0.7, 1, 0, 0, 2)

@@ -260,10 +260,10 @@ def test_landing_page_names_the_study_and_how_energy_was_measured():
 def test_cost_caption_labels_hardware_amortization_an_estimate_only_where_configured():
     cfg = study_config("config.yaml")
     assert cfg["costs"]["hardware"] is None
-    assert "lower bound" in render_caption(REPORT_DIR / "cost_table.rst", cfg)
+    assert "lower bound" in render_caption(REPORT_DIR / "cost_per_1m_tokens.rst", cfg)
     cfg["costs"]["hardware"] = {"purchase_usd": 15000, "lifetime_years": 3, "utilization": 0.5, "as_of": "2024-10",
                                 "note": "a stand-in price"}
-    body = render_caption(REPORT_DIR / "cost_table.rst", cfg)
+    body = render_caption(REPORT_DIR / "cost_per_1m_tokens.rst", cfg)
     assert "<strong>estimate</strong>" in body and "$15000" in body and "a stand-in price" in body
 
 

@@ -22,7 +22,7 @@ from llmbench.engines.llama_server import (
     server_command,
 )
 
-# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 CASES = REPO / "tests/data/cases"
 REASONING = CASES / "c01_llama_server_reasoning_stream.txt"

@@ -18,7 +18,7 @@ from conftest import REPO, load_config
 from llmbench.engines.base import EngineError, OutOfMemory, ToolUnavailable
 from llmbench.engines.llama_cpp_python import LlamaCppPython
 
-# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/test_llama_log.py).
+# llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
 
 LIB_DIR = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version']}-cpu" / "bin"

@@ -196,7 +196,7 @@ def test_repetitions_of_a_job_server_are_measured_uncached(tmp_path, monkeypatch
     exe = bin_dir / "ollama"  # the name the backend looks up on PATH
     exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""
         import http.server, json, os, sys
-        sys.path[:0] = [{str(REPO / "tests")!r}, {str(REPO / "workflow/scripts")!r}]
+        sys.path[:0] = [{str(REPO / "tests/engines")!r}, {str(REPO / "tests")!r}, {str(REPO / "workflow/scripts")!r}]
         from test_ollama import new_state, standin_handler
         json.dump({{"OLLAMA_NUM_PARALLEL": os.environ.get("OLLAMA_NUM_PARALLEL")}}, open({str(env)!r}, "w"))
         host, port = os.environ["OLLAMA_HOST"].rsplit(":", 1)

@@ -57,8 +57,8 @@ class StandInEcho(Engine):
 STANDIN_RECORD = '''
 register(Tool(
     "standin-echo",
-    Facts(family="stand-in", installs="written by tests/test_registry.py", gpu_offload="none",
-          multi_gpu="none", gguf="reads none", python_api="yes: in-process", sources=("tests/test_registry.py",)),
+    Facts(family="stand-in", installs="written by tests/engines/test_registry.py", gpu_offload="none",
+          multi_gpu="none", gguf="reads none", python_api="yes: in-process", sources=("tests/engines/test_registry.py",)),
     engine="llmbench.engines.standin_echo:StandInEcho",
     packages=("pytest",),
 ))
