@@ -238,9 +238,9 @@ def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_w
     assert verify_archive(archive) == []
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
+        blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
     [top] = {name.split("/")[0] for name in names}
     assert re.fullmatch(r"smollm2-135m-cpu-\d{4}-\d{2}-\d{2}", top)  # the day the rows were measured
-        blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
     assert not any(SECRET["HF_TOKEN"].encode() in blob for blob in blobs)
     # Nor anywhere else the workflow writes: results, logs, Snakemake's own records of params and logs.
     for folder in ("results", "logs", ".snakemake"):

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmbench.diagnosis import diagnose
-from llmbench.engines.base import Engine, EngineError, EngineFailed, EngineSettings, Generation, engine_failure
+from llmbench.engines.base import EngineError, EngineFailed, EngineSettings, Generation, engine_failure
 from llmbench.engines.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
-from llmbench.engines.process import ServerProcess, http_json
+from llmbench.engines.process import ServedEngine, ServerProcess, http_json
 
 
 @dataclass
@@ -120,7 +120,7 @@ def _rate(value) -> float | None:
     return v if 0 < v < 1e12 else None
 
 
-class LlamaServer(Engine):
+class LlamaServer(ServedEngine):
     tool = "llama-server"
 
     def __init__(self, settings: LlamaServerSettings, log_path: Path):
@@ -137,10 +137,6 @@ class LlamaServer(Engine):
             request_timeout_s=s.request_timeout_s, tensor_split=s.tensor_split,
         ), log_path)
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
     def start(self) -> None:
         s = self.settings
         if not Path(s.binary).exists():
@@ -152,8 +148,7 @@ class LlamaServer(Engine):
         _, self._props = http_json("GET", f"{self.url}/props", timeout=5)
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
-        if not self.server.alive():
-            raise EngineError(f"llama-server is not running (log: {self.log_path})")
+        self.running_or_fail()
         body = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
@@ -191,15 +186,6 @@ class LlamaServer(Engine):
             **parse_offload(self._log_text()).facts(),
             "n_ctx": settings.get("n_ctx"),
         }
-
-    def peak_rss_bytes(self) -> int | None:
-        return self.server.peak_rss_bytes()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def log_tail(self, lines: int = 15) -> str:
-        return self.server.log_tail(lines)
 
 
 def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:

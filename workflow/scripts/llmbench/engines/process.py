@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from llmbench.engines.base import EngineError
+from llmbench.engines.base import Engine, EngineError
 
 # What a server logs when another process took its port between free_port() and its bind.
 PORT_TAKEN = ("couldn't bind", "Address already in use")
@@ -119,6 +119,31 @@ class ServerProcess:
                 except (ProcessLookupError, PermissionError):
                     pass
         self.proc = None
+
+
+class ServedEngine(Engine):
+    """An engine that runs as its own server process (``self.server``): its memory, log and stop are the
+    process's."""
+
+    server: ServerProcess
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def running_or_fail(self) -> None:
+        """Before a request: a server that is gone is named, with its log."""
+        if not self.server.alive():
+            raise EngineError(f"{self.server.name} is not running (log: {self.server.log_path})")
+
+    def peak_rss_bytes(self) -> int | None:
+        return self.server.peak_rss_bytes()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def log_tail(self, lines: int = 15) -> str:
+        return self.server.log_tail(lines)
 
 
 def peak_rss_bytes(pid: int) -> int | None:

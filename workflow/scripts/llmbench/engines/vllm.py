@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmbench.diagnosis import diagnose
-from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.base import EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
-from llmbench.engines.process import ServerProcess, http_json
+from llmbench.engines.process import ServedEngine, ServerProcess, http_json
 from llmbench.gpu_slots import gpu_count
 from llmbench.models import split_count
 
@@ -101,7 +101,7 @@ def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
     return proc_file.exists() or gpu_count()[0] > 0
 
 
-class VllmServer(Engine):
+class VllmServer(ServedEngine):
     tool = "vllm"
 
     def __init__(self, settings: VllmSettings, log_path: Path):
@@ -114,10 +114,6 @@ class VllmServer(Engine):
     def from_settings(cls, s: EngineSettings, log_path: Path) -> VllmServer:
         return cls(VllmSettings(model=s.model, ctx_size=s.ctx_size, gpus=max(s.gpus, 1), seed=s.seed,
                                 start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s), log_path)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def start(self) -> None:
         model = Path(self.settings.model)
@@ -140,8 +136,7 @@ class VllmServer(Engine):
         return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; engine log {self.log_path})"))
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
-        if not self.server.alive():
-            raise EngineError(f"vLLM is not running (log: {self.log_path})")
+        self.running_or_fail()
         body = {"model": str(self.settings.model),  # vLLM serves the model under its --model argument
                 "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
@@ -157,9 +152,3 @@ class VllmServer(Engine):
     def peak_rss_bytes(self) -> int | None:
         """VmHWM of the API server process only; vLLM's engine core and GPU workers are separate processes."""
         return self.server.peak_rss_bytes()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def log_tail(self, lines: int = 15) -> str:
-        return self.server.log_tail(lines)
