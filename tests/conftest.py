@@ -110,3 +110,12 @@ def bench_job(tmp_path: Path, tool: str, model: Path | None, *, exe: Path | None
                 "tool_settings": tool_settings or ({"n_prompt": 16, "n_gen": 8} if tool == "llama-bench" else {})},
     )
     return Job.from_snakemake(smk)
+
+
+def reply_json(handler, code: int, raw: bytes) -> None:
+    """An HTTP stand-in server's answer (http.server handler): the status, a JSON body and its length."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)

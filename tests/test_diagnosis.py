@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, bench_job
+from conftest import REPO, bench_job, reply_json
 from llmbench.diagnosis import diagnose, signal_of
 from llmbench.measure import measure
 
@@ -63,11 +63,7 @@ class _Ollama(http.server.BaseHTTPRequestHandler):
     body: bytes = b""
 
     def _send(self, code: int, raw: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply_json(self, code, raw)
 
     def do_GET(self):
         self._send(200, b'{"models": []}' if self.path == "/api/ps" else b'{"version": "0.0.0-standin"}')

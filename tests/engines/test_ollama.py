@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, reply_json
 from llmbench.engines.base import EngineError, ToolUnavailable
 from llmbench.engines.ollama import OllamaBackend, parse_chat
 from llmbench.engines.process import free_port
@@ -83,12 +83,7 @@ def standin_handler(state: dict):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _send(self, code, body):
-            raw = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            reply_json(self, code, json.dumps(body).encode())
 
         def do_GET(self):
             if self.path == "/api/version":

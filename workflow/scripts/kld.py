@@ -5,32 +5,34 @@ from pathlib import Path
 
 import polars as pl
 
+from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.perplexity import PerplexityError, failed_kld_row, kld_command, parse_kld_summary, run_and_parse
 
 
 def main(snakemake):
-    with script_logging(snakemake.log[0]) as log:
-        p, w, model = snakemake.params, snakemake.wildcards, Path(snakemake.input.model)
+    job = Job.from_snakemake(snakemake)
+    with script_logging(job.log) as log:
+        p, model = snakemake.params, job.model_file
         reference = json.loads(Path(snakemake.input.reference).read_text())
         try:
             if reference.get("status") == "failed":
-                raise PerplexityError(f"the reference run of {w.model} failed: {reference['reason']}")
+                raise PerplexityError(f"the reference run of {job.model} failed: {reference['reason']}")
             log.info("model %s: %s", model, check_gguf(model))
             cmd = kld_command(Path(snakemake.input.perplexity), model, Path(snakemake.input.base), p.ctx_size,
-                              snakemake.threads, p.chunks)
-            summary = run_and_parse(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log"), parse_kld_summary)
+                              job.threads, p.chunks)
+            summary = run_and_parse(cmd, job.log.with_suffix(".perplexity.log"), parse_kld_summary)
         except (PerplexityError, CorruptModelError) as e:  # a failed measurement: its row says why, the study goes on
             log.error("failed: %s", e)
-            row = {**failed_kld_row(w.model, w.quant, str(e), reference), "ctx_size": p.ctx_size}
+            row = {**failed_kld_row(job.model, job.quant, str(e), reference), "ctx_size": p.ctx_size}
             pl.DataFrame([row]).write_parquet(snakemake.output[0])
             return
-        row = {"model": w.model, "quant": w.quant, "reference_quant": reference["reference_quant"],
+        row = {"model": job.model, "quant": job.quant, "reference_quant": reference["reference_quant"],
                "corpus_sha256": reference["corpus_sha256"], "ctx_size": p.ctx_size, **summary, "status": "ok",
                "kld_null_reason": None}
         pl.DataFrame([row]).write_parquet(snakemake.output[0])
-        log.info("%s %s: mean KLD %.6f ± %.6f, PPL ratio %.4f", w.model, w.quant, summary["kld_mean"],
+        log.info("%s %s: mean KLD %.6f ± %.6f, PPL ratio %.4f", job.model, job.quant, summary["kld_mean"],
                  summary["kld_mean_unc"], summary["ppl_ratio"])
 
 if "snakemake" in globals():

@@ -4,14 +4,16 @@ import json
 from pathlib import Path
 
 from llmbench.files import sha256_file
+from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.perplexity import PerplexityError, base_command, parse_base_run, run_and_parse
 
 
 def main(snakemake):
-    with script_logging(snakemake.log[0]) as log:
-        p, corpus, model = snakemake.params, Path(snakemake.input.corpus), Path(snakemake.input.model)
+    job = Job.from_snakemake(snakemake)
+    with script_logging(job.log) as log:
+        p, corpus, model = snakemake.params, Path(snakemake.input.corpus), job.model_file
         digest = sha256_file(corpus)
         if p.corpus_sha256 and digest != p.corpus_sha256:
             raise PerplexityError(
@@ -19,15 +21,15 @@ def main(snakemake):
                 "(quality.corpus.sha256): restore the file, or pin the new digest if it changed on purpose"
             )
         base = Path(snakemake.output.base)
-        record = {"model": snakemake.wildcards.model, "reference_quant": p.reference, "corpus": str(corpus),
+        record = {"model": job.model, "reference_quant": p.reference, "corpus": str(corpus),
                   "corpus_sha256": digest, "ctx_size": p.ctx_size, "chunks": p.chunks}
         try:
             log.info("reference %s: %s", model, check_gguf(model))
-            cmd = base_command(Path(snakemake.input.perplexity), model, corpus, base, p.ctx_size, snakemake.threads,
+            cmd = base_command(Path(snakemake.input.perplexity), model, corpus, base, p.ctx_size, job.threads,
                                p.chunks)
             # llama-perplexity returns 0 after some errors (e.g. a corpus shorter than two contexts); an output
             # that stops short is run once more.
-            ppl, ppl_unc = run_and_parse(cmd, Path(snakemake.log[0]).with_suffix(".perplexity.log"),
+            ppl, ppl_unc = run_and_parse(cmd, job.log.with_suffix(".perplexity.log"),
                                          lambda text: parse_base_run(text, base, model))
         except (PerplexityError, CorruptModelError) as e:
             # A failed measurement: each quant's KLD job writes a failed row quoting this, and the study goes on.

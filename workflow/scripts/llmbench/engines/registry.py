@@ -130,47 +130,41 @@ def ollama_model_name(model: str, quant: str, source: dict) -> str:
     return source["tag"] if source["kind"] == "ollama" else f"llmbench-{model.lower()}:{quant}"
 
 
+LLAMA_SERVER_FACTS = Facts(
+    family='llama.cpp',
+    installs=(
+        'built from source by rule build_llama_cpp: the llama.cpp vendored in the pinned llama-cpp-python sdist '
+        '(sha256-checked), CMake Release, GGML_CUDA=on where nvcc and an NVIDIA driver are found'
+    ),
+    gpu_offload=(
+        'automatic by default in this build (-ngl auto with --fit on, fitting layers to free GPU memory); this study'
+        ' sets -ngl per model from the config (manual)'
+    ),
+    multi_gpu=(
+        '--split-mode layer (pipelined, default), row (weights split by rows), none; --tensor-split shares'
+    ),
+    gguf='native (its own format)',
+    python_api='none in the binary; an OpenAI-compatible HTTP server (llama-bench is a command-line benchmark)',
+    sources=(
+        'llama-server --help of the pinned build (llama.cpp 0c1e570): -ngl default auto, --fit default on, --split-mode',
+        'https://github.com/ggml-org/llama.cpp/blob/master/docs/multi-gpu.md',
+    ),
+)
+
+
 register(Tool(
     "llama-server",
-    Facts(
-        family='llama.cpp',
-        installs=(
-            'built from source by rule build_llama_cpp: the llama.cpp vendored in the pinned llama-cpp-python sdist '
-            '(sha256-checked), CMake Release, GGML_CUDA=on where nvcc and an NVIDIA driver are found'
-        ),
-        gpu_offload=(
-            'automatic by default in this build (-ngl auto with --fit on, fitting layers to free GPU memory); this study'
-            ' sets -ngl per model from the config (manual)'
-        ),
-        multi_gpu=(
-            '--split-mode layer (pipelined, default), row (weights split by rows), none; --tensor-split shares'
-        ),
-        gguf='native (its own format)',
-        python_api='none in the binary; an OpenAI-compatible HTTP server (llama-bench is a command-line benchmark)',
-        sources=(
-            'llama-server --help of the pinned build (llama.cpp 0c1e570): -ngl default auto, --fit default on, --split-mode',
-            'https://github.com/ggml-org/llama.cpp/blob/master/docs/multi-gpu.md',
-        ),
-    ),
+    LLAMA_SERVER_FACTS,
     engine="llmbench.engines.llama_server:LlamaServer",
     llama_cpp=("llama-server",),
 ))
 register(Tool(
     "llama-bench",
-    Facts(
-        family='llama.cpp',
-        installs=(
-            'built from source by rule build_llama_cpp: the llama.cpp vendored in the pinned llama-cpp-python sdist '
-            '(sha256-checked), CMake Release, GGML_CUDA=on where nvcc and an NVIDIA driver are found'
-        ),
+    dataclasses.replace(
+        LLAMA_SERVER_FACTS,
         gpu_offload=(
             'manual: -ngl (default -1, all layers, in this build); this study sets it per model from the config'
         ),
-        multi_gpu=(
-            '--split-mode layer (pipelined, default), row (weights split by rows), none; --tensor-split shares'
-        ),
-        gguf='native (its own format)',
-        python_api='none in the binary; an OpenAI-compatible HTTP server (llama-bench is a command-line benchmark)',
         sources=(
             'llama-bench --help of the pinned build (llama.cpp 0c1e570): -ngl default -1, -sm default layer',
             'https://github.com/ggml-org/llama.cpp/blob/master/tools/llama-bench/README.md',
