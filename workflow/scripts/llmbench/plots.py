@@ -17,6 +17,7 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from llmbench.engines.registry import TOOLS
 from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
 from llmbench.stats import GROUP, pareto_front
@@ -204,12 +205,10 @@ def metric_chart(runs: pl.DataFrame, study: str, figure: MetricFigure) -> alt.Fa
     )
 
 
-# Engines that report no prefill time of their own: their backends time prefill as the time to the first token.
-PREFILL_FROM_FIRST_TOKEN = ("transformers", "vllm")
-
-
 def prefill_notes(runs: pl.DataFrame) -> list[str]:
-    ran = sorted(set(runs.filter(pl.col("status") == "ok")["tool"].to_list()) & set(PREFILL_FROM_FIRST_TOKEN))
+    # Engines that report no prefill time of their own time prefill as the time to the first token (registry).
+    ttft_tools = {name for name, t in TOOLS.items() if t.prefill_is_ttft}
+    ran = sorted(set(runs.filter(pl.col("status") == "ok")["tool"].to_list()) & ttft_tools)
     if not ran:
         return []
     return [f"{', '.join(ran)} report no prefill time: there prefill is the time to the first token, so the speed"

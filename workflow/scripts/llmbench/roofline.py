@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
+from llmbench.engines.registry import TOOLS
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.models import CorruptModelError, read_tensor_table
 from llmbench.quants import rank
@@ -28,7 +29,6 @@ OUTPUT = "output.weight"
 # Split modes whose GPUs each read their share of every layer at the same time: their bandwidths add up. In a layer
 # split one GPU works after the other on a single stream, so one GPU's bandwidth bounds it.
 PARALLEL_SPLITS = {"row"}
-TENSOR_PARALLEL_TOOLS = {"vllm"}  # --tensor-parallel-size over the job's GPUs, whatever the split wildcard says
 TRAFFIC_SCHEMA = {"model": pl.String, "quant": pl.String, "tensor_bytes": pl.Int64, "bytes_per_token": pl.Int64,
                   "block_count": pl.Int64, "embedding_weights": pl.Int64, "embedding_row_weights": pl.Int64,
                   "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String}
@@ -121,7 +121,8 @@ def job_bandwidth(tool: str, split: str, gpus: int | None, n_gpu_layers: int | N
     if reason:
         return None, None, reason
     names = sorted({s["name"] for s in specs})
-    parallel = len(specs) > 1 and (split in PARALLEL_SPLITS or tool in TENSOR_PARALLEL_TOOLS)
+    # A tensor-parallel tool (registry) spreads every layer over the job's GPUs, whatever the split wildcard says.
+    parallel = len(specs) > 1 and (split in PARALLEL_SPLITS or (tool in TOOLS and TOOLS[tool].tensor_parallel))
     if parallel:
         bw, how = sum(s["bytes_per_s"] for s in specs), f"{len(specs)} GPUs summed (each reads its share at once)"
     else:
