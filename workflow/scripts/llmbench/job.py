@@ -7,6 +7,7 @@ rules pass every setting as a plain value in ``params``, so a config change reru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,4 +80,4 @@ class Job:
                 seed=settings.seed, n_gpu_layers=settings.n_gpu_layers, gpus=job.gpus, threads=job.threads,
                 estimate_w=p["energy_estimate_w"], model_is_synthetic=job.model_is_synthetic,
             )
-        return cls(**{**job.__dict__, "settings": settings, "plan": plan})
+        return dataclasses.replace(job, settings=settings, plan=plan)
