@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    split="none|layer|row",
+    split="none|layer|row|tensor",
 
 
 include: "workflow/rules/build.smk"

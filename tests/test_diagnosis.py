@@ -128,6 +128,10 @@ def test_ollama_host_memory_refusal_is_a_failed_row_with_the_host_fix(tmp_path, 
     ("llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'qwen9'",
      "unknown_architecture"),
     ("main: error: invalid value for --split-mode: tensor", "split_mode_unsupported"),
+    # The pinned llama-bench with -sm tensor on a CPU-only machine (seen on this project's CI-like VM).
+    ("llama_prepare_model_devices: skipping CPU (AMD EPYC) for tensor parallelism\n"
+     "llama_prepare_model_devices: LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices\n"
+     "llama_bench: error: failed to load model 'm.gguf'", "split_mode_unsupported"),
     ("terminate called after throwing an instance of 'std::bad_alloc'", "out_of_host_memory"),
 ])
 def test_other_wordings_of_the_same_kinds(text, kind):

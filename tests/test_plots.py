@@ -234,3 +234,11 @@ def test_the_workflow_plans_exactly_the_figures_plots_draws():
     from llmbench.study import FIGURE_NAMES
 
     assert list(FIGURES) == list(FIGURE_NAMES)
+
+
+def test_row_and_tensor_split_modes_carry_what_upstream_says_of_them():
+    runs = pl.DataFrame({"split": ["layer", "row", "tensor", "tensor"], "status": ["ok", "ok", "ok", "failed"]})
+    notes = plots.split_mode_notes(runs)
+    assert len(notes) == 2 and "deprecated upstream" in notes[0] and "experimental" in notes[1]
+    assert plots.split_mode_notes(runs.filter(pl.col("split") == "layer")) == []
+    assert plots.split_mode_notes(runs.filter(pl.col("status") == "failed")) == []  # not drawn: not noted

@@ -69,6 +69,8 @@ _SPLIT_MODE = (
     re.compile(r"(?:split[_ ]mode|split mode) \S* ?(?:is )?not supported[^\n]*", re.I),
     re.compile(r"invalid value for --split-mode|unknown split mode|invalid split_mode", re.I),
     re.compile(r"split_mode (?:row|tensor) (?:requires|is only supported)[^\n]*", re.I),
+    # The pinned build on a CPU-only machine: llama_prepare_model_devices skips the CPU for tensor parallelism.
+    re.compile(r"LLAMA_SPLIT_MODE_TENSOR needs >= \d+ devices?"),
 )
 _LONE_SHARD = (
     re.compile(r"invalid split file name: (\S+)"),

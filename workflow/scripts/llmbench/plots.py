@@ -158,7 +158,7 @@ def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, n
     tenfold); each panel draws its own y axis, as Vega misplaces a shared one beside panels of unequal width.
     """
     _require(runs, [*BOX_COLUMNS, metric, series])
-    notes = [*(notes or []), *not_run_notes(runs)]
+    notes = [*(notes or []), *split_mode_notes(runs), *not_run_notes(runs)]
     data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null())
     if data.is_empty():
         return notice_chart(title, notes, f"nothing to draw: no {axis_title} in any row that ran (reasons above)")
@@ -181,6 +181,19 @@ def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, n
     ).properties(width=box_step(len(series_values)), height=PANEL_HEIGHT)
     return chart.facet(facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=12)), columns=2).resolve_scale(
         x="independent", y="independent").properties(title=_title(title, notes))
+
+
+# What upstream says of two of llama.cpp's split modes, for every figure that draws them.
+SPLIT_MODE_NOTES = {
+    "row": "split mode row: deprecated upstream, superseded by tensor (llama.cpp docs/multi-gpu.md, PR #22729)",
+    "tensor": "split mode tensor: experimental in the pinned build (llama-server --help; llama.cpp PR #19378)",
+}
+
+
+def split_mode_notes(runs: pl.DataFrame) -> list[str]:
+    """The notes on the split modes drawn (rows that ran)."""
+    drawn = set(runs.filter(pl.col("status") == "ok")["split"].unique().to_list())
+    return [note for mode, note in SPLIT_MODE_NOTES.items() if mode in drawn]
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,7 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
     metric = "decode_tokens_per_s"
     _require(runs, ["tool", "model", "quant", "split", "status", "status_reason", metric])
     title = f"{study}: frameworks on the same model file, decode speed (Tukey box plots, whiskers 1.5 IQR)"
-    notes = [*unreported_notes(runs, metric, "decode speed"), *not_run_notes(runs)]
+    notes = [*unreported_notes(runs, metric, "decode speed"), *split_mode_notes(runs), *not_run_notes(runs)]
     data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null()).with_columns(
         pl.when(pl.col("split") == "none").then(pl.col("tool"))
         .otherwise(pl.format("{} ({})", "tool", "split")).alias("engine"))

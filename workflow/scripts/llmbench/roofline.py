@@ -28,7 +28,7 @@ EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
 # Split modes whose GPUs each read their share of every layer at the same time: their bandwidths add up. In a layer
 # split one GPU works after the other on a single stream, so one GPU's bandwidth bounds it.
-PARALLEL_SPLITS = {"row"}
+PARALLEL_SPLITS = {"row", "tensor"}
 TRAFFIC_SCHEMA = {"model": pl.String, "quant": pl.String, "tensor_bytes": pl.Int64, "bytes_per_token": pl.Int64,
                   "block_count": pl.Int64, "embedding_weights": pl.Int64, "embedding_row_weights": pl.Int64,
                   "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String}

@@ -18,7 +18,8 @@ from llmbench.engines.base import Engine, EngineError, EngineSettings, Generatio
 from llmbench.engines.llama_log import AUTO, Offload, check_offload, parse_offload
 from llmbench.engines.process import peak_rss_bytes
 
-SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW"}
+SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER", "row": "LLAMA_SPLIT_MODE_ROW",
+               "tensor": "LLAMA_SPLIT_MODE_TENSOR"}
 INSTALL_HINT = "`pip install -r requirements.txt` (its pin builds no llama.cpp of its own: it runs this workflow's build)"
 
 
