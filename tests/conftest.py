@@ -119,3 +119,23 @@ def reply_json(handler, code: int, raw: bytes) -> None:
     handler.send_header("Content-Length", str(len(raw)))
     handler.end_headers()
     handler.wfile.write(raw)
+
+
+class StreamReplay:
+    """A stand-in stream: recorded lines as a server sends them, one every ``step_s`` after the request at t=0,
+    and the client's clock beside it (``clock``: the time the latest line arrived)."""
+
+    def __init__(self, lines: list[bytes], step_s: float = 0.1):
+        self.lines, self.step_s, self.now = lines, step_s, 0.0
+
+    @classmethod
+    def of(cls, path: Path) -> StreamReplay:
+        return cls(path.read_bytes().splitlines(keepends=True))
+
+    def __iter__(self):
+        for i, line in enumerate(self.lines, 1):
+            self.now = i * self.step_s
+            yield line
+
+    def clock(self) -> float:
+        return self.now

@@ -131,9 +131,9 @@ def test_bootstrap_is_seeded_and_resamples_energy_with_its_tokens():
 def test_markdown_formats_ratios_with_their_interval():
     assert ratio_cell(1.0, 0.98512, 1.0161) == "1.000 [0.985, 1.016]"
     md = render_markdown(compare(study(), study()), ("A", "B"))
-    assert "| llama-server | m | Q4_0 | none | both | 5 | 5 | 42.1 | 42.1 | 1.000 [" in md
+    assert "| llama-server | m | Q4_0 | none | 1 | 0 | both | 5 | 5 | 42.1 | 42.1 | 1.000 [" in md
     assert "B/A: B's value over A's (above 1: B higher)" in md and "percentile-bootstrap" in md
-    assert re.search(r"\| vllm \| m \| Q4_0 \| none \| both \[(\d)\] \|.*\n\[\1\] A: vllm needs a GPU; B: vllm needs a GPU\n", md, re.S)
+    assert re.search(r"\| vllm \| m \| Q4_0 \| none \| 1 \| 0 \| both \[(\d)\] \|.*\n\[\1\] A: vllm needs a GPU; B: vllm needs a GPU\n", md, re.S)
 
 
 def write_study(root: Path, quality: bool = True) -> Path:

@@ -95,7 +95,8 @@ def test_a_model_the_gguf_check_proves_damaged_is_a_failed_row_saying_so(tmp_pat
 def ok_rows(tool: str, quant: str, speeds: list[float]) -> pl.DataFrame:
     """Stand-in measured rows (numbers invented for the test), one per generation."""
     return pl.DataFrame([
-        {"tool": tool, "model": "m", "quant": quant, "split": "none", "status": "ok", "prompt_id": "p",
+        {"tool": tool, "model": "m", "quant": quant, "split": "none", "concurrency": 1, "depth": 0, "status": "ok",
+         "prompt_id": "p",
          "repetition": i, "generated_tokens": 100, "decode_tokens_per_s": s, "energy_j": 50.0,
          "energy_window_s": 2.0, "energy_source": "stand-in", "energy_is_estimate": False}
         for i, s in enumerate(speeds)

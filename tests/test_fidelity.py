@@ -1,6 +1,6 @@
 """The harness benchmark's arithmetic and ordering (its timings are recorded in benchmarks/results, not tested)."""
 
-from llmbench.engines.base import Generation
+from llmbench.engines.base import Engine, Generation
 from llmbench.fidelity import Comparison, interleaved, metered_decode_rate, verdicts
 from llmbench.meters import EnergyMeter
 
@@ -21,7 +21,7 @@ def test_ratio_is_of_medians_and_verdicts_apply_the_thresholds():
     assert "misses" in verdicts(Comparison("m", "a", "b", [98.0], [100.0]), fidelity)[0]
 
 
-class StandInBackend:
+class StandInBackend(Engine):
     """A stand-in engine that reports a fixed decode rate."""
 
     tool = "stand-in"

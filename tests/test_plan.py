@@ -50,8 +50,10 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
 
 def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     jobs = planned(dry_run("--forceall"))
-    for rule in ("bench_llama_server", "bench_llama_bench", "bench_llama_cpp_python"):
-        assert jobs[(rule, 0)] == 8, rule
+    # Every quant at one request on an empty context; llama-server also at 4 clients, llama-bench also at depth
+    # 1024, on the two quants each sweeps.
+    assert jobs[("bench_llama_cpp_python", 0)] == 8
+    assert jobs[("bench_llama_server", 0)] == jobs[("bench_llama_bench", 0)] == 8 + 2
     # The slow or absent tools run the quants their `quants` list keeps.
     assert jobs[("bench_transformers", 0)] == 1 and jobs[("bench_ollama", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
@@ -60,3 +62,15 @@ def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     # vLLM needs a GPU and says so in its resources; it ends 'skipped' where there is none.
     assert sorted(key for key in jobs if key[1]) == [("answer_accuracy", 1), ("bench_vllm", 1)]
     assert jobs[("bench_vllm", 1)] == jobs[("answer_accuracy", 1)] == 2
+
+
+def test_a_load_level_or_depth_is_a_job_of_its_own_and_adding_one_reruns_only_its_jobs(schema):
+    cfg = validate_config(load_config(), schema)
+    jobs = study.bench_jobs(cfg)
+    server = {(j.quant, j.concurrency, j.depth) for j in jobs if j.tool == "llama-server"}
+    assert ("Q4_0", 4, 0) in server and ("Q8_0", 4, 0) in server and ("Q6_K", 4, 0) not in server
+    bench = {(j.quant, j.concurrency, j.depth) for j in jobs if j.tool == "llama-bench"}
+    assert ("Q8_0", 1, 1024) in bench and ("Q2_K", 1, 1024) not in bench
+    cfg["tools"]["llama-server"]["concurrency"] = [1, 4, 8]
+    added = set(study.bench_jobs(cfg)) - set(jobs)
+    assert {(j.tool, j.quant, j.concurrency) for j in added} == {("llama-server", "Q8_0", 8), ("llama-server", "Q4_0", 8)}

@@ -9,12 +9,12 @@ import pytest
 from test_meters import ScriptedSensor
 
 from llmbench import meters, runs
-from llmbench.engines.base import Generation, OutOfMemory
+from llmbench.engines.base import Engine, Generation, OutOfMemory
 from llmbench.meters import EnergyMeter
 from llmbench.runs import Prompt, RunPlan, run_generations
 
 
-class StandInBackend:
+class StandInBackend(Engine):
     tool = "stand-in"
 
     def __init__(self):
@@ -35,11 +35,11 @@ def plan(**kw):
 
 
 def test_idle_baseline_is_subtracted_per_window(monkeypatch):
-    # idle: 0 → 500 J over 10 s (50 W); generations: 2 s windows of 300 J and 260 J.
-    clock = iter([0.0, 10.0, 10.0, 12.0, 12.0, 14.0])
+    # idle: 0 → 500 J over 10 s (50 W); generations: 2 s windows of 300 J and 260 J, inside the level's window.
+    clock = iter([0.0, 10.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
     monkeypatch.setattr(meters.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(meters.time, "sleep", lambda s: None)
-    meter = EnergyMeter([ScriptedSensor([0, 500, 500, 800, 800, 1060])], [])
+    meter = EnergyMeter([ScriptedSensor([0, 500, 500, 500, 800, 800, 1060, 1060])], [])
     backend = StandInBackend()
     rows = run_generations(backend, plan(), meter, {"engine_build": "b1", "load_ms": 12.5})
     assert rows["idle_power_w"].to_list() == [50.0, 50.0]
@@ -52,6 +52,11 @@ def test_idle_baseline_is_subtracted_per_window(monkeypatch):
     assert rows["engine_facts"][0] == '{"engine_build": "b1", "load_ms": 12.5}'
     # warm-up first (short), then the measured generations with the configured settings
     assert backend.calls[0][1] == 8 and backend.calls[1:] == [("hi", 8, 0.5, 100), ("hi", 8, 0.5, 101)]
+    # The level: both generations, 4 s, 560 J gross, 360 J over idle; one client, requests from the level's start.
+    assert rows["level_window_s"].to_list() == [4.0, 4.0] and rows["level_energy_j"].to_list() == [560.0] * 2
+    assert rows["level_energy_net_j"].to_list() == [360.0] * 2
+    assert rows["client"].to_list() == [0, 0] and rows["request_start_s"].to_list() == [0.0, 2.0]
+    assert rows["server_counts_check"][0] == "not cross-checked: stand-in exposes no token counters"
 
 
 def test_without_sensors_no_idle_wait_and_every_energy_is_null_with_the_reason(monkeypatch):
@@ -103,9 +108,9 @@ def test_an_estimate_only_when_asked_and_labelled(monkeypatch):
 
 
 def test_a_measured_window_is_never_flagged_an_estimate(monkeypatch):
-    clock = iter([0.0, 1.0, 1.0, 3.0])
+    clock = iter([0.0, 0.0, 1.0, 1.0, 3.0, 3.0])
     monkeypatch.setattr(meters.time, "perf_counter", lambda: next(clock))
-    meter = EnergyMeter([ScriptedSensor([0, 100, 100, 200])], [])
+    meter = EnergyMeter([ScriptedSensor([0, 0, 100, 100, 200, 200])], [])
     rows = run_generations(StandInBackend(), plan(idle_s=0.0, repetitions=2, estimate_w=65.0), meter)
     assert rows["energy_j"].to_list() == [100.0, 100.0] and not rows["energy_is_estimate"].any()
     assert rows["energy_source"].to_list() == ["stand-in-sensor"] * 2
@@ -189,9 +194,10 @@ def test_what_an_engine_does_between_generations_is_outside_the_measured_window(
 
     class Watched(EnergyMeter):
         def begin_window(self, name):
-            events.append("begin_window")
+            events.append(f"begin_window {name}")
             return super().begin_window(name)
 
     run_generations(Between(), plan(idle_s=0.0, warmup=0), Watched([], ["no sensor"]))
-    assert events[:3] == ["before_generation", "begin_window", "generate"]
+    # The level's window holds every generation; each generation's own opens after the engine's work between.
+    assert events[:4] == ["begin_window level", "before_generation", "begin_window a/0", "generate"]
     assert events.count("before_generation") == events.count("generate")

@@ -220,3 +220,32 @@ def test_synthetic_study_dry_run_writes_the_file_and_benches_it_on_one_gpu():
     assert jobs[("make_synthetic_gguf", 0)] == 1
     assert jobs[("bench_llama_server", 1)] == jobs[("bench_llama_bench", 1)] == 1
     assert not any(rule in ("kld", "kld_base", "answer_accuracy", "quality_table") for rule, _ in jobs)
+
+
+@pytest.mark.e2e
+def test_real_llama_server_at_two_concurrent_requests_counts_as_its_clients(tiny, tmp_path):
+    """Two clients at once against the real llama-server (two slots): every request is a row with its client,
+    its times and its inter-token gaps, and the server's own /metrics counters equal the rows' token counts."""
+    from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings
+    from llmbench.meters import EnergyMeter
+    from llmbench.runs import Prompt, RunPlan, run_generations
+
+    if not SERVER.exists():
+        pytest.skip(f"no llama.cpp build at {SERVER.parent} (run the workflow's rule build_llama_cpp)")
+    settings = LlamaServerSettings(binary=SERVER, model=tiny["Q4_0"][0], threads=2, start_timeout_s=120, parallel=2,
+                                   ctx_size=512)
+    plan = RunPlan(tool="llama-server", model="tiny-synthetic", quant="Q4_0", split="none",
+                   prompts=(Prompt("a", "Write about bicycles.", 24), Prompt("b", "Name three rivers.", 16)),
+                   repetitions=2, warmup=1, idle_s=0.0, temperature=0.0, seed=1, n_gpu_layers=0, gpus=0, threads=2,
+                   concurrency=2)
+    with LlamaServer(settings, tmp_path / "server.log") as server:
+        rows = run_generations(server, plan, EnergyMeter([], ["no sensor here"]), server.facts())
+    assert rows.height == 2 * 2 * 2 and set(rows["status"]) == {"ok"}  # clients × prompts × repetitions
+    assert sorted(rows["client"].unique()) == [0, 1] and (rows["concurrency"] == 2).all()
+    assert rows["generated_tokens"].to_list() == [24 if p == "a" else 16 for p in rows["prompt_id"]]
+    assert rows["server_counts_check"][0].startswith("match: 160 generated")
+    assert rows["server_generated_tokens"][0] == rows["generated_tokens"].sum()
+    # Each request's gaps between streamed tokens after the first; its time per output token from the engine's count.
+    assert all(len(gaps) == n - 1 for gaps, n in zip(rows["itl_ms"], rows["generated_tokens"], strict=True))
+    assert (rows["tpot_ms"] > 0).all() and (rows["request_end_s"] > rows["request_start_s"]).all()
+    assert rows["energy_j"].is_null().all() and rows["level_energy_null_reason"][0].startswith("not measured")

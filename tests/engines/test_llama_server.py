@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from llmbench.engines.base import EngineError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
+from conftest import REPO, StreamReplay
+from llmbench.engines.base import Engine, EngineError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
 from llmbench.engines.llama_server import (
     LlamaServer,
     LlamaServerSettings,
@@ -29,26 +29,6 @@ REASONING = CASES / "c01_llama_server_reasoning_stream.txt"
 STREAM_ERROR = CASES / "c03a_llama_server_stream_error_data.txt"
 
 
-class Replay:
-    """A recorded stream as the server sends it, one line every ``step_s`` after the request at t=0, and the client's
-    clock beside it (the time the latest line arrived)."""
-
-    def __init__(self, lines: list[bytes], step_s: float = 0.1):
-        self.lines, self.step_s, self.now = lines, step_s, 0.0
-
-    @classmethod
-    def of(cls, path: Path) -> "Replay":
-        return cls(path.read_bytes().splitlines(keepends=True))
-
-    def __iter__(self):
-        for i, line in enumerate(self.lines, 1):
-            self.now = i * self.step_s
-            yield line
-
-    def clock(self) -> float:
-        return self.now
-
-
 def test_parse_recorded_real_response():
     body = json.loads((REPO / "tests/data/llama_server_chat_response.json").read_text())
     g = parse_chat_response(body, wall_ms=420.0)
@@ -60,9 +40,10 @@ def test_parse_recorded_real_response():
 
 def test_parse_recorded_real_stream_with_ttft():
     lines = (REPO / "tests/data/llama_server_chat_stream.txt").read_bytes().splitlines(keepends=True)
-    clock = iter([0.25, 0.9])  # read at the first content (250 ms) and at the end (900 ms)
-    g = parse_chat_stream(lines, 0.0, clock=lambda: next(clock))
-    assert g.ttft_ms == 250.0 and g.wall_ms == 900.0
+    replay = StreamReplay(lines)  # one line every 100 ms: the first content is line 3, the last line is 30
+    g = parse_chat_stream(replay, 0.0, clock=replay.clock)
+    assert g.ttft_ms == pytest.approx(300.0) and g.wall_ms == pytest.approx(3000.0)
+    assert len(g.token_times_ms) == 12 and g.token_times_ms[0] == g.ttft_ms  # 12 content chunks, timed
     assert (g.prompt_tokens, g.generated_tokens) == (42, 12) and g.finish_reason == "length"
     assert g.text.startswith("The") and g.decode_ms == 255.368
 
@@ -74,7 +55,7 @@ def test_stream_without_timings_is_an_error():
 
 def test_reasoning_model_ttft_is_the_first_thinking_token_and_the_answer_is_the_content():
     """Case c01: a reasoning model's stream (build b9554), reasoning_content chunks before the answer."""
-    replay = Replay.of(REASONING)
+    replay = StreamReplay.of(REASONING)
     g = parse_chat_stream(replay, 0.0, clock=replay.clock)
     assert g.ttft_ms == pytest.approx(300.0)  # the first token of any kind, not the answer's (900 ms)
     assert (g.generated_tokens, g.prompt_tokens, g.prefill_tokens) == (23, 17, 17)
@@ -86,13 +67,13 @@ def test_reasoning_model_ttft_is_the_first_thinking_token_and_the_answer_is_the_
 
 
 def test_thinking_named_reasoning_also_starts_the_clock():
-    replay = Replay([x.replace(b'"reasoning_content"', b'"reasoning"') for x in Replay.of(REASONING).lines])
+    replay = StreamReplay([x.replace(b'"reasoning_content"', b'"reasoning"') for x in StreamReplay.of(REASONING).lines])
     g = parse_chat_stream(replay, 0.0, clock=replay.clock)
     assert g.ttft_ms == pytest.approx(300.0) and g.text == "42"
 
 
 def test_a_reasoning_count_the_server_gives_is_kept():
-    lines = Replay.of(REASONING).lines
+    lines = StreamReplay.of(REASONING).lines
     final = json.loads(lines[10][len(b"data: "):])
     assert final["choices"][0]["finish_reason"] == "stop"
     final["usage"] = {"completion_tokens": 23, "prompt_tokens": 17, "total_tokens": 40,
@@ -113,7 +94,7 @@ def test_thinking_is_booked_as_decode_energy():
         def gpu_trace_j(self, t0, t1):
             return 100.0 * (t1 - t0)
 
-    replay = Replay.of(REASONING)
+    replay = StreamReplay.of(REASONING)
     g = parse_chat_stream(replay, 0.0, clock=replay.clock)
     window = EnergyReading(None, None, None, window_s=1.4, t0=0.0, t1=1.4)
     cols = gpu_columns(ConstantPower(), window, g.ttft_ms, None, None)
@@ -125,10 +106,10 @@ def test_a_reasoning_run_row_has_the_thinking_count_column():
     from llmbench.meters import EnergyMeter
     from llmbench.runs import Prompt, RunPlan, run_generations
 
-    replay = Replay.of(REASONING)
+    replay = StreamReplay.of(REASONING)
     g = parse_chat_stream(replay, 0.0, clock=replay.clock)
 
-    class Parsed:  # a stand-in engine answering the parsed case
+    class Parsed(Engine):  # a stand-in engine answering the parsed case
         tool = "llama-server"
 
         def generate(self, *args):
@@ -174,7 +155,7 @@ def test_an_error_inside_the_stream_is_the_servers_message(form):
     (b'error: Failed to decode the batch', "exited", '"Failed to decode the batch"'),
 ])
 def test_other_stream_errors_quote_the_server(line, kind, words):
-    lines = [*Replay.of(REASONING).lines[:4], line + b"\n"]
+    lines = [*StreamReplay.of(REASONING).lines[:4], line + b"\n"]
     with pytest.raises(EngineError) as e:
         parse_chat_stream(lines, 0.0)
     assert words in str(e.value) and not isinstance(e.value, StreamCutShort)
@@ -187,21 +168,21 @@ def test_other_stream_errors_quote_the_server(line, kind, words):
 ])
 def test_a_stream_cut_short_is_no_result(keep, missing):
     with pytest.raises(StreamCutShort, match=rf"^llama-server's stream ended without {missing}: it was cut short"):
-        parse_chat_stream(Replay.of(REASONING).lines[:keep], 0.0)
+        parse_chat_stream(StreamReplay.of(REASONING).lines[:keep], 0.0)
 
 
 def test_a_stream_with_its_last_chunk_but_no_done_is_a_result():
-    assert parse_chat_stream(Replay.of(REASONING).lines[:12], 0.0).generated_tokens == 23
+    assert parse_chat_stream(StreamReplay.of(REASONING).lines[:12], 0.0).generated_tokens == 23
 
 
 def test_a_stream_cut_in_the_middle_of_a_line_says_so():
-    lines = Replay.of(REASONING).lines
+    lines = StreamReplay.of(REASONING).lines
     with pytest.raises(StreamCutShort, match=r"cut short before its last chunk, in the middle of the line"):
         parse_chat_stream([*lines[:10], lines[10][:80]], 0.0)
 
 
 def test_a_line_that_is_not_json_mid_stream_is_an_error_not_a_cut():
-    lines = Replay.of(REASONING).lines
+    lines = StreamReplay.of(REASONING).lines
     with pytest.raises(EngineError, match="not JSON") as e:
         parse_chat_stream([*lines[:4], b"data: {oops\n", *lines[4:]], 0.0)
     assert not isinstance(e.value, StreamCutShort)

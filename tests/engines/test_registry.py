@@ -143,5 +143,5 @@ def test_a_framework_added_in_one_place_is_planned_run_drawn_tabled_and_recorded
     echo = frameworks.filter(pl.col("tool") == "standin-echo").row(0, named=True)
     assert echo["family"] == "stand-in" and echo["generations"] == 4 and echo["median_decode_tokens_per_s"] == 500
     assert "standin-echo" in (work / table).read_text()
-    record = json.loads((work / "results/runs/standin-echo/tiny-synthetic/Q4_0/none.provenance.json").read_text())
+    record = json.loads((work / "results/runs/standin-echo/tiny-synthetic/Q4_0/none/c1-d0.provenance.json").read_text())
     assert record["config"]["tool"] == "standin-echo" and "pytest" in record["packages"]

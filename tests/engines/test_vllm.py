@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, nvml_works
+from conftest import REPO, StreamReplay, nvml_works
 from llmbench.engines import vllm as vllm_backend
 from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
 from llmbench.engines.vllm import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
@@ -31,13 +31,17 @@ def test_parse_stream_in_vllms_format():
     ``stream_options: {"include_usage": true}`` (OpenAI's documented streaming option), a last chunk with
     ``choices: []`` and ``usage``, then ``data: [DONE]``. It is written by hand from that code and OpenAI's
     format, not recorded from a live server (no GPU where it was written)."""
-    clock = iter([0.25, 0.9])  # read at the first content (250 ms) and at the end (900 ms)
-    g = parse_vllm_stream(stream_lines(), 0.0, clock=lambda: next(clock))
-    assert g.ttft_ms == 250.0 and g.wall_ms == 900.0
-    assert (g.prefill_ms, g.decode_ms) == (250.0, pytest.approx(650.0))
-    # 11 content chunks, 12 tokens: counts are the engine's usage, never counted chunks
+    replay = StreamReplay(stream_lines())
+    g = parse_vllm_stream(replay, 0.0, clock=replay.clock)
+    # The first content is line 3 (after the role chunk and its blank line), the end the last line, 28: one line
+    # every 100 ms.
+    assert g.ttft_ms == pytest.approx(300.0) and g.wall_ms == pytest.approx(2800.0)
+    assert (g.prefill_ms, g.decode_ms) == (pytest.approx(300.0), pytest.approx(2500.0))
+    # 11 content chunks, 12 tokens: counts are the engine's usage, never counted chunks; the chunks' times give
+    # the inter-token gaps.
     assert (g.prompt_tokens, g.prefill_tokens, g.generated_tokens) == (42, 42, 12)
-    assert g.decode_tokens_per_s == pytest.approx(11 / 650 * 1000)
+    assert g.decode_tokens_per_s == pytest.approx(11 / 2500 * 1000)
+    assert g.token_times_ms == pytest.approx([300.0 + 200.0 * k for k in range(11)])
     assert g.finish_reason == "length" and g.text == "The capital of France is Paris. It is known for its"
 
 
@@ -82,24 +86,9 @@ def reasoning_stream(field: str = "reasoning_content", details: dict | None = No
     return text.splitlines(keepends=True)
 
 
-class Replay:
-    """Lines as the server sends them, one every 100 ms after the request at t=0, with the client's clock."""
-
-    def __init__(self, lines: list[bytes]):
-        self.lines, self.now = lines, 0.0
-
-    def __iter__(self):
-        for i, line in enumerate(self.lines, 1):
-            self.now = i * 0.1
-            yield line
-
-    def clock(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_reasoning_model_ttft_is_the_first_thinking_token(field):
-    replay = Replay(reasoning_stream(field))
+    replay = StreamReplay(reasoning_stream(field))
     g = parse_vllm_stream(replay, 0.0, clock=replay.clock)
     assert g.ttft_ms == pytest.approx(300.0)  # the first thinking delta (line 3), not the answer (line 7)
     assert (g.prompt_tokens, g.generated_tokens, g.text, g.finish_reason) == (17, 23, "42", "stop")

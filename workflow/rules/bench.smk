@@ -16,10 +16,14 @@ for _tool in TOOLS.values():
             run=run_path(_tool.name, ".parquet"),
             provenance=run_path(_tool.name, ".provenance.json"),
         log:
-            results(f"logs/bench/{_tool.name}/{{model}}/{{quant}}/{{split}}.log"),
+            results(
+                f"logs/bench/{_tool.name}/{{model}}/{{quant}}/{{split}}/c{{concurrency}}-d{{depth}}.log"
+            ),
         wildcard_constraints:
             model=study.alternation(study.tool_models(config, _tool.name)),
             quant=study.alternation(KNOWN_QUANTS),
+            concurrency="[1-9][0-9]*",
+            depth="0|[1-9][0-9]*",
         conda:
             ENV
         threads: bench_job_threads

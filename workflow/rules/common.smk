@@ -140,17 +140,35 @@ def other_shards(wildcards):
     }
 
 
-def run_path(tool, suffix, model="{model}", quant="{quant}", split="{split}"):
-    """A bench job's file (its rows: .parquet, how they were measured: .provenance.json); wildcards by default."""
-    return f"{RESULTS}/runs/{tool}/{model}/{quant}/{split}{suffix}"
+def run_path(
+    tool,
+    suffix,
+    model="{model}",
+    quant="{quant}",
+    split="{split}",
+    concurrency="{concurrency}",
+    depth="{depth}",
+):
+    """A bench job's file (its rows: .parquet, how they were measured: .provenance.json); wildcards by default.
+    One folder per split mode, one file per load level (c: concurrent requests) and context depth (d: tokens).
+    """
+    return (
+        f"{RESULTS}/runs/{tool}/{model}/{quant}/{split}/c{concurrency}-d{depth}{suffix}"
+    )
+
+
+def job_path(job, suffix):
+    return run_path(
+        job.tool, suffix, job.model, job.quant, job.split, job.concurrency, job.depth
+    )
 
 
 def run_file(job):
-    return run_path(job.tool, ".parquet", job.model, job.quant, job.split)
+    return job_path(job, ".parquet")
 
 
 def provenance_file(job):
-    return run_path(job.tool, ".provenance.json", job.model, job.quant, job.split)
+    return job_path(job, ".provenance.json")
 
 
 def all_run_files():

@@ -64,10 +64,11 @@ ROOFLINE_MODELS = [
         {(j.model, j.quant) for j in JOBS if j.model in study.gguf_models(config)}
     )
 ]
-# [tool, model, quant, split, provenance path] of every bench job: which GPUs each job read. Sorted: the jobs come
+# [tool, model, quant, split, concurrency, depth, provenance path] of every bench job: which GPUs each job read. Sorted: the jobs come
 # in the config's key order, which must not rerun the table (an equal config reruns nothing).
 JOB_PROVENANCE = sorted(
-    [j.tool, j.model, j.quant, j.split, provenance_file(j)] for j in JOBS
+    [j.tool, j.model, j.quant, j.split, j.concurrency, j.depth, provenance_file(j)]
+    for j in JOBS
 )
 
 

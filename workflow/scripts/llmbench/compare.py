@@ -17,7 +17,7 @@ import polars as pl
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.meters import joules_per_token
 from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import GROUP
+from llmbench.stats import GROUP, with_levels
 
 SUMMARY = ("summary", "results/summary")  # a results folder, or a study folder holding one
 BOOTSTRAP_NOTE = ("B/A: {b}'s value over {a}'s (above 1: {b} higher). In brackets: the 95 % "
@@ -97,6 +97,7 @@ def bootstrap_ratio(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], n
 def _side(runs: pl.DataFrame) -> pl.DataFrame:
     # Studies from before a column existed lack it: it reads as all null rather than failing the comparison.
     runs = runs.with_columns(pl.lit(None, t).alias(c) for c, t in RUN_SCHEMA.items() if c not in runs.columns)
+    runs = with_levels(runs)
     ok = pl.col("status") == "ok"
     return runs.group_by(GROUP).agg(
         pl.col("energy_is_estimate").filter(ok).fill_null(False).any().alias("estimate"),
@@ -120,7 +121,8 @@ def _kld(quality: pl.DataFrame | None, suffix: str) -> pl.DataFrame:
 def compare(runs_a: pl.DataFrame, runs_b: pl.DataFrame, quality_a: pl.DataFrame | None = None,
             quality_b: pl.DataFrame | None = None, labels: Sequence[str] = ("A", "B"), n: int = 2000,
             seed: int = 0) -> pl.DataFrame:
-    """One row per group (tool, model, quant, split) of either study, B over A; see BOOTSTRAP_NOTE."""
+    """One row per group (tool, model, quant, split, load level, depth) of either study, B over A; see
+    BOOTSTRAP_NOTE."""
     la, lb = labels
     sides = _side(runs_a).join(_side(runs_b), on=GROUP, how="full", coalesce=True, suffix="_b")
     rows = []
@@ -186,7 +188,7 @@ def render_markdown(table: pl.DataFrame, labels: Sequence[str], n: int = 2000) -
         skipped = "; ".join(f"{lab}: {r[k]}" for lab, k in ((la, "status_reason_a"), (lb, "status_reason_b")) if r[k])
         kld_note = None if r["kld_note"] == KLD_ONE_VALUE else r["kld_note"]
         rows.append([
-            *(r[k] for k in GROUP), r["present"] + note(skipped), str(r["n_a"]), str(r["n_b"]),
+            *(str(r[k]) for k in GROUP), r["present"] + note(skipped), str(r["n_a"]), str(r["n_b"]),
             fmt(r["median_decode_tokens_per_s_a"]), fmt(r["median_decode_tokens_per_s_b"]),
             ratio_cell(r["decode_ratio"], r["decode_low"], r["decode_high"]),
             fmt(r["j_per_token_a"]), fmt(r["j_per_token_b"]),

@@ -242,10 +242,11 @@ def name_problems(config: dict) -> list[str]:
             )
     tools = config.get("tools")
     for tool, settings in tools.items() if isinstance(tools, dict) else ():
-        keep = settings.get("quants") if isinstance(settings, dict) else None
-        for i, q in enumerate(keep if isinstance(keep, list) else ()):
-            if isinstance(q, str) and q not in KNOWN_QUANTS:
-                problems.append(f"tools.{tool}.quants[{i}] = {unknown_quant_message(q)}")
+        for key in ("quants", "sweep_quants"):
+            keep = settings.get(key) if isinstance(settings, dict) else None
+            for i, q in enumerate(keep if isinstance(keep, list) else ()):
+                if isinstance(q, str) and q not in KNOWN_QUANTS:
+                    problems.append(f"tools.{tool}.{key}[{i}] = {unknown_quant_message(q)}")
     return problems
 
 
@@ -281,13 +282,14 @@ def semantic_problems(config: dict) -> list[str]:
                 f"models.{name}.quants = {quants!r}: an Ollama library tag is one quant; list exactly the tag's quant (e.g. [Q4_0])"
             )
     for tool, settings in config.get("tools", {}).items():
-        keep = settings.get("quants")
         listed = {q for m in config.get("models", {}).values() for q in m.get("quants", [])}
-        if keep and not listed & set(keep):
-            problems.append(
-                f"tools.{tool}.quants = {keep!r} keeps none of the models' quants ({', '.join(sorted(listed))}); "
-                "list at least one of them, or drop the key to run them all"
-            )
+        for key in ("quants", "sweep_quants"):
+            keep = settings.get(key)
+            if keep and not listed & set(keep):
+                problems.append(
+                    f"tools.{tool}.{key} = {keep!r} keeps none of the models' quants ({', '.join(sorted(listed))}); "
+                    "list at least one of them, or drop the key to run them all"
+                )
     ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")

@@ -22,7 +22,7 @@ import polars as pl
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.meters import joules_per_token
 from llmbench.quants import rank
-from llmbench.stats import GROUP, summarize
+from llmbench.stats import GROUP, summarize, with_levels
 
 J_PER_KWH = 3.6e6
 SECONDS_PER_DAY = 86_400
@@ -44,6 +44,7 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
 
     Summing before dividing weights each generation by its tokens and avoids the low readings of short windows.
     """
+    runs = with_levels(runs)
     if "energy_boundary" not in runs.columns:  # rows measured before the boundary was recorded
         runs = runs.with_columns(pl.lit(None, pl.String).alias("energy_boundary"))
     return runs.group_by(GROUP).agg(
@@ -78,6 +79,7 @@ def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
     Rows that generated no token (llama-bench's prefill-only samples) have no J per generated token and are left
     out; their energy still counts in the pooled J/token.
     """
+    runs = with_levels(runs)
     gens = runs.filter(pl.col("generated_tokens") > 0).with_columns(
         joules_per_token(pl.col("energy_j"), pl.col("generated_tokens")).alias("j_per_token")
     )
@@ -145,6 +147,7 @@ def _amortization(t: pl.DataFrame, hardware: dict, cloud: list[dict]) -> pl.Data
 def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict], hardware: dict | None = None) -> pl.DataFrame:
     """One row per group: pooled and per-generation J/token, kWh and $ per 1M generated tokens, cloud prices
     beside, and with ``hardware`` the amortization estimate and break-even volumes."""
+    runs = with_levels(runs)
     kwh = 1e6 / J_PER_KWH
     t = energy_per_token(runs).join(per_generation_stats(runs), on=GROUP, how="left").with_columns(
         pl.col("per_generation_n").fill_null(0),

@@ -13,7 +13,7 @@ import polars as pl
 from llmbench.engines.registry import TOOLS
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.quants import order_by_bits, rank
-from llmbench.stats import GROUP
+from llmbench.stats import GROUP, with_levels
 
 FACT_KEYS = ("family", "installs", "gpu_offload", "multi_gpu", "gguf", "python_api", "sources")
 FACT_TITLES = {"installs": "how it installs here", "gpu_offload": "GPU offload", "multi_gpu": "multi-GPU modes",
@@ -59,7 +59,7 @@ def _ran(ok: pl.DataFrame) -> str | None:
 def _measured(tool: str, mine: pl.DataFrame, point: tuple[str, str] | None) -> dict[str, Any]:
     ok = mine.filter(pl.col("status") == "ok")
     # A job loads once, but its load time is repeated on each of its rows: one value per job, then the median.
-    loads = ok.group_by(GROUP).agg(pl.col("load_ms").drop_nulls().first())["load_ms"].drop_nulls()
+    loads = with_levels(ok).group_by(GROUP).agg(pl.col("load_ms").drop_nulls().first())["load_ms"].drop_nulls()
     rss, gpu_mem = ok["peak_rss_bytes"].drop_nulls(), ok["gpu_mem_used_bytes"].drop_nulls()
     gpu_jobs = ok.filter(pl.col("gpus").fill_null(0) > 0)
     not_run = mine.filter(pl.col("status") != "ok")

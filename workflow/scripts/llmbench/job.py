@@ -26,6 +26,8 @@ class Job:
     gpus: int
     threads: int
     log: Path
+    concurrency: int = 1  # a bench job's load level: clients sending requests at once
+    depth: int = 0  # a bench job's context depth [tokens]
     model_file: Path | None = None  # the GGUF (a split GGUF's first shard); None for an Ollama library tag
     model_record: dict | None = None  # the record beside the model file: source, sha256, derivation
     build_record: dict | None = None  # build.json of the llama.cpp build the job runs
@@ -57,7 +59,8 @@ class Job:
         split = w.get("split") or engine.get("split") or "none"
         job = cls(
             tool=tool, model=w.model, quant=w.get("quant"), split=split, gpus=engine.get("gpus", 0),
-            threads=smk.threads, log=Path(smk.log[0]), model_file=model_file,
+            threads=smk.threads, log=Path(smk.log[0]), concurrency=int(w.get("concurrency") or 1),
+            depth=int(w.get("depth") or 0), model_file=model_file,
             model_record=json.loads(record_file.read_text()) if record_file and record_file.exists() else None,
             build_record=json.loads(build_file.read_text()) if build_file else None,
             tool_settings=dict(params.get("tool_settings") or {}), params=params,
@@ -69,6 +72,7 @@ class Job:
             threads=job.threads, seed=engine["seed"], ctx_size=engine["ctx_size"],
             start_timeout_s=engine["start_timeout_s"], request_timeout_s=engine["request_timeout_s"],
             build_dir=build_file.parent if build_file else None, tag=engine.get("model_name"),
+            concurrency=job.concurrency,
             tensor_split=tuple(float(x) for x in engine["tensor_split"]) if engine.get("tensor_split") else None,
         )
         plan = None
@@ -79,5 +83,6 @@ class Job:
                 repetitions=p["repetitions"], warmup=p["warmup"], idle_s=p["idle_s"], temperature=p["temperature"],
                 seed=settings.seed, n_gpu_layers=settings.n_gpu_layers, gpus=job.gpus, threads=job.threads,
                 estimate_w=p["energy_estimate_w"], model_is_synthetic=job.model_is_synthetic,
+                concurrency=job.concurrency, depth=job.depth,
             )
         return dataclasses.replace(job, settings=settings, plan=plan)

@@ -49,6 +49,7 @@ class LlamaBenchSettings:
     n_gpu_layers: int | str = 0  # a number, or "auto": llama-bench's own fitting (-fitt) chooses it
     split_mode: str = "none"
     tensor_split: tuple[float, ...] | None = None
+    depth: int = 0  # tokens already in the context before each test (-d)
 
 
 def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
@@ -68,7 +69,7 @@ def bench_command(s: LlamaBenchSettings) -> list[str]:
         str(s.binary), "-m", str(s.model),
         "-p", str(s.n_prompt), "-n", str(s.n_gen), "-r", str(s.repetitions),
         "-t", str(s.threads), *offload_args(s.n_gpu_layers, s.tensor_split), "-sm", s.split_mode,
-        "-o", "jsonl",
+        "-d", str(s.depth), "-o", "jsonl",
     ]
 
 
@@ -202,6 +203,6 @@ def run_job(job, engine_log: Path) -> pl.DataFrame:
     settings = LlamaBenchSettings(
         binary=s.build_dir / "bin" / "llama-bench", model=s.model, n_prompt=job.tool_settings["n_prompt"],
         n_gen=job.tool_settings["n_gen"], repetitions=job.plan.repetitions, threads=s.threads,
-        n_gpu_layers=s.n_gpu_layers, split_mode=s.split, tensor_split=s.tensor_split,
+        n_gpu_layers=s.n_gpu_layers, split_mode=s.split, tensor_split=s.tensor_split, depth=job.depth,
     )
     return run_llama_bench(settings, job.plan, engine_log)

@@ -44,6 +44,9 @@ def measure(job: Job, gpu_ids: list[int], log: logging.Logger) -> pl.DataFrame:
     """The job's rows: a runner's (llama-bench's raw samples), one row per generation, or one 'skipped' or
     'failed' row saying why."""
     t = tool(job.tool)
+    if (why := t.cannot_run(job.concurrency, job.depth)) is not None:
+        log.warning("skipped: %s", why)
+        return skipped_run(job.plan, why)
     try:
         if job.model_file is not None:
             log.info("model %s: %s", job.model_file, check_gguf(job.model_file))

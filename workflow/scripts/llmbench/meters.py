@@ -157,6 +157,10 @@ class EnergyMeter:
                               f"end_window({name!r}) before opening it again")
         self._open[name] = (time.perf_counter(), [s.read_j() for s in self.sensors])
 
+    def opened_at(self, name: str) -> float:
+        """When the open window ``name`` began (time.perf_counter, s): the origin of the times inside it."""
+        return self._open[name][0]
+
     def end_window(self, name: str) -> EnergyReading:
         """End the window ``name``: each sensor's joules since begin_window, their sum and the window's length in
         seconds; null with the reasons where no sensor could be read. WindowError if ``name`` is not open."""

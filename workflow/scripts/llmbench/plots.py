@@ -370,7 +370,7 @@ def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise
 def ratio_chart(table: pl.DataFrame) -> alt.Chart:
     """Decode-speed ratio B/A per group with its bootstrap interval; the dashed rule at 1 is "no change"."""
     data = table.filter(pl.col("decode_ratio").is_not_null()).select(
-        pl.concat_str(GROUP, separator=" · ").alias("group"), "tool", "decode_ratio", "decode_low", "decode_high")
+        pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator=" · ").alias("group"), "tool", "decode_ratio", "decode_low", "decode_high")
     base = alt.Chart(data).encode(y=alt.Y("group:N", title=None, sort=None),
                                   color=alt.Color("tool:N", scale=alt.Scale(range=OKABE_ITO)))
     bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("decode_low:Q", title="decode tok/s ratio B/A (95 % CI)",

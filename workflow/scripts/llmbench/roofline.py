@@ -22,7 +22,8 @@ from llmbench.engines.registry import TOOLS
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.models import CorruptModelError, read_tensor_table
 from llmbench.quants import rank
-from llmbench.stats import GROUP
+from llmbench.runs import RUN_SCHEMA
+from llmbench.stats import GROUP, with_levels
 
 EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
@@ -34,7 +35,7 @@ TRAFFIC_SCHEMA = {"model": pl.String, "quant": pl.String, "tensor_bytes": pl.Int
                   "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String}
 # Engines that de-quantize the GGUF hold the weights in this many bytes each (engine_facts' "dtype").
 DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2}
-DEVICE_SCHEMA = {**{k: pl.String for k in GROUP}, "bandwidth_bytes_per_s": pl.Float64, "bandwidth_label": pl.String,
+DEVICE_SCHEMA = {**{k: RUN_SCHEMA[k] for k in GROUP}, "bandwidth_bytes_per_s": pl.Float64, "bandwidth_label": pl.String,
                  "bandwidth_null_reason": pl.String}
 
 
@@ -136,8 +137,10 @@ def device_table(runs: pl.DataFrame, traffic: pl.DataFrame, provenance: Mapping[
                  machine: Mapping[str, Any]) -> pl.DataFrame:
     """Per job: the bandwidth of the memory its weights sat in, its label, or why there is none.
 
-    ``provenance`` maps (tool, model, quant, split) to the job's provenance "gpus" entry (None where absent).
+    ``provenance`` maps (tool, model, quant, split, concurrency, depth) to the job's provenance "gpus" entry (None
+    where absent).
     """
+    runs = with_levels(runs)
     jobs = runs.group_by(GROUP).agg(
         pl.col("gpus").drop_nulls().first(),
         # The engine's report where it ran; a skipped job's row carries the planned count.
@@ -169,6 +172,7 @@ def _held_bytes() -> tuple[pl.Expr, pl.Expr, pl.Expr]:
 
 def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFrame) -> pl.DataFrame:
     """Per tool × model × quant × split: median decode tokens/s, bytes per token, bandwidth, bound, fraction."""
+    runs = with_levels(runs)
     ok = pl.col("status") == "ok"
     facts = pl.col("engine_facts").filter(ok).drop_nulls()
     speed = runs.group_by(GROUP).agg(

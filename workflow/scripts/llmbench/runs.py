@@ -6,12 +6,15 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from llmbench.engines.base import Engine, EngineError, diagnosis_of
+from llmbench.engines.base import Engine, EngineError, Generation, diagnosis_of
 from llmbench.meters import EnergyMeter, EnergyReading, estimated, measure_idle, split_at_first_token
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,9 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.String,
     "quant": pl.String,
     "split": pl.String,
+    # The job's load level (clients sending requests at once) and context depth (tokens already in the context).
+    "concurrency": pl.Int64,
+    "depth": pl.Int64,
     # True for a model written with random weights (source kind synthetic): its speed and energy plan a real
     # model of that shape; its answers are noise.
     "model_is_synthetic": pl.Boolean,
@@ -50,6 +56,14 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "decode_tokens_per_s": pl.Float64,
     "ttft_ms": pl.Float64,
     "wall_ms": pl.Float64,
+    # The request as serving benchmarks time it (runs.request_columns): the client of the level that sent it,
+    # its start and end [s from the level's start], the gaps between its streamed tokens after the first, and its
+    # time per output token.
+    "client": pl.Int64,
+    "request_start_s": pl.Float64,
+    "request_end_s": pl.Float64,
+    "itl_ms": pl.List(pl.Float64),
+    "tpot_ms": pl.Float64,
     "peak_rss_bytes": pl.Int64,
     "finish_reason": pl.String,
     # The configured -ngl (null where it is "auto": llama.cpp fitted it, or for Ollama, which decides itself),
@@ -84,6 +98,15 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "engine_library": pl.String,
     # Everything the engine reported about itself (JSON): Ollama's offload from /api/ps, transformers' dtype, ...
     "engine_facts": pl.String,
+    # The job's whole measured window (every request of every client; runs.level_columns), the same on each of
+    # its rows: its energy, gross and idle-subtracted, and the server's own token counts checked against the rows.
+    "level_window_s": pl.Float64,
+    "level_energy_j": pl.Float64,
+    "level_energy_net_j": pl.Float64,
+    "level_energy_null_reason": pl.String,
+    "server_prompt_tokens": pl.Float64,
+    "server_generated_tokens": pl.Float64,
+    "server_counts_check": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
     "output_text": pl.String,
 }
@@ -113,9 +136,12 @@ class RunPlan:
     threads: int
     estimate_w: float | None = None  # bench.energy_estimate_w: assumed power where no sensor can be read
     model_is_synthetic: bool = False
+    concurrency: int = 1
+    depth: int = 0
 
     def row_base(self) -> dict:
         return {"tool": self.tool, "model": self.model, "quant": self.quant, "split": self.split,
+                "concurrency": self.concurrency, "depth": self.depth,
                 "model_is_synthetic": self.model_is_synthetic,
                 "temperature": self.temperature, "gpus": self.gpus, "threads": self.threads,
                 "n_gpu_layers": self.n_gpu_layers if isinstance(self.n_gpu_layers, int) else None,
@@ -174,24 +200,117 @@ def gpu_columns(meter: EnergyMeter, energy: EnergyReading, ttft_ms: float | None
     }
 
 
-def run_generations(backend: Engine, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
-    """Warm up, then generate every prompt × repetition, each in its own energy window.
+LEVEL_WINDOW = "level"
 
-    The backend must already be started; ``facts`` is what it reported about itself (build, load time, library).
+
+def generation_columns(g: Generation) -> dict:
+    """What the engine reported of one generation, as row columns (counts and phase times are the engine's)."""
+    return {
+        "prompt_tokens": g.prompt_tokens, "prefill_tokens": g.prefill_tokens, "generated_tokens": g.generated_tokens,
+        "reasoning_tokens": g.reasoning_tokens, "prefill_ms": g.prefill_ms, "decode_ms": g.decode_ms,
+        "prefill_tokens_per_s": g.prefill_tokens_per_s, "prefill_cached": g.prefill_cached,
+        "decode_tokens_per_s": g.decode_tokens_per_s, "ttft_ms": g.ttft_ms, "wall_ms": g.wall_ms,
+        "finish_reason": g.finish_reason, "output_text": g.text,
+    }
+
+
+def request_columns(g: Generation, client: int, start_s: float, end_s: float) -> dict:
+    """A request as serving benchmarks time it: which client sent it, when it started and ended [s from the
+    level's start], its inter-token latencies (gaps between the streamed chunks that carried generated text, after
+    the first) and its time per output token, (end-to-end − TTFT) / (generated tokens − 1) with the engine's
+    count (vLLM's benchmark_serving defines TPOT so)."""
+    times = g.token_times_ms
+    n = g.generated_tokens
+    tpot = (g.wall_ms - g.ttft_ms) / (n - 1) if g.ttft_ms is not None and n is not None and n > 1 else None
+    return {"client": client, "request_start_s": start_s, "request_end_s": end_s,
+            "itl_ms": [b - a for a, b in zip(times, times[1:], strict=False)] or None, "tpot_ms": tpot}
+
+
+def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str, float | None],
+                  rows: list[dict]) -> dict:
+    """The level's columns, the same on each of its rows: its energy over the whole measured window (every
+    request of every client; gross and idle-subtracted) and the server's own token counts over it beside the
+    client's (``counted``: the engine's counter deltas, or a ``note`` why there are none)."""
+    prefill = sum(r["prefill_tokens"] or 0 for r in rows)
+    generated = sum(r["generated_tokens"] or 0 for r in rows)
+    if counted.get("note"):
+        check = counted["note"]
+    elif counted.get("generated_tokens") == generated and counted.get("prompt_tokens") == prefill:
+        check = f"match: {generated:g} generated and {prefill:g} prompt tokens, server and client"
+    else:
+        check = (f"mismatch: the server counted {counted.get('generated_tokens')} generated and "
+                 f"{counted.get('prompt_tokens')} prompt tokens, the client's rows {generated} and {prefill}")
+    return {
+        "level_window_s": level.window_s, "level_energy_j": level.energy_j,
+        "level_energy_net_j": level.net_j(idle_w), "level_energy_null_reason": level.null_reason,
+        "server_prompt_tokens": counted.get("prompt_tokens"), "server_generated_tokens": counted.get("generated_tokens"),
+        "server_counts_check": check,
+    }
+
+
+def engine_counters(engine: Engine) -> dict[str, float] | None:
+    """The engine's own token counters now (llama-server's /metrics), or None where it has none."""
+    counters = getattr(engine, "counters", None)
+    return counters() if counters is not None else None
+
+
+def counter_deltas(before: dict | None, after: dict | None, tool: str) -> dict:
+    if before is None or after is None:
+        return {"note": f"not cross-checked: {tool} exposes no token counters"}
+    return {k: after[k] - before[k] for k in ("prompt_tokens", "generated_tokens") if k in after and k in before}
+
+
+def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
+    """Warm up, then generate every prompt × repetition: one client, each generation in its own energy window, or
+    at ``plan.concurrency`` N > 1, N clients at once, each sending every prompt × repetition in a closed loop
+    (its next request when its last one ends), the energy measured over the whole level.
+
+    The engine must already be started; ``facts`` is what it reported about itself (build, load time, library).
     A window's length is kept with its energy: short windows read low on counters that update every ~100 ms, so
-    per-token energy is computed over sums of windows downstream.
+    per-token energy is computed over sums of windows downstream. Generations that finished stand when a later
+    one fails (a 'failed' row is added); an engine that fails before any finished raises.
     """
     facts = facts or {}
-    engine = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
-              "n_gpu_layers_offloaded": facts.get("n_gpu_layers_offloaded"), "n_layers_total": facts.get("n_layers_total"),
-              "engine_library": facts.get("library"), "engine_facts": json.dumps(facts, default=str)}
+    engine_cols = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
+                   "n_gpu_layers_offloaded": facts.get("n_gpu_layers_offloaded"),
+                   "n_layers_total": facts.get("n_layers_total"), "engine_library": facts.get("library"),
+                   "engine_facts": json.dumps(facts, default=str)}
     idle_w, idle_reason = measure_idle(meter, plan.idle_s)
     if idle_reason:
         log.info("idle baseline %s", idle_reason)
+    warm_up(engine, plan)
+    before = engine_counters(engine)
+    rows: list[dict] = []
+    meter.begin_window(LEVEL_WINDOW)
+    t0 = meter.opened_at(LEVEL_WINDOW)
+    try:
+        error = (one_client if plan.concurrency == 1 else many_clients)(engine, plan, meter, idle_w, t0, rows)
+    finally:
+        level = estimated(meter.end_window(LEVEL_WINDOW), plan.estimate_w)
+    level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows)
+    table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols} for r in rows], schema=RUN_SCHEMA)
+    if error is None:
+        return table
+    if not rows:
+        raise error
+    # The generations that finished stand; the one whose engine failed is a failed row of its own.
+    log.error("%s after %d generations: %s", plan.tool, len(rows), error)
+    found = diagnosis_of(error, plan.tool)
+    return pl.concat([table, failed_run(plan, found.reason, found.kind, found.signal)])
+
+
+def warm_up(engine: Engine, plan: RunPlan) -> None:
+    """Untimed generations of the first prompt (bench.warmup), one per client at once."""
     first = plan.prompts[0]
-    for i in range(plan.warmup):
-        backend.generate(first.text, min(first.max_tokens, 16), plan.temperature, plan.seed + i)
-    rows = []
+    with ThreadPoolExecutor(plan.concurrency) as pool:
+        for i in range(plan.warmup):
+            list(pool.map(lambda c, i=i: engine.generate(first.text, min(first.max_tokens, 16), plan.temperature,
+                                                         plan.seed + i + c), range(plan.concurrency)))
+
+
+def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float | None, t0: float,
+               rows: list[dict]) -> EngineError | None:
+    """Every prompt × repetition one after the other, each in its own energy window; rows appended to ``rows``."""
     try:
         for prompt in plan.prompts:
             for rep in range(plan.repetitions):
@@ -199,58 +318,61 @@ def run_generations(backend: Engine, plan: RunPlan, meter: EnergyMeter, facts: d
                 started = dt.datetime.now(dt.UTC)
                 window = f"{prompt.id}/{rep}"
                 state_start = meter.gpu_state()
-                getattr(backend, "before_generation", lambda _prompt: None)(prompt.text)
+                engine.before_generation(prompt.text)
                 meter.begin_window(window)
-                g = backend.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+                g = engine.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
                 energy = estimated(meter.end_window(window), plan.estimate_w)
                 state_end = meter.gpu_state()
-                log.info(
-                    "%s rep %d: %s prompt + %s generated tokens, decode %s tok/s",
-                    prompt.id, rep, g.prompt_tokens, g.generated_tokens,
-                    "unknown" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.1f}",
-                )
-                rows.append(
-                    {
-                        **plan.row_base(),
-                        **engine,
-                        "status": "ok",
-                        "status_reason": None,
-                        "prompt_id": prompt.id,
-                        "repetition": rep,
-                        "seed": seed,
-                        "max_tokens": prompt.max_tokens,
-                        "prompt_tokens": g.prompt_tokens,
-                        "prefill_tokens": g.prefill_tokens,
-                        "generated_tokens": g.generated_tokens,
-                        "reasoning_tokens": g.reasoning_tokens,
-                        "prefill_ms": g.prefill_ms,
-                        "decode_ms": g.decode_ms,
-                        "prefill_tokens_per_s": g.prefill_tokens_per_s,
-                        "prefill_cached": g.prefill_cached,
-                        "decode_tokens_per_s": g.decode_tokens_per_s,
-                        "ttft_ms": g.ttft_ms,
-                        "wall_ms": g.wall_ms,
-                        "peak_rss_bytes": backend.peak_rss_bytes(),
-                        "finish_reason": g.finish_reason,
-                        "energy_j": energy.energy_j,
-                        "energy_net_j": energy.net_j(idle_w),
-                        "idle_power_w": idle_w,
-                        "energy_window_s": energy.window_s,
-                        "energy_source": energy.source,
-                        "energy_null_reason": energy.null_reason,
-                        "energy_is_estimate": energy.estimated,
-                        **energy.boundary_columns(),
-                        **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
-                        "started_at": started,
-                        "output_text": g.text,
-                    }
-                )
+                log.info("%s rep %d: %s prompt + %s generated tokens, decode %s tok/s", prompt.id, rep,
+                         g.prompt_tokens, g.generated_tokens,
+                         "unknown" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.1f}")
+                rows.append({
+                    "status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep, "seed": seed,
+                    "max_tokens": prompt.max_tokens, **generation_columns(g),
+                    **request_columns(g, 0, energy.t0 - t0, energy.t1 - t0),
+                    "peak_rss_bytes": engine.peak_rss_bytes(),
+                    "energy_j": energy.energy_j, "energy_net_j": energy.net_j(idle_w), "idle_power_w": idle_w,
+                    "energy_window_s": energy.window_s, "energy_source": energy.source,
+                    "energy_null_reason": energy.null_reason, "energy_is_estimate": energy.estimated,
+                    **energy.boundary_columns(), **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
+                    "started_at": started,
+                })
     except EngineError as e:
-        if not rows:
-            raise
-        # The generations that finished stand; the one whose engine failed is a failed row of its own.
-        log.error("%s after %d generations: %s", plan.tool, len(rows), e)
-        found = diagnosis_of(e, plan.tool)
-        return pl.concat([pl.DataFrame(rows, schema=RUN_SCHEMA),
-                          failed_run(plan, found.reason, found.kind, found.signal)])
-    return pl.DataFrame(rows, schema=RUN_SCHEMA)
+        return e
+    return None
+
+
+def many_clients(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float | None, t0: float,
+                 rows: list[dict]) -> EngineError | None:
+    """``plan.concurrency`` clients at once, each sending every prompt × repetition in a closed loop; rows of the
+    requests that finished appended to ``rows``. Requests share the engine, so no request has an energy window of
+    its own: the level's energy is measured over all of them (level_columns)."""
+    reason = (f"not measured per request: {plan.concurrency} requests share the engine at once; the level's "
+              "energy over its whole window is level_energy_j")
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for prompt in plan.prompts:
+            for rep in range(plan.repetitions):
+                seed = plan.seed + rep * plan.concurrency + c
+                started = dt.datetime.now(dt.UTC)
+                a = time.perf_counter()
+                g = engine.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+                b = time.perf_counter()
+                row = {"status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep,
+                       "seed": seed, "max_tokens": prompt.max_tokens, **generation_columns(g),
+                       **request_columns(g, c, a - t0, b - t0), "peak_rss_bytes": engine.peak_rss_bytes(),
+                       "idle_power_w": idle_w, "energy_null_reason": reason,
+                       "energy_split_null_reason": reason, "started_at": started}
+                with lock:
+                    rows.append(row)
+
+    with ThreadPoolExecutor(plan.concurrency) as pool:
+        futures = [pool.submit(client, c) for c in range(plan.concurrency)]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    for e in errors:
+        if not isinstance(e, EngineError):
+            raise e
+    rows.sort(key=lambda r: (r["request_start_s"], r["client"]))
+    log.info("%d clients: %d requests in %.1f s", plan.concurrency, len(rows), time.perf_counter() - t0)
+    return errors[0] if errors else None

@@ -7,8 +7,18 @@ from collections.abc import Sequence
 
 import polars as pl
 
-GROUP = ["tool", "model", "quant", "split"]
+# One job's configuration: what its rows are summarised over (a load level and a context depth are jobs of their own).
+GROUP = ["tool", "model", "quant", "split", "concurrency", "depth"]
 TUKEY_K = 1.5
+# Before load levels and context depths every job ran one request at a time on an empty context: rows without
+# these columns (an older study, its archive) read so.
+LEVEL_DEFAULTS = {"concurrency": 1, "depth": 0}
+
+
+def with_levels(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with its load level and context depth columns, filled as LEVEL_DEFAULTS where absent or null."""
+    return df.with_columns(pl.col(c).fill_null(v) if c in df.columns else pl.lit(v, pl.Int64).alias(c)
+                           for c, v in LEVEL_DEFAULTS.items())
 
 
 def _q(col: str, q: float) -> pl.Expr:
@@ -18,6 +28,7 @@ def _q(col: str, q: float) -> pl.Expr:
 
 def tukey_flags(df: pl.DataFrame, metric: str, by: list[str] = GROUP) -> pl.DataFrame:
     """Add ``{metric}_outlier``: outside [Q1 − 1.5 IQR, Q3 + 1.5 IQR] of its group."""
+    df = with_levels(df)
     q1, q3 = _q(metric, 0.25).over(by), _q(metric, 0.75).over(by)
     iqr = q3 - q1
     flag = (pl.col(metric) < q1 - TUKEY_K * iqr) | (pl.col(metric) > q3 + TUKEY_K * iqr)
@@ -27,6 +38,7 @@ def tukey_flags(df: pl.DataFrame, metric: str, by: list[str] = GROUP) -> pl.Data
 
 def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl.DataFrame:
     """One row per group × metric; null values (not measured) are left out of n and reported in n_null."""
+    df = with_levels(df)
     parts = []
     for metric in metrics:
         # Statistics are floats whatever the metric's type, so that all metrics stack in one table.
@@ -62,6 +74,7 @@ def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl
 
 def summarize_runs(runs: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
     """Statistics of the generations that ran; a group whose job was skipped keeps a row with n = 0 and why."""
+    runs = with_levels(runs)
     reasons = runs.group_by(GROUP).agg(
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason")
     ).with_columns(pl.when(pl.col("not_run_reason") == "").then(None).otherwise(pl.col("not_run_reason"))

@@ -41,6 +41,8 @@ class BenchJob:
     quant: str
     split: str
     gpus: int
+    concurrency: int = 1  # clients sending requests at once
+    depth: int = 0  # tokens already in the context
 
 
 def source_kind(model: dict) -> str:
@@ -190,13 +192,26 @@ def tool_models(config: dict, tool: str) -> list[str]:
     return models_where(config, lambda m: source_kind(m) in TOOLS[tool].sources)
 
 
+def tool_levels(config: dict, tool: str) -> tuple[list[int], list[int]]:
+    """The tool's load levels and context depths: its own lists, or the study's (bench.concurrency, bench.depths)."""
+    own, bench = config["tools"][tool], config["bench"]
+    return own.get("concurrency") or bench["concurrency"], own.get("depths") or bench["depths"]
+
+
 def bench_jobs(config: dict) -> list[BenchJob]:
     jobs = []
     for tool, settings in config["tools"].items():
+        levels, depths = tool_levels(config, tool)
+        sweep = settings.get("sweep_quants")
         for model in tool_models(config, tool):
             for quant in tool_quants(config, tool, model):
                 for split in settings["split_modes"]:
-                    jobs.append(BenchJob(tool, model, quant, split, settings["gpus"]))
+                    for concurrency in levels:
+                        for depth in depths:
+                            swept = concurrency != 1 or depth != 0
+                            if swept and sweep is not None and quant not in sweep:
+                                continue
+                            jobs.append(BenchJob(tool, model, quant, split, settings["gpus"], concurrency, depth))
     return jobs
 
 
@@ -215,7 +230,8 @@ def kld_models(config: dict) -> list[str]:
 
 
 def accuracy_jobs(config: dict) -> list[BenchJob]:
-    """One answer-accuracy job per generating tool × model × quant, in the tool's first split mode."""
+    """One answer-accuracy job per generating tool × model × quant, in the tool's first split mode (its questions
+    are asked one at a time)."""
     if not config["quality"]["accuracy"]:
         return []
     first = {}

@@ -21,6 +21,9 @@ class Generation:
     finish_reason: str | None
     text: str  # the answer only (what accuracy scores), never a reasoning model's thinking
     ttft_ms: float | None = None  # to the first generated token of any kind, thinking included
+    # The client's time [ms from the request] of each streamed chunk that carried generated text, the first one
+    # at ttft_ms; empty where the answer was not streamed. Their gaps are the inter-token latencies.
+    token_times_ms: tuple[float, ...] = ()
     # How many of generated_tokens were thinking, where the engine says so; None where it does not (never counted
     # from chunks, never 0 for "unknown").
     reasoning_tokens: int | None = None
@@ -46,6 +49,7 @@ class EngineSettings:
     build_dir: Path | None = None  # the llama.cpp build (bin/ holds its tools and libllama) for the tools that run it
     tag: str | None = None  # Ollama's model name
     tensor_split: tuple[float, ...] | None = None  # llama.cpp's share of the model per GPU
+    concurrency: int = 1  # requests the engine serves at once (a server's parallel slots)
 
 
 class Engine:

@@ -12,7 +12,12 @@ from llmbench.diagnosis import diagnose
 from llmbench.engines.base import EngineError, EngineFailed, EngineSettings, Generation, engine_failure
 from llmbench.engines.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
-from llmbench.engines.process import ServedEngine, ServerProcess, http_json
+from llmbench.engines.process import ServedEngine, ServerProcess, http_json, http_text, prometheus_counters
+
+# llama-server's /metrics counters (tools/server/server-context.cpp) and our names for them.
+LLAMA_SERVER_COUNTERS = {"llamacpp:prompt_tokens_total": "prompt_tokens",
+                         "llamacpp:tokens_predicted_total": "generated_tokens",
+                         "llamacpp:n_decode_total": "decode_calls"}
 
 
 @dataclass
@@ -23,7 +28,8 @@ class LlamaServerSettings:
     split_mode: str = "none"
     tensor_split: tuple[float, ...] | None = None  # share of the model per GPU (--tensor-split)
     threads: int = 1
-    ctx_size: int = 2048
+    ctx_size: int = 2048  # per slot: the server is given parallel × ctx_size, which its slots share equally
+    parallel: int = 1  # slots: requests served at once (continuous batching)
     start_timeout_s: float = 300.0
     request_timeout_s: float = 900.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
@@ -55,9 +61,12 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
         "--split-mode", s.split_mode,
         "--threads", str(s.threads),
         "--threads-batch", str(s.threads),
-        "--ctx-size", str(s.ctx_size),
-        # One slot: requests never share the engine, so each generation's timings are its own.
-        "--parallel", "1",
+        # One slot per concurrent request, each with the configured context (llama-server divides --ctx-size among
+        # its slots); at 1, requests never share the engine, so each generation's timings are its own.
+        "--ctx-size", str(s.ctx_size * s.parallel),
+        "--parallel", str(s.parallel),
+        # The server's own token counters (/metrics), the cross-check of the client's accounting.
+        "--metrics",
         "--no-webui",
         # Level 4 adds llama.cpp's load lines (layers offloaded, allocation failures) to the log; it logs per
         # request, never per token.
@@ -87,7 +96,7 @@ def parse_chat_stream(lines: Iterable[bytes], t0: float, clock: Callable[[], flo
         raise stream.cut_short(["'timings'" if last is None else "its last 'timings'"])
     g = parse_chat_response(final, stream.wall_ms())
     return dataclasses.replace(g, text=stream.answer, ttft_ms=stream.ttft_ms, finish_reason=stream.finish,
-                               reasoning_tokens=reasoning_tokens(usage))
+                               reasoning_tokens=reasoning_tokens(usage), token_times_ms=tuple(stream.token_times_ms))
 
 
 def parse_chat_response(body: dict, wall_ms: float) -> Generation:
@@ -133,7 +142,8 @@ class LlamaServer(ServedEngine):
     def from_settings(cls, s: EngineSettings, log_path: Path) -> LlamaServer:
         return cls(LlamaServerSettings(
             binary=s.build_dir / "bin" / "llama-server", model=s.model, n_gpu_layers=s.n_gpu_layers,
-            split_mode=s.split, threads=s.threads, ctx_size=s.ctx_size, start_timeout_s=s.start_timeout_s,
+            split_mode=s.split, threads=s.threads, ctx_size=s.ctx_size, parallel=s.concurrency,
+            start_timeout_s=s.start_timeout_s,
             request_timeout_s=s.request_timeout_s, tensor_split=s.tensor_split,
         ), log_path)
 
@@ -185,7 +195,15 @@ class LlamaServer(ServedEngine):
             "n_gpu_layers": self.settings.n_gpu_layers,
             **parse_offload(self._log_text()).facts(),
             "n_ctx": settings.get("n_ctx"),
+            "parallel": self.settings.parallel,
+            "ctx_size_total": self.settings.ctx_size * self.settings.parallel,
         }
+
+    def counters(self) -> dict[str, float]:
+        """The server's own token counters since it started (/metrics, Prometheus text): ``prompt_tokens``,
+        ``generated_tokens``, ``decode_calls`` (llamacpp:prompt_tokens_total, tokens_predicted_total,
+        n_decode_total)."""
+        return prometheus_counters(http_text(f"{self.url}/metrics"), LLAMA_SERVER_COUNTERS)
 
 
 def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:

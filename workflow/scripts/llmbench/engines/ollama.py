@@ -109,6 +109,7 @@ class OllamaBackend(Engine):
         start_timeout_s: float = 120.0,
         request_timeout_s: float = 900.0,
         gguf: Path | None = None,
+        num_parallel: int = 1,
     ):
         self.tag = tag
         self.gguf = Path(gguf) if gguf is not None else None
@@ -119,6 +120,7 @@ class OllamaBackend(Engine):
         self.start_timeout_s = start_timeout_s
         self.request_timeout_s = request_timeout_s
         self.server = ServerProcess("`ollama serve`", self.log_path)
+        self.num_parallel = num_parallel  # OLLAMA_NUM_PARALLEL of a server the job starts: the load level
         self.started_server = False
         self.client = None
         self.version: str | None = None
@@ -131,7 +133,7 @@ class OllamaBackend(Engine):
         # Ollama fits layers to free memory itself when num_gpu is unset: that is its "auto".
         return cls(s.tag, log_path, num_gpu=None if s.n_gpu_layers == "auto" else s.n_gpu_layers,
                    num_thread=s.threads, num_ctx=s.ctx_size, start_timeout_s=s.start_timeout_s,
-                   request_timeout_s=s.request_timeout_s, gguf=s.model)
+                   request_timeout_s=s.request_timeout_s, gguf=s.model, num_parallel=s.concurrency)
 
     def start(self) -> None:
         if self.gguf is not None and self.gguf.is_file() and (shards := split_count(self.gguf)) > 1:
@@ -155,7 +157,7 @@ class OllamaBackend(Engine):
         self._cache_holds_prompt = not self.started_server
 
     def _start_server(self, ollama) -> None:
-        """`ollama serve` of the job's own, with one cache slot (OLLAMA_NUM_PARALLEL=1): evicting it is certain."""
+        """`ollama serve` of the job's own, with one cache slot per concurrent request (OLLAMA_NUM_PARALLEL)."""
         binary = shutil.which("ollama")
         if binary is None:
             raise ToolUnavailable(
@@ -173,8 +175,11 @@ class OllamaBackend(Engine):
 
         self.server.start(lambda port: [binary, "serve"], self.start_timeout_s, failed=self._failure,
                           loading="its model list", healthy=answers,
-                          env=lambda port: {"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_NUM_PARALLEL": "1"})
-        self.host, self.one_cache_slot, self.started_server = f"127.0.0.1:{self.server.port}", True, True
+                          env=lambda port: {"OLLAMA_HOST": f"127.0.0.1:{port}",
+                                            "OLLAMA_NUM_PARALLEL": str(self.num_parallel)})
+        # With one slot the eviction before each generation is certain; with several it may reach another slot.
+        self.host, self.started_server = f"127.0.0.1:{self.server.port}", True
+        self.one_cache_slot = self.num_parallel == 1
 
     def _connect(self) -> None:
         """The server's version, which also proves it answers."""

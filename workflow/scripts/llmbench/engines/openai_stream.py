@@ -112,6 +112,7 @@ class ChatStream:
         self.engine, self.t0, self.clock = engine, t0, clock
         self.text: list[str] = []
         self.ttft_ms: float | None = None
+        self.token_times_ms: list[float] = []  # client time of each chunk that carried generated text
         self.finish: str | None = None
         self.done = False
         self.broken: str | None = None
@@ -140,8 +141,10 @@ class ChatStream:
                 raise error
             for choice in event.get("choices") or []:
                 delta = choice.get("delta") or {}
-                if self.ttft_ms is None and any(delta.get(k) for k in ("content", *THINKING)):
-                    self.ttft_ms = (self.clock() - self.t0) * 1000
+                if any(delta.get(k) for k in ("content", *THINKING)):
+                    self.token_times_ms.append((self.clock() - self.t0) * 1000)
+                    if self.ttft_ms is None:
+                        self.ttft_ms = self.token_times_ms[0]
                 if delta.get("content"):
                     self.text.append(delta["content"])
                 self.finish = choice.get("finish_reason") or self.finish

@@ -176,6 +176,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def http_text(url: str, timeout: float = 30.0) -> str:
+    """A GET on loopback, its body as text (e.g. a server's /metrics). Errors propagate as OSError."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode(errors="replace")
+
+
+def prometheus_counters(text: str, names: dict[str, str]) -> dict[str, float]:
+    """Counters of a Prometheus text exposition, renamed: ``names`` maps a sample name (e.g.
+    ``llamacpp:tokens_predicted_total``) to ours; a counter the server does not expose is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                found[names[sample.name]] = sample.value
+    return found
+
+
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
     """A JSON request on loopback; returns (status, parsed body). Connection errors propagate as OSError."""
     data = json.dumps(body).encode() if body is not None else None

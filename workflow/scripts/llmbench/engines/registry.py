@@ -59,6 +59,11 @@ class Tool:
     prefill_is_ttft: bool = False
     # Whether a job spreads every layer over its GPUs (tensor parallel) whatever the split wildcard says.
     tensor_parallel: bool = False
+    # Whether it serves concurrent requests (a server with parallel slots); a tool that does not runs load level 1
+    # only, its jobs at higher levels end 'skipped' with the reason.
+    serves: bool = False
+    # Whether it runs at a context depth above 0 (llama-bench's -d); the others' jobs there end 'skipped'.
+    fills_depth: bool = False
     packages: tuple[str, ...] = ()  # pip distributions a job's provenance records
     settings: tuple[str, ...] = ()
     model_name: Callable[[str, str, dict], str] | None = field(default=None, compare=False)
@@ -89,6 +94,17 @@ class Tool:
 
     def run(self, job, engine_log: Path):
         return _load(self.runner)(job, engine_log)
+
+    def cannot_run(self, concurrency: int, depth: int) -> str | None:
+        """Why a job at this load level and context depth cannot run with this tool, or None."""
+        if concurrency > 1 and not self.serves:
+            return (f"{self.name} serves one request at a time (it is no server with parallel slots): load level "
+                    f"{concurrency} is not run; the tools that serve concurrent requests are "
+                    f"{', '.join(t for t, r in TOOLS.items() if r.serves)}")
+        if depth > 0 and not self.fills_depth:
+            return (f"{self.name} is not run at context depth {depth} here: only "
+                    f"{', '.join(t for t, r in TOOLS.items() if r.fills_depth)} fill a context to a depth")
+        return None
 
 
 def _load(ref: str):
@@ -157,6 +173,7 @@ register(Tool(
     LLAMA_SERVER_FACTS,
     engine="llmbench.engines.llama_server:LlamaServer",
     llama_cpp=("llama-server",),
+    serves=True,
 ))
 register(Tool(
     "llama-bench",
@@ -172,6 +189,7 @@ register(Tool(
     ),
     runner="llmbench.llama_bench:run_job",
     llama_cpp=("llama-bench",),
+    fills_depth=True,
     settings=("n_prompt", "n_gen"),
 ))
 register(Tool(
@@ -243,6 +261,7 @@ register(Tool(
     ),
     engine="llmbench.engines.ollama:OllamaBackend",
     sources=(*GGUF_SOURCES, "ollama"),
+    serves=True,
     packages=("ollama",),
     model_name=ollama_model_name,
 ))
@@ -268,5 +287,6 @@ register(Tool(
     engine="llmbench.engines.vllm:VllmServer",
     prefill_is_ttft=True,
     tensor_parallel=True,
+    serves=True,
     packages=("vllm",),
 ))

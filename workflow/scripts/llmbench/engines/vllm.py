@@ -43,6 +43,7 @@ class VllmSettings:
     ctx_size: int = 2048
     gpus: int = 1
     seed: int = 0
+    max_num_seqs: int = 1  # sequences served at once: the job's load level
     start_timeout_s: float = 900.0
     request_timeout_s: float = 900.0
     python: str = sys.executable
@@ -55,6 +56,7 @@ def server_command(s: VllmSettings, port: int) -> list[str]:
         s.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model),
         "--tokenizer", str(s.tokenizer or s.model), "--host", "127.0.0.1", "--port", str(port), "--seed", str(s.seed),
         "--max-model-len", str(s.ctx_size), "--tensor-parallel-size", str(s.gpus),
+        "--max-num-seqs", str(s.max_num_seqs),
         # Every repetition must process its whole prompt, or prefill times would mix cached and uncached.
         "--no-enable-prefix-caching", *s.extra_args,
     ]
@@ -92,6 +94,7 @@ def parse_vllm_stream(
         prefill_tokens_per_s=prefill_n / prefill_ms * 1000 if prefill_ms > 0 and prefill_n > 0 else None,
         decode_tokens_per_s=(gen_n - 1) / decode_ms * 1000 if decode_ms > 0 and gen_n > 1 else None,
         wall_ms=wall_ms, finish_reason=stream.finish, text=stream.answer, ttft_ms=ttft_ms,
+        token_times_ms=tuple(stream.token_times_ms),
         reasoning_tokens=reasoning_tokens(usage),
     )
 
@@ -113,6 +116,7 @@ class VllmServer(ServedEngine):
     @classmethod
     def from_settings(cls, s: EngineSettings, log_path: Path) -> VllmServer:
         return cls(VllmSettings(model=s.model, ctx_size=s.ctx_size, gpus=max(s.gpus, 1), seed=s.seed,
+                                max_num_seqs=s.concurrency,
                                 start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s), log_path)
 
     def start(self) -> None:
