@@ -198,16 +198,16 @@ def test_markdown_has_one_section_per_tool_with_units_and_the_rule():
     md = render_markdown(cost_table(frame, 0.14, CLOUD, HARDWARE), 0.14, "test price", CLOUD, HARDWARE)
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections == ["## Cloud API prices", "## llama-server", "## ollama", "## transformers"]
-    assert ("| model | quant | split | generations | median decode [tok/s] | J/token (pooled) | "
+    assert ("| model | quant | split | clients | depth | generations | median decode [tok/s] | J/token (pooled) | "
             "kWh per 1M tokens (pooled) | $ per 1M tokens (pooled) | kWh per 1M: median ± IQR | "
             "kWh per 1M: mean ± sd | $ per 1M: median ± IQR | $ per 1M: mean ± sd | "
             "$ per 1M reported (article's rule) | local / GPT-4o output price |") in md
     assert f"{1.2 * TO_USD:.4g} ± {0.2 * TO_USD:.4g} (median ± IQR; Tukey outliers: 1 of 5)" in md
     assert f"{2.0 * TO_USD:.4g} ± {1.0 * TO_USD:.4g} (mean ± sd; Tukey outliers: 0 of 3)" in md
     # Quants coarsest first within a tool.
-    assert md.index("| m | Q4_0 | none | 5 |") < md.index("| m | Q8_0 | none | 3 |")
-    assert f"| m | Q4_0 | none | 2 | 60 | {ENERGY_NOT_MEASURED} | not measured |" in md
-    assert f"| m | Q4_0 | none | 1 | not run: {SKIPPED} | not run | not run |" in md
+    assert md.index("| m | Q4_0 | none | 1 | 0 | 5 |") < md.index("| m | Q8_0 | none | 1 | 0 | 3 |")
+    assert f"| m | Q4_0 | none | 1 | 0 | 2 | 60 | {ENERGY_NOT_MEASURED} | not measured |" in md
+    assert f"| m | Q4_0 | none | 1 | 0 | 1 | not run: {SKIPPED} | not run | not run |" in md
     assert "OUTPUT price" in md and "| GPT-4o | 2.5 | 10 | 2024-10 | s |" in md
     assert "### llama-server: with hardware amortization (estimate)" in md
     assert "hardware $ per 1M tokens (estimate)" in md and "break-even vs GPT-4o [tokens/day]" in md
@@ -232,3 +232,16 @@ def test_the_measurement_boundary_is_named_in_the_table():
     assert "Energy measured at: CPU package+DRAM (RAPL)." in render_markdown(table, 0.14, "", CLOUD)
     # Rows from before the boundary was recorded: no column, no line.
     assert "Energy measured at" not in render_markdown(cost_table(runs([100.0, 300.0]), 0.14, CLOUD), 0.14, "", CLOUD)
+
+
+def test_windows_too_short_for_their_sensor_are_left_out_and_counted():
+    short = "window of 0.5 s is shorter than 20 updates of nvml:0 (2 s): it reads low, so it is left out of J per token"
+    frame = runs([100.0, 900.0], tokens=(100, 300)).with_columns(
+        pl.Series("energy_valid", [False, True]), pl.Series("energy_invalid_reason", [short, None]))
+    r = cost_table(frame, 0.14, []).row(0, named=True)
+    assert r["j_per_token"] == 3.0 and (r["energy_windows_used"], r["energy_windows"]) == (1, 2)  # 900 J / 300
+    assert r["energy_basis"].startswith("energy summed over 1 of 2 windows") and short in r["energy_basis"]
+    none_used = cost_table(frame.with_columns(pl.lit(False).alias("energy_valid"),
+                                              pl.lit(short).alias("energy_invalid_reason")), 0.14, [])
+    assert none_used["j_per_token"][0] is None
+    assert none_used["energy_status"][0] == f"not measured: every {short}"

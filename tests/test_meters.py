@@ -378,3 +378,18 @@ def test_meters_stays_light_to_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO / "workflow/scripts")}).stdout
     assert out.strip() == "[]"
+
+
+def test_a_window_shorter_than_twenty_updates_of_its_slowest_sensor_is_not_used():
+    class Counter(ScriptedSensor):  # a stand-in NVML-like counter that updates every 100 ms
+        label, update_s = "nvml:0", 0.1
+
+    meter = EnergyMeter([Counter([])], [])
+    short = meters.EnergyReading(5.0, "nvml:0", None, window_s=1.5)
+    valid, why = meter.validity(short)
+    assert valid is False and why.startswith("window of 1.5 s is shorter than 20 updates of nvml:0 (2 s)")
+    assert meter.validity(meters.EnergyReading(5.0, "nvml:0", None, window_s=2.5)) == (True, None)
+    assert meter.validity(meters.EnergyReading(None, None, "not measured: x", window_s=1.0)) == (None, None)
+    assert meter.validity(meters.estimated(meters.EnergyReading(None, None, "not measured: x", 1.0), 65.0)) == (
+        None, None)
+    assert EnergyMeter([], ["none"]).validity(short) == (None, None)

@@ -242,3 +242,48 @@ def test_row_and_tensor_split_modes_carry_what_upstream_says_of_them():
     assert len(notes) == 2 and "deprecated upstream" in notes[0] and "experimental" in notes[1]
     assert plots.split_mode_notes(runs.filter(pl.col("split") == "layer")) == []
     assert plots.split_mode_notes(runs.filter(pl.col("status") == "failed")) == []  # not drawn: not noted
+
+
+def stand_in_sweep() -> pl.DataFrame:
+    """Stand-in rows of a load and depth sweep (numbers invented): llama-server at 1 and 4 clients on two quants,
+    with the levels' energy, and llama-bench's decode at depths 0 and 1024."""
+    rows = []
+    for quant in ("Q4_0", "Q8_0"):
+        for clients in (1, 4):
+            for i in range(2 * clients):
+                rows.append({"tool": "llama-server", "model": "m", "quant": quant, "split": "none",
+                             "concurrency": clients, "depth": 0, "status": "ok", "client": i % clients,
+                             "request_start_s": float(i), "request_end_s": i + 1.0, "generated_tokens": 50,
+                             "prompt_tokens": 10, "decode_tokens_per_s": 100.0 / clients, "ttft_ms": 20.0 * clients,
+                             "itl_ms": [10.0 * clients, 12.0 * clients], "tpot_ms": 11.0, "wall_ms": 1000.0,
+                             "level_window_s": 4.0, "level_energy_j": 100.0 * clients})
+        for depth, speed in ((0, 200.0), (1024, 150.0)):
+            rows.append({"tool": "llama-bench", "model": "m", "quant": quant, "split": "none", "concurrency": 1,
+                         "depth": depth, "status": "ok", "generated_tokens": 64, "decode_tokens_per_s": speed})
+    return pl.DataFrame(rows, schema=RUN_SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["serving_throughput", "energy_per_token_by_load", "latency_by_load",
+                                  "decode_by_depth"])
+def test_the_load_and_depth_figures_draw_one_point_per_level(name):
+    spec = FIGURES[name](stand_in_sweep(), "s").to_dict()
+    data = [row for rows in spec["datasets"].values() for row in rows]
+    assert data and not any("message" in row for row in data)
+    if name == "decode_by_depth":
+        assert sorted({(r["quant"], r["depth"]) for r in data}) == [("Q4_0", 0), ("Q4_0", 1024), ("Q8_0", 0),
+                                                                    ("Q8_0", 1024)]
+    elif name == "latency_by_load":
+        assert {r["series"] for r in data} == {"Q4_0 TTFT", "Q4_0 ITL", "Q8_0 TTFT", "Q8_0 ITL"}
+    else:
+        assert sorted({(r["quant"], r["concurrency"]) for r in data}) == [("Q4_0", 1), ("Q4_0", 4), ("Q8_0", 1),
+                                                                          ("Q8_0", 4)]
+    if name == "serving_throughput":  # 4 clients: 8 requests × 50 tokens over 4 s; each user at 25 tokens/s
+        point = next(r for r in data if r["concurrency"] == 4)
+        assert (point["server_output_tokens_per_s"], point["per_user_decode_tokens_per_s"]) == (100.0, 25.0)
+
+
+def test_without_a_sweep_the_load_figures_say_so():
+    for name in ("serving_throughput", "latency_by_load", "decode_by_depth"):
+        spec = FIGURES[name](stand_in_runs(), "s").to_dict()
+        (rows,) = spec["datasets"].values()
+        assert rows[0]["message"].startswith("no ") and "sweep" in rows[0]["message"], name

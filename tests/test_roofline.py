@@ -247,3 +247,19 @@ def test_damaged_gguf_is_named_with_the_fix(tmp_path):
     cut.write_bytes(whole[:40])
     with pytest.raises(CorruptModelError, match=r"cut.gguf is a damaged GGUF.*Delete it and run the workflow again"):
         roofline.gguf_traffic(cut)
+
+
+def test_the_kv_cache_at_depth_is_read_by_every_stream_of_a_step():
+    # Llama-3.1-8B's attention: 32 layers × 8 KV heads × (128 + 128) × 2 bytes = 131072 bytes per context token.
+    meta = {"llama.block_count": 32, "llama.attention.head_count": 32, "llama.attention.head_count_kv": 8,
+            "llama.embedding_length": 4096}
+    assert roofline.kv_bytes_per_context_token(meta, "llama") == 131072
+    assert roofline.kv_bytes_per_context_token({"llama.block_count": 2}, "llama") is None
+    tr = traffic().with_columns(pl.lit(1000, pl.Int64).alias("kv_bytes_per_context_token"))
+    runs = pl.DataFrame(rows("llama-server", "Q4_0", [50.0], concurrency=4, depth=1024)
+                        + rows("llama-server", "Q4_0", [80.0], concurrency=4, depth=0), schema=RUN_SCHEMA)
+    deep, empty = table(runs, tr=tr).sort("depth", descending=True).iter_rows(named=True)
+    # A step of 4 streams at depth 1024 reads the 1e8 weight bytes once and 4 × 1024 × 1000 KV bytes.
+    assert deep["bytes_per_token"] == 100_000_000 + 4 * 1024 * 1000 and "4 streams" in deep["bytes_note"]
+    assert deep["bound_tokens_per_s"] == pytest.approx(20 * GB / (100_000_000 + 4_096_000))
+    assert empty["bytes_per_token"] == 100_000_000  # on an empty context the weights alone, per stream

@@ -55,7 +55,10 @@ def write_config(work: Path, quants: list[str]) -> str:
     cfg = load_config()
     cfg["resources_dir"] = "res"
     cfg["models"][MODEL]["quants"] = quants
-    cfg["tools"]["llama-bench"] = {"split_modes": ["none"], "gpus": 0, "n_prompt": 32, "n_gen": 16}
+    cfg["tools"]["llama-bench"] = {"split_modes": ["none"], "gpus": 0, "n_prompt": 32, "n_gen": 16, "depths": [0, 256],
+                                   "sweep_quants": ["Q8_0"]}
+    # The served model: llama-server at two concurrent requests too, on one quant.
+    cfg["tools"]["llama-server"].update(concurrency=[1, 2], sweep_quants=["Q8_0"])
     for slow_or_absent in ("transformers", "ollama", "vllm"):
         cfg["tools"][slow_or_absent]["quants"] = ["Q4_0"]
     # Quality on a smaller scale: six chunks of the corpus, one question of each category.
@@ -91,7 +94,8 @@ def study(tmp_path_factory) -> Path:
 
 def test_llama_bench_rows_are_its_raw_samples(study):
     runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-bench")
-    assert runs.height == 2 * 2 * 2  # quants × (pp32, tg16) × repetitions
+    assert runs.height == (2 + 1) * 2 * 2  # (quants + Q8_0 at depth 256) × (pp32, tg16) × repetitions
+    assert sorted(runs.filter(pl.col("quant") == "Q8_0")["depth"].unique()) == [0, 256]
     assert sorted(runs["prompt_id"].unique()) == ["pp32", "tg16"]
     assert (runs.filter(pl.col("prompt_id") == "tg16")["decode_tokens_per_s"] > 0).all()
     assert re.fullmatch(r"[0-9a-f]{7,}", runs["engine_build"][0])
@@ -99,8 +103,14 @@ def test_llama_bench_rows_are_its_raw_samples(study):
 
 def test_study_writes_one_row_per_generation_with_engine_counts(study):
     runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-server")
-    assert runs.height == 2 * 2 * 2
     assert set(RUN_SCHEMA) <= set(runs.columns)
+    loaded, runs = runs.filter(pl.col("concurrency") == 2), runs.filter(pl.col("concurrency") == 1)
+    assert runs.height == 2 * 2 * 2 and loaded.height == 2 * 2 * 2  # quants (or clients) × prompts × repetitions
+    # Two clients at once against the real llama-server: its own /metrics counts equal the rows'.
+    assert sorted(loaded["client"].unique()) == [0, 1] and loaded["server_counts_check"][0].startswith("match: ")
+    assert loaded["server_generated_tokens"][0] == loaded["generated_tokens"].sum()
+    serving = pl.read_csv(study / "results/tables/serving.csv").filter(pl.col("tool") == "llama-server")
+    assert sorted(serving["concurrency"].to_list()) == [1, 1, 2] and (serving["server_output_tokens_per_s"] > 0).all()
     assert sorted(runs["quant"].unique()) == ["Q4_0", "Q8_0"]
     assert (runs["generated_tokens"] > 0).all() and (runs["generated_tokens"] <= runs["max_tokens"]).all()
     # cache_prompt is off, so every repetition processes its whole prompt.
@@ -248,12 +258,12 @@ def test_archive_with_manifest_and_provenance_no_secret_rerenders_and_compares_w
             if path.is_file() and path.stat().st_size < 50 * 2**20:
                 assert SECRET["HF_TOKEN"].encode() not in path.read_bytes(), path
     for member in ("MANIFEST.sha256", "results/config/study.yaml", "results/tables/quality_by_quant.md",
-                   f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json", "results/figures/decode_tokens_per_s.svg",
+                   f"results/runs/llama-server/{MODEL}/Q8_0/none/c1-d0.provenance.json", "results/figures/decode_tokens_per_s.svg",
                    f"resources/models/{MODEL}/Q8_0.json", "results/figures/energy_per_token.svg",
                    "results/tables/frameworks.md", "results/tables/decode_roofline.csv",
                    "results/hardware/memory_bandwidth.json"):
         assert f"{top}/{member}" in names, member
-    prov = json.loads((study / f"results/runs/llama-server/{MODEL}/Q8_0/none.provenance.json").read_text())
+    prov = json.loads((study / f"results/runs/llama-server/{MODEL}/Q8_0/none/c1-d0.provenance.json").read_text())
     assert prov["llama_cpp"]["commit"] and prov["models"][0]["sha256"] and prov["cpu"]["model"]
     assert re.fullmatch(r"[0-9a-f]{64}", prov["config_sha256"]) and prov["packages"]["polars"]
     # A second call with nothing changed rewrites nothing.
@@ -287,7 +297,7 @@ def test_second_run_has_nothing_to_do(study):
 
 
 def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
-    kept = study / f"results/runs/llama-server/{MODEL}/Q8_0/none.parquet"
+    kept = study / f"results/runs/llama-server/{MODEL}/Q8_0/none/c1-d0.parquet"
     before = kept.stat().st_mtime_ns
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     plan = job_counts(snakemake(study, "-n", "--configfile", cfg).stdout)
@@ -296,7 +306,8 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
                     "kld": 1, "answer_accuracy": 2, "aggregate": 1, "plot_decode_speed": 1, "cost_table": 1,
                     "quality_table": 1, "plot_pareto": 1, "plot_prefill_speed": 1, "plot_ttft": 1,
                     "plot_energy_per_token": 1, "plot_frameworks": 1, "framework_table": 1, "roofline_table": 1,
-                    "all": 1}
+                    "serving_table": 1, "plot_serving_throughput": 1, "plot_energy_by_load": 1,
+                    "plot_latency_by_load": 1, "plot_decode_by_depth": 1, "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3
@@ -310,12 +321,12 @@ def test_corrupt_model_is_a_failed_measurement_and_the_study_goes_on(study):
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     bad = study / f"res/models/{MODEL}/Q4_0.gguf"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    others = {q: study / f"results/runs/llama-server/{MODEL}/{q}/none.parquet" for q in ("Q8_0", "Q2_K")}
+    others = {q: study / f"results/runs/llama-server/{MODEL}/{q}/none/c1-d0.parquet" for q in ("Q8_0", "Q2_K")}
     mtimes = {q: p.stat().st_mtime_ns for q, p in others.items()}
     proc = snakemake(study, "--configfile", cfg, check=False)
     # Every job ran to its end; the run says what failed and exits non-zero so that a script can tell.
     assert proc.returncode != 0 and "measurement(s) failed" in proc.stderr + proc.stdout
-    row = pl.read_parquet(study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet").row(0, named=True)
+    row = pl.read_parquet(study / f"results/runs/llama-server/{MODEL}/Q4_0/none/c1-d0.parquet").row(0, named=True)
     assert (row["status"], row["failure_kind"]) == ("failed", "corrupt_model_file")
     assert "Q4_0.gguf is truncated" in row["status_reason"] and "Delete it and run the workflow again" in row[
         "status_reason"]
@@ -326,7 +337,7 @@ def test_corrupt_model_is_a_failed_measurement_and_the_study_goes_on(study):
 
 def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
     # The study made whole first: the corrupt-model test leaves a truncated Q4_0 file and its failed rows behind.
-    q4_0 = study / f"results/runs/llama-server/{MODEL}/Q4_0/none.parquet"
+    q4_0 = study / f"results/runs/llama-server/{MODEL}/Q4_0/none/c1-d0.parquet"
     if not q4_0.exists() or "failed" in pl.read_parquet(q4_0)["status"].to_list():
         (study / f"res/models/{MODEL}/Q4_0.gguf").unlink(missing_ok=True)
     snakemake(study, "--configfile", "config/test.yaml")
@@ -360,7 +371,7 @@ def test_an_engine_that_dies_fails_its_cells_and_every_other_output_is_made(stud
     standin.parent.mkdir()
     standin.write_text("#!/bin/sh\n# standin-ollama\nkill -ILL $$\n")
     standin.chmod(0o755)
-    for made in (f"results/runs/ollama/{MODEL}/Q4_0/none.parquet", f"results/quality/accuracy/ollama/{MODEL}/Q4_0.parquet"):
+    for made in (f"results/runs/ollama/{MODEL}/Q4_0/none/c1-d0.parquet", f"results/quality/accuracy/ollama/{MODEL}/Q4_0.parquet"):
         (study / made).unlink()
     outputs = [study / f for f in ("results/summary/stats.csv", "results/tables/cost_per_1m_tokens.md",
                                    "results/tables/frameworks.md", "results/tables/quality_by_quant.md",
@@ -373,7 +384,7 @@ def test_an_engine_that_dies_fails_its_cells_and_every_other_output_is_made(stud
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
     assert "2 measurement(s) failed" in log and "bench ollama × smollm2-135m × Q4_0 [illegal_instruction]" in log
-    row = pl.read_parquet(study / f"results/runs/ollama/{MODEL}/Q4_0/none.parquet").row(0, named=True)
+    row = pl.read_parquet(study / f"results/runs/ollama/{MODEL}/Q4_0/none/c1-d0.parquet").row(0, named=True)
     assert (row["status"], row["failure_kind"], row["failure_signal"]) == ("failed", "illegal_instruction", "SIGILL")
     assert "`ollama serve` died by SIGILL" in row["status_reason"]
     # Every table, figure and the report made again, each showing the failure with its reason.

@@ -359,6 +359,7 @@ def final_outputs():
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         f"{RESULTS}/tables/frameworks.md",
         f"{RESULTS}/tables/decode_roofline.md",
+        f"{RESULTS}/tables/serving.md",
         *quality_outputs(),
     ]
 
@@ -384,7 +385,7 @@ def archive_members():
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         *[
             f"{RESULTS}/tables/{table}.{ext}"
-            for table in ("frameworks", "decode_roofline")
+            for table in ("frameworks", "decode_roofline", "serving")
             for ext in ("csv", "md")
         ],
         f"{RESULTS}/hardware/memory_bandwidth.json",

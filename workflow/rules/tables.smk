@@ -43,6 +43,22 @@ rule cost_table:
         "../scripts/cost_table.py"
 
 
+rule serving_table:
+    input:
+        runs=results("summary/runs.parquet"),
+        code=code("serving_table.py"),
+    output:
+        **table_outputs("serving", "Load", "the served model per load level"),
+    log:
+        "logs/serving_table.log",
+    conda:
+        ENV
+    params:
+        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
+    script:
+        "../scripts/serving_table.py"
+
+
 rule framework_table:
     input:
         runs=results("summary/runs.parquet"),

@@ -16,7 +16,7 @@ import polars as pl
 
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.meters import joules_per_token
-from llmbench.runs import RUN_SCHEMA
+from llmbench.runs import with_all_columns
 from llmbench.stats import GROUP, with_levels
 
 SUMMARY = ("summary", "results/summary")  # a results folder, or a study folder holding one
@@ -96,7 +96,7 @@ def bootstrap_ratio(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], n
 
 def _side(runs: pl.DataFrame) -> pl.DataFrame:
     # Studies from before a column existed lack it: it reads as all null rather than failing the comparison.
-    runs = runs.with_columns(pl.lit(None, t).alias(c) for c, t in RUN_SCHEMA.items() if c not in runs.columns)
+    runs = with_all_columns(runs)
     runs = with_levels(runs)
     ok = pl.col("status") == "ok"
     return runs.group_by(GROUP).agg(

@@ -22,6 +22,7 @@ import polars as pl
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.meters import joules_per_token
 from llmbench.quants import rank
+from llmbench.runs import with_all_columns
 from llmbench.stats import GROUP, summarize, with_levels
 
 J_PER_KWH = 3.6e6
@@ -33,6 +34,8 @@ METRICS = ["j_per_token", "kwh_per_1m_tokens", "usd_per_1m_tokens"]
 RULE_OUTLIERS = "median ± IQR"
 RULE_NO_OUTLIERS = "mean ± sd"
 THROUGHPUT_BASIS = "median single-stream decode tokens/s of the group (prefill time excluded)"
+LOADED_THROUGHPUT_BASIS = ("server output tokens/s at {} clients at once: all requests' output tokens over the level's "
+                           "window (prefill and queueing included)")
 
 
 def usd_per_1m_tokens(j_per_token: float, usd_per_kwh: float) -> float:
@@ -43,12 +46,23 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     """Per group: J per generated token over all its generations (energy summed over windows, then divided).
 
     Summing before dividing weights each generation by its tokens and avoids the low readings of short windows.
+    At a load level above one request its requests share the engine and have no window of their own: the level's
+    energy over its whole window (runs.level_columns) is divided by the tokens all its requests generated, and the
+    server's output tokens/s over that window is its throughput.
     """
     runs = with_levels(runs)
-    if "energy_boundary" not in runs.columns:  # rows measured before the boundary was recorded
-        runs = runs.with_columns(pl.lit(None, pl.String).alias("energy_boundary"))
+    runs = with_all_columns(runs)
+    # A window too short for its sensor (meters.validity) is left out of J/token; unknown validity counts as valid.
+    used = pl.col("energy_valid").fill_null(True)
     return runs.group_by(GROUP).agg(
         pl.col("generated_tokens").sum().alias("generated_tokens"),
+        pl.col("generated_tokens").filter(used).sum().alias("_tokens_used"),
+        pl.col("energy_j").filter(used).sum().alias("_energy_used"),
+        (used & pl.col("energy_j").is_not_null()).sum().cast(pl.Int64).alias("energy_windows_used"),
+        pl.col("energy_j").is_not_null().sum().cast(pl.Int64).alias("energy_windows"),
+        pl.col("energy_invalid_reason").drop_nulls().unique().sort().first().alias("_invalid_reason"),
+        pl.col("level_energy_valid").drop_nulls().first().alias("_level_valid"),
+        pl.col("level_energy_invalid_reason").drop_nulls().first().alias("_level_invalid"),
         pl.col("decode_tokens_per_s").median().alias("median_decode_tokens_per_s"),
         pl.len().alias("generations"),
         pl.col("energy_j").is_null().any().alias("_any_null"),
@@ -61,16 +75,41 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("energy_boundary").drop_nulls().unique().sort().str.join("; ").alias("energy_boundary"),
         pl.col("energy_null_reason").drop_nulls().unique().sort().str.join("; ").alias("energy_null_reason"),
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason"),
+        pl.col("level_energy_j").drop_nulls().first().alias("_level_j"),
+        pl.col("level_window_s").drop_nulls().first().alias("_level_s"),
+        pl.col("level_energy_null_reason").drop_nulls().first().alias("_level_reason"),
     ).with_columns(
-        pl.when(pl.col("_any_null")).then(None)
-        .otherwise(joules_per_token(pl.col("_energy_j"), pl.col("generated_tokens")))
-        .alias("j_per_token")
+        (pl.col("generated_tokens") / pl.col("_level_s")).alias("server_output_tokens_per_s"),
     ).with_columns(
-        pl.when(pl.col("j_per_token").is_not_null()).then(pl.format(
+        pl.when(pl.col("concurrency") > 1)
+        .then(pl.when(pl.col("_level_valid").fill_null(True))
+              .then(joules_per_token(pl.col("_level_j"), pl.col("generated_tokens"))))
+        .when(pl.col("_any_null") | (pl.col("energy_windows_used") == 0)).then(None)
+        .otherwise(joules_per_token(pl.col("_energy_used"), pl.col("_tokens_used")))
+        .alias("j_per_token"),
+        pl.when(pl.col("concurrency") > 1)
+        .then(pl.coalesce(pl.col("_level_reason"), pl.concat_str(pl.lit("not measured: "), pl.col("_level_invalid"))))
+        .when(~pl.col("_any_null") & (pl.col("energy_windows_used") == 0))
+        .then(pl.concat_str(pl.lit("not measured: every "), pl.col("_invalid_reason")))
+        .otherwise(pl.col("energy_null_reason"))
+        .alias("energy_null_reason"),
+    ).with_columns(
+        pl.when(pl.col("j_per_token").is_null()).then(None)
+        .when(pl.col("concurrency") > 1).then(pl.format(
+            "the level's energy over its whole window ({} s, {} clients at once), over the tokens its {} "
+            "requests generated", pl.col("_level_s").round(1), pl.col("concurrency"), pl.col("generations"),
+        ))
+        .when(pl.col("energy_windows_used") < pl.col("energy_windows")).then(pl.format(
+            "energy summed over {} of {} windows, over the tokens they generated; {} left out: {}",
+            pl.col("energy_windows_used"), pl.col("energy_windows"),
+            pl.col("energy_windows") - pl.col("energy_windows_used"), pl.col("_invalid_reason"),
+        ))
+        .otherwise(pl.format(
             "energy summed over {} windows ({} s in all), over the tokens they generated",
             pl.col("generations"), pl.col("energy_windows_s").round(1),
         )).alias("energy_basis")
-    ).drop("_any_null", "_energy_j")
+    ).drop("_any_null", "_energy_j", "_level_j", "_level_s", "_level_reason", "_tokens_used", "_energy_used",
+           "_invalid_reason", "_level_valid", "_level_invalid")
 
 
 def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
@@ -112,9 +151,11 @@ def _amortization(t: pl.DataFrame, hardware: dict, cloud: list[dict]) -> pl.Data
     check_hardware(hardware)
     purchase, years, util = hardware["purchase_usd"], hardware["lifetime_years"], hardware["utilization"]
     usd_per_day = purchase / (years * DAYS_PER_YEAR)
-    tps = pl.col("median_decode_tokens_per_s")
+    loaded = pl.col("concurrency") > 1
+    tps = pl.when(loaded).then(pl.col("server_output_tokens_per_s")).otherwise(pl.col("median_decode_tokens_per_s"))
     t = t.with_columns(
-        pl.lit(THROUGHPUT_BASIS).alias("hardware_throughput_basis"),
+        pl.when(loaded).then(pl.format(LOADED_THROUGHPUT_BASIS, pl.col("concurrency")))
+        .otherwise(pl.lit(THROUGHPUT_BASIS)).alias("hardware_throughput_basis"),
         pl.lit(float(purchase)).alias("hardware_purchase_usd"),
         pl.lit(float(years)).alias("hardware_lifetime_years"),
         pl.lit(float(util)).alias("hardware_utilization"),
@@ -248,11 +289,12 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                       [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"],
                         c["source"]] for c in cloud]),
         ]
-    header = ["model", "quant", "split", "generations", "median decode [tok/s]", "J/token (pooled)",
+    header = ["model", "quant", "split", "clients", "depth", "generations", "median decode [tok/s]", "J/token (pooled)",
               "kWh per 1M tokens (pooled)", "$ per 1M tokens (pooled)", "kWh per 1M: median ± IQR",
               "kWh per 1M: mean ± sd", "$ per 1M: median ± IQR", "$ per 1M: mean ± sd",
               "$ per 1M reported (article's rule)", *[f"local / {c['name']} output price" for c in cloud]]
-    hw_header = ["model", "quant", "split", "median decode [tok/s]", "hardware $ per 1M tokens (estimate)",
+    hw_header = ["model", "quant", "split", "clients", "depth", "throughput [tok/s]",
+                 "hardware $ per 1M tokens (estimate)",
                  "energy $ per 1M (pooled)", "total $ per 1M tokens (estimate)", "capacity [tokens/day]",
                  *[f"break-even vs {c['name']} [tokens/day]" for c in cloud]]
     ranked = _ranked(table)
@@ -265,7 +307,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             if rule:
                 reported += f" ({rule}; Tukey outliers: {r['per_generation_outliers']} of {r['per_generation_n']})"
             rows.append([
-                r["model"], r["quant"], r["split"], str(r["generations"]), speed,
+                r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["generations"]), speed,
                 cell(r, fmt(r["j_per_token"]), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
                 cell(r, fmt(r["usd_per_1m_tokens"])),
                 cell(r, _pm(r["kwh_per_1m_tokens_median"], r["kwh_per_1m_tokens_iqr"])),
@@ -286,8 +328,10 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                     else:
                         above = " (above capacity)" if r[f"break-even vs {c['name']} above capacity"] else ""
                         breakeven.append(cell(r, _per_day(v) + above))
+                throughput = (fmt(r["server_output_tokens_per_s"]) + notes(r["hardware_throughput_basis"])
+                              if r["concurrency"] > 1 else speed)
                 hw_rows.append([
-                    r["model"], r["quant"], r["split"], speed, hw, cell(r, fmt(r["usd_per_1m_tokens"]), first=True),
+                    r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), throughput, hw, cell(r, fmt(r["usd_per_1m_tokens"]), first=True),
                     cell(r, fmt(r["total_usd_per_1m_tokens"]) or r["hardware_null_reason"] or ""), capacity,
                     *breakeven,
                 ])

@@ -65,9 +65,15 @@ class EnergyReading:
                 "energy_by_sensor_j": json.dumps(self.by_sensor_j) if self.by_sensor_j is not None else None}
 
 
+# A window must span this many updates of its slowest sensor to be used for J/token: NVML's energy counter updates
+# about every 100 ms and reads low on short windows (−26% at 0.5 s, −12% at 1 s, ~0% at 5 s; shared/FIELD.md).
+MIN_UPDATES = 20
+
+
 class Sensor(Protocol):
     label: str  # unique within a meter: the key of the sensor's joules in the row
     boundary: str  # what it measures, as the row names it: "GPU (NVML energy counter)", "CPU package+DRAM (RAPL)"
+    update_s: float  # how often its reading changes [s]
 
     def read_j(self) -> float:
         """Cumulative energy in joules."""
@@ -80,6 +86,7 @@ class NvmlCounter:
     """nvmlDeviceGetTotalEnergyConsumption: mJ since the driver loaded (Volta and newer)."""
 
     boundary = "GPU (NVML energy counter)"
+    update_s = 0.1  # the counter steps about every 100 ms (shared/FIELD.md)
 
     def __init__(self, pynvml, handle, label: str):
         self._nvml, self._handle, self.label = pynvml, handle, label
@@ -93,6 +100,8 @@ class NvmlCounter:
 
 class RaplZone:
     """One powercap zone: energy_uj counts up and wraps at max_energy_range_uj."""
+
+    update_s = 0.001  # RAPL's energy status updates about every millisecond (Intel SDM vol. 3B, 15.10.1)
 
     def __init__(self, zone: Path, label: str | None = None, boundary: str = "CPU (RAPL)"):
         self.zone = zone
@@ -114,6 +123,7 @@ class SampledPower:
 
     def __init__(self, sampler, label: str):
         self.sampler, self.label = sampler, label
+        self.update_s = sampler.interval_s
         self._since = sampler.samples[0][0]
 
     def read_j(self) -> float:
@@ -175,6 +185,19 @@ class EnergyMeter:
         deltas = [(s.label, s.delta_j(a, b)) for s, a, b in zip(self.sensors, starts, ends, strict=True)]
         return EnergyReading(sum(j for _, j in deltas), self.source, None, t1 - t0, t0, t1, self.gpu_trace_j(t0, t1),
                              self.boundary, dict(deltas))
+
+    def validity(self, energy: EnergyReading) -> tuple[bool | None, str | None]:
+        """Whether a window's reading may be used for J/token: it spans at least MIN_UPDATES updates of the
+        slowest sensor; (False, why) where it does not, (None, None) where nothing was measured or it is an
+        estimate (no counter to step)."""
+        if energy.energy_j is None or energy.estimated or not self.sensors:
+            return None, None
+        slowest = max(self.sensors, key=lambda s: getattr(s, "update_s", 0.0))
+        need = MIN_UPDATES * getattr(slowest, "update_s", 0.0)
+        if energy.window_s >= need:
+            return True, None
+        return False, (f"window of {energy.window_s:.3g} s is shorter than {MIN_UPDATES} updates of "
+                       f"{slowest.label} ({need:g} s): it reads low, so it is left out of J per token")
 
     def gpu_trace_j(self, t0: float, t1: float) -> float | None:
         """GPU energy over [t0, t1] from the sampled power trace; None without a GPU sampler."""

@@ -20,7 +20,9 @@ import polars as pl
 from llmbench.engines.registry import TOOLS
 from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
-from llmbench.stats import GROUP, pareto_front
+from llmbench.runs import with_all_columns
+from llmbench.serving import level_table
+from llmbench.stats import GROUP, pareto_front, with_levels
 
 # Whiskers at 1.5 IQR, points beyond them drawn: Tukey's box plot, as in the article.
 TUKEY_EXTENT = 1.5
@@ -240,8 +242,10 @@ def with_j_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     as the article's P / (tokens/s)); null where no energy or no token. Estimates are marked in ``energy_kind``."""
     _require(runs, [*BOX_COLUMNS, "energy_j", "generated_tokens", "energy_is_estimate", "energy_source",
                     "energy_window_s", "energy_null_reason"])
+    runs = with_all_columns(runs)
     return runs.with_columns(
-        pl.when(pl.col("generated_tokens") > 0)
+        # A window too short for its sensor (meters.validity) is left out, as in the cost table.
+        pl.when((pl.col("generated_tokens") > 0) & pl.col("energy_valid").fill_null(True))
         .then(joules_per_token(pl.col("energy_j"), pl.col("generated_tokens"))).alias("j_per_token"),
         pl.when(pl.col("energy_is_estimate").fill_null(False))
         .then(pl.col("split") + " (estimate, not measured)").otherwise(pl.col("split")).alias("energy_kind"),
@@ -257,6 +261,9 @@ def energy_notes(runs: pl.DataFrame) -> list[str]:
         notes.append("measured with: " + ", ".join(sources))
     estimates = ok.filter(pl.col("energy_is_estimate").fill_null(False))["energy_source"].drop_nulls().unique().sort()
     notes += [f"estimate, not a measurement: {s}" for s in estimates]
+    left_out = runs.filter((pl.col("status") == "ok") & (pl.col("energy_valid") == False))  # noqa: E712
+    if left_out.height:
+        notes.append(f"{left_out.height} windows left out: {left_out['energy_invalid_reason'][0]}")
     short = ok.filter(pl.col("energy_window_s") < SHORT_WINDOW_S).height
     if short:
         notes.append(f"{short} of {ok.height} windows are shorter than {SHORT_WINDOW_S:g} s: NVML's counter steps"
@@ -310,11 +317,105 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
         x="independent", y="independent").properties(title=_title(title, notes))
 
 
+def _level_lines(data: pl.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str = "quant",
+                 color_title: str = "quant", dash: str | None = None) -> alt.FacetChart:
+    """Points joined by lines in ``x`` order, one line per ``color`` (and ``dash``) value, one panel per tool ×
+    model."""
+    data = data.with_columns(pl.concat_str(["tool", "model"], separator=LABEL_SEP).alias("panel"))
+    values = sorted(data[color].unique().to_list()) if color != "quant" else order_by_bits(data[color].unique().to_list())
+    base = alt.Chart(data).encode(
+        x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
+        y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=True)),
+        color=alt.Color(f"{color}:N", sort=values, title=color_title, scale=alt.Scale(domain=values, range=OKABE_ITO),
+                        legend=alt.Legend(orient="top", direction="horizontal")),
+        **({"strokeDash": alt.StrokeDash(f"{dash}:N", title=None)} if dash else {}),
+        tooltip=[*(f"{c}:N" for c in ("tool", "model", "quant", "split")), f"{x}:Q", f"{y}:Q"],
+    )
+    line = base.mark_line(point=True).encode(order=alt.Order(f"{x}:Q"),
+                                               detail=[f"{c}:N" for c in ("split", "quant", *([dash] if dash else []))])
+    return line.properties(width=300, height=PANEL_HEIGHT).facet(
+        facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=12)), columns=2,
+    ).resolve_scale(x="independent", y="independent")
+
+
+def serving_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """The serving curve: the server's output tokens/s against each user's decode tokens/s, one point per load
+    level (clients at once), one line per quant, one panel per tool × model (llmbench.serving.level_table)."""
+    title = f"{study}: the served model, server output against per-user decode speed, one point per load level"
+    table = level_table(runs).filter(pl.col("depth") == 0)
+    notes = ["server output tokens/s: all requests' output tokens over the level's window; per user: the median of "
+             "the requests' own decode speeds; labels: clients at once", *not_run_notes(runs)]
+    if table.filter(pl.col("concurrency") > 1).is_empty():
+        return notice_chart(title, notes, "no load sweep: no job ran more than one request at a time")
+    chart = _level_lines(table, "per_user_decode_tokens_per_s", "server_output_tokens_per_s",
+                         "per-user decode speed [tokens/s]", "server output [tokens/s]")
+    return chart.properties(title=_title(title, notes))
+
+
+def load_energy_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """J per output token against the load level: the level's gross energy over its window over all its
+    requests' output tokens, one line per quant, one panel per tool × model."""
+    title = f"{study}: energy per output token against load"
+    table = level_table(runs).filter(pl.col("depth") == 0)
+    reasons = table.filter(pl.col("j_per_output_token").is_null())["energy_null_reason"].drop_nulls().unique().sort()
+    notes = ["the level's gross energy over its whole window (every request of every client; idle not subtracted) "
+             "over their output tokens", *[f"not measured: {r.removeprefix('not measured: ')}" for r in reasons]]
+    measured = table.filter(pl.col("j_per_output_token").is_not_null())
+    if measured.is_empty():
+        return notice_chart(f"{study}: energy per output token against load: not measured in this study", notes,
+                            "nothing to draw: no level's energy was measured (reasons above)")
+    chart = _level_lines(measured, "concurrency", "j_per_output_token", "clients at once",
+                         "energy per output token [J/token]")
+    return chart.properties(title=_title(title, notes))
+
+
+def load_latency_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """TTFT and inter-token latency, p50 and p99, against the load level, one panel per tool × model."""
+    title = f"{study}: time to first token and inter-token latency against load (p50 solid, p99 dashed)"
+    table = level_table(runs).filter(pl.col("depth") == 0)
+    notes = ["TTFT on the client's clock from sending the request; ITL: gaps between streamed tokens, pooled over "
+             "all requests of the level"]
+    if table.filter(pl.col("concurrency") > 1).is_empty():
+        return notice_chart(title, notes, "no load sweep: no job ran more than one request at a time")
+    long = table.unpivot(index=[*GROUP], on=["ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99"],
+                         variable_name="measure", value_name="ms").with_columns(
+        pl.concat_str([pl.col("quant"), pl.col("measure").str.extract(r"^(ttft|itl)").str.to_uppercase()],
+                      separator=" ").alias("series"),
+        pl.col("measure").str.extract(r"(p\d+)$").alias("percentile"),
+    ).drop_nulls("ms")
+    chart = _level_lines(long, "concurrency", "ms", "clients at once", "latency [ms]", color="series",
+                         color_title="quant and latency", dash="percentile")
+    return chart.properties(title=_title(title, notes))
+
+
+def depth_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
+    """Median decode tokens/s against the context depth (tokens already in the context), one line per quant, one
+    panel per tool × model; one request at a time."""
+    title = f"{study}: decode speed against context depth"
+    _require(runs, [*BOX_COLUMNS, "decode_tokens_per_s"])
+    runs = with_levels(runs)
+    data = runs.filter((pl.col("status") == "ok") & (pl.col("concurrency") == 1)
+                       & pl.col("decode_tokens_per_s").is_not_null()).group_by(GROUP).agg(
+        pl.col("decode_tokens_per_s").median())
+    notes = ["median decode speed of each job, one request at a time; depth: tokens in the context before the test",
+             *not_run_notes(runs.filter(pl.col("depth") > 0))]
+    if data["depth"].n_unique() < 2:
+        return notice_chart(title, notes, "no depth sweep: every job ran on an empty context")
+    swept = data.group_by("tool", "model", "quant").agg(pl.col("depth").n_unique().alias("_n")).filter(pl.col("_n") > 1)
+    data = data.join(swept.select("tool", "model", "quant"), on=["tool", "model", "quant"], how="semi")
+    chart = _level_lines(data, "depth", "decode_tokens_per_s", "context depth [tokens]", "decode speed [tokens/s]")
+    return chart.properties(title=_title(title, notes))
+
+
 # Output stem under results/figures → what draws it from the runs table and the study's name.
 FIGURES: dict[str, Callable[[pl.DataFrame, str], alt.TopLevelMixin]] = {
     **{f.metric: functools.partial(metric_chart, figure=f) for f in (DECODE, PREFILL, TTFT)},
     "energy_per_token": energy_chart,
     "frameworks_decode_tokens_per_s": framework_chart,
+    "serving_throughput": serving_chart,
+    "energy_per_token_by_load": load_energy_chart,
+    "latency_by_load": load_latency_chart,
+    "decode_by_depth": depth_chart,
 }
 
 

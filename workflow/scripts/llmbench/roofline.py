@@ -30,9 +30,11 @@ OUTPUT = "output.weight"
 # Split modes whose GPUs each read their share of every layer at the same time: their bandwidths add up. In a layer
 # split one GPU works after the other on a single stream, so one GPU's bandwidth bounds it.
 PARALLEL_SPLITS = {"row", "tensor"}
+KV_BYTES = 2  # llama.cpp's KV cache is f16 unless --cache-type-k/-v say otherwise
 TRAFFIC_SCHEMA = {"model": pl.String, "quant": pl.String, "tensor_bytes": pl.Int64, "bytes_per_token": pl.Int64,
                   "block_count": pl.Int64, "embedding_weights": pl.Int64, "embedding_row_weights": pl.Int64,
-                  "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String}
+                  "embedding_gathered": pl.Boolean, "bytes_note": pl.String, "bytes_null_reason": pl.String,
+                  "kv_bytes_per_context_token": pl.Int64}
 # Engines that de-quantize the GGUF hold the weights in this many bytes each (engine_facts' "dtype").
 DTYPE_BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2}
 DEVICE_SCHEMA = {**{k: RUN_SCHEMA[k] for k in GROUP}, "bandwidth_bytes_per_s": pl.Float64, "bandwidth_label": pl.String,
@@ -54,7 +56,8 @@ def gguf_traffic(path: str | Path) -> dict[str, Any]:
     out = {"architecture": arch, "tensor_bytes": total, "block_count": meta.get(f"{arch}.block_count"),
            # GGUF lists dimensions fastest first: token_embd is [n_embd, n_vocab].
            "embedding_weights": math.prod(embd_dims), "embedding_row_weights": embd_dims[0],
-           "embedding_gathered": gathered, "bytes_per_token": None, "bytes_note": None, "bytes_null_reason": None}
+           "embedding_gathered": gathered, "bytes_per_token": None, "bytes_note": None, "bytes_null_reason": None,
+           "kv_bytes_per_context_token": kv_bytes_per_context_token(meta, arch)}
     if meta.get(f"{arch}.expert_count"):
         out["bytes_null_reason"] = (f"mixture of experts ({meta[f'{arch}.expert_count']} experts): a token reads only "
                                     "its routed experts, so the dense bound does not apply")
@@ -67,6 +70,20 @@ def gguf_traffic(path: str | Path) -> dict[str, Any]:
         out["bytes_note"] = ("all tensor bytes: the output head is tied to the token-embedding table, so the logits "
                              "read all of it" if EMBEDDING in tensors else "all tensor bytes")
     return out
+
+
+def kv_bytes_per_context_token(meta: Mapping[str, Any], arch: str) -> int | None:
+    """Bytes of KV cache a generated token reads per token already in the context: keys and values of every
+    layer, n_layer × n_head_kv × (key + value length) × 2 bytes (llama.cpp's default f16 cache); None where the
+    GGUF does not say its attention's shape."""
+    layers, heads = meta.get(f"{arch}.block_count"), meta.get(f"{arch}.attention.head_count")
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+    embd = meta.get(f"{arch}.embedding_length")
+    if not (layers and heads and kv_heads and embd):
+        return None
+    key = meta.get(f"{arch}.attention.key_length", embd // heads)
+    value = meta.get(f"{arch}.attention.value_length", embd // heads)
+    return int(layers) * int(kv_heads) * (int(key) + int(value)) * KV_BYTES
 
 
 def traffic_table(files: Mapping[tuple[str, str], Path]) -> pl.DataFrame:
@@ -195,6 +212,21 @@ def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFr
         pl.when(pl.col("median_decode_tokens_per_s").is_null())
         .then(pl.coalesce(pl.col("_skipped").replace("", None), pl.lit("no decode speed measured")))
         .alias("speed_null_reason"),
+    )
+    # One decode step of N streams (a load level) reads the weights once and each stream's KV cache at its depth:
+    # each stream's token costs the weights + N × the KV bytes of the depth; at one stream on an empty context the
+    # weights alone.
+    kv = pl.col("kv_bytes_per_context_token") * pl.col("depth") * pl.col("concurrency")
+    swept = (pl.col("depth") > 0)
+    t = t.with_columns(
+        pl.when(swept).then(pl.col("bytes_per_token") + kv).otherwise(pl.col("bytes_per_token")).alias("bytes_per_token"),
+        pl.when(swept & pl.col("bytes_per_token").is_not_null()).then(pl.format(
+            "{}; + {} streams × the f16 KV cache of {} context tokens ({} bytes per context token)",
+            pl.col("bytes_note"), pl.col("concurrency"), pl.col("depth"), pl.col("kv_bytes_per_context_token"),
+        )).otherwise(pl.col("bytes_note")).alias("bytes_note"),
+        pl.when(swept & pl.col("kv_bytes_per_context_token").is_null() & pl.col("bytes_null_reason").is_null())
+        .then(pl.lit("the GGUF does not say its attention's shape: the KV bytes at this depth are unknown"))
+        .otherwise(pl.col("bytes_null_reason")).alias("bytes_null_reason"),
     )
     return t.with_columns(
         (pl.col("bandwidth_bytes_per_s") / pl.col("bytes_per_token")).alias("bound_tokens_per_s"),

@@ -81,6 +81,10 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "energy_source": pl.String,
     "energy_null_reason": pl.String,
     "energy_is_estimate": pl.Boolean,
+    # Whether the window spans enough updates of its slowest sensor to be used for J/token (meters.validity):
+    # False with the reason where it is too short; null where nothing was measured or it is an estimate.
+    "energy_valid": pl.Boolean,
+    "energy_invalid_reason": pl.String,
     # GPU energy of the phases, cut at the first token in the sampled power trace; the trace's whole-window
     # integral beside the counter's reading is their cross-check.
     "gpu_energy_prefill_j": pl.Float64,
@@ -104,12 +108,20 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "level_energy_j": pl.Float64,
     "level_energy_net_j": pl.Float64,
     "level_energy_null_reason": pl.String,
+    "level_energy_valid": pl.Boolean,
+    "level_energy_invalid_reason": pl.String,
     "server_prompt_tokens": pl.Float64,
     "server_generated_tokens": pl.Float64,
     "server_counts_check": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
     "output_text": pl.String,
 }
+
+
+def with_all_columns(runs: pl.DataFrame) -> pl.DataFrame:
+    """``runs`` with every RUN_SCHEMA column: rows measured before a column existed (an older study, its archive)
+    read it as null."""
+    return runs.with_columns(pl.lit(None, t).alias(c) for c, t in RUN_SCHEMA.items() if c not in runs.columns)
 
 
 @dataclass(frozen=True)
@@ -227,7 +239,7 @@ def request_columns(g: Generation, client: int, start_s: float, end_s: float) ->
 
 
 def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str, float | None],
-                  rows: list[dict]) -> dict:
+                  rows: list[dict], validity: tuple[bool | None, str | None] = (None, None)) -> dict:
     """The level's columns, the same on each of its rows: its energy over the whole measured window (every
     request of every client; gross and idle-subtracted) and the server's own token counts over it beside the
     client's (``counted``: the engine's counter deltas, or a ``note`` why there are none)."""
@@ -243,6 +255,7 @@ def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str,
     return {
         "level_window_s": level.window_s, "level_energy_j": level.energy_j,
         "level_energy_net_j": level.net_j(idle_w), "level_energy_null_reason": level.null_reason,
+        "level_energy_valid": validity[0], "level_energy_invalid_reason": validity[1],
         "server_prompt_tokens": counted.get("prompt_tokens"), "server_generated_tokens": counted.get("generated_tokens"),
         "server_counts_check": check,
     }
@@ -287,7 +300,8 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
         error = (one_client if plan.concurrency == 1 else many_clients)(engine, plan, meter, idle_w, t0, rows)
     finally:
         level = estimated(meter.end_window(LEVEL_WINDOW), plan.estimate_w)
-    level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows)
+    level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows,
+                               meter.validity(level))
     table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols} for r in rows], schema=RUN_SCHEMA)
     if error is None:
         return table
@@ -334,6 +348,7 @@ def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float 
                     "energy_j": energy.energy_j, "energy_net_j": energy.net_j(idle_w), "idle_power_w": idle_w,
                     "energy_window_s": energy.window_s, "energy_source": energy.source,
                     "energy_null_reason": energy.null_reason, "energy_is_estimate": energy.estimated,
+                    **dict(zip(("energy_valid", "energy_invalid_reason"), meter.validity(energy), strict=True)),
                     **energy.boundary_columns(), **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                     "started_at": started,
                 })

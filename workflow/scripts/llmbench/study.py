@@ -30,6 +30,10 @@ FIGURES = (
     Figure("ttft_ms", "plot_ttft", "Speed", "time to first token"),
     Figure("energy_per_token", "plot_energy_per_token", "Energy", "J per generated token"),
     Figure("frameworks_decode_tokens_per_s", "plot_frameworks", "Frameworks", "decode tokens/s by framework"),
+    Figure("serving_throughput", "plot_serving_throughput", "Load", "server vs per-user tokens/s per load level"),
+    Figure("energy_per_token_by_load", "plot_energy_by_load", "Load", "J per output token against load"),
+    Figure("latency_by_load", "plot_latency_by_load", "Load", "TTFT and ITL against load"),
+    Figure("decode_by_depth", "plot_decode_by_depth", "Speed", "decode tokens/s against context depth"),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
 

@@ -1,0 +1,61 @@
+"""The served model per load level (llmbench.serving): throughput, latency percentiles and energy per output token
+from stand-in request rows (numbers invented for the test), checked by hand."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from llmbench.costs import cost_table
+from llmbench.runs import RUN_SCHEMA
+from llmbench.serving import level_table, render_markdown
+
+
+def level(energy_j: float | None = 60.0, reason: str | None = None, tool: str = "llama-server") -> pl.DataFrame:
+    """Two clients, four requests of 10 output and 5 prompt tokens, in a level window of 4 s."""
+    return pl.DataFrame([
+        {"tool": tool, "model": "m", "quant": "Q4_0", "split": "none", "concurrency": 2, "depth": 0, "status": "ok",
+         "client": i % 2, "request_start_s": float(i), "request_end_s": i + 2.0, "generated_tokens": 10,
+         "prompt_tokens": 5, "prefill_tokens": 5, "decode_tokens_per_s": 20.0, "ttft_ms": 100.0 * (i + 1),
+         "itl_ms": [10.0, 20.0], "tpot_ms": 15.0, "wall_ms": 2000.0, "level_window_s": 4.0,
+         "level_energy_j": energy_j, "level_energy_net_j": None if energy_j is None else energy_j - 20.0,
+         "level_energy_null_reason": reason, "energy_null_reason": "not measured per request: shared",
+         "server_counts_check": "match: 40 generated and 20 prompt tokens, server and client"}
+        for i in range(4)
+    ], schema=RUN_SCHEMA)
+
+
+def test_a_level_by_hand():
+    r = level_table(level()).row(0, named=True)
+    assert (r["requests"], r["window_s"], r["output_tokens"], r["prompt_tokens"]) == (4, 4.0, 40, 20)
+    assert r["server_output_tokens_per_s"] == 10.0 and r["requests_per_s"] == 1.0  # 40 tokens, 4 requests, 4 s
+    assert r["per_user_decode_tokens_per_s"] == 20.0
+    # TTFT 100, 200, 300, 400 ms (linear percentiles); the ITL pools every gap: 10, 20 four times.
+    assert (r["ttft_ms_p50"], r["ttft_ms_p90"], r["ttft_ms_p99"]) == pytest.approx((250.0, 370.0, 397.0))
+    assert (r["itl_ms_p50"], r["itl_ms_p99"], r["tpot_ms_p50"], r["e2e_ms_p50"]) == (15.0, 20.0, 15.0, 2000.0)
+    # 60 J gross: 1.5 J per output token, 1 J per total token (40 + 20), 2/3 output tokens per joule.
+    assert (r["j_per_output_token"], r["j_per_total_token"]) == (1.5, 1.0)
+    assert r["output_tokens_per_j"] == pytest.approx(2 / 3) and r["energy_net_j"] == 40.0
+
+
+def test_unmeasured_energy_stays_null_with_its_reason_and_synthetic_tests_are_no_level():
+    bench = pl.DataFrame([{"tool": "llama-bench", "model": "m", "quant": "Q4_0", "split": "none", "status": "ok",
+                           "decode_tokens_per_s": 50.0}], schema=RUN_SCHEMA)
+    t = level_table(pl.concat([level(None, "not measured: no sensor"), bench]))
+    assert t["tool"].to_list() == ["llama-server"]
+    r = t.row(0, named=True)
+    assert r["j_per_output_token"] is None and r["energy_null_reason"] == "not measured: no sensor"
+    md = render_markdown(t, 0.14)
+    assert "## llama-server" in md and "| m | Q4_0 | none | 2 | 0 | 4 | 10 | 20 | 1 | 250 / 397 | 15 / 20 |" in md
+    assert "— [" in md and "not measured: no sensor" in md and "match[" in md
+
+
+def test_the_cost_of_a_level_is_its_energy_over_its_tokens_at_the_throughput_it_served():
+    hardware = {"purchase_usd": 1000.0, "lifetime_years": 1.0, "utilization": 1.0}
+    cloud = [{"name": "API", "input_usd_per_1m": 1.0, "output_usd_per_1m": 10.0, "as_of": "2026-11", "source": "s"}]
+    r = cost_table(level(), 0.14, cloud, hardware).row(0, named=True)
+    assert r["j_per_token"] == 1.5 and "2 clients at once" in r["energy_basis"]
+    # Capacity at the server's 10 output tokens/s, not the per-user decode speed of 20.
+    assert r["capacity_tokens_per_day"] == 10.0 * 86_400 and "2 clients" in r["hardware_throughput_basis"]
+    assert cost_table(level(None, "not measured: no sensor"), 0.14, []).row(0, named=True)["energy_status"] == (
+        "not measured: no sensor")

@@ -1,0 +1,123 @@
+"""The served model per load level: one row per job of a generating tool, as serving benchmarks report a level.
+
+From the job's request rows (runs.request_columns, runs.level_columns): the server's output tokens/s over the
+level's window, each user's decode speed, requests/s, TTFT, inter-token latency (ITL) and time per output token
+(TPOT) percentiles, and the level's energy per output token, per total token (prompt + output) and tokens per
+joule. Definitions follow vLLM's benchmark_serving (TTFT, TPOT, ITL, output throughput) and ML.ENERGY's
+leaderboard (energy per output token over the whole batch's window).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from llmbench.meters import joules_per_token
+from llmbench.runs import with_all_columns
+from llmbench.stats import GROUP, with_levels
+
+PERCENTILES = (50, 90, 99)
+SCHEMA = {
+    "requests": pl.Int64, "window_s": pl.Float64, "output_tokens": pl.Int64, "prompt_tokens": pl.Int64,
+    "server_output_tokens_per_s": pl.Float64, "requests_per_s": pl.Float64, "per_user_decode_tokens_per_s": pl.Float64,
+    **{f"ttft_ms_p{p}": pl.Float64 for p in PERCENTILES}, **{f"itl_ms_p{p}": pl.Float64 for p in PERCENTILES},
+    "tpot_ms_p50": pl.Float64, "e2e_ms_p50": pl.Float64,
+    "energy_j": pl.Float64, "energy_net_j": pl.Float64, "j_per_output_token": pl.Float64,
+    "j_per_total_token": pl.Float64, "output_tokens_per_j": pl.Float64, "energy_null_reason": pl.String,
+    "server_counts_check": pl.String,
+}
+
+
+def level_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per group (tool, model, quant, split, concurrency, depth) whose requests ran (rows with a request
+    start: llama-bench's synthetic tests have none), sorted; columns as SCHEMA.
+
+    Throughput is the output tokens of all requests over the level's measured window [s] (from before the first
+    request to after the last); the per-user decode speed is the median of the requests' own. ITL percentiles pool
+    every gap of every request. Energy is the level's gross energy over its window (null with the reason where
+    not measured); J per output token divides it by the output tokens, J per total token by prompt + output.
+    """
+    runs = with_levels(with_all_columns(runs))
+    ok = runs.filter((pl.col("status") == "ok") & pl.col("request_start_s").is_not_null())
+    if ok.is_empty():
+        return pl.DataFrame(schema={**{k: runs.schema[k] for k in GROUP}, **SCHEMA})
+    window = pl.coalesce(pl.col("level_window_s").first(),
+                         pl.col("request_end_s").max() - pl.col("request_start_s").min())
+    t = ok.group_by(GROUP).agg(
+        pl.len().alias("requests"),
+        window.alias("window_s"),
+        pl.col("generated_tokens").sum().alias("output_tokens"),
+        pl.col("prompt_tokens").sum().alias("prompt_tokens"),
+        pl.col("decode_tokens_per_s").median().alias("per_user_decode_tokens_per_s"),
+        *[pl.col("ttft_ms").quantile(p / 100, "linear").alias(f"ttft_ms_p{p}") for p in PERCENTILES],
+        *[pl.col("itl_ms").explode().quantile(p / 100, "linear").alias(f"itl_ms_p{p}") for p in PERCENTILES],
+        pl.col("tpot_ms").median().alias("tpot_ms_p50"),
+        pl.col("wall_ms").median().alias("e2e_ms_p50"),
+        pl.col("level_energy_j").first().alias("energy_j"),
+        pl.col("level_energy_net_j").first().alias("energy_net_j"),
+        pl.col("level_energy_null_reason").first().alias("energy_null_reason"),
+        pl.col("level_energy_valid").first().fill_null(True).alias("_valid"),
+        pl.col("level_energy_invalid_reason").first().alias("_invalid"),
+        pl.col("server_counts_check").first(),
+    ).with_columns(
+        # A level's window too short for its sensor (meters.validity) gives no energy per token, with the reason.
+        pl.when(pl.col("_valid")).then(pl.col("energy_j")).alias("energy_j"),
+        pl.when(pl.col("_valid")).then(pl.col("energy_net_j")).alias("energy_net_j"),
+        pl.when(pl.col("_valid")).then(pl.col("energy_null_reason"))
+        .otherwise(pl.concat_str(pl.lit("not measured: "), pl.col("_invalid"))).alias("energy_null_reason"),
+    ).with_columns(
+        (pl.col("output_tokens") / pl.col("window_s")).alias("server_output_tokens_per_s"),
+        (pl.col("requests") / pl.col("window_s")).alias("requests_per_s"),
+        joules_per_token(pl.col("energy_j"), pl.col("output_tokens")).alias("j_per_output_token"),
+        joules_per_token(pl.col("energy_j"), pl.col("output_tokens") + pl.col("prompt_tokens"))
+        .alias("j_per_total_token"),
+        (pl.col("output_tokens") / pl.col("energy_j")).alias("output_tokens_per_j"),
+    )
+    return t.select(*GROUP, *SCHEMA).sort(GROUP)
+
+
+def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
+    """The levels for people: one section per tool, one row per model × quant × split × level × depth; energy and
+    $ per 1M output tokens at the configured electricity price, or why not measured, as footnotes."""
+    from llmbench.costs import usd_per_1m_tokens
+    from llmbench.markdown import Footnotes, fmt, pipe_table
+
+    note = Footnotes()
+    parts = ["# The served model per load level\n\n"]
+    if table.is_empty():
+        return parts[0] + "No generating tool ran a request here: nothing to report per load level.\n"
+    header = ["model", "quant", "split", "clients", "depth", "requests", "server output tok/s",
+              "per-user decode tok/s", "requests/s", "TTFT p50 / p99 ms", "ITL p50 / p99 ms", "TPOT p50 ms",
+              "J per output token", f"$ per 1M output tokens at {usd_per_kwh:g} $/kWh", "tokens/J", "server counts"]
+    for (tool,), rows in table.group_by("tool", maintain_order=True):
+        body = []
+        for r in rows.iter_rows(named=True):
+            energy = r["j_per_output_token"]
+            body.append([
+                r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["requests"]),
+                fmt(r["server_output_tokens_per_s"]), fmt(r["per_user_decode_tokens_per_s"]),
+                fmt(r["requests_per_s"]), f"{fmt(r['ttft_ms_p50'])} / {fmt(r['ttft_ms_p99'])}",
+                f"{fmt(r['itl_ms_p50'])} / {fmt(r['itl_ms_p99'])}", fmt(r["tpot_ms_p50"]),
+                fmt(energy) if energy is not None else f"— {note(r['energy_null_reason'] or 'not measured')}",
+                fmt(usd_per_1m_tokens(energy, usd_per_kwh)) if energy is not None else "—",
+                fmt(r["output_tokens_per_j"]) if r["output_tokens_per_j"] is not None else "—",
+                (r["server_counts_check"] or "").split(":")[0] + note(r["server_counts_check"] or "not checked"),
+            ])
+        parts += [f"## {tool}\n\n", pipe_table(header, body), "\n"]
+    parts.append(
+        "Clients: requests sent at once, each client in a closed loop (its next request when its last one ended). "
+        "Server output tok/s: the output tokens of all requests over the level's window; per-user decode: the "
+        "median of the requests' own decode speeds. TTFT: time to the first token on the client's clock; ITL: the "
+        "gaps between streamed tokens, pooled over all requests; TPOT: (end-to-end − TTFT) / (output tokens − 1). "
+        "Energy: the level's gross energy over its window over its output tokens (idle not subtracted; the CSV "
+        "has the idle-subtracted energy too). Server counts: the engine's own token counters against the rows'.\n")
+    return "".join(parts) + note.render()
+
+
+def write_serving_table(runs: pl.DataFrame, usd_per_kwh: float, csv, md) -> pl.DataFrame:
+    """The level table as CSV (every column, ITL percentiles included) and Markdown."""
+    from pathlib import Path
+
+    table = level_table(runs)
+    table.write_csv(csv)
+    Path(md).write_text(render_markdown(table, usd_per_kwh))
+    return table
