@@ -86,12 +86,15 @@ def snakemake_standin(tmp_path: Path, *, wildcards: dict, input: dict, params: d
 
 def bench_job(tmp_path: Path, tool: str, model: Path | None, *, exe: Path | None = None, tag: str | None = None,
               n_gpu_layers: int | str | None = 0, quant: str = "Q4_0", repetitions: int = 1, max_tokens: int = 4,
-              tool_settings: dict | None = None, gpus: int = 0):
+              tool_settings: dict | None = None, gpus: int = 0, concurrency: int = 1, depth: int = 0,
+              context: Path | None = None):
     """A bench job as its rule would pass it (llmbench.job.Job), on a stand-in llama.cpp build whose every tool is
     ``exe`` where given."""
     from llmbench.job import Job
 
     inputs = {"model": str(model)} if model else {}
+    if context is not None:
+        inputs["context"] = str(context)
     if exe is not None:
         build = tmp_path / "standin-build"
         (build / "bin").mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,8 @@ def bench_job(tmp_path: Path, tool: str, model: Path | None, *, exe: Path | None
     plan = {"prompts": [{"id": "p", "text": "hi", "max_tokens": max_tokens}], "repetitions": repetitions,
             "warmup": 0, "idle_s": 0.0, "energy_estimate_w": None, "temperature": 0.7, "exclusive": False}
     smk = snakemake_standin(
-        tmp_path, wildcards={"model": "m", "quant": quant, "split": "none"}, input=inputs,
+        tmp_path, wildcards={"model": "m", "quant": quant, "split": "none", "concurrency": str(concurrency),
+                             "depth": str(depth)}, input=inputs,
         params={"tool": tool, "engine": engine, "plan": plan,
                 "tool_settings": tool_settings or ({"n_prompt": 16, "n_gen": 8} if tool == "llama-bench" else {})},
     )

@@ -34,13 +34,18 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
     hf_files = sum(len(m["quants"]) for m in cfg["models"].values() if m["source"]["kind"] == "hf")
     assert hf_files == 15
     assert jobs[("fetch_hf_quant", 0)] == hf_files
-    assert jobs[("bench_llama_server", 2)] == jobs[("bench_llama_bench", 2)] == hf_files * 3  # layer, row, tensor
+    # Every file in three split modes (layer, row, tensor); the files of the quants swept (Q4_K_M and Q8_0: three
+    # of them) also at 2, 4, 8, 16 clients (llama-server) and at depths 4096 and 32768 (llama-bench).
+    swept = sum(len({"Q4_K_M", "Q8_0"} & set(m["quants"])) for m in cfg["models"].values() if m["source"]["kind"] == "hf")
+    assert swept == 3
+    assert jobs[("bench_llama_server", 2)] == hf_files * 3 + swept * 3 * 4
+    assert jobs[("bench_llama_bench", 2)] == hf_files * 3 + swept * 3 * 2
     # The library tags, and QuantFactory's Q4_0, Q4_K_M, Q8_0 (8B) and Q4_0, Q4_K_M (70B) imported.
     assert jobs[("bench_ollama", 2)] == 5 + 5
-    assert jobs[("bench_llama_cpp_python", 2)] == 3 and jobs[("bench_vllm", 2)] == 2
+    assert jobs[("bench_llama_cpp_python", 2)] == 3 and jobs[("bench_vllm", 2)] == 2 * 5  # 1 to 16 clients
     assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
     bench = sum(n for (rule, _), n in jobs.items() if rule.startswith("bench_"))
-    assert len(study.bench_jobs(cfg)) == bench == hf_files * 6 + 15
+    assert len(study.bench_jobs(cfg)) == bench == hf_files * 6 + swept * 3 * 6 + 10 + 3 + 10
     # Quality: every file against its model's finest quant over wikitext-2, and answers of every generating tool
     # (llama-server in its first split mode only).
     assert jobs[("fetch_corpus", 0)] == 1 and jobs[("kld_base", 0)] == 2 and jobs[("kld", 0)] == hf_files

@@ -249,3 +249,24 @@ def test_real_llama_server_at_two_concurrent_requests_counts_as_its_clients(tiny
     assert all(len(gaps) == n - 1 for gaps, n in zip(rows["itl_ms"], rows["generated_tokens"], strict=True))
     assert (rows["tpot_ms"] > 0).all() and (rows["request_end_s"] > rows["request_start_s"]).all()
     assert rows["energy_j"].is_null().all() and rows["level_energy_null_reason"][0].startswith("not measured")
+
+
+@pytest.mark.e2e
+def test_real_llama_server_at_a_depth_follows_that_many_context_tokens(tiny, tmp_path):
+    """A job at depth 64: every prompt follows the first 64 tokens of the context text by llama-server's own
+    tokenizer, so the engine counts at least 64 prompt tokens more than the prompt alone."""
+    import logging
+
+    from llmbench.measure import measure
+
+    if not SERVER.exists():
+        pytest.skip(f"no llama.cpp build at {SERVER.parent} (run the workflow's rule build_llama_cpp)")
+    corpus = REPO / "workflow/data/quality-corpus.txt"
+    rows = {}
+    for depth in (0, 64):
+        job = bench_job(tmp_path / f"d{depth}", "llama-server", tiny["Q4_0"][0], exe=SERVER, depth=depth,
+                        context=corpus if depth else None, max_tokens=4)
+        rows[depth] = measure(job, [], logging.getLogger("test"))
+    assert [r["status"].to_list() for r in rows.values()] == [["ok"], ["ok"]]
+    assert rows[64]["depth"][0] == 64
+    assert rows[64]["prompt_tokens"][0] - rows[0]["prompt_tokens"][0] >= 64

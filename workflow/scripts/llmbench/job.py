@@ -31,6 +31,7 @@ class Job:
     model_file: Path | None = None  # the GGUF (a split GGUF's first shard); None for an Ollama library tag
     model_record: dict | None = None  # the record beside the model file: source, sha256, derivation
     build_record: dict | None = None  # build.json of the llama.cpp build the job runs
+    context_file: Path | None = None  # the text a server's prompts follow at a depth above 0 (the quality corpus)
     settings: EngineSettings | None = None  # the engine's settings (jobs of a generating or llama.cpp tool)
     plan: RunPlan | None = None  # bench jobs: what to generate and how often
     tool_settings: dict[str, Any] = field(default_factory=dict)  # the tool's own keys under tools.<tool>
@@ -63,6 +64,7 @@ class Job:
             depth=int(w.get("depth") or 0), model_file=model_file,
             model_record=json.loads(record_file.read_text()) if record_file and record_file.exists() else None,
             build_record=json.loads(build_file.read_text()) if build_file else None,
+            context_file=Path(inp.context) if "context" in inp.keys() else None,
             tool_settings=dict(params.get("tool_settings") or {}), params=params,
         )
         if tool is None or not engine:

@@ -8,6 +8,7 @@ exits normally, so the study goes on to its tables, and the run's summary lists 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
@@ -57,7 +58,11 @@ def measure(job: Job, gpu_ids: list[int], log: logging.Logger) -> pl.DataFrame:
             with t.make_engine(job.settings, job.engine_log) as engine:
                 facts = engine.facts()
                 log.info("%s ready: %s", job.tool, facts)
-                return run_generations(engine, job.plan, meter, facts)
+                plan = job.plan
+                if job.depth > 0:  # every prompt after `depth` tokens of the context text, by the engine's count
+                    plan = dataclasses.replace(plan, context=engine.context_text(
+                        job.context_file.read_text(errors="replace"), job.depth))
+                return run_generations(engine, plan, meter, facts)
     except ToolUnavailable as e:
         log.warning("skipped: %s", e)
         return skipped_run(job.plan, str(e))

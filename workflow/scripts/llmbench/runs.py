@@ -150,6 +150,11 @@ class RunPlan:
     model_is_synthetic: bool = False
     concurrency: int = 1
     depth: int = 0
+    context: str = ""  # the text every prompt follows at a depth above 0: ``depth`` tokens by the engine's count
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """What is sent: the prompt, after the context at a depth above 0."""
+        return f"{self.context}\n\n{prompt.text}" if self.context else prompt.text
 
     def row_base(self) -> dict:
         return {"tool": self.tool, "model": self.model, "quant": self.quant, "split": self.split,
@@ -318,8 +323,8 @@ def warm_up(engine: Engine, plan: RunPlan) -> None:
     first = plan.prompts[0]
     with ThreadPoolExecutor(plan.concurrency) as pool:
         for i in range(plan.warmup):
-            list(pool.map(lambda c, i=i: engine.generate(first.text, min(first.max_tokens, 16), plan.temperature,
-                                                         plan.seed + i + c), range(plan.concurrency)))
+            list(pool.map(lambda c, i=i: engine.generate(plan.prompt_text(first), min(first.max_tokens, 16),
+                                                         plan.temperature, plan.seed + i + c), range(plan.concurrency)))
 
 
 def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float | None, t0: float,
@@ -332,9 +337,9 @@ def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float 
                 started = dt.datetime.now(dt.UTC)
                 window = f"{prompt.id}/{rep}"
                 state_start = meter.gpu_state()
-                engine.before_generation(prompt.text)
+                engine.before_generation(plan.prompt_text(prompt))
                 meter.begin_window(window)
-                g = engine.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+                g = engine.generate(plan.prompt_text(prompt), prompt.max_tokens, plan.temperature, seed)
                 energy = estimated(meter.end_window(window), plan.estimate_w)
                 state_end = meter.gpu_state()
                 log.info("%s rep %d: %s prompt + %s generated tokens, decode %s tok/s", prompt.id, rep,
@@ -372,7 +377,7 @@ def many_clients(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: floa
                 seed = plan.seed + rep * plan.concurrency + c
                 started = dt.datetime.now(dt.UTC)
                 a = time.perf_counter()
-                g = engine.generate(prompt.text, prompt.max_tokens, plan.temperature, seed)
+                g = engine.generate(plan.prompt_text(prompt), prompt.max_tokens, plan.temperature, seed)
                 b = time.perf_counter()
                 row = {"status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep,
                        "seed": seed, "max_tokens": prompt.max_tokens, **generation_columns(g),

@@ -83,6 +83,11 @@ class Engine:
         """Peak resident memory of the engine process so far [bytes]; None where the engine is not our child."""
         return None
 
+    def context_text(self, text: str, tokens: int) -> str:
+        """The start of ``text`` that holds exactly ``tokens`` tokens by this engine's own tokenizer: the context a
+        prompt is given to run at a context depth. ToolUnavailable where the engine cannot count tokens."""
+        raise ToolUnavailable(f"{self.tool} cannot count tokens of a text here, so it cannot fill a context to a depth")
+
     def before_generation(self, prompt: str) -> None:
         """Called before each generation's measurement window opens: what an engine must do between generations
         (Ollama evicts its prompt cache) is then not measured as part of the next one."""

@@ -199,6 +199,16 @@ class LlamaServer(ServedEngine):
             "ctx_size_total": self.settings.ctx_size * self.settings.parallel,
         }
 
+    def context_text(self, text: str, tokens: int) -> str:
+        """llama-server's /tokenize of ``text`` (no special tokens), its first ``tokens`` ids back through
+        /detokenize. EngineError where the text holds fewer tokens."""
+        _, found = http_json("POST", f"{self.url}/tokenize", {"content": text, "add_special": False})
+        ids = found.get("tokens") or []
+        if len(ids) < tokens:
+            raise EngineError(f"the context text holds {len(ids)} tokens by llama-server's tokenizer, fewer than the "
+                              f"depth {tokens}: give a longer quality.corpus or a smaller depth")
+        return http_json("POST", f"{self.url}/detokenize", {"tokens": ids[:tokens]})[1]["content"]
+
     def counters(self) -> dict[str, float]:
         """The server's own token counters since it started (/metrics, Prometheus text): ``prompt_tokens``,
         ``generated_tokens``, ``decode_calls`` (llamacpp:prompt_tokens_total, tokens_predicted_total,

@@ -62,7 +62,8 @@ class Tool:
     # Whether it serves concurrent requests (a server with parallel slots); a tool that does not runs load level 1
     # only, its jobs at higher levels end 'skipped' with the reason.
     serves: bool = False
-    # Whether it runs at a context depth above 0 (llama-bench's -d); the others' jobs there end 'skipped'.
+    # Whether it runs at a context depth above 0 (llama-bench's -d; a server's prompt after that many tokens of the
+    # quality corpus, counted by its own tokenizer); the others' jobs there end 'skipped'.
     fills_depth: bool = False
     packages: tuple[str, ...] = ()  # pip distributions a job's provenance records
     settings: tuple[str, ...] = ()
@@ -174,6 +175,7 @@ register(Tool(
     engine="llmbench.engines.llama_server:LlamaServer",
     llama_cpp=("llama-server",),
     serves=True,
+    fills_depth=True,
 ))
 register(Tool(
     "llama-bench",
