@@ -245,3 +245,11 @@ def test_windows_too_short_for_their_sensor_are_left_out_and_counted():
                                               pl.lit(short).alias("energy_invalid_reason")), 0.14, [])
     assert none_used["j_per_token"][0] is None
     assert none_used["energy_status"][0] == f"not measured: every {short}"
+
+
+def test_the_markdown_says_how_many_windows_a_pooled_value_used():
+    short = "window of 0.5 s is shorter than 20 updates of nvml:0 (2 s): it reads low, so it is left out of J per token"
+    frame = runs([100.0, 900.0], tokens=(100, 300)).with_columns(
+        pl.Series("energy_valid", [False, True]), pl.Series("energy_invalid_reason", [short, None]))
+    md = render_markdown(cost_table(frame, 0.14, []), 0.14, "test price", [])
+    assert "| 3 [1] |" in md and "[1] energy summed over 1 of 2 windows" in md

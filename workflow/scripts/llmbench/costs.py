@@ -118,8 +118,9 @@ def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
     Rows that generated no token (llama-bench's prefill-only samples) have no J per generated token and are left
     out; their energy still counts in the pooled J/token.
     """
-    runs = with_levels(runs)
-    gens = runs.filter(pl.col("generated_tokens") > 0).with_columns(
+    runs = with_all_columns(with_levels(runs))
+    # A window too short for its sensor is left out here too, as from the pooled value.
+    gens = runs.filter((pl.col("generated_tokens") > 0) & pl.col("energy_valid").fill_null(True)).with_columns(
         joules_per_token(pl.col("energy_j"), pl.col("generated_tokens")).alias("j_per_token")
     )
     stats = summarize(gens, ["j_per_token"])
@@ -270,6 +271,12 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             return f"{text} estimate {notes(r['energy_status'])}"
         return text
 
+    def basis(r: dict) -> str:
+        """A footnote where the pooled value is not every window's energy over every token: windows left out for
+        their sensor, or a load level's one window."""
+        partial = (r["energy_windows_used"] or 0) < (r["energy_windows"] or 0)
+        return " " + notes(r["energy_basis"]) if r["energy_basis"] and (partial or r["concurrency"] > 1) else ""
+
     out = [
         "# Cost per 1M generated tokens\n\n",
         f"Electricity: ${usd_per_kwh}/kWh ({electricity_note or 'no source given'}). Energy only unless a hardware "
@@ -308,7 +315,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                 reported += f" ({rule}; Tukey outliers: {r['per_generation_outliers']} of {r['per_generation_n']})"
             rows.append([
                 r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["generations"]), speed,
-                cell(r, fmt(r["j_per_token"]), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
+                cell(r, fmt(r["j_per_token"]) + basis(r), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
                 cell(r, fmt(r["usd_per_1m_tokens"])),
                 cell(r, _pm(r["kwh_per_1m_tokens_median"], r["kwh_per_1m_tokens_iqr"])),
                 cell(r, _pm(r["kwh_per_1m_tokens_mean"], r["kwh_per_1m_tokens_sd"])),
