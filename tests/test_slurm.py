@@ -47,7 +47,8 @@ def write_config(work: Path) -> str:
     cfg = load_config()
     cfg["resources_dir"] = "res"
     cfg["models"][MODEL]["quants"] = [QUANT]
-    cfg["tools"]["llama-bench"].update(n_prompt=32, n_gen=16)
+    cfg["tools"]["llama-bench"].update(n_prompt=32, n_gen=16, depths=[0])
+    cfg["tools"]["llama-server"]["concurrency"] = [1]  # the load sweep runs in test_workflow.py
     # transformers (a quarter of the default study's time) runs in test_workflow.py; the scheduler is tested here.
     del cfg["tools"]["transformers"]
     for tool in ("ollama", "vllm"):

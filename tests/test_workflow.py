@@ -154,13 +154,13 @@ def test_tools_absent_here_end_skipped_with_the_reason(study):
         assert "no `ollama` binary is on PATH" in reasons["ollama"]
     assert "vLLM" in reasons["vllm"]
     table = (study / "results/tables/cost_per_1m_tokens.md").read_text()
-    assert "## vllm" in table and "| smollm2-135m | Q4_0 | none | 1 | not run: " in table
+    assert "## vllm" in table and "| smollm2-135m | Q4_0 | none | 1 | 0 | 1 | not run: " in table
 
 
 def test_study_renders_statistics_figures_and_cost_table(study):
     stats = pl.read_csv(study / "results/summary/stats.csv")
     decode = stats.filter((pl.col("metric") == "decode_tokens_per_s") & (pl.col("tool") == "llama-server"))
-    assert decode.height == 2 and (decode["n"] == 4).all()
+    assert decode.height == 3 and (decode["n"] == 4).all()  # Q4_0 and Q8_0 at one client, Q8_0 at two
     assert {"median", "q1", "q3", "iqr", "n_outliers", "mean", "sd"} <= set(stats.columns)
     png = study / "results/figures/decode_tokens_per_s.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,7 +180,7 @@ def test_study_renders_statistics_figures_and_cost_table(study):
     assert set(frameworks["tool"]) == {"llama-server", "llama-bench", "llama-cpp-python", "transformers", "ollama", "vllm"}
     roofline = pl.read_csv(study / "results/tables/decode_roofline.csv")
     server = roofline.filter(pl.col("tool") == "llama-server")
-    assert server.height == 2 and (server["fraction_of_bound"] > 0).all()
+    assert server.height == 3 and (server["fraction_of_bound"] > 0).all()
     build = yaml.safe_load((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{40}", build["commit"]) and build["cuda"] is False
     derived = yaml.safe_load((study / f"res/models/{MODEL}/Q4_0.json").read_text())
