@@ -230,7 +230,8 @@ def bench_inputs(tool):
         if wildcards.model in study.gguf_models(config):
             found["model"] = model_file(wildcards)
         if record.generates and int(wildcards.get("depth", 0)) > 0:
-            found["context"] = corpus_file()  # a server's prompts follow this text, cut to the depth
+            # A server's prompts follow this text, cut to the depth by its tokenizer.
+            found["context"] = corpus_file()
         if record.uses_build:
             found["build"] = f"{BUILD_DIR}/build.json"
             found["binaries"] = [
