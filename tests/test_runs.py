@@ -201,3 +201,21 @@ def test_what_an_engine_does_between_generations_is_outside_the_measured_window(
     # The level's window holds every generation; each generation's own opens after the engine's work between.
     assert events[:4] == ["begin_window level", "before_generation", "begin_window a/0", "generate"]
     assert events.count("before_generation") == events.count("generate")
+
+
+def test_an_engine_whose_counters_cannot_be_read_keeps_its_rows():
+    class DiesAfterTwo(StandInBackend):  # a stand-in server: its /metrics is gone once it failed
+        def counters(self):
+            if len(self.calls) > 2:
+                raise ConnectionRefusedError("connection refused")
+            return {"prompt_tokens": 0.0, "generated_tokens": 0.0}
+
+        def generate(self, *args):
+            if len(self.calls) == 3:
+                raise OutOfMemory("out of memory: cudaMalloc failed: out of memory; lower ctx_size")
+            return super().generate(*args)
+
+    rows = run_generations(DiesAfterTwo(), plan(idle_s=0.0, prompts=(Prompt("a", "hi", 8), Prompt("b", "x", 8))),
+                           EnergyMeter([], ["no sensor"]))
+    assert rows["status"].to_list() == ["ok", "ok", "failed"]
+    assert rows["server_counts_check"][0].startswith("not cross-checked: its token counters could not be read")

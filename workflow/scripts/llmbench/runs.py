@@ -266,13 +266,21 @@ def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str,
     }
 
 
-def engine_counters(engine: Engine) -> dict[str, float] | None:
-    """The engine's own token counters now (llama-server's /metrics), or None where it has none."""
+def engine_counters(engine: Engine) -> dict[str, float] | str | None:
+    """The engine's own token counters now (llama-server's /metrics); None where it has none; why not where they
+    could not be read (an engine that died has none to give, and its rows must still stand)."""
     counters = getattr(engine, "counters", None)
-    return counters() if counters is not None else None
+    if counters is None:
+        return None
+    try:
+        return counters()
+    except (OSError, EngineError, ValueError) as e:
+        return f"its token counters could not be read ({e})"
 
 
-def counter_deltas(before: dict | None, after: dict | None, tool: str) -> dict:
+def counter_deltas(before: dict | str | None, after: dict | str | None, tool: str) -> dict:
+    if isinstance(before, str) or isinstance(after, str):
+        return {"note": f"not cross-checked: {before if isinstance(before, str) else after}"}
     if before is None or after is None:
         return {"note": f"not cross-checked: {tool} exposes no token counters"}
     return {k: after[k] - before[k] for k in ("prompt_tokens", "generated_tokens") if k in after and k in before}
