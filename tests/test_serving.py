@@ -47,7 +47,7 @@ def test_unmeasured_energy_stays_null_with_its_reason_and_synthetic_tests_are_no
     assert r["j_per_output_token"] is None and r["energy_null_reason"] == "not measured: no sensor"
     md = render_markdown(t, 0.14)
     assert "## llama-server" in md and "| m | Q4_0 | none | 2 | 0 | 4 | 10 | 20 | 1 | 250 / 397 | 15 / 20 |" in md
-    assert "— [" in md and "not measured: no sensor" in md and "match[" in md
+    assert "— [" in md and "not measured: no sensor" in md and "| match [" in md and "equal the rows'" in md
 
 
 def test_the_cost_of_a_level_is_its_energy_over_its_tokens_at_the_throughput_it_served():

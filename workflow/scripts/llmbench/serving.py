@@ -100,7 +100,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
                 fmt(energy) if energy is not None else f"— {note(r['energy_null_reason'] or 'not measured')}",
                 fmt(usd_per_1m_tokens(energy, usd_per_kwh)) if energy is not None else "—",
                 fmt(r["output_tokens_per_j"]) if r["output_tokens_per_j"] is not None else "—",
-                (r["server_counts_check"] or "").split(":")[0] + note(r["server_counts_check"] or "not checked"),
+                counts_cell(r["server_counts_check"], note),
             ])
         parts += [f"## {tool}\n\n", pipe_table(header, body), "\n"]
     parts.append(
@@ -111,6 +111,17 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
         "Energy: the level's gross energy over its window over its output tokens (idle not subtracted; the CSV "
         "has the idle-subtracted energy too). Server counts: the engine's own token counters against the rows'.\n")
     return "".join(parts) + note.render()
+
+
+MATCH_NOTE = ("match: the engine's own token counters (llama-server's /metrics) over the level equal the rows' "
+              "generated and prompt tokens; the counts are in the CSV's server_counts_check")
+
+
+def counts_cell(check: str | None, note) -> str:
+    """The server-counts cell: "match" under one shared note, anything else with its own words as a note."""
+    if check and check.startswith("match"):
+        return f"match {note(MATCH_NOTE)}"
+    return f"{(check or 'not checked').split(':')[0]} {note(check or 'not checked')}"
 
 
 def write_serving_table(runs: pl.DataFrame, usd_per_kwh: float, csv, md) -> pl.DataFrame:
