@@ -269,11 +269,8 @@ def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str,
 def engine_counters(engine: Engine) -> dict[str, float] | str | None:
     """The engine's own token counters now (llama-server's /metrics); None where it has none; why not where they
     could not be read (an engine that died has none to give, and its rows must still stand)."""
-    counters = getattr(engine, "counters", None)
-    if counters is None:
-        return None
     try:
-        return counters()
+        return engine.counters()
     except (OSError, EngineError, ValueError) as e:
         return f"its token counters could not be read ({e})"
 

@@ -83,6 +83,11 @@ class Engine:
         """Peak resident memory of the engine process so far [bytes]; None where the engine is not our child."""
         return None
 
+    def counters(self) -> dict[str, float] | None:
+        """The engine's own token counters since it started (``prompt_tokens``, ``generated_tokens``), the
+        cross-check of the rows; None for an engine that keeps none."""
+        return None
+
     def context_text(self, text: str, tokens: int) -> str:
         """The start of ``text`` that holds exactly ``tokens`` tokens by this engine's own tokenizer: the context a
         prompt is given to run at a context depth. ToolUnavailable where the engine cannot count tokens."""
