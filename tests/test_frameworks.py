@@ -99,3 +99,17 @@ def test_markdown_has_both_tables_and_footnotes():
     assert "vLLM needs an NVIDIA GPU" in md and "not in this study's config" in md
     assert "https://docs.ollama.com/faq#how-does-ollama-load-models-on-multiple-gpus" in md
     assert "| 1200 |" in md  # transformers' peak RSS in MiB
+
+
+def test_speeds_compare_one_request_on_an_empty_context_only():
+    """A load level's per-user speed (4 clients) and a depth's decode never mix into the framework comparison."""
+    base = pl.DataFrame(rows("llama-server", "Q4_0", [100.0, 110.0]), schema=RUN_SCHEMA)
+    loaded = base.with_columns(pl.lit(4, pl.Int64).alias("concurrency"), pl.lit(30.0).alias("decode_tokens_per_s"))
+    deep = base.with_columns(pl.lit(1024, pl.Int64).alias("depth"), pl.lit(20.0).alias("decode_tokens_per_s"))
+    only_loaded = pl.DataFrame(rows("vllm", "Q4_0", [300.0]), schema=RUN_SCHEMA).with_columns(
+        pl.lit(8, pl.Int64).alias("concurrency"))
+    t = frameworks.framework_table(pl.concat([base, loaded, deep, only_loaded]),
+                                   {"llama-server": fact(), "vllm": fact()})
+    server, vllm = t.row(0, named=True), t.row(1, named=True)
+    assert server["median_decode_tokens_per_s"] == 105.0 and server["generations"] == 2
+    assert vllm["generations"] == 0 and "load levels above 1" in vllm["not_run_here"]

@@ -287,3 +287,17 @@ def test_without_a_sweep_the_load_figures_say_so():
         spec = FIGURES[name](stand_in_runs(), "s").to_dict()
         (rows,) = spec["datasets"].values()
         assert rows[0]["message"].startswith("no ") and "sweep" in rows[0]["message"], name
+
+
+def test_box_figures_draw_one_request_on_an_empty_context_and_say_so():
+    """A load level's per-user speeds never mix into the per-quant and per-framework boxes; the notes say so."""
+    base = stand_in_runs()
+    swept = pl.concat([base, base.filter(pl.col("tool") == "llama-server").with_columns(
+        pl.lit(4, pl.Int64).alias("concurrency"), pl.lit(1.0).alias("decode_tokens_per_s"))])
+    for draw in (lambda r: plots.metric_chart(r, "s", plots.DECODE), lambda r: plots.energy_chart(r, "s"),
+                 lambda r: plots.framework_chart(r, "s")):
+        chart, alone = draw(swept), draw(base)
+        assert chart.data.height == alone.data.height
+        assert 1.0 not in chart.data.get_column("decode_tokens_per_s", default=pl.Series([])).to_list()
+        assert "one request at a time on an empty context" in " ".join(spec_of(chart)["title"]["subtitle"])
+        assert "empty context" not in " ".join(spec_of(alone)["title"]["subtitle"])

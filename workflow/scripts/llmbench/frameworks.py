@@ -13,7 +13,7 @@ import polars as pl
 from llmbench.engines.registry import TOOLS
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.quants import order_by_bits, rank
-from llmbench.stats import GROUP, with_levels
+from llmbench.stats import GROUP, base_level, with_levels
 
 FACT_KEYS = ("family", "installs", "gpu_offload", "multi_gpu", "gguf", "python_api", "sources")
 FACT_TITLES = {"installs": "how it installs here", "gpu_offload": "GPU offload", "multi_gpu": "multi-GPU modes",
@@ -101,15 +101,19 @@ def _measured(tool: str, mine: pl.DataFrame, point: tuple[str, str] | None) -> d
 
 
 def framework_table(runs: pl.DataFrame, facts: Mapping[str, Mapping[str, Any]]) -> pl.DataFrame:
-    """One row per tool of ``facts`` (registry_facts()), in its order: the facts, then what the study measured."""
-    point = compare_point(runs)
+    """One row per tool of ``facts`` (registry_facts()), in its order: the facts, then what the study measured
+    one request at a time on an empty context (stats.base_level)."""
+    # Speeds compare one request at a time on an empty context; the sweeps have the serving and depth outputs.
+    base = base_level(runs)
+    point = compare_point(base)
     rows = []
     for tool, entry in facts.items():
-        mine = runs.filter(pl.col("tool") == tool)
+        mine = base.filter(pl.col("tool") == tool)
         fact = {k: entry[k] for k in FACT_KEYS if k != "sources"}
         fact["sources"] = "; ".join(entry["sources"])
         if mine.is_empty():
-            absent = "not in this study's config"
+            absent = ("ran only at load levels above 1 or depths above 0 (the serving table and depth figure have "
+                      "them)" if (runs["tool"] == tool).any() else "not in this study's config")
             measured = {"generations": 0, "not_run_here": absent, "load_null_reason": absent,
                         "peak_rss_null_reason": absent, "gpu_mem_null_reason": absent, "decode_null_reason": absent}
         else:

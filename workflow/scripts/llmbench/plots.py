@@ -22,7 +22,7 @@ from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
 from llmbench.runs import with_all_columns
 from llmbench.serving import level_table
-from llmbench.stats import GROUP, pareto_front, with_levels
+from llmbench.stats import BASE_LEVEL_NOTE, GROUP, base_level, pareto_front, with_levels
 
 # Whiskers at 1.5 IQR, points beyond them drawn: Tukey's box plot, as in the article.
 TUKEY_EXTENT = 1.5
@@ -108,6 +108,13 @@ def not_run_notes(runs: pl.DataFrame) -> list[str]:
     ).sort("tool", "status_reason")
     return [f"{r['status']}, not drawn: {r['tool']} ({r['what']}): {r['status_reason'] or 'no reason recorded'}"
             for r in groups.iter_rows(named=True)]
+
+
+def at_base_level(runs: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """The rows a per-quant or per-framework box compares (stats.base_level), and a note where a load or depth
+    sweep was left out of it."""
+    base = base_level(runs)
+    return base, [f"{BASE_LEVEL_NOTE}"] if base.height < runs.height else []
 
 
 def unreported_notes(runs: pl.DataFrame, metric: str, what: str, reason_column: str | None = None) -> list[str]:
@@ -212,11 +219,12 @@ class MetricFigure:
 def metric_chart(runs: pl.DataFrame, study: str, figure: MetricFigure) -> alt.FacetChart | alt.Chart:
     """Tukey box plots of ``figure.metric`` per quant (box_by_quant), titled and annotated as ``figure`` says."""
     _require(runs, [*BOX_COLUMNS, figure.metric])
+    runs, level = at_base_level(runs)
     return box_by_quant(
         runs, figure.metric,
         title=f"{study}: {figure.title} (Tukey box plots, whiskers 1.5 IQR)",
         axis_title=figure.axis_title,
-        notes=[*figure.notes(runs), *unreported_notes(runs, figure.metric, figure.what)],
+        notes=[*level, *figure.notes(runs), *unreported_notes(runs, figure.metric, figure.what)],
     )
 
 
@@ -274,12 +282,12 @@ def energy_notes(runs: pl.DataFrame) -> list[str]:
 def energy_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
     """J per generated token per quant, split modes side by side; where no energy was measured the figure says
     so in its title and lists the recorded reasons."""
-    runs = with_j_per_token(runs)
+    runs, level = at_base_level(with_j_per_token(runs))
     title = f"{study}: energy per generated token per quant (Tukey box plots, whiskers 1.5 IQR)"
     if runs.filter(pl.col("status") == "ok")["j_per_token"].is_null().all():
         title = f"{study}: energy per generated token: not measured in this study"
     return box_by_quant(runs, "j_per_token", title=title, axis_title="energy per generated token [J/token]",
-                        notes=energy_notes(runs), series="energy_kind", series_title="split mode")
+                        notes=[*level, *energy_notes(runs)], series="energy_kind", series_title="split mode")
 
 
 def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
@@ -288,7 +296,8 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
     metric = "decode_tokens_per_s"
     _require(runs, ["tool", "model", "quant", "split", "status", "status_reason", metric])
     title = f"{study}: frameworks on the same model file, decode speed (Tukey box plots, whiskers 1.5 IQR)"
-    notes = [*unreported_notes(runs, metric, "decode speed"), *split_mode_notes(runs), *not_run_notes(runs)]
+    runs, level = at_base_level(runs)
+    notes = [*level, *unreported_notes(runs, metric, "decode speed"), *split_mode_notes(runs), *not_run_notes(runs)]
     data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null()).with_columns(
         pl.when(pl.col("split") == "none").then(pl.col("tool"))
         .otherwise(pl.format("{} ({})", "tool", "split")).alias("engine"))

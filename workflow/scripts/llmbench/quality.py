@@ -17,7 +17,7 @@ from llmbench.costs import energy_per_token, usd_per_1m_tokens
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.quants import NOMINAL_BITS_PER_WEIGHT, rank
-from llmbench.stats import with_levels
+from llmbench.stats import base_level
 from llmbench.synthetic import QUALITY_NULL_REASON
 
 KEY = ["model", "quant"]
@@ -42,8 +42,7 @@ def file_facts(files: dict[tuple[str, str], Path]) -> pl.DataFrame:
 def _speed(runs: pl.DataFrame, tool: str, usd_per_kwh: float) -> pl.DataFrame:
     """Decode speed and J/token of one tool over its generations that ran, with the same semantics as the cost table,
     one request at a time on an empty context (the load and depth sweeps have tables of their own)."""
-    runs = with_levels(runs)
-    mine = runs.filter((pl.col("tool") == tool) & (pl.col("concurrency") == 1) & (pl.col("depth") == 0))
+    mine = base_level(runs).filter(pl.col("tool") == tool)
     ok = mine.filter(pl.col("status") == "ok")
     if ok["split"].n_unique() > 1:
         # One row per model × quant: mixing split modes would silently pick one; the caller must choose.

@@ -21,6 +21,15 @@ def with_levels(df: pl.DataFrame) -> pl.DataFrame:
                            for c, v in LEVEL_DEFAULTS.items())
 
 
+BASE_LEVEL_NOTE = "one request at a time on an empty context (the load and depth sweeps have figures of their own)"
+
+
+def base_level(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows of one request at a time on an empty context (concurrency 1, depth 0): what a per-quant or
+    per-framework comparison compares, so that a load or depth sweep never mixes into its boxes and medians."""
+    return with_levels(df).filter((pl.col("concurrency") == 1) & (pl.col("depth") == 0))
+
+
 def _q(col: str, q: float) -> pl.Expr:
     # 'linear' is the quartile definition of numpy's default and of box plots drawn by Vega.
     return pl.col(col).quantile(q, interpolation="linear")
