@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.build import BuildError, BuildSpec, CpuTarget, build_llama_cpp, cpu_flags, next_target
 from llmbench.build_smoke import SmokeResult, first_crash, smoke_test
 
@@ -77,7 +78,7 @@ def fake_sdist(tmp_path: Path) -> Path:
 
 def install_standins(bin_dir: Path, body: str) -> None:
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in ("llama-quantize", "llama-bench", "llama-perplexity", "llama-server"):
+    for tool in LLAMA_TOOLS:
         exe = bin_dir / tool  # a stand-in under the real tool's name
         exe.write_text(f"#!{sys.executable}\n# standin-{tool}\n" + textwrap.dedent(body))
         exe.chmod(0o755)
@@ -95,8 +96,9 @@ def test_the_real_smoke_test_names_each_tool_a_signal_ended(tmp_path):
     install_standins(bin_dir, DIES.format(sig="SIGILL"))
     results = smoke_test(bin_dir, tmp_path / "smoke", threads=2)
     by_tool = {r.tool: r for r in results}
-    assert list(by_tool) == ["llama-quantize", "llama-bench", "llama-perplexity", "llama-server", "llama-cpp-python"]
-    for tool in ("llama-quantize", "llama-bench", "llama-perplexity", "llama-server"):
+    assert list(by_tool) == ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-server",
+                             "llama-cpp-python"]
+    for tool in LLAMA_TOOLS:
         r = by_tool[tool]
         assert (r.ok, r.signal) == (False, "SIGILL") and "instruction this CPU cannot run" in r.reason
     assert first_crash(results).tool == "llama-quantize"

@@ -31,7 +31,8 @@ def test_article_config_is_valid(schema):
         (lambda c: c["bench"].__setitem__("repetitions", -1),
          r"bench\.repetitions = -1 is too small; it must be >= 1"),
         (lambda c: c["tools"].__setitem__("vllm-nightly", {}),
-         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, llama-bench, llama-cpp-python, transformers, ollama, vllm"),
+         r"tools = 'vllm-nightly' is not allowed; allowed: llama-server, llama-bench, llama-batched-bench, "
+         r"llama-cpp-python, transformers, ollama, vllm"),
         (lambda c: c["models"]["smollm2-135m"].pop("source"),
          r"models\.smollm2-135m has no 'source': add it \(kind pypi"),
         (lambda c: c["models"]["smollm2-135m"]["source"].__setitem__("kind", "ftp"),
@@ -46,9 +47,11 @@ def test_article_config_is_valid(schema):
          r"models\.smollm2-135m\.n_gpu_layers = 'all' is not allowed; write a number of layers \(0 or more\), or auto"),
         (lambda c: c["models"]["smollm2-135m"].update(n_gpu_layers=-1),
          r"models\.smollm2-135m\.n_gpu_layers = -1 is not allowed; write a number of layers \(0 or more\), or auto"),
+        (lambda c: c["tools"]["llama-batched-bench"].update(n_prompt=0),
+         r"tools\.llama-batched-bench\.n_prompt = 0: each sequence needs a prompt of at least 1 token"),
     ],
     ids=["unknown-quant", "negative-repetitions", "unknown-tool", "no-source", "bad-kind", "no-member", "dup-prompt",
-         "tool-quants-match-nothing", "ngl-all", "ngl-negative"],
+         "tool-quants-match-nothing", "ngl-all", "ngl-negative", "batched-empty-prompt"],
 )
 def test_bad_config_names_key_value_and_fix(default_config, schema, mutate, expected):
     mutate(default_config)

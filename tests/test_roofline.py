@@ -263,3 +263,12 @@ def test_the_kv_cache_at_depth_is_read_by_every_stream_of_a_step():
     assert deep["bytes_per_token"] == 100_000_000 + 4 * 1024 * 1000 and "4 streams" in deep["bytes_note"]
     assert deep["bound_tokens_per_s"] == pytest.approx(20 * GB / (100_000_000 + 4_096_000))
     assert empty["bytes_per_token"] == 100_000_000  # on an empty context the weights alone, per stream
+
+
+def test_a_batch_is_compared_with_the_bound_per_stream():
+    # llama-batched-bench's rows give the batch's decode rate (S_TG): 4 streams at 200 tok/s in all are 50 each.
+    runs = pl.DataFrame(rows("llama-batched-bench", "Q4_0", [200.0], concurrency=4, depth=0)
+                        + rows("llama-server", "Q4_0", [50.0], concurrency=4, depth=0), schema=RUN_SCHEMA)
+    batch, server = table(runs).sort("tool").iter_rows(named=True)
+    assert batch["median_decode_tokens_per_s"] == server["median_decode_tokens_per_s"] == 50.0
+    assert batch["fraction_of_bound"] == server["fraction_of_bound"]

@@ -59,3 +59,36 @@ def test_the_cost_of_a_level_is_its_energy_over_its_tokens_at_the_throughput_it_
     assert r["capacity_tokens_per_day"] == 10.0 * 86_400 and "2 clients" in r["hardware_throughput_basis"]
     assert cost_table(level(None, "not measured: no sensor"), 0.14, []).row(0, named=True)["energy_status"] == (
         "not measured: no sensor")
+
+
+def batches(n: int = 4) -> pl.DataFrame:
+    """Three of llama-batched-bench's batches at N sequences: S_TG 300, 320, 340 tok/s; T_PP 200, 250, 300 ms."""
+    return pl.DataFrame([
+        {"tool": "llama-batched-bench", "model": "m", "quant": "Q4_0", "split": "none", "concurrency": n, "depth": 0,
+         "status": "ok", "prompt_id": f"pp64+tg32x{n}", "repetition": i, "max_tokens": 32, "prompt_tokens": n * 64,
+         "generated_tokens": n * 32, "prefill_ms": 200.0 + 50 * i, "decode_ms": 400.0, "wall_ms": 650.0,
+         "decode_tokens_per_s": 300.0 + 20 * i, "energy_null_reason": "not measured: in one process"}
+        for i in range(3)
+    ], schema=RUN_SCHEMA)
+
+
+def test_a_batch_level_is_the_engine_side_reference_beside_the_servers():
+    t = level_table(pl.concat([level(), batches()]))
+    assert t["tool"].to_list() == ["llama-batched-bench", "llama-server"]
+    r = t.row(0, named=True)
+    assert (r["requests"], r["output_tokens"], r["prompt_tokens"]) == (12, 3 * 128, 3 * 256)  # sequences, tokens
+    assert r["server_output_tokens_per_s"] == 320.0 and r["per_user_decode_tokens_per_s"] == 80.0  # 320 / 4
+    assert r["ttft_ms_p50"] == 250.0 and r["tpot_ms_p50"] == 12.5  # T_PP; a decode step: 400 ms / 32
+    assert r["window_s"] == pytest.approx(1.95) and r["e2e_ms_p50"] == 650.0
+    assert r["requests_per_s"] is None and r["itl_ms_p50"] is None and r["j_per_output_token"] is None
+    assert r["energy_null_reason"] == "not measured: in one process" and r["server_counts_check"].startswith(
+        "not applicable")
+    md = render_markdown(t, 0.14)
+    assert "## llama-batched-bench" in md and "engine-side reference" in md
+    assert "engine-side reference" not in render_markdown(level_table(level()), 0.14)
+
+
+def test_the_cost_of_a_batch_level_is_not_measured_and_its_throughput_is_the_batch():
+    r = cost_table(batches(), 0.14, []).row(0, named=True)
+    assert r["server_output_tokens_per_s"] == 320.0 and r["j_per_token"] is None
+    assert r["energy_null_reason"] == "not measured: in one process"

@@ -60,6 +60,7 @@ def write_config(work: Path, quants: list[str]) -> str:
                                    "sweep_quants": ["Q8_0"]}
     # The served model: llama-server at two concurrent requests too, on one quant.
     cfg["tools"]["llama-server"].update(concurrency=[1, 2], sweep_quants=["Q8_0"])
+    cfg["tools"]["llama-batched-bench"].update(n_prompt=32, n_gen=16, concurrency=[1, 2], quants=["Q8_0"])
     for slow_or_absent in ("transformers", "ollama", "vllm"):
         cfg["tools"][slow_or_absent]["quants"] = ["Q4_0"]
     # Quality on a smaller scale: six chunks of the corpus, one question of each category.
@@ -112,6 +113,12 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
     assert loaded["server_generated_tokens"][0] == loaded["generated_tokens"].sum()
     serving = pl.read_csv(study / "results/tables/serving.csv").filter(pl.col("tool") == "llama-server")
     assert sorted(serving["concurrency"].to_list()) == [1, 1, 2] and (serving["server_output_tokens_per_s"] > 0).all()
+    # Beside it, llama.cpp's engine-side reference: the real llama-batched-bench, 1 and 2 sequences in one batch.
+    batched = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-batched-bench")
+    assert batched.height == 2 * 2 and set(batched["status"]) == {"ok"}  # levels × repetitions
+    assert sorted(batched["generated_tokens"].unique()) == [16, 32] and (batched["decode_tokens_per_s"] > 0).all()
+    reference = pl.read_csv(study / "results/tables/serving.csv").filter(pl.col("tool") == "llama-batched-bench")
+    assert reference["concurrency"].to_list() == [1, 2] and (reference["server_output_tokens_per_s"] > 0).all()
     assert sorted(runs["quant"].unique()) == ["Q4_0", "Q8_0"]
     assert (runs["generated_tokens"] > 0).all() and (runs["generated_tokens"] <= runs["max_tokens"]).all()
     # cache_prompt is off, so every repetition processes its whole prompt.
@@ -179,7 +186,8 @@ def test_study_renders_statistics_figures_and_cost_table(study):
     for figure in ("prefill_tokens_per_s", "ttft_ms", "energy_per_token", "frameworks_decode_tokens_per_s"):
         assert (study / f"results/figures/{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
     frameworks = pl.read_csv(study / "results/tables/frameworks.csv")
-    assert set(frameworks["tool"]) == {"llama-server", "llama-bench", "llama-cpp-python", "transformers", "ollama", "vllm"}
+    assert set(frameworks["tool"]) == {"llama-server", "llama-bench", "llama-batched-bench", "llama-cpp-python",
+                                       "transformers", "ollama", "vllm"}
     roofline = pl.read_csv(study / "results/tables/decode_roofline.csv")
     server = roofline.filter(pl.col("tool") == "llama-server")
     assert server.height == 3 and (server["fraction_of_bound"] > 0).all()
@@ -356,7 +364,8 @@ def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
 def test_build_was_proven_here_before_any_job_used_it(study):
     build = json.loads((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
     tools = [r["tool"] for r in build["smoke_test"]]
-    assert tools == ["llama-quantize", "llama-bench", "llama-perplexity", "llama-server", "llama-cpp-python"]
+    assert tools == ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-server",
+                     "llama-cpp-python"]
     assert all(r["ok"] for r in build["smoke_test"]), build["smoke_test"]
     # Native where it runs (an AMD EPYC); "native without amx" where the native build died (an Intel Xeon with AMX),
     # with the tool, the signal and the upstream reference in build.json.

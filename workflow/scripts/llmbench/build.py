@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmbench.logs import run_logged
 
-TOOLS = ("llama-server", "llama-bench", "llama-quantize", "llama-perplexity")
+TOOLS = ("llama-server", "llama-bench", "llama-batched-bench", "llama-quantize", "llama-perplexity")
 
 # x86-64 extensions a build can leave out, with the GCC/Clang flags that turn each off (an explicit -mno-…
 # wins over -march=native whatever the order) and the /proc/cpuinfo flags that say a CPU has it.

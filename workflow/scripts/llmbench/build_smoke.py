@@ -3,8 +3,9 @@
 A build compiled with ``-march=native`` can still die on the machine that compiled it: on Intel Xeons with AMX
 (Sapphire, Emerald, Granite Rapids, and the cloud VMs on them) the pinned llama.cpp requests the AMX tile-data
 permission on its main thread only (upstream llama.cpp PR #26954, open), so every tool faults at its first matrix
-product on a worker thread. The smoke test runs what the study runs — llama-quantize, llama-bench, llama-perplexity,
-llama-server and llama-cpp-python on the same libllama — with several threads, on a synthetic ``llama-tiny`` Q4_0
+product on a worker thread. The smoke test runs what the study runs — llama-quantize, llama-bench,
+llama-batched-bench, llama-perplexity, llama-server and llama-cpp-python on the same libllama — with several
+threads, on a synthetic ``llama-tiny`` Q4_0
 model (a few MB, written here, no download), and says for each tool whether it ran and, if not, how it ended (the
 signal, the kernel's words where readable). It takes a few seconds.
 """
@@ -137,6 +138,10 @@ def _json_line(stdout: str, _log: str) -> str | None:
     return None if '"avg_ts"' in stdout else "llama-bench printed no result line"
 
 
+def _batch_line(stdout: str, _log: str) -> str | None:
+    return None if '"speed_tg"' in stdout else "llama-batched-bench printed no result line"
+
+
 def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.executable) -> list[SmokeResult]:
     """Run each built tool of ``bin_dir`` on the tiny model with ``threads`` threads (at least 2: the AMX fault is
     on worker threads); the results in tool order, every tool run even after one failed."""
@@ -152,6 +157,13 @@ def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.exe
         # A prefill of 64 tokens: batched matrix products, where ggml takes its AMX (and other batched) kernels.
         _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "64", "-n", "8", "-r", "1",
                              "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
+        # Two sequences in one batch: the batched decode the load axis's reference runs. Eight tests: llama.cpp's
+        # log prints from a thread never flushed at exit (llmbench.batched_bench), and a run of a few milliseconds
+        # can end before it printed anything (2 tests: 4 runs of 20 printed nothing here; 8 tests: none of 50).
+        _run("llama-batched-bench", [str(bin_dir / "llama-batched-bench"), "-m", str(model), "-c", "512", "-npp", "32",
+                                     "-ntg", "8", "-npl", ",".join(["2"] * 8), "-t", threads, "--output-format",
+                                     "jsonl"],
+             workdir / "batched-bench.log", check=_batch_line),
         _run("llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus),
                                   "-c", "64", "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log"),
         _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),

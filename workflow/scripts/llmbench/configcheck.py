@@ -290,6 +290,10 @@ def semantic_problems(config: dict) -> list[str]:
                     f"tools.{tool}.{key} = {keep!r} keeps none of the models' quants ({', '.join(sorted(listed))}); "
                     "list at least one of them, or drop the key to run them all"
                 )
+    batched = config.get("tools", {}).get("llama-batched-bench")
+    if batched is not None and batched.get("n_prompt") == 0:
+        problems.append("tools.llama-batched-bench.n_prompt = 0: each sequence needs a prompt of at least 1 token "
+                        "(llama-batched-bench prints its prefill rate of an empty prompt as -nan); set it to 1 or more")
     ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from llmbench.engines.registry import batching_tools
 from llmbench.markdown import Footnotes, fmt, pipe_table
 from llmbench.meters import joules_per_token
 from llmbench.quants import rank
@@ -36,6 +37,8 @@ RULE_NO_OUTLIERS = "mean ± sd"
 THROUGHPUT_BASIS = "median single-stream decode tokens/s of the group (prefill time excluded)"
 LOADED_THROUGHPUT_BASIS = ("server output tokens/s at {} clients at once: all requests' output tokens over the level's "
                            "window (prefill and queueing included)")
+BATCH_THROUGHPUT_BASIS = ("llama-batched-bench's decode tokens/s of {} sequences in one batch (S_TG, prefill excluded): "
+                          "the engine-side bound, no server")
 
 
 def usd_per_1m_tokens(j_per_token: float, usd_per_kwh: float) -> float:
@@ -52,6 +55,8 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     """
     runs = with_levels(runs)
     runs = with_all_columns(runs)
+    batched = (pl.col("concurrency") > 1) & pl.col("tool").is_in(batching_tools())
+    served = (pl.col("concurrency") > 1) & ~pl.col("tool").is_in(batching_tools())
     # A window too short for its sensor (meters.validity) is left out of J/token; unknown validity counts as valid.
     used = pl.col("energy_valid").fill_null(True)
     return runs.group_by(GROUP).agg(
@@ -79,15 +84,17 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("level_window_s").drop_nulls().first().alias("_level_s"),
         pl.col("level_energy_null_reason").drop_nulls().first().alias("_level_reason"),
     ).with_columns(
-        (pl.col("generated_tokens") / pl.col("_level_s")).alias("server_output_tokens_per_s"),
+        # A batching tool's rows are batches: their decode tokens/s is the batch's output already.
+        pl.when(batched).then(pl.col("median_decode_tokens_per_s"))
+        .otherwise(pl.col("generated_tokens") / pl.col("_level_s")).alias("server_output_tokens_per_s"),
     ).with_columns(
-        pl.when(pl.col("concurrency") > 1)
+        pl.when(served)
         .then(pl.when(pl.col("_level_valid").fill_null(True))
               .then(joules_per_token(pl.col("_level_j"), pl.col("generated_tokens"))))
         .when(pl.col("_any_null") | (pl.col("energy_windows_used") == 0)).then(None)
         .otherwise(joules_per_token(pl.col("_energy_used"), pl.col("_tokens_used")))
         .alias("j_per_token"),
-        pl.when(pl.col("concurrency") > 1)
+        pl.when(served)
         .then(pl.coalesce(pl.col("_level_reason"), pl.concat_str(pl.lit("not measured: "), pl.col("_level_invalid"))))
         .when(~pl.col("_any_null") & (pl.col("energy_windows_used") == 0))
         .then(pl.concat_str(pl.lit("not measured: every "), pl.col("_invalid_reason")))
@@ -95,7 +102,7 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         .alias("energy_null_reason"),
     ).with_columns(
         pl.when(pl.col("j_per_token").is_null()).then(None)
-        .when(pl.col("concurrency") > 1).then(pl.format(
+        .when(served).then(pl.format(
             "the level's energy over its whole window ({} s, {} clients at once), over the tokens its {} "
             "requests generated", pl.col("_level_s").round(1), pl.col("concurrency"), pl.col("generations"),
         ))
@@ -155,7 +162,9 @@ def _amortization(t: pl.DataFrame, hardware: dict, cloud: list[dict]) -> pl.Data
     loaded = pl.col("concurrency") > 1
     tps = pl.when(loaded).then(pl.col("server_output_tokens_per_s")).otherwise(pl.col("median_decode_tokens_per_s"))
     t = t.with_columns(
-        pl.when(loaded).then(pl.format(LOADED_THROUGHPUT_BASIS, pl.col("concurrency")))
+        pl.when(loaded & pl.col("tool").is_in(batching_tools())).then(pl.format(BATCH_THROUGHPUT_BASIS,
+                                                                                 pl.col("concurrency")))
+        .when(loaded).then(pl.format(LOADED_THROUGHPUT_BASIS, pl.col("concurrency")))
         .otherwise(pl.lit(THROUGHPUT_BASIS)).alias("hardware_throughput_basis"),
         pl.lit(float(purchase)).alias("hardware_purchase_usd"),
         pl.lit(float(years)).alias("hardware_lifetime_years"),

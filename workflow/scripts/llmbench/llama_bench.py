@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 
@@ -40,6 +41,7 @@ LLAMA_BENCH_ENERGY = (
 
 @dataclass(frozen=True)
 class LlamaBenchSettings:
+    tool: ClassVar[str] = "llama-bench"
     binary: Path
     model: Path
     n_prompt: int = 512
@@ -50,6 +52,11 @@ class LlamaBenchSettings:
     split_mode: str = "none"
     tensor_split: tuple[float, ...] | None = None
     depth: int = 0  # tokens already in the context before each test (-d)
+
+    @property
+    def ctx_size(self) -> int:
+        """The context its largest test fills [tokens]."""
+        return self.depth + self.n_prompt + self.n_gen
 
 
 def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
@@ -158,39 +165,39 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
     return pl.DataFrame(rows, schema=RUN_SCHEMA)
 
 
-def _run(cmd: list[str], log_path: Path, settings: LlamaBenchSettings, append: bool = False) -> str:
-    """Run llama-bench with stderr to ``log_path`` (after what the log holds, with ``append``), its stdout kept
-    there too; stdout back. A failure raises EngineFailed (OutOfMemory for a failed allocation) with its
-    diagnosis."""
+def run_bench_binary(cmd: list[str], log_path: Path, settings, append: bool = False) -> str:
+    """Run a llama.cpp bench binary (``settings.tool``: llama-bench, llama-batched-bench) with stderr to
+    ``log_path`` (after what the log holds, with ``append``), its stdout kept there too; stdout back. A failure
+    raises EngineFailed (OutOfMemory for a failed allocation) with its diagnosis, which names ``settings.model``,
+    ``n_gpu_layers`` and ``ctx_size``."""
     run = run_logged(cmd, log_path, append=append, capture_stdout=True)
     if run.returncode != 0:
-        found = diagnose("llama-bench", run.returncode, run.output, Path(settings.model),
-                         f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.n_prompt + settings.n_gen}")
+        found = diagnose(settings.tool, run.returncode, run.output, Path(settings.model),
+                         f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.ctx_size}")
         raise engine_failure(dataclasses.replace(found, reason=f"{found.reason} (engine log {log_path})"))
     return run.stdout
 
 
-def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]],
-                  settings: LlamaBenchSettings) -> list[dict]:
-    """``parse`` of llama-bench's stdout; where it finds the output cut short (IncompleteBenchOutput), it runs
-    once more, into the same log; cut short again, an IncompleteBenchOutput that names the log. A failed run
-    (exit code) is not rerun."""
+def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]], settings) -> list[dict]:
+    """``parse`` of the bench binary's stdout (run_bench_binary); where it finds the output cut short
+    (IncompleteBenchOutput), it runs once more, into the same log; cut short again, an IncompleteBenchOutput that
+    names the log. A failed run (exit code) is not rerun."""
     try:
-        return parse(_run(cmd, log_path, settings))
+        return parse(run_bench_binary(cmd, log_path, settings))
     except IncompleteBenchOutput as first:
         with open(log_path, "a") as log:
             log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
     try:
-        return parse(_run(cmd, log_path, settings, append=True))
+        return parse(run_bench_binary(cmd, log_path, settings, append=True))
     except IncompleteBenchOutput as again:
-        raise IncompleteBenchOutput(f"llama-bench's output stopped short twice ({again}); see both runs in the "
+        raise IncompleteBenchOutput(f"{settings.tool}'s output stopped short twice ({again}); see both runs in the "
                                     f"engine log {log_path}") from None
 
 
 def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
     log_path = Path(log_path)
     probe_log = log_path.with_suffix(".probe.log")
-    _run(probe_command(settings), probe_log, settings)
+    run_bench_binary(probe_command(settings), probe_log, settings)
     offload = parse_offload(probe_log.read_text(errors="replace"))
     tests = run_and_parse(bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
     return samples_to_rows(tests, plan, offload)

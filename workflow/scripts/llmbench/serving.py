@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from llmbench.engines.registry import batching_tools
 from llmbench.meters import joules_per_token
 from llmbench.runs import with_all_columns
 from llmbench.stats import GROUP, with_levels
@@ -27,9 +28,36 @@ SCHEMA = {
 }
 
 
+def batch_levels(runs: pl.DataFrame) -> pl.DataFrame:
+    """The engine-side reference per level: one row per group of a batching tool (llama-batched-bench), columns
+    as SCHEMA. Its rows are batches of N sequences decoded together in-process: the server output is the median of
+    their S_TG (decode_tokens_per_s, the batch's), per user that over N; TTFT is their T_PP (every prompt of the
+    batch at once), TPOT T_TG over the tokens each sequence generated; no requests, windows, ITL or energy."""
+    ok = runs.filter((pl.col("status") == "ok") & pl.col("tool").is_in(batching_tools()))
+    t = ok.group_by(GROUP).agg(
+        (pl.len() * pl.col("concurrency").first()).alias("requests"),
+        (pl.col("wall_ms").sum() / 1e3).alias("window_s"),
+        pl.col("generated_tokens").sum().alias("output_tokens"),
+        pl.col("prompt_tokens").sum().alias("prompt_tokens"),
+        pl.col("decode_tokens_per_s").median().alias("server_output_tokens_per_s"),
+        (pl.col("decode_tokens_per_s").median() / pl.col("concurrency").first()).alias("per_user_decode_tokens_per_s"),
+        *[pl.col("prefill_ms").quantile(p / 100, "linear").alias(f"ttft_ms_p{p}") for p in PERCENTILES],
+        (pl.col("decode_ms") / pl.col("max_tokens")).median().alias("tpot_ms_p50"),
+        pl.col("wall_ms").median().alias("e2e_ms_p50"),
+        pl.col("energy_null_reason").drop_nulls().first(),
+        pl.lit(BATCH_COUNTS).alias("server_counts_check"),
+    )
+    return t.with_columns(pl.lit(None, SCHEMA[c]).alias(c) for c in SCHEMA if c not in t.columns).select(
+        *GROUP, *(pl.col(c).cast(d) for c, d in SCHEMA.items()))
+
+
+BATCH_COUNTS = "not applicable: no server (llama-batched-bench counts the tokens it decodes itself)"
+
+
 def level_table(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per group (tool, model, quant, split, concurrency, depth) whose requests ran (rows with a request
-    start: llama-bench's synthetic tests have none), sorted; columns as SCHEMA.
+    start: llama-bench's synthetic tests have none), and per group of a batching tool (batch_levels), sorted;
+    columns as SCHEMA.
 
     Throughput is the output tokens of all requests over the level's measured window [s] (from before the first
     request to after the last); the per-user decode speed is the median of the requests' own. ITL percentiles pool
@@ -38,8 +66,9 @@ def level_table(runs: pl.DataFrame) -> pl.DataFrame:
     """
     runs = with_levels(with_all_columns(runs))
     ok = runs.filter((pl.col("status") == "ok") & pl.col("request_start_s").is_not_null())
+    batches = batch_levels(runs)
     if ok.is_empty():
-        return pl.DataFrame(schema={**{k: runs.schema[k] for k in GROUP}, **SCHEMA})
+        return batches.sort(GROUP)
     window = pl.coalesce(pl.col("level_window_s").first(),
                          pl.col("request_end_s").max() - pl.col("request_start_s").min())
     t = ok.group_by(GROUP).agg(
@@ -72,7 +101,7 @@ def level_table(runs: pl.DataFrame) -> pl.DataFrame:
         .alias("j_per_total_token"),
         (pl.col("output_tokens") / pl.col("energy_j")).alias("output_tokens_per_j"),
     )
-    return t.select(*GROUP, *SCHEMA).sort(GROUP)
+    return pl.concat([t.select(*GROUP, *(pl.col(c).cast(d) for c, d in SCHEMA.items())), batches]).sort(GROUP)
 
 
 def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
@@ -95,8 +124,8 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
             body.append([
                 r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["requests"]),
                 fmt(r["server_output_tokens_per_s"]), fmt(r["per_user_decode_tokens_per_s"]),
-                fmt(r["requests_per_s"]), f"{fmt(r['ttft_ms_p50'])} / {fmt(r['ttft_ms_p99'])}",
-                f"{fmt(r['itl_ms_p50'])} / {fmt(r['itl_ms_p99'])}", fmt(r["tpot_ms_p50"]),
+                fmt(r["requests_per_s"]) or "—", pair(r["ttft_ms_p50"], r["ttft_ms_p99"]),
+                pair(r["itl_ms_p50"], r["itl_ms_p99"]), fmt(r["tpot_ms_p50"]),
                 fmt(energy) if energy is not None else f"— {note(r['energy_null_reason'] or 'not measured')}",
                 fmt(usd_per_1m_tokens(energy, usd_per_kwh)) if energy is not None else "—",
                 fmt(r["output_tokens_per_j"]) if r["output_tokens_per_j"] is not None else "—",
@@ -110,7 +139,20 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
         "gaps between streamed tokens, pooled over all requests; TPOT: (end-to-end − TTFT) / (output tokens − 1). "
         "Energy: the level's gross energy over its window over its output tokens (idle not subtracted; the CSV "
         "has the idle-subtracted energy too). Server counts: the engine's own token counters against the rows'.\n")
+    if table["tool"].is_in(batching_tools()).any():
+        parts.append(
+            "\nllama-batched-bench is llama.cpp's engine-side reference, no server: N sequences decoded in one batch "
+            "in its own process. Its server output is the batch's decode tokens/s (S_TG), per user that over N, TTFT "
+            "the batch's prefill of every prompt at once, TPOT one decode step; requests: sequences. A server at N "
+            "clients below it lost that much to scheduling, HTTP and sampling.\n")
     return "".join(parts) + note.render()
+
+
+def pair(p50: float | None, p99: float | None) -> str:
+    """A "p50 / p99" cell; "—" where the level has neither (a batch has no requests' gaps)."""
+    from llmbench.markdown import fmt
+
+    return "—" if p50 is None and p99 is None else f"{fmt(p50)} / {fmt(p99)}"
 
 
 MATCH_NOTE = ("match: the engine's own token counters (llama-server's /metrics) over the level equal the rows' "

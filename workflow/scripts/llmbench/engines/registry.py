@@ -62,6 +62,9 @@ class Tool:
     # Whether it serves concurrent requests (a server with parallel slots); a tool that does not runs load level 1
     # only, its jobs at higher levels end 'skipped' with the reason.
     serves: bool = False
+    # Whether it runs a load level N as one batch of N sequences in its own process (llama-batched-bench): the
+    # engine-side reference for the servers at N; its rows are batches, their decode tokens/s the batch's.
+    batches: bool = False
     # Whether it runs at a context depth above 0 (llama-bench's -d; a server's prompt after that many tokens of the
     # quality corpus, counted by its own tokenizer); the others' jobs there end 'skipped'.
     fills_depth: bool = False
@@ -98,10 +101,10 @@ class Tool:
 
     def cannot_run(self, concurrency: int, depth: int) -> str | None:
         """Why a job at this load level and context depth cannot run with this tool, or None."""
-        if concurrency > 1 and not self.serves:
+        if concurrency > 1 and not (self.serves or self.batches):
             return (f"{self.name} serves one request at a time (it is no server with parallel slots): load level "
-                    f"{concurrency} is not run; the tools that serve concurrent requests are "
-                    f"{', '.join(t for t, r in TOOLS.items() if r.serves)}")
+                    f"{concurrency} is not run; the tools that run concurrent requests are "
+                    f"{', '.join(t for t, r in TOOLS.items() if r.serves or r.batches)}")
         if depth > 0 and not self.fills_depth:
             return (f"{self.name} is not run at context depth {depth} here: only "
                     f"{', '.join(t for t, r in TOOLS.items() if r.fills_depth)} fill a context to a depth")
@@ -140,6 +143,11 @@ def tool(name: str) -> Tool:
 def generating_tools() -> tuple[str, ...]:
     """Tools that generate text through the Engine interface (llama-bench only times synthetic tests)."""
     return tuple(name for name, t in TOOLS.items() if t.generates)
+
+
+def batching_tools() -> tuple[str, ...]:
+    """Tools whose rows at a load level above 1 are batches run in-process, not requests to a server."""
+    return tuple(name for name, t in TOOLS.items() if t.batches)
 
 
 def ollama_model_name(model: str, quant: str, source: dict) -> str:
@@ -191,6 +199,27 @@ register(Tool(
     ),
     runner="llmbench.llama_bench:run_job",
     llama_cpp=("llama-bench",),
+    fills_depth=True,
+    settings=("n_prompt", "n_gen"),
+))
+register(Tool(
+    "llama-batched-bench",
+    dataclasses.replace(
+        LLAMA_SERVER_FACTS,
+        gpu_offload=(
+            'manual: -ngl (llama.cpp common arguments; it loads the model without --fit); this study sets it per '
+            'model from the config, "auto" as the layers llama-server\'s fitting chooses'
+        ),
+        python_api='none: a command-line benchmark of N sequences decoded in one batch (-npl), in-process',
+        sources=(
+            'tools/batched-bench/batched-bench.cpp and README.md of the pinned build (llama.cpp 0c1e570): -npp, '
+            '-ntg, -npl, --output-format jsonl; a test whose context exceeds -c is skipped',
+            'https://github.com/ggml-org/llama.cpp/tree/master/tools/batched-bench',
+        ),
+    ),
+    runner="llmbench.batched_bench:run_job",
+    llama_cpp=("llama-batched-bench",),
+    batches=True,
     fills_depth=True,
     settings=("n_prompt", "n_gen"),
 ))

@@ -1,0 +1,189 @@
+"""llama.cpp's llama-batched-bench: the engine-side reference for the load axis, as llama-bench is for one stream.
+
+At load level N it decodes N sequences in one batch (``-npl N``), each after a prompt of its own (not shared: no
+``-pps``) of ``depth + n_prompt`` random tokens, ``n_gen`` tokens each. Its S_TG, the batch's decode tokens/s, is
+what a server with N busy slots makes at most on this build and model: no scheduler, no HTTP, no sampling.
+
+Repetitions are the batch size listed again (``-npl N,N,…``) in one process, the warm-up ones first and dropped,
+and one more last, whose line may be lost: llama.cpp's common log prints from a worker thread and its logger is
+never flushed at exit (upstream issue #22142), so what is logged just before the process ends can vanish (seen
+here: a run of a few milliseconds printing nothing and exiting 0). The trailing test keeps the measured lines
+well before the exit.
+The context is N × (prompt + n_gen), exactly what the tests need; llama-batched-bench silently leaves out a test
+that does not fit, so a missing line is an error here (IncompleteBenchOutput: run once more, then fail naming the
+log), never half a result. Its ``-o jsonl`` lines are read by field name (README of tools/batched-bench: pp, tg,
+pl, n_kv, t_pp, speed_pp, t_tg, speed_tg, t, speed); it logs llama.cpp's load normally, so the layers offloaded
+come from the same run's log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+
+from llmbench.engines.base import EngineError
+from llmbench.engines.llama_log import AUTO, Offload, parse_offload
+from llmbench.engines.llama_server import offload_args as common_offload_args
+from llmbench.llama_bench import IncompleteBenchOutput, run_and_parse
+from llmbench.runs import RUN_SCHEMA, RunPlan
+
+BATCHED_BENCH_ENERGY = (
+    "not measured: llama-batched-bench times its batches inside one process, so no window matches a sample"
+)
+TRAILING = 1  # tests after the measured ones, their lines not needed (see above)
+FIELDS = ("pp", "tg", "pl", "t_pp", "speed_pp", "t_tg", "speed_tg", "t")
+
+
+@dataclass(frozen=True)
+class BatchedBenchSettings:
+    tool: ClassVar[str] = "llama-batched-bench"
+    binary: Path
+    model: Path
+    batch: int  # sequences decoded at once (-npl): the load level
+    n_prompt: int = 128  # each sequence's prompt after the depth [tokens]
+    n_gen: int = 128  # tokens each sequence generates (-ntg)
+    depth: int = 0  # tokens before each sequence's prompt; its prefill covers them too
+    repetitions: int = 5
+    warmup: int = 1
+    threads: int = 1
+    n_gpu_layers: int | str = 0  # "auto": the layers llama.cpp's fitting chooses (llama_server.fitted_gpu_layers)
+    split_mode: str = "none"
+    tensor_split: tuple[float, ...] | None = None
+
+    @property
+    def prompt_per_sequence(self) -> int:
+        return self.depth + self.n_prompt
+
+    @property
+    def ctx_size(self) -> int:
+        """The KV cache the batch fills: N × (prompt + n_gen) [tokens]."""
+        return self.batch * (self.prompt_per_sequence + self.n_gen)
+
+
+def batched_bench_command(s: BatchedBenchSettings) -> list[str]:
+    """The command line; ``n_gpu_layers`` must be a number here (fit "auto" first)."""
+    if s.n_gpu_layers == AUTO:
+        raise ValueError("llama-batched-bench loads the model without llama.cpp's fitting: give it the fitted "
+                         "number of layers (llama_server.fitted_gpu_layers), not 'auto'")
+    if s.prompt_per_sequence < 1:
+        # With no prompt its prefill rate is 0/0, which it prints as -nan (not JSON).
+        raise ValueError("llama-batched-bench needs a prompt of at least 1 token per sequence: set n_prompt >= 1")
+    # llama.cpp's common arguments; its --fit is not applied by llama-batched-bench (it loads the model itself).
+    offload = common_offload_args(s.n_gpu_layers, s.tensor_split)
+    return [
+        str(s.binary), "-m", str(s.model), "-c", str(s.ctx_size),
+        "-npp", str(s.prompt_per_sequence), "-ntg", str(s.n_gen),
+        "-npl", ",".join([str(s.batch)] * (s.warmup + s.repetitions + TRAILING)),
+        "-t", str(s.threads), *offload, "--split-mode", s.split_mode, "--output-format", "jsonl",
+    ]
+
+
+def parse_jsonl(text: str, settings: BatchedBenchSettings) -> list[dict]:
+    """The measured result lines of ``--output-format jsonl`` (the warm-up ones dropped), each checked against
+    what was asked (pp, tg, pl) and for finite times; IncompleteBenchOutput where a line is missing, cut short or
+    not the test asked."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("{")]
+    asked = settings.warmup + settings.repetitions
+    tests = []
+    for line in lines:
+        try:
+            tests.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise IncompleteBenchOutput(f"llama-batched-bench's result line is cut short: {line[-200:]!r}") from None
+    if not asked <= len(tests) <= asked + TRAILING:
+        raise IncompleteBenchOutput(
+            f"llama-batched-bench printed {len(tests)} result lines for the {asked} measured (and {TRAILING} "
+            f"trailing) asked: a test whose context does not fit -c {settings.ctx_size} is left out silently, and "
+            "lines logged just before it exits can be lost")
+    want = {"pp": settings.prompt_per_sequence, "tg": settings.n_gen, "pl": settings.batch}
+    for t in tests:
+        missing = [f for f in FIELDS if f not in t]
+        if missing:
+            raise IncompleteBenchOutput(f"llama-batched-bench's result line lacks {', '.join(missing)}: {t}")
+        if {k: t[k] for k in want} != want:
+            raise IncompleteBenchOutput(f"llama-batched-bench ran pp {t['pp']}, tg {t['tg']}, pl {t['pl']}, not "
+                                        f"the test asked ({want})")
+        if not all(math.isfinite(t[k]) and t[k] > 0 for k in ("t_pp", "t_tg")):
+            raise IncompleteBenchOutput(f"llama-batched-bench's times are not positive: t_pp {t['t_pp']}, "
+                                        f"t_tg {t['t_tg']}")
+    return tests[settings.warmup:asked]
+
+
+def batches_to_rows(tests: list[dict], plan: RunPlan, settings: BatchedBenchSettings, offload: Offload | None = None,
+                  build: str | None = None) -> pl.DataFrame:
+    """One row per measured batch, in RUN_SCHEMA: prompt and prefill tokens N × prompt, generated N × n_gen,
+    prefill_ms and decode_ms its T_PP and T_TG [ms], and its S_PP and S_TG as prefill and decode tokens/s. Both
+    rates are the whole batch's (all N sequences' tokens over the batch's time); one sequence's decode speed is
+    decode_tokens_per_s / concurrency."""
+    now = dt.datetime.now(dt.UTC)
+    base = plan.row_base()
+    rows = []
+    for rep, t in enumerate(tests):
+        n = int(t["pl"])
+        rows.append({
+            **base,  # the configured -ngl (null for auto: what the fitting chose is the layers offloaded)
+            "n_gpu_layers_offloaded": offload.offloaded if offload else None,
+            "n_layers_total": offload.total if offload else None,
+            "threads": t.get("n_threads", settings.threads),
+            "status": "ok",
+            "engine_build": build,
+            "prompt_id": f"pp{t['pp']}+tg{t['tg']}x{n}",
+            "repetition": rep,
+            "max_tokens": int(t["tg"]),
+            "prompt_tokens": n * int(t["pp"]),
+            "prefill_tokens": n * int(t["pp"]),
+            "generated_tokens": n * int(t["tg"]),
+            "prefill_ms": t["t_pp"] * 1e3,
+            "decode_ms": t["t_tg"] * 1e3,
+            "prefill_tokens_per_s": float(t["speed_pp"]),
+            "decode_tokens_per_s": float(t["speed_tg"]),
+            "wall_ms": t["t"] * 1e3,
+            "energy_null_reason": BATCHED_BENCH_ENERGY,
+            "started_at": now,
+        })
+    return pl.DataFrame(rows, schema=RUN_SCHEMA)
+
+
+def run_batched_bench(settings: BatchedBenchSettings, plan: RunPlan, log_path: Path,
+                      build: str | None = None) -> pl.DataFrame:
+    log_path = Path(log_path)
+    tests = run_and_parse(batched_bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
+    offload = parse_offload(log_path.read_text(errors="replace"))
+    return batches_to_rows(tests, plan, settings, offload, build)
+
+
+def run_job(job, engine_log: Path) -> pl.DataFrame:
+    """A bench job's rows from llama-batched-bench at the job's load level and depth (llmbench.job.Job: the
+    build, model, offload, the plan's repetitions and warm-up, and the tool's own n_prompt and n_gen)."""
+    s = job.settings
+    settings = BatchedBenchSettings(
+        binary=s.build_dir / "bin" / "llama-batched-bench", model=s.model, batch=job.concurrency,
+        n_prompt=job.tool_settings["n_prompt"], n_gen=job.tool_settings["n_gen"], depth=job.depth,
+        repetitions=job.plan.repetitions, warmup=job.plan.warmup, threads=s.threads, n_gpu_layers=s.n_gpu_layers,
+        split_mode=s.split, tensor_split=s.tensor_split,
+    )
+    if settings.n_gpu_layers == AUTO:
+        settings = fitted(settings, engine_log)
+    return run_batched_bench(settings, job.plan, engine_log, (job.build_record or {}).get("commit"))
+
+
+def fitted(settings: BatchedBenchSettings, engine_log: Path) -> BatchedBenchSettings:
+    """``settings`` with the layers llama.cpp's fitting offloads for the batch's context (a llama-server of the
+    same build started with -ngl auto, its log read, stopped)."""
+    from llmbench.engines.llama_server import LlamaServerSettings, fitted_gpu_layers
+
+    server = settings.binary.parent / "llama-server"
+    if not server.exists():
+        raise EngineError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
+    layers = fitted_gpu_layers(
+        LlamaServerSettings(binary=server, model=settings.model, split_mode=settings.split_mode,
+                            threads=settings.threads, ctx_size=settings.ctx_size, tensor_split=settings.tensor_split),
+        Path(engine_log).with_suffix(".fit.log"))
+    return dataclasses.replace(settings, n_gpu_layers=layers)
