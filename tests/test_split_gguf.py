@@ -229,6 +229,7 @@ def fetch_job(cfg: dict, res: Path, shard: str) -> Fields:
         input=inputs,
         output=Fields(gguf=str(folder / f"Q8_0-{shard}.gguf"), record=str(folder / f"Q8_0-{shard}.json")),
         params=Fields(source=study.hf_shard_source(cfg, "llama31-70b", "Q8_0", shard)),
+        wildcards=Fields(model="llama31-70b", quant="Q8_0", shard=shard),
         log=[str(res / f"logs/{shard}.log")],
     )
 
@@ -249,6 +250,10 @@ def test_fetch_of_two_shards_with_sha256_records_both(split_hub_cache, tmp_path,
         (1, SHARD_1, "Q8_0-00001-of-00002.gguf"), (2, SHARD_2, "Q8_0-00002-of-00002.gguf")]
     assert record["bytes"] == sum(s["bytes"] for s in record["shards"])
     assert json.loads((folder / "Q8_0-00002-of-00002.json").read_text())["shard"] == {"no": 2, "count": 2}
+    # The tensor mix is the whole model's: every shard's tensors, in the first shard's record only.
+    mix = record["tensor_mix"]
+    assert mix["label"] == "Q8_0" and sum(t["tensors"] for t in mix["types"]) == mix["weight_matrices"] > 0
+    assert "tensor_mix" not in json.loads((folder / "Q8_0-00002-of-00002.json").read_text())
     assert check_gguf(folder / "Q8_0-00001-of-00002.gguf")["split_count"] == 2
 
 

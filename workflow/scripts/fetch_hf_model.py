@@ -10,6 +10,7 @@ from pathlib import Path
 from llmbench.fetch import fetch_hf_file, split_record
 from llmbench.logs import script_logging
 from llmbench.models import check_gguf
+from llmbench.tensor_mix import tensor_mix
 
 
 def main(snakemake):
@@ -24,6 +25,10 @@ def main(snakemake):
             files = [Path(p).name for p in (out.gguf, *snakemake.input.shards)]
             log.info("split GGUF %s: %s", out.gguf, check_gguf(out.gguf))
             record = split_record(record, others, files)
+        whole = "shard" not in src or "shards" in snakemake.input.keys()  # a whole file, or the first shard's job
+        if "quant" in snakemake.wildcards.keys() and whole:
+            files = [out.gguf, *(snakemake.input.shards if "shards" in snakemake.input.keys() else [])]
+            record["tensor_mix"] = tensor_mix(files, snakemake.wildcards.quant).record()
         Path(out.record).write_text(json.dumps(record, indent=2) + "\n")
 
 

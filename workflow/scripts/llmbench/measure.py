@@ -23,6 +23,7 @@ from llmbench.job import Job
 from llmbench.meters import open_energy_meter
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.runs import failed_run, run_generations, skipped_run
+from llmbench.tensor_mix import TensorMix, tensor_mix
 
 
 def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logging.Logger) -> pl.DataFrame:
@@ -35,7 +36,7 @@ def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logg
             log.info("holding GPUs %s (NVML indices; CUDA_VISIBLE_DEVICES set for the engine)", gpu_ids)
         # Without a GPU here the indices stay nominal, so that the meter says why nothing was read.
         gpu_ids = gpu_ids or list(range(job.gpus))
-        rows = measure(job, gpu_ids, log)
+        rows = with_tensor_mix(measure(job, gpu_ids, log), job)
         rows.write_parquet(run_file)
         provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo))
     return rows
@@ -72,14 +73,35 @@ def measure(job: Job, gpu_ids: list[int], log: logging.Logger) -> pl.DataFrame:
         return failed_run(job.plan, found.reason, found.kind, found.signal)
 
 
+def job_mix(job: Job) -> TensorMix | None:
+    """What the job's model file holds under its quant label; None without a file, or for one the GGUF check
+    refuses (its rows say why)."""
+    if job.model_file is None or job.quant is None:
+        return None
+    try:
+        shards = check_gguf(job.model_file).get("shards") or [job.model_file.name]
+        return tensor_mix([job.model_file.parent / name for name in shards], job.quant,
+                          (job.model_record or {}).get("quantize_fallbacks"))
+    except CorruptModelError:
+        return None
+
+
+def with_tensor_mix(rows: pl.DataFrame, job: Job) -> pl.DataFrame:
+    """``rows`` with the file's tensor mix and, where it is not what its label says, the note (on every row)."""
+    mix = job_mix(job)
+    return rows.with_columns(pl.lit(mix.summary() if mix else None, pl.String).alias("tensor_mix"),
+                             pl.lit(mix.note() if mix else None, pl.String).alias("quant_label_note"))
+
+
 def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
     model files, the tool's packages and the machine. The whole study config is archived once, beside the
     results."""
     settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
                 "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
+    mix = job_mix(job)  # read from the file itself: a record written before the mix was recorded lacks it
+    models = [{**job.model_record, **({"tensor_mix": mix.record()} if mix else {})}] if job.model_record else []
     return provenance.collect(
-        config=settings, build_record=job.build_record,
-        model_records=[job.model_record] if job.model_record is not None else [], gpu_indices=gpu_ids,
+        config=settings, build_record=job.build_record, model_records=models, gpu_indices=gpu_ids,
         started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo,
     )

@@ -263,6 +263,11 @@ def derive_quant(
             raise RuntimeError(f"llama-quantize {quant} of {src}: {found.reason} (log {log.name})")
         info = check_gguf(part)
         digest = sha256_file(part)
+        # What the file holds beside what it was asked for: llama-quantize names each tensor that fell back.
+        from llmbench.tensor_mix import quantize_warnings, tensor_mix
+
+        fallbacks = quantize_warnings(run.output)
+        mix = tensor_mix(part, quant, fallbacks).record()
     parent = json.loads(Path(src_record).read_text())
     return {
         "kind": "derived",
@@ -276,4 +281,6 @@ def derive_quant(
         "requantized": allow_requantize,
         "sha256": digest,
         **info,
+        "quantize_fallbacks": fallbacks,
+        "tensor_mix": mix,
     }

@@ -31,6 +31,11 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     # True for a model written with random weights (source kind synthetic): its speed and energy plan a real
     # model of that shape; its answers are noise.
     "model_is_synthetic": pl.Boolean,
+    # What the model file holds (llmbench.tensor_mix): its weight matrices' ggml types by share of bytes, and where
+    # it is not what its quant label says (tensors that fell back to other types) the note naming the real mix;
+    # null where it is (or no file: an Ollama library tag).
+    "tensor_mix": pl.String,
+    "quant_label_note": pl.String,
     "status": pl.String,
     "status_reason": pl.String,
     # A failed row's kind (llmbench.diagnosis: illegal_instruction, out_of_gpu_memory, …) and the signal that

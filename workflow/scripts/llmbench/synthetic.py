@@ -376,9 +376,11 @@ def make_synthetic_model(dest: str | Path, shape_name: str, quant: str, seed: in
     """Write the file into place atomically, checked as a loadable GGUF; return its record (with sha256)."""
     from llmbench.files import atomic_path, sha256_file
     from llmbench.models import check_gguf
+    from llmbench.tensor_mix import tensor_mix
 
     with atomic_path(dest) as part:
         record = write_synthetic_gguf(part, shape_name, quant, seed, model_name)
         info = check_gguf(part)
         digest = sha256_file(part)
-    return {**record, "sha256": digest, **info}
+        mix = tensor_mix(part, quant).record()
+    return {**record, "sha256": digest, **info, "tensor_mix": mix}
