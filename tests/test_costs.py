@@ -253,3 +253,15 @@ def test_the_markdown_says_how_many_windows_a_pooled_value_used():
         pl.Series("energy_valid", [False, True]), pl.Series("energy_invalid_reason", [short, None]))
     md = render_markdown(cost_table(frame, 0.14, []), 0.14, "test price", [])
     assert "| 3 [1] |" in md and "[1] energy summed over 1 of 2 windows" in md
+
+
+def test_a_quant_whose_file_is_not_its_label_is_marked_with_the_real_mix():
+    note = "Q4_0 here holds 67 % Q4_0, 33 % Q8_0 by weight bytes"
+    frame = pl.concat([WITH_OUTLIER.with_columns(pl.lit(note).alias("quant_label_note")), NO_OUTLIER],
+                      how="diagonal_relaxed")
+    t = cost_table(frame, 0.14, CLOUD, HARDWARE)
+    assert t.filter(pl.col("quant") == "Q4_0")["quant_label_note"].to_list() == [note]
+    md = render_markdown(t, 0.14, "test price", CLOUD, HARDWARE)
+    marker = md.split("| m | Q4_0 ≠ ")[1].split(" ")[0]
+    assert f"\n{marker} {note}\n" in md and md.count("| m | Q4_0 ≠ ") == 2  # both tables: energy and hardware
+    assert "| m | Q8_0 | none |" in md

@@ -43,9 +43,11 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
     # The library tags, and QuantFactory's Q4_0, Q4_K_M, Q8_0 (8B) and Q4_0, Q4_K_M (70B) imported.
     assert jobs[("bench_ollama", 2)] == 5 + 5
     assert jobs[("bench_llama_cpp_python", 2)] == 3 and jobs[("bench_vllm", 2)] == 2 * 5  # 1 to 16 clients
+    # llama.cpp's engine-side reference at llama-server's batch sizes, on the swept files, in three split modes.
+    assert jobs[("bench_llama_batched_bench", 2)] == swept * 3 * 5
     assert not any(rule.startswith("quantize") or rule == "fetch_pypi_model" for rule, _ in jobs)
     bench = sum(n for (rule, _), n in jobs.items() if rule.startswith("bench_"))
-    assert len(study.bench_jobs(cfg)) == bench == hf_files * 6 + swept * 3 * 6 + 10 + 3 + 10
+    assert len(study.bench_jobs(cfg)) == bench == hf_files * 6 + swept * 3 * 6 + 10 + 3 + 10 + swept * 3 * 5
     # Quality: every file against its model's finest quant over wikitext-2, and answers of every generating tool
     # (llama-server in its first split mode only).
     assert jobs[("fetch_corpus", 0)] == 1 and jobs[("kld_base", 0)] == 2 and jobs[("kld", 0)] == hf_files

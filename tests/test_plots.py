@@ -301,3 +301,15 @@ def test_box_figures_draw_one_request_on_an_empty_context_and_say_so():
         assert 1.0 not in chart.data.get_column("decode_tokens_per_s", default=pl.Series([])).to_list()
         assert "one request at a time on an empty context" in " ".join(spec_of(chart)["title"]["subtitle"])
         assert "empty context" not in " ".join(spec_of(alone)["title"]["subtitle"])
+
+
+def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in_the_notes():
+    runs = stand_in_runs().with_columns(
+        pl.when(pl.col("quant") == "Q2_K").then(pl.lit("Q2_K here holds 52 % Q4_0 …")).alias("quant_label_note"),
+        pl.when(pl.col("quant") == "Q2_K").then(pl.lit("52 % Q4_0, 35 % Q8_0, 13 % Q3_K")).alias("tensor_mix"))
+    chart = plots.metric_chart(runs, "s", plots.DECODE)
+    labels = inner(spec_of(chart))["encoding"]["x"]["sort"]
+    assert labels[:2] == ["Q2_K ≠ · ngl 33", "Q2_K ≠ · ngl 60/81"] and "Q8_0 · ngl 33" in labels
+    subtitle = spec_of(chart)["title"]["subtitle"]
+    assert any(line.startswith("≠: the file holds other types than its label says") for line in subtitle)
+    assert sum("Q2_K (llama31-" in line and "52 % Q4_0, 35 % Q8_0, 13 % Q3_K" in line for line in subtitle) == 2

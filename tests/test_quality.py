@@ -41,7 +41,11 @@ ACC_SCHEMA = {"tool": pl.String, "model": pl.String, "quant": pl.String, "questi
               "correct": pl.Boolean, "status": pl.String, "status_reason": pl.String}
 FILES = pl.DataFrame({"model": ["m"] * 4, "quant": ["F16", "Q6_K", "Q8_0", "Q4_0"],
                       "file_bytes": [2_000_000, 1_075_000, 1_062_500, 562_500], "weights": [1_000_000] * 4}
-                     ).with_columns((pl.col("file_bytes") * 8 / pl.col("weights")).alias("bits_per_weight"))
+                     ).with_columns((pl.col("file_bytes") * 8 / pl.col("weights")).alias("bits_per_weight"),
+                                    pl.Series("nominal_bits_per_weight", [16.0, 6.5625, 8.5, 4.5]),
+                                    pl.Series("tensor_mix", ["100 % F16", "84 % Q8_0, 16 % Q6_K", "100 % Q8_0",
+                                                             "100 % Q4_0"]),
+                                    pl.Series("quant_label_note", [None, "Q6_K here holds 84 % Q8_0", None, None]))
 KLD = pl.DataFrame([{"model": "m", "quant": "Q4_0", "reference_quant": "F16", **KLD_Q4_0},
                     {"model": "m", "quant": "Q2_K", "reference_quant": "F16", **KLD_Q4_0, "kld_mean": 0.9}])
 RUNS = runs_frame([run("Q4_0", 40.0, 100, 50.0), run("Q4_0", 80.0, 300, 70.0),  # measured: 120 J / 400 tokens
@@ -66,7 +70,11 @@ def test_file_facts_measures_bits_per_weight_from_the_files(tmp_path):
     small = write_tiny_gguf(tmp_path / "small.gguf", n=64)
     large = write_tiny_gguf(tmp_path / "large.gguf", n=4096)
     facts = file_facts({("m", "F32"): small, ("m2", "F32"): large})
-    assert facts.columns == ["model", "quant", "file_bytes", "weights", "bits_per_weight"]
+    assert facts.columns == ["model", "quant", "file_bytes", "weights", "nominal_bits_per_weight", "tensor_mix",
+                             "quant_label_note", "bits_per_weight"]
+    # What the files hold, read from their headers: F32 matrices, as the label says.
+    assert facts["tensor_mix"].to_list() == ["100 % F32"] * 2 and facts["quant_label_note"].to_list() == [None] * 2
+    assert facts["nominal_bits_per_weight"].to_list() == [32.0, 32.0]
     assert facts["weights"].to_list() == [256, 16384]
     assert facts["file_bytes"].to_list() == [small.stat().st_size, large.stat().st_size]
     assert facts["bits_per_weight"].to_list() == [b * 8 / w for b, w in zip(facts["file_bytes"], facts["weights"],
@@ -80,8 +88,9 @@ def test_quality_table_keeps_every_quant_any_input_knows_ordered_by_bits(table):
     # Q2_K is known only from KLD (nominal 2.95 bpw), Q6_K only from its file; Q6_K's measured 8.6 bpw puts it
     # after Q8_0 (8.5), against the nominal order.
     assert table["quant"].to_list() == ["Q2_K", "Q4_0", "Q8_0", "Q6_K", "F16"]
-    assert table.columns[:16] == [
-        "model", "quant", "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
+    assert table.columns[:19] == [
+        "model", "quant", "file_bytes", "bits_per_weight", "nominal_bits_per_weight", "tensor_mix",
+        "quant_label_note", "median_decode_tokens_per_s", "speed_null_reason",
         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens", "kld_mean", "kld_mean_unc",
         "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc"]
     q4 = row(table, "Q4_0")
@@ -136,16 +145,21 @@ def test_render_markdown_footnotes_reasons_and_formats_accuracy(table):
     cells = {c[1]: c for c in ([x.strip() for x in line.split("|")[1:-1]] for line in md.splitlines()
                                 if line.startswith("| m |"))}
     q4 = cells["Q4_0"]
-    assert q4[2:9] == ["0.5", "4.50", "60", "0.3", "0.2516 ± 0.0044", "1.189 ± 0.020", "69.9"]
-    assert q4[9] == "0.53 [0.36, 0.70] (n=30)" and q4[10].startswith("not run [")
+    assert q4[2:10] == ["0.5", "4.50 (4.50)", "100 % Q4_0", "60", "0.3", "0.2516 ± 0.0044", "1.189 ± 0.020", "69.9"]
+    assert q4[10] == "0.53 [0.36, 0.70] (n=30)" and q4[11].startswith("not run [")
     q8 = cells["Q8_0"]
-    assert q8[5].startswith("not measured [") and q8[6] == "not measured" and q8[9] == "1.00 [0.84, 1.00] (n=20)"
+    assert q8[6].startswith("not measured [") and q8[7] == "not measured" and q8[10] == "1.00 [0.84, 1.00] (n=20)"
     # One footnote per reason, its number in the cell.
-    assert f"\n{q8[5].removeprefix('not measured ')} {NO_RAPL}\n" in md
-    assert f"\n{q4[10].removeprefix('not run ')} vllm: vLLM needs a GPU; none here\n" in md
+    assert f"\n{q8[6].removeprefix('not measured ')} {NO_RAPL}\n" in md
+    assert f"\n{q4[11].removeprefix('not run ')} vllm: vLLM needs a GPU; none here\n" in md
     f16 = cells["F16"]
-    assert f16[4] == f16[5].replace("not measured", "not run") and f16[6] == "reference"
-    assert f"\n{f16[4].removeprefix('not run ')} F16 does not fit in memory\n" in md
+    assert f16[5] == f16[6].replace("not measured", "not run") and f16[7] == "reference"
+    assert f"\n{f16[5].removeprefix('not run ')} F16 does not fit in memory\n" in md
+    # A file that is not what its label says: the label marked, the real mix in its footnote; the others unmarked.
+    q6 = next(c for c in cells.values() if c[1].startswith("Q6_K"))
+    assert q6[1].startswith("Q6_K ≠ [") and q6[3] == "8.60 (6.56)" and q6[4] == "84 % Q8_0, 16 % Q6_K"
+    assert f"\n{q6[1].removeprefix('Q6_K ≠ ')} Q6_K here holds 84 % Q8_0\n" in md
+    assert q4[1] == "Q4_0" and "≠" not in q8[1]
     assert md.count("] no llama-server runs\n") == 1 and "] llama-server: no accuracy rows for this quant\n" in md
     assert "Wilson 95 % interval" in md and "reference quant's logits" in md
 
@@ -189,8 +203,19 @@ def test_pareto_chart_saves_png_and_offline_html(table, tmp_path):
     (data,) = spec["datasets"].values()
     # Q8_0 has no KLD and F16 no speed: only Q4_0 can be drawn.
     assert [d["quant"] for d in data] == ["Q4_0"] and data[0]["on_frontier"] is True
-    assert spec["title"]["text"] == "Quality vs speed (energy not measured here)" and "frontier" in spec["title"]["subtitle"]
+    assert spec["title"]["text"] == "Quality vs speed (energy not measured here)"
+    assert "frontier" in " ".join(spec["title"]["subtitle"]) and data[0]["label"] == "Q4_0"
     png, svg, html = save_all(chart, tmp_path / "pareto")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<svg" in svg.read_text()[:500]
     page = html.read_text()
     assert "vega" in page and "cdn.jsdelivr" not in page
+
+
+def test_a_pareto_point_whose_file_is_not_its_label_is_marked_and_named(table):
+    marked = table.with_columns(
+        pl.when(pl.col("quant") == "Q4_0").then(pl.lit("Q4_0 here holds 67 % Q4_0, 33 % Q8_0")).alias("quant_label_note"),
+        pl.when(pl.col("quant") == "Q4_0").then(pl.lit("67 % Q4_0, 33 % Q8_0")).alias("tensor_mix"))
+    spec = pareto_chart(marked, "median_decode_tokens_per_s", "speed", "t").to_dict()
+    (data,) = spec["datasets"].values()
+    assert data[0]["label"] == "Q4_0 ≠"
+    assert "    Q4_0 (m): 67 % Q4_0, 33 % Q8_0" in spec["title"]["subtitle"]

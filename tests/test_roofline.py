@@ -272,3 +272,14 @@ def test_a_batch_is_compared_with_the_bound_per_stream():
     batch, server = table(runs).sort("tool").iter_rows(named=True)
     assert batch["median_decode_tokens_per_s"] == server["median_decode_tokens_per_s"] == 50.0
     assert batch["fraction_of_bound"] == server["fraction_of_bound"]
+
+
+def test_a_quant_whose_file_is_not_its_label_is_marked_with_the_real_mix():
+    note = "Q4_0 here holds 67 % Q4_0, 33 % Q8_0 by weight bytes"
+    runs = pl.DataFrame(rows("llama-server", "Q4_0", [50.0]), schema=RUN_SCHEMA).with_columns(
+        pl.lit(note).alias("quant_label_note"))
+    t = table(runs)
+    assert t["quant_label_note"].to_list() == [note]
+    md = roofline.render_markdown(t)
+    marker = md.split("| Q4_0 ≠ ")[1].split(" ")[0]
+    assert f"\n{marker} {note}\n" in md

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.engines.registry import batching_tools
-from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.markdown import Footnotes, fmt, marked_quant, pipe_table
 from llmbench.meters import joules_per_token
 from llmbench.quants import rank
 from llmbench.runs import with_all_columns
@@ -83,6 +83,8 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("level_energy_j").drop_nulls().first().alias("_level_j"),
         pl.col("level_window_s").drop_nulls().first().alias("_level_s"),
         pl.col("level_energy_null_reason").drop_nulls().first().alias("_level_reason"),
+        # Where the model file is not what its quant label says (llmbench.tensor_mix), what it holds.
+        pl.col("quant_label_note").drop_nulls().first().alias("quant_label_note"),
     ).with_columns(
         # A batching tool's rows are batches: their decode tokens/s is the batch's output already.
         pl.when(batched).then(pl.col("median_decode_tokens_per_s"))
@@ -322,8 +324,9 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             reported = _pm(r["usd_per_1m_tokens_reported"], r["usd_per_1m_tokens_reported_spread"])
             if rule:
                 reported += f" ({rule}; Tukey outliers: {r['per_generation_outliers']} of {r['per_generation_n']})"
+            quant = marked_quant(r["quant"], r["quant_label_note"], notes)
             rows.append([
-                r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["generations"]), speed,
+                r["model"], quant, r["split"], str(r["concurrency"]), str(r["depth"]), str(r["generations"]), speed,
                 cell(r, fmt(r["j_per_token"]) + basis(r), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
                 cell(r, fmt(r["usd_per_1m_tokens"])),
                 cell(r, _pm(r["kwh_per_1m_tokens_median"], r["kwh_per_1m_tokens_iqr"])),
@@ -347,7 +350,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                 throughput = (fmt(r["server_output_tokens_per_s"]) + notes(r["hardware_throughput_basis"])
                               if r["concurrency"] > 1 else speed)
                 hw_rows.append([
-                    r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), throughput, hw, cell(r, fmt(r["usd_per_1m_tokens"]), first=True),
+                    r["model"], quant, r["split"], str(r["concurrency"]), str(r["depth"]), throughput, hw, cell(r, fmt(r["usd_per_1m_tokens"]), first=True),
                     cell(r, fmt(r["total_usd_per_1m_tokens"]) or r["hardware_null_reason"] or ""), capacity,
                     *breakeven,
                 ])

@@ -43,3 +43,13 @@ class Footnotes:
 
     def render(self) -> str:
         return "".join(f"\n[{n}] {text}\n" for text, n in self._numbers.items())
+
+
+# The mark on a quant label whose file is not what the label says (llmbench.tensor_mix), in tables and figures.
+LABEL_MARK = "≠"
+
+
+def marked_quant(quant: str, label_note: str | None, note: Footnotes) -> str:
+    """A quant cell: the label, and where its file holds other types than the label says, the mark and the
+    footnote naming the real mix."""
+    return f"{quant} {LABEL_MARK} {note(label_note)}" if label_note else quant

@@ -23,7 +23,7 @@ from llmbench.job import Job
 from llmbench.meters import open_energy_meter
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.runs import failed_run, run_generations, skipped_run
-from llmbench.tensor_mix import TensorMix, tensor_mix
+from llmbench.tensor_mix import TensorMix, file_mix
 
 
 def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logging.Logger) -> pl.DataFrame:
@@ -78,12 +78,7 @@ def job_mix(job: Job) -> TensorMix | None:
     refuses (its rows say why)."""
     if job.model_file is None or job.quant is None:
         return None
-    try:
-        shards = check_gguf(job.model_file).get("shards") or [job.model_file.name]
-        return tensor_mix([job.model_file.parent / name for name in shards], job.quant,
-                          (job.model_record or {}).get("quantize_fallbacks"))
-    except CorruptModelError:
-        return None
+    return file_mix(job.model_file, job.quant, job.model_record)
 
 
 def with_tensor_mix(rows: pl.DataFrame, job: Job) -> pl.DataFrame:

@@ -18,6 +18,7 @@ import altair as alt
 import polars as pl
 
 from llmbench.engines.registry import TOOLS
+from llmbench.markdown import LABEL_MARK
 from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
 from llmbench.runs import with_all_columns
@@ -131,16 +132,35 @@ def unreported_notes(runs: pl.DataFrame, metric: str, what: str, reason_column: 
             for r in lines.iter_rows(named=True)]
 
 
+def _mark() -> pl.Expr:
+    """" ≠" after a quant whose file is not what its label says (llmbench.tensor_mix), else nothing."""
+    return pl.when(pl.col("quant_label_note").is_not_null()).then(pl.lit(f" {LABEL_MARK}")).otherwise(pl.lit(""))
+
+
+def label_notes(data: pl.DataFrame) -> list[str]:
+    """One line per marked quant drawn, naming what its file holds: "≠ Q4_K_M (m): 52 % Q5_0, …"."""
+    if "quant_label_note" not in data.columns:
+        return []
+    marked = data.filter(pl.col("quant_label_note").is_not_null()).select("model", "quant", "tensor_mix").unique()
+    marked = marked.with_columns(pl.col("quant").replace_strict(rank(marked["quant"]), return_dtype=pl.Int64)
+                                 .alias("_rank")).sort("model", "_rank")
+    if marked.is_empty():
+        return []
+    return [f"{LABEL_MARK}: the file holds other types than its label says (tensors that fell back; the quality "
+            "table's notes name them), by weight bytes:",
+            *[f"    {r['quant']} ({r['model']}): {r['tensor_mix']}" for r in marked.iter_rows(named=True)]]
+
+
 def quant_labels(data: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     """Add ``quant_label`` ("Q4_0 · ngl 33/33": layers on GPU per tool × model × quant, "a, b" where split modes
     differ) and return the labels ordered coarse to fine by nominal bits per weight."""
     key = ["tool", "model", "quant"]
-    data = data.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in OFFLOAD_COLUMNS.items()
-                             if c not in data.columns)
+    data = data.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in
+                             {**OFFLOAD_COLUMNS, "quant_label_note": pl.String}.items() if c not in data.columns)
     ngl = data.with_columns(ngl_text().alias("_ngl")).group_by(key).agg(
         pl.col("_ngl").unique().sort().str.join(", ").alias("_ngl"))
     data = data.join(ngl, on=key, how="left").with_columns(
-        pl.format("{}{}ngl {}", "quant", pl.lit(LABEL_SEP), "_ngl").alias("quant_label")).drop("_ngl")
+        pl.format("{}{}{}ngl {}", "quant", _mark(), pl.lit(LABEL_SEP), "_ngl").alias("quant_label")).drop("_ngl")
     labels = data.select("quant", "quant_label").unique().with_columns(
         pl.col("quant").replace_strict(rank(data["quant"]), return_dtype=pl.Int64).alias("_rank")
     ).sort("_rank", "quant_label")["quant_label"].to_list()
@@ -171,7 +191,7 @@ def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, n
     data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null())
     if data.is_empty():
         return notice_chart(title, notes, f"nothing to draw: no {axis_title} in any row that ran (reasons above)")
-    notes.append(NGL_NOTE)
+    notes += [NGL_NOTE, *label_notes(data)]
     data, labels = quant_labels(data.with_columns(pl.concat_str(["tool", "model"], separator=LABEL_SEP).alias("panel")))
     series_values = sorted(data[series].unique().to_list())
     y_scale = (alt.Scale(domain=[0, data[metric].max()], nice=True) if data["model"].n_unique() == 1
@@ -458,7 +478,11 @@ def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise
 
     Points without y or with KLD ≤ 0 (the reference itself: a log axis cannot show 0) are left out.
     """
-    data = table.filter(pl.col(y).is_not_null() & (pl.col("kld_mean") > 0)).select(*KEY, "kld_mean", y)
+    table = table.with_columns(pl.lit(None, pl.String).alias(c) for c in ("quant_label_note", "tensor_mix")
+                               if c not in table.columns)
+    data = table.filter(pl.col(y).is_not_null() & (pl.col("kld_mean") > 0)).select(
+        *KEY, "kld_mean", y, "quant_label_note", "tensor_mix").with_columns(
+        pl.concat_str(pl.col("quant"), _mark()).alias("label"))
     data = pareto_front(data, "kld_mean", y, maximise_y).with_columns(
         pl.when(pl.col("on_frontier")).then(pl.lit("on the frontier")).otherwise(pl.lit("dominated")).alias("point"))
     x_enc = alt.X("kld_mean:Q", scale=alt.Scale(type="log"), title=KLD_TITLE)
@@ -472,9 +496,10 @@ def pareto_chart(table: pl.DataFrame, y: str, y_title: str, title: str, maximise
                                     legend=None),
         tooltip=[*KEY, "kld_mean:Q", f"{y}:Q", "point:N"])
     # Labels in dark grey: Okabe–Ito's yellow is a fine point colour but illegible as text on white.
-    labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="quant:N", color=alt.value("#333"))
+    labels = base.mark_text(align="left", dx=7, dy=-7, fontSize=10).encode(text="label:N", color=alt.value("#333"))
+    subtitle = _wrap([FRONTIER_NOTE, *label_notes(data)])
     return alt.layer(line, points, labels).properties(width=320, height=240).facet(
-        facet=alt.Facet("model:N", title=None), columns=2).properties(title=alt.TitleParams(title, subtitle=FRONTIER_NOTE))
+        facet=alt.Facet("model:N", title=None), columns=2).properties(title=alt.TitleParams(title, subtitle=subtitle))
 
 
 def ratio_chart(table: pl.DataFrame) -> alt.Chart:

@@ -14,27 +14,35 @@ import polars as pl
 
 from llmbench.accuracy import accuracy_table
 from llmbench.costs import energy_per_token, usd_per_1m_tokens
-from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.markdown import LABEL_MARK, Footnotes, fmt, marked_quant, pipe_table
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.quants import NOMINAL_BITS_PER_WEIGHT, rank
 from llmbench.stats import base_level
 from llmbench.synthetic import QUALITY_NULL_REASON
+from llmbench.tensor_mix import file_mix
 
 KEY = ["model", "quant"]
+FILE_MIX = ["nominal_bits_per_weight", "tensor_mix", "quant_label_note"]
 KLD_COLUMNS = ["kld_mean", "kld_mean_unc", "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc", "same_top_p_pct",
                "reference_quant"]
-FILE_SCHEMA = {"model": pl.String, "quant": pl.String, "file_bytes": pl.Int64, "weights": pl.Int64}
+FILE_SCHEMA = {"model": pl.String, "quant": pl.String, "file_bytes": pl.Int64, "weights": pl.Int64,
+               "nominal_bits_per_weight": pl.Float64, "tensor_mix": pl.String, "quant_label_note": pl.String}
 
 
 def file_facts(files: dict[tuple[str, str], Path]) -> pl.DataFrame:
-    """Size and weight count of each (model, quant) file; bits per weight measured from the file, header included."""
+    """Size and weight count of each (model, quant) file, bits per weight measured from the file (header
+    included) beside the label's nominal, and what its weight matrices hold (llmbench.tensor_mix): the mix by
+    bytes, and where the file is not what its label says, the note."""
     rows = []
     for (m, q), p in files.items():
         try:
             info = check_gguf(p)
         except CorruptModelError:  # its jobs' failed rows say why; the table is made for every other file
             info = {"bytes": None, "weights": None}
-        rows.append({"model": m, "quant": q, "file_bytes": info["bytes"], "weights": info["weights"]})
+        mix = file_mix(p, q) if info["bytes"] is not None else None
+        rows.append({"model": m, "quant": q, "file_bytes": info["bytes"], "weights": info["weights"],
+                     "nominal_bits_per_weight": NOMINAL_BITS_PER_WEIGHT.get(q),
+                     "tensor_mix": mix.summary() if mix else None, "quant_label_note": mix.note() if mix else None})
     return pl.DataFrame(rows, schema=FILE_SCHEMA).with_columns(
         (pl.col("file_bytes") * 8 / pl.col("weights")).alias("bits_per_weight"))
 
@@ -86,7 +94,8 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
     # A failed KLD job leaves its row with the reason; KLD files written before that column have none.
     kld = kld.with_columns(pl.lit(None, pl.String).alias(c) for c in ("kld_null_reason",) if c not in kld.columns)
     kld = kld.with_columns(pl.lit(None, pl.String).alias(c) for c in KLD_COLUMNS if c not in kld.columns)
-    frames = [files.select(*KEY, "file_bytes", "bits_per_weight"), speed,
+    files = files.with_columns(pl.lit(None, t).alias(c) for c, t in FILE_SCHEMA.items() if c not in files.columns)
+    frames = [files.select(*KEY, "file_bytes", "bits_per_weight", *FILE_MIX), speed,
               kld.select(*KEY, *KLD_COLUMNS, "kld_null_reason"), acc]
     table = pl.concat([f.select(KEY) for f in frames]).unique()
     for f in frames:
@@ -104,7 +113,7 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
         .otherwise(None).alias("quality_null_reason"),
     ).sort(["model", pl.coalesce("bits_per_weight", nominal), order, "quant"], nulls_last=True)
     acc_cols = [c for c in acc.columns if c not in KEY]
-    return table.select(*KEY, "file_bytes", "bits_per_weight", "median_decode_tokens_per_s", "speed_null_reason",
+    return table.select(*KEY, "file_bytes", "bits_per_weight", *FILE_MIX, "median_decode_tokens_per_s", "speed_null_reason",
                         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
                         *KLD_COLUMNS, "kld_null_reason", "quality_null_reason", *acc_cols)
 
@@ -128,8 +137,8 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
         m = re.search(rf"(?:^|; ){re.escape(tool)}: (.*?)(?=; (?:{others}): |$)", not_run or "")
         return f"{tool}: {m.group(1)}" if m else f"{tool}: no accuracy rows for this quant"
 
-    header = ["model", "quant", "file MiB", "bpw", "decode tok/s", "J/token", "mean KLD", "PPL ratio",
-              "same top %", *[f"accuracy {t}" for t in tools]]
+    header = ["model", "quant", "file MiB", "bpw (nominal)", "tensor mix", "decode tok/s", "J/token", "mean KLD",
+              "PPL ratio", "same top %", *[f"accuracy {t}" for t in tools]]
     rows = []
     for r in table.iter_rows(named=True):
         energy_reason = r["energy_null_reason"] or r["speed_null_reason"] or "not measured"
@@ -155,13 +164,19 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
                 accuracy.append(f"{r[f'accuracy {t}']:.2f} [{r[f'accuracy {t} low']:.2f}, "
                                 f"{r[f'accuracy {t} high']:.2f}] (n={r[f'accuracy {t} n']})")
         rows.append([
-            r["model"], r["quant"], "" if r["file_bytes"] is None else f"{r['file_bytes'] / 2**20:.1f}",
-            pm(r["bits_per_weight"], None, 2),
+            r["model"], marked_quant(r["quant"], r.get("quant_label_note"), note),
+            "" if r["file_bytes"] is None else f"{r['file_bytes'] / 2**20:.1f}",
+            pm(r["bits_per_weight"], None, 2) + (f" ({r['nominal_bits_per_weight']:.2f})"
+                                                 if r.get("nominal_bits_per_weight") is not None else ""),
+            r.get("tensor_mix") or "",
             fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}",
             joule, kld, pm(r["ppl_ratio"], r["ppl_ratio_unc"], 3), pm(r["same_top_p_pct"], None, 1), *accuracy,
         ])
     out = ["## Quality, speed and energy per quant\n\n", pipe_table(header, rows), "\n",
-           "File MiB and bpw: measured from the GGUF file (its size × 8 over its weight count, header included). "
+           "File MiB and bpw: measured from the GGUF file (its size × 8 over its weight count, header included); in "
+           "brackets the bits per weight the quant's label promises (llama-quantize's own figure). Tensor mix: the "
+           "ggml types of the file's weight matrices by share of bytes, read from its header; a quant marked "
+           f"{LABEL_MARK} holds other types than its label says (tensors that fell back), its note names them. "
            "Decode tok/s: median over the generations that ran; J/token: energy summed over all generation windows, "
            "divided by the tokens they generated (as in the cost table). Mean KLD (± its uncertainty): "
            "llama-perplexity's KL divergence of the quant's token distribution from the reference quant's logits, "

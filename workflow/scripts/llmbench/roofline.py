@@ -19,10 +19,10 @@ import polars as pl
 
 from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
 from llmbench.engines.registry import TOOLS, batching_tools
-from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.markdown import Footnotes, fmt, marked_quant, pipe_table
 from llmbench.models import CorruptModelError, read_tensor_table
 from llmbench.quants import rank
-from llmbench.runs import RUN_SCHEMA
+from llmbench.runs import RUN_SCHEMA, with_all_columns
 from llmbench.stats import GROUP, with_levels
 
 EMBEDDING = "token_embd.weight"
@@ -190,7 +190,7 @@ def _held_bytes() -> tuple[pl.Expr, pl.Expr, pl.Expr]:
 def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFrame) -> pl.DataFrame:
     """Per tool × model × quant × split × level: median decode tokens/s of one stream, bytes per token, bandwidth,
     bound, fraction."""
-    runs = with_levels(runs)
+    runs = with_all_columns(with_levels(runs))  # rows measured before a column existed read it as null
     ok = pl.col("status") == "ok"
     facts = pl.col("engine_facts").filter(ok).drop_nulls()
     # Per stream, as the bound below: a batching tool's rows give the whole batch's decode rate.
@@ -202,6 +202,7 @@ def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFr
         pl.col("status_reason").filter(~ok).drop_nulls().unique().sort().str.join("; ").alias("_skipped"),
         facts.str.json_path_match("$.dtype").drop_nulls().first().alias("_dtype"),
         facts.str.json_path_match("$.parameters").drop_nulls().first().cast(pl.Int64).alias("_parameters"),
+        pl.col("quant_label_note").drop_nulls().first(),  # the file is not what its label says (tensor_mix)
     )
     t = speed.join(traffic.drop("block_count"), on=["model", "quant"], how="left").join(devices, on=GROUP, how="left")
     held, held_note, held_reason = _held_bytes()
@@ -239,7 +240,7 @@ def roofline_table(runs: pl.DataFrame, traffic: pl.DataFrame, devices: pl.DataFr
         pl.coalesce("bytes_null_reason", "bandwidth_null_reason").alias("bound_null_reason"),
     ).select(*GROUP, "generations", "median_decode_tokens_per_s", "speed_null_reason", "tensor_bytes",
              "bytes_per_token", "bytes_note", "bandwidth_bytes_per_s", "bandwidth_label", "bound_tokens_per_s",
-             "bound_null_reason", "fraction_of_bound").sort(GROUP)
+             "bound_null_reason", "fraction_of_bound", "quant_label_note").sort(GROUP)
 
 
 def render_markdown(table: pl.DataFrame) -> str:
@@ -255,7 +256,7 @@ def render_markdown(table: pl.DataFrame) -> str:
         bound = (fmt(r["bound_tokens_per_s"]) if r["bound_tokens_per_s"] is not None
                  else f"none {note(r['bound_null_reason'] or 'not known')}")
         frac = "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"
-        rows.append([r["tool"], r["model"], r["quant"], r["split"], speed, mib or "unknown", bw or "unknown", bound,
+        rows.append([r["tool"], r["model"], marked_quant(r["quant"], r.get("quant_label_note"), note), r["split"], speed, mib or "unknown", bw or "unknown", bound,
                      frac])
     header = ["tool", "model", "quant", "split", "median decode tok/s", "MiB read per token", "bandwidth GB/s",
               "bound tok/s", "fraction of bound"]

@@ -185,3 +185,22 @@ def tensor_mix(paths: Path | Iterable[Path], label: str, warnings: Mapping[str, 
 def _bits(type_name: str) -> float | None:
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
     return size * 8 / block
+
+
+def file_mix(path: Path, label: str, record: Mapping | None = None) -> TensorMix | None:
+    """The mix of a study's model file: every shard where it is split, with llama-quantize's warnings where its
+    record (``record``, else the .json beside it) has them; None for a file the GGUF check refuses (the jobs that
+    use it say why)."""
+    import json
+
+    from llmbench.models import CorruptModelError, check_gguf
+
+    path = Path(path)
+    beside = path.with_suffix(".json")
+    if record is None and beside.exists():
+        record = json.loads(beside.read_text())
+    try:
+        shards = check_gguf(path).get("shards") or [path.name]
+        return tensor_mix([path.parent / name for name in shards], label, (record or {}).get("quantize_fallbacks"))
+    except CorruptModelError:
+        return None
