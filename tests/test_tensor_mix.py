@@ -109,3 +109,15 @@ def test_a_synthetic_file_is_recorded_as_holding_what_its_label_says(tmp_path):
     # Its output matrix is Q6_K as llama-quantize makes it (rows 256 wide): by design, not a fallback.
     assert mix["matches_label"] and mix["note"] is None and mix["fallbacks"] == []
     assert [t["type"] for t in mix["types"]] == ["Q4_0", "Q6_K"]
+
+
+def test_outside_the_k_and_i_quants_only_the_output_matrix_falls_back(tmp_path):
+    # A Q4_0 file asks Q6_K of its output matrix only: rows 576 wide give Q8_0 there, by fallback.
+    untied = write_tiny_gguf(tmp_path / "untied.gguf", tensors={
+        "token_embd.weight": matrix("Q4_0", 64, 576), "output.weight": matrix("Q8_0", 64, 576),
+        "blk.0.attn_q.weight": matrix("Q8_0", 64, 576)})
+    assert [(f.tensor, f.intended) for f in tensor_mix(untied, "Q4_0").fallbacks] == [("output.weight", "Q6_K")]
+    # MXFP4_MOE keeps all but the experts at Q8_0 by design (gpt-oss's rows are 2880 wide): no fallback.
+    moe = write_tiny_gguf(tmp_path / "moe.gguf", tensors={"blk.0.attn_q.weight": matrix("Q8_0", 64, 2880),
+                                                          "output.weight": matrix("Q8_0", 64, 2880)})
+    assert tensor_mix(moe, "MXFP4_MOE").matches_label

@@ -327,6 +327,24 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
     assert kld["Q2_K"] > kld["Q4_0"] > kld["Q8_0"] > 0
 
 
+def test_each_quant_file_says_what_it_holds(study):
+    """SmolLM2-135M's rows are 576 wide: the real llama-quantize's Q2_K falls back for most tensors and says so."""
+    record = json.loads((study / f"res/models/{MODEL}/Q2_K.json").read_text())
+    mix = record["tensor_mix"]
+    assert not mix["matches_label"] and mix["bits_per_weight"] > mix["nominal_bits_per_weight"]
+    warned = [f for f in mix["fallbacks"] if f["source"] == "llama-quantize's warning"]
+    assert warned and len(warned) == len(record["quantize_fallbacks"])
+    assert {f["intended"] for f in warned} <= {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"} and {f["ncols"] for f in warned} == {576}
+    assert json.loads((study / f"res/models/{MODEL}/Q8_0.json").read_text())["tensor_mix"]["matches_label"]
+    runs = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-server")
+    notes = dict(runs.group_by("quant").agg(pl.col("quant_label_note").drop_nulls().first()).iter_rows())
+    assert notes["Q2_K"].startswith("Q2_K here holds ") and notes["Q8_0"] is None
+    quality = (study / "results/tables/quality_by_quant.md").read_text()
+    assert f"| {MODEL} | Q2_K ≠ [" in quality and f"| {MODEL} | Q8_0 |" in quality
+    prov = json.loads((study / f"results/runs/llama-server/{MODEL}/Q2_K/none/c1-d0.provenance.json").read_text())
+    assert prov["models"][0]["tensor_mix"]["summary"] == mix["summary"]
+
+
 def test_corrupt_model_is_a_failed_measurement_and_the_study_goes_on(study):
     cfg = write_config(study, ["Q8_0", "Q4_0", "Q2_K"])
     bad = study / f"res/models/{MODEL}/Q4_0.gguf"

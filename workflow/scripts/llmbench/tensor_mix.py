@@ -135,19 +135,34 @@ def _label_type(label: str) -> str | None:
     return named_after(label, {t.name: 0.0 for t in GGMLQuantizationType})
 
 
-def _header_fallback(type_name: str, ncols: int, dims: int, label: str) -> str | None:
-    """The type(s) a tensor fell back from, judged from the header alone; None where it did not fall back."""
+def _kind(name: str) -> str:
+    """K-quant, i-quant, ternary, or another (legacy 32-block, MXFP4, float) type or label."""
+    return "K" if "_K" in name else "IQ" if name.startswith("IQ") else "TQ" if name.startswith("TQ") else "other"
+
+
+def _header_fallback(type_name: str, ncols: int, dims: int, label: str, is_output: bool) -> str | None:
+    """The type(s) a tensor fell back from, judged from the header alone; None where it did not fall back.
+
+    In a K, i- or ternary-quant file the fallback comes from a type of the label's kind. In a file of another
+    label only the output matrix (or the token embedding tied to it) is asked a K type: Q6_K in the legacy 32-block
+    quants (Q4_0 … Q5_1), which falls back to Q8_0; elsewhere (Q8_0, MXFP4_MOE's Q8_0 for all but the experts, a
+    float) nothing is a fallback."""
     own = _label_type(label)
     if type_name == own or own is None or own in ("F16", "BF16", "F32"):
         return None
     if type_name == "F16" and dims >= 2 and ncols % 32:
         return "a quantized type (no 32-weight block fits its rows)"
-    froms = [k for k, v in FALLBACK_OF.items() if v == type_name]
-    if not froms or ncols % QK_K == 0:
+    if ncols % QK_K == 0:
         return None
-    # The label's family first: a K mix falls back from K types, an i-quant mix from i-quants.
-    family = [k for k in froms if ("_K" in k) == ("_K" in label) and k.startswith("IQ") == label.startswith("IQ")]
-    return " or ".join(family or froms)
+    froms = [k for k, v in FALLBACK_OF.items() if v == type_name]
+    if _kind(label) != "other":
+        family = [k for k in froms if _kind(k) == _kind(label)]
+    else:
+        family = ["Q6_K"] if is_output and type_name == "Q8_0" and own in LEGACY else []
+    return " or ".join(family) if family else None
+
+
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
 
 def tensor_mix(paths: Path | Iterable[Path], label: str, warnings: Mapping[str, dict] | None = None) -> TensorMix:
@@ -158,8 +173,12 @@ def tensor_mix(paths: Path | Iterable[Path], label: str, warnings: Mapping[str, 
     warnings = warnings or {}
     by_type: dict[str, list[int]] = {}
     fallbacks, weights, nbytes, matrices = [], 0, 0, 0
-    for path in paths:
-        for t in read_tensor_table(path).tensors:
+    tables = [read_tensor_table(path) for path in paths]
+    # A model without its own output matrix reads the token embedding as its output (tied): quantized as one.
+    tied = not any(t.name == "output.weight" for table in tables for t in table.tensors)
+    output = {"output.weight", *(("token_embd.weight",) if tied else ())}
+    for table in tables:
+        for t in table.tensors:
             if len(t.dims) < 2:
                 continue  # a norm or bias: F32 in every quant
             name = GGMLQuantizationType(t.ggml_type).name
@@ -173,7 +192,7 @@ def tensor_mix(paths: Path | Iterable[Path], label: str, warnings: Mapping[str, 
             if t.name in warnings:
                 w = warnings[t.name]
                 fallbacks.append(Fallback(t.name, name, w["intended"], w["ncols"], WARNING_SOURCE))
-            elif (intended := _header_fallback(name, t.dims[0], len(t.dims), label)) is not None:
+            elif (intended := _header_fallback(name, t.dims[0], len(t.dims), label, t.name in output)) is not None:
                 fallbacks.append(Fallback(t.name, name, intended, t.dims[0], HEADER_SOURCE))
     types = sorted(
         (TypeShare(name, n, w, b, b / nbytes if nbytes else 0.0, _bits(name)) for name, (n, w, b) in by_type.items()),
