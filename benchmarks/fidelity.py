@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow/scripts"))
 
 from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings  # noqa: E402
-from llmbench.fidelity import Comparison, bare_decode_rate, interleaved, metered_decode_rate, verdicts  # noqa: E402
+from llmbench.fidelity import Comparison, bare_decode_rate, interleaved, metered_decode_rate, verdicts, write_report  # noqa: E402
 from llmbench.llama_bench import LlamaBenchSettings, bench_command, run_llama_bench  # noqa: E402
 from llmbench.meters import open_energy_meter  # noqa: E402
 from llmbench.runs import Prompt, RunPlan  # noqa: E402
@@ -83,12 +83,7 @@ def main() -> None:
         lines.append(f"| {c.name}: {c.a_label} / {c.b_label} | {statistics.median(c.a):.1f} | "
                      f"{statistics.median(c.b):.1f} | {len(c.a)} / {len(c.b)} | {c.ratio:.4f} |")
     lines += ["", *[f"- {v}" for v in verdicts(metering, fidelity)], ""]
-    text = "\n".join(lines)
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"fidelity-{now:%Y-%m-%d}-{platform.node()}.md"
-    path.write_text(text)
-    print(text)
-    print(f"written to {path}")
+    write_report(a.out, "fidelity", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "workflow/scripts"))
 
 from llmbench.batched_bench import BatchedBenchSettings, batched_bench_command, run_batched_bench  # noqa: E402
 from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings  # noqa: E402
-from llmbench.fidelity import MAX_SERVING_GAP, serving_check  # noqa: E402
+from llmbench.fidelity import MAX_SERVING_GAP, serving_check, write_report  # noqa: E402
 from llmbench.meters import open_energy_meter  # noqa: E402
 from llmbench.provenance import cpu_model  # noqa: E402
 from llmbench.runs import Prompt, RunPlan, run_generations  # noqa: E402
@@ -93,12 +93,7 @@ def main() -> None:
                      f"{len(c.request_decode)} / {len(c.batch_decode)} | {c.counts_check} |")
     lines += ["", f"Target: ratio within ±{MAX_SERVING_GAP:.0%}; server and client token counts equal.", "",
               *[f"- {c.verdict()}" for c in checks], ""]
-    text = "\n".join(lines)
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"serving-{now:%Y-%m-%d}-{platform.node()}-t{a.temperature:g}.md"
-    path.write_text(text)
-    print(text)
-    print(f"written to {path}")
+    write_report(a.out, f"serving-t{a.temperature:g}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import polars as pl
 from llmbench.engines.base import EngineError
 from llmbench.engines.llama_log import AUTO, Offload, parse_offload
 from llmbench.engines.llama_server import offload_args as common_offload_args
-from llmbench.llama_bench import IncompleteBenchOutput, run_and_parse
+from llmbench.llama_bench import IncompleteBenchOutput, json_lines, run_and_parse
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
 BATCHED_BENCH_ENERGY = (
@@ -89,14 +88,8 @@ def parse_jsonl(text: str, settings: BatchedBenchSettings) -> list[dict]:
     """The measured result lines of ``--output-format jsonl`` (the warm-up ones dropped), each checked against
     what was asked (pp, tg, pl) and for finite times; IncompleteBenchOutput where a line is missing, cut short or
     not the test asked."""
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("{")]
     asked = settings.warmup + settings.repetitions
-    tests = []
-    for line in lines:
-        try:
-            tests.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise IncompleteBenchOutput(f"llama-batched-bench's result line is cut short: {line[-200:]!r}") from None
+    tests = json_lines(text, "llama-batched-bench")
     if not asked <= len(tests) <= asked + TRAILING:
         raise IncompleteBenchOutput(
             f"llama-batched-bench printed {len(tests)} result lines for the {asked} measured (and {TRAILING} "

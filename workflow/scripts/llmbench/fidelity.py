@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmbench.engines.base import Engine
 from llmbench.meters import EnergyMeter
@@ -124,3 +125,16 @@ def serving_check(concurrency: int, server_rows, batch_rows) -> ServingCheck:
         server_output=ok["generated_tokens"].sum() / window[0] if len(window) else float("nan"),
         counts_check=ok["server_counts_check"].drop_nulls().first() or "not checked: no server counts in the rows",
     )
+
+
+def write_report(out: Path, stem: str, text: str) -> Path:
+    """A benchmark's Markdown report written as ``out/<stem>-<UTC date>-<host>.md`` and printed; its path back."""
+    import datetime as dt
+    import platform
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}-{dt.datetime.now(dt.UTC):%Y-%m-%d}-{platform.node()}.md"
+    path.write_text(text)
+    print(text)
+    print(f"written to {path}")
+    return path

@@ -102,18 +102,25 @@ def _check_samples(t: dict, repetitions: int | None = None) -> None:
                                     f"{repetitions} repetitions")
 
 
+def json_lines(text: str, tool: str) -> list[dict]:
+    """The JSON objects of a bench binary's jsonl output, one per line that starts with '{' (its log lines do
+    not); IncompleteBenchOutput naming ``tool`` where one is cut short."""
+    tests = []
+    for line in (ln.strip() for ln in text.splitlines()):
+        if line.startswith("{"):
+            try:
+                tests.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise IncompleteBenchOutput(f"{tool}'s result line is cut short: {line[-200:]!r}") from None
+    return tests
+
+
 def parse_jsonl(text: str, settings: LlamaBenchSettings | None = None) -> list[dict]:
     """The result lines of ``-o jsonl``, each with its samples; with ``settings``, a line for each test asked
     (pp and tg) with one sample per repetition. IncompleteBenchOutput where any is missing or cut short."""
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("{")]
-    if not lines:
+    tests = json_lines(text, "llama-bench")
+    if not tests:
         raise IncompleteBenchOutput(f"llama-bench printed no results: {text[-500:]!r}")
-    tests = []
-    for line in lines:
-        try:
-            tests.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise IncompleteBenchOutput(f"llama-bench's result line is cut short: {line[-200:]!r}") from None
     for t in tests:
         _check_samples(t, settings.repetitions if settings else None)
     if settings is not None:
