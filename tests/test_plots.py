@@ -313,3 +313,7 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
     subtitle = spec_of(chart)["title"]["subtitle"]
     assert any(line.startswith("≠: the file holds other types than its label says") for line in subtitle)
     assert sum("Q2_K (llama31-" in line and "52 % Q4_0, 35 % Q8_0, 13 % Q3_K" in line for line in subtitle) == 2
+    # The frameworks figure marks its quant axis alike.
+    all_q2 = runs.with_columns(pl.lit("Q2_K").alias("quant"), pl.lit("Q2_K here holds …").alias("quant_label_note"))
+    frameworks = plots.framework_chart(all_q2, "s")
+    assert inner(spec_of(frameworks))["encoding"]["x"]["sort"] == ["Q2_K ≠"]

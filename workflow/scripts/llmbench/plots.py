@@ -329,13 +329,17 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
     data = data.join(counts.filter(pl.col("_n") >= 2).select("model", "quant"), on=["model", "quant"], how="semi")
     if data.is_empty():
         return notice_chart(title, notes, "nothing to compare: no model file and quant was run by two frameworks")
-    quants = order_by_bits(data["quant"].unique().to_list())
+    data = with_all_columns(data).with_columns(pl.concat_str(pl.col("quant"), _mark()).alias("quant_shown"))
+    notes += label_notes(data)
+    order = rank(data["quant"])
+    quants = [shown for _, shown in sorted(data.select("quant", "quant_shown").unique().iter_rows(),
+                                           key=lambda qs: (order[qs[0]], qs[1]))]
     engines = sorted(data["engine"].unique().to_list())
-    chart = alt.Chart(data.select("model", "quant", "engine", metric)).mark_boxplot(
+    chart = alt.Chart(data.select("model", "quant", "quant_shown", "engine", metric)).mark_boxplot(
         extent=TUKEY_EXTENT, size=PANEL_WIDTH_STEP - 4, median={"color": "black"},
         outliers={"size": 18}, rule={"color": "#333"}, box=BOX_OUTLINE,
     ).encode(
-        x=alt.X("quant:N", sort=quants, title="quant, coarsest left", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("quant_shown:N", sort=quants, title="quant, coarsest left", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("engine:N", sort=engines),
         y=alt.Y(f"{metric}:Q", title="decode speed [tokens/s]", scale=alt.Scale(zero=True)),
         color=alt.Color("engine:N", sort=engines, title="framework",
