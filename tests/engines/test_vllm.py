@@ -273,3 +273,34 @@ def test_a_request_cut_short_twice_fails_naming_the_engine_log(tmp_path, monkeyp
             server.generate("What is 17 + 25?", 64, 0.0, 1)
     assert "cut short again when the request ran once more" in str(e.value) and str(log) in str(e.value)
     assert Path(f"{model}.requests").read_text() == "xx"
+
+
+TOKENIZING = """
+    import http.server, json, sys
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+            self.wfile.write(json.dumps({"version": "standin"} if self.path == "/version" else {}).encode())
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # One token per word, as vLLM's protocol answers: /tokenize gives count and ids, /detokenize the prompt.
+            if self.path == "/tokenize":
+                assert body["add_special_tokens"] is False and body["model"]
+                words = body["prompt"].split()
+                out = {"count": len(words), "max_model_len": 4096, "tokens": list(range(len(words)))}
+            else:
+                out = {"prompt": " ".join(f"w{i}" for i in body["tokens"])}
+            self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+            self.wfile.write(json.dumps(out).encode())
+        def log_message(self, *a): pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_a_context_at_a_depth_is_counted_by_vllms_own_tokenizer(tmp_path, monkeypatch):
+    model = standin_vllm(tmp_path, TOKENIZING, monkeypatch)
+    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+        assert server.context_text("one two three four five", 3) == "w0 w1 w2"
+        with pytest.raises(EngineError, match="holds 5 tokens by vLLM's tokenizer, fewer than the depth 9"):
+            server.context_text("one two three four five", 9)

@@ -319,5 +319,6 @@ register(Tool(
     prefill_is_ttft=True,
     tensor_parallel=True,
     serves=True,
+    fills_depth=True,
     packages=("vllm",),
 ))

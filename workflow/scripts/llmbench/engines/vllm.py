@@ -148,6 +148,20 @@ class VllmServer(ServedEngine):
         return post_stream_once_more(url, body, timeout, parse_vllm_stream, "vLLM", self.log_path,
                                      alive=self.server.alive)
 
+    def context_text(self, text: str, tokens: int) -> str:
+        """vLLM's /tokenize of ``text`` (no special tokens), its first ``tokens`` ids back through /detokenize
+        (vLLM's serve/tokenize protocol: ``prompt`` in, ``tokens`` out; ``tokens`` in, ``prompt`` out). EngineError
+        where the text holds fewer tokens."""
+        self.running_or_fail()
+        model = str(self.settings.model)
+        _, found = http_json("POST", f"{self.url}/tokenize", {"model": model, "prompt": text,
+                                                               "add_special_tokens": False})
+        ids = found.get("tokens") or []
+        if len(ids) < tokens:
+            raise EngineError(f"the context text holds {len(ids)} tokens by vLLM's tokenizer, fewer than the depth "
+                              f"{tokens}: give a longer quality.corpus or a smaller depth")
+        return http_json("POST", f"{self.url}/detokenize", {"model": model, "tokens": ids[:tokens]})[1]["prompt"]
+
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
         return {"engine_build": self._version, "n_gpu_layers": -1, "n_ctx": self.settings.ctx_size,
