@@ -49,6 +49,7 @@ def test_command_lists_the_batch_once_per_test_with_a_trailing_one_and_a_context
     assert arg["-c"] == str(4 * (164 + 32))
     assert arg["--n-gpu-layers"] == "0" and arg["--split-mode"] == "none" and arg["--output-format"] == "jsonl"
     assert "-pps" not in cmd  # every sequence its own prompt, as every client of a server
+    assert arg["--log-verbosity"] == "4"  # llama.cpp's load lines: the layers offloaded
 
 
 def test_auto_offload_and_an_empty_prompt_are_refused_before_running():

@@ -117,6 +117,7 @@ def test_study_writes_one_row_per_generation_with_engine_counts(study):
     batched = pl.read_parquet(study / "results/summary/runs.parquet").filter(pl.col("tool") == "llama-batched-bench")
     assert batched.height == 2 * 2 and set(batched["status"]) == {"ok"}  # levels × repetitions
     assert sorted(batched["generated_tokens"].unique()) == [16, 32] and (batched["decode_tokens_per_s"] > 0).all()
+    assert (batched["n_layers_total"] > 0).all()  # its own log's load lines: the layers it offloaded, of all
     reference = pl.read_csv(study / "results/tables/serving.csv").filter(pl.col("tool") == "llama-batched-bench")
     assert reference["concurrency"].to_list() == [1, 2] and (reference["server_output_tokens_per_s"] > 0).all()
     assert sorted(runs["quant"].unique()) == ["Q4_0", "Q8_0"]

@@ -12,8 +12,8 @@ well before the exit.
 The context is N × (prompt + n_gen), exactly what the tests need; llama-batched-bench silently leaves out a test
 that does not fit, so a missing line is an error here (IncompleteBenchOutput: run once more, then fail naming the
 log), never half a result. Its ``-o jsonl`` lines are read by field name (README of tools/batched-bench: pp, tg,
-pl, n_kv, t_pp, speed_pp, t_tg, speed_tg, t, speed); it logs llama.cpp's load normally, so the layers offloaded
-come from the same run's log.
+pl, n_kv, t_pp, speed_pp, t_tg, speed_tg, t, speed); with --log-verbosity 4 it logs llama.cpp's load lines, so the
+layers offloaded come from the same run's log.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def batched_bench_command(s: BatchedBenchSettings) -> list[str]:
         "-npp", str(s.prompt_per_sequence), "-ntg", str(s.n_gen),
         "-npl", ",".join([str(s.batch)] * (s.warmup + s.repetitions + TRAILING)),
         "-t", str(s.threads), *offload, "--split-mode", s.split_mode, "--output-format", "jsonl",
+        # Level 4 adds llama.cpp's load lines (layers offloaded, allocation failures), as for llama-server.
+        "--log-verbosity", "4",
     ]
 
 
