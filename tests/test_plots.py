@@ -280,6 +280,9 @@ def test_the_load_and_depth_figures_draw_one_point_per_level(name):
     if name == "serving_throughput":  # 4 clients: 8 requests × 50 tokens over 4 s; each user at 25 tokens/s
         point = next(r for r in data if r["concurrency"] == 4)
         assert (point["server_output_tokens_per_s"], point["per_user_decode_tokens_per_s"]) == (100.0, 25.0)
+        # Each point is labelled with its clients at once, as the notes say.
+        texts = [layer for layer in spec["spec"]["layer"] if layer["mark"]["type"] == "text"]
+        assert [t["encoding"]["text"]["field"] for t in texts] == ["concurrency"]
 
 
 def test_without_a_sweep_the_load_figures_say_so():

@@ -351,9 +351,9 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
 
 
 def _level_lines(data: pl.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str = "quant",
-                 color_title: str = "quant", dash: str | None = None) -> alt.FacetChart:
+                 color_title: str = "quant", dash: str | None = None, label: str | None = None) -> alt.FacetChart:
     """Points joined by lines in ``x`` order, one line per ``color`` (and ``dash``) value, one panel per tool ×
-    model."""
+    model; each point labelled with its ``label`` column where one is given."""
     data = data.with_columns(pl.concat_str(["tool", "model"], separator=LABEL_SEP).alias("panel"))
     values = sorted(data[color].unique().to_list()) if color != "quant" else order_by_bits(data[color].unique().to_list())
     base = alt.Chart(data).encode(
@@ -366,6 +366,9 @@ def _level_lines(data: pl.DataFrame, x: str, y: str, x_title: str, y_title: str,
     )
     line = base.mark_line(point=True).encode(order=alt.Order(f"{x}:Q"),
                                                detail=[f"{c}:N" for c in ("split", "quant", *([dash] if dash else []))])
+    if label:
+        line = alt.layer(line, base.mark_text(align="left", dx=5, dy=-6, fontSize=10).encode(
+            text=alt.Text(f"{label}:N"), color=alt.value("#333")))
     return line.properties(width=300, height=PANEL_HEIGHT).facet(
         facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=12)), columns=2,
     ).resolve_scale(x="independent", y="independent")
@@ -381,7 +384,7 @@ def serving_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Chart:
     if table.filter(pl.col("concurrency") > 1).is_empty():
         return notice_chart(title, notes, "no load sweep: no job ran more than one request at a time")
     chart = _level_lines(table, "per_user_decode_tokens_per_s", "server_output_tokens_per_s",
-                         "per-user decode speed [tokens/s]", "server output [tokens/s]")
+                         "per-user decode speed [tokens/s]", "server output [tokens/s]", label="concurrency")
     return chart.properties(title=_title(title, notes))
 
 
