@@ -286,3 +286,15 @@ def test_tools_that_take_one_file_end_skipped_with_the_reason(tmp_path):
     for name, engine in engines.items():
         with pytest.raises(ToolUnavailable, match=rf"(?i){name}.*split GGUF.*first of 2 shards|first of 2 shards"):
             engine.start()
+
+
+def test_the_roofline_reads_every_shard_of_a_split_gguf(tmp_path):
+    from llmbench.roofline import gguf_traffic
+
+    first, second = write_split_gguf(tmp_path, "Q8_0", 2)
+    whole = gguf_traffic(first)
+    # Two shards of one 64 × 4 float32 tensor each: both tensors' bytes, the model's metadata from the first.
+    assert whole["tensor_bytes"] == 2 * 64 * 4 * 4 and whole["block_count"] == 2
+    second.unlink()
+    with pytest.raises(CorruptModelError, match="missing"):
+        gguf_traffic(first)

@@ -20,7 +20,7 @@ import polars as pl
 from llmbench.bandwidth import CPU_LABEL, GPU_LABEL
 from llmbench.engines.registry import TOOLS, batching_tools
 from llmbench.markdown import Footnotes, fmt, marked_quant, pipe_table
-from llmbench.models import CorruptModelError, read_tensor_table
+from llmbench.models import CorruptModelError, check_gguf, read_tensor_table
 from llmbench.quants import rank
 from llmbench.runs import RUN_SCHEMA, with_all_columns
 from llmbench.stats import GROUP, with_levels
@@ -44,10 +44,14 @@ DEVICE_SCHEMA = {**{k: RUN_SCHEMA[k] for k in GROUP}, "bandwidth_bytes_per_s": p
 def gguf_traffic(path: str | Path) -> dict[str, Any]:
     """Bytes a dense GGUF model reads per generated token, from its tensor table (no tensor data is read).
 
-    Raises CorruptModelError, as the file check does, for a file that is not a readable GGUF."""
-    header = read_tensor_table(path)
-    meta = header.meta
-    tensors = {t.name: (t.nbytes, t.dims) for t in header.tensors}  # name: (bytes, dimensions)
+    A split GGUF (given by its first shard) is read whole: every shard's tensors, the model's metadata from the
+    first. Raises CorruptModelError, as the file check does, for a file that is not a readable GGUF, and for a
+    first shard whose other shards are missing."""
+    path = Path(path)
+    shards = check_gguf(path).get("shards") or [path.name]
+    headers = [read_tensor_table(path.parent / name) for name in shards]
+    meta = headers[0].meta
+    tensors = {t.name: (t.nbytes, t.dims) for h in headers for t in h.tensors}  # name: (bytes, dimensions)
     arch = meta.get("general.architecture")
     arch = arch.decode() if isinstance(arch, bytes) else str(arch)
     total = sum(b for b, _ in tensors.values())
