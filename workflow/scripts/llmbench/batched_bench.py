@@ -27,7 +27,6 @@ from typing import ClassVar
 
 import polars as pl
 
-from llmbench.engines.base import EngineError
 from llmbench.engines.llama_log import AUTO, Offload, parse_offload
 from llmbench.engines.llama_server import offload_args as common_offload_args
 from llmbench.llama_bench import IncompleteBenchOutput, json_lines, run_and_parse
@@ -172,13 +171,8 @@ def run_job(job, engine_log: Path) -> pl.DataFrame:
 def fitted(settings: BatchedBenchSettings, engine_log: Path) -> BatchedBenchSettings:
     """``settings`` with the layers llama.cpp's fitting offloads for the batch's context (a llama-server of the
     same build started with -ngl auto, its log read, stopped)."""
-    from llmbench.engines.llama_server import LlamaServerSettings, fitted_gpu_layers
+    from llmbench.engines.llama_server import fitted_by_build
 
-    server = settings.binary.parent / "llama-server"
-    if not server.exists():
-        raise EngineError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
-    layers = fitted_gpu_layers(
-        LlamaServerSettings(binary=server, model=settings.model, split_mode=settings.split_mode,
-                            threads=settings.threads, ctx_size=settings.ctx_size, tensor_split=settings.tensor_split),
-        Path(engine_log).with_suffix(".fit.log"))
+    layers = fitted_by_build(settings.binary.parent, settings.model, settings.split_mode, settings.threads,
+                             settings.ctx_size, settings.tensor_split, Path(engine_log).with_suffix(".fit.log"))
     return dataclasses.replace(settings, n_gpu_layers=layers)

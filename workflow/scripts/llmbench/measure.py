@@ -36,9 +36,10 @@ def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logg
             log.info("holding GPUs %s (NVML indices; CUDA_VISIBLE_DEVICES set for the engine)", gpu_ids)
         # Without a GPU here the indices stay nominal, so that the meter says why nothing was read.
         gpu_ids = gpu_ids or list(range(job.gpus))
-        rows = with_tensor_mix(measure(job, gpu_ids, log), job)
+        mix = job_mix(job)  # read once from the file itself: a record written before mixes were recorded lacks it
+        rows = with_tensor_mix(measure(job, gpu_ids, log), mix)
         rows.write_parquet(run_file)
-        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo))
+        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix))
     return rows
 
 
@@ -81,20 +82,18 @@ def job_mix(job: Job) -> TensorMix | None:
     return file_mix(job.model_file, job.quant, job.model_record)
 
 
-def with_tensor_mix(rows: pl.DataFrame, job: Job) -> pl.DataFrame:
+def with_tensor_mix(rows: pl.DataFrame, mix: TensorMix | None) -> pl.DataFrame:
     """``rows`` with the file's tensor mix and, where it is not what its label says, the note (on every row)."""
-    mix = job_mix(job)
     return rows.with_columns(pl.lit(mix.summary() if mix else None, pl.String).alias("tensor_mix"),
                              pl.lit(mix.note() if mix else None, pl.String).alias("quant_label_note"))
 
 
-def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path) -> dict:
+def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: TensorMix | None = None) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
-    model files, the tool's packages and the machine. The whole study config is archived once, beside the
+    model files (with ``mix``, what the file holds: job_mix), the tool's packages and the machine. The whole study config is archived once, beside the
     results."""
     settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
                 "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
-    mix = job_mix(job)  # read from the file itself: a record written before the mix was recorded lacks it
     models = [{**job.model_record, **({"tensor_mix": mix.record()} if mix else {})}] if job.model_record else []
     return provenance.collect(
         config=settings, build_record=job.build_record, model_records=models, gpu_indices=gpu_ids,

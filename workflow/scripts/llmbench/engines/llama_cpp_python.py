@@ -110,15 +110,11 @@ class LlamaCppPython(Engine):
         if not lc.llama_supports_gpu_offload():
             self.fitted_layers = 0  # a build without a GPU backend offloads nothing, whatever is asked
             return 0
-        from llmbench.engines.llama_server import LlamaServerSettings, fitted_gpu_layers
+        from llmbench.engines.llama_server import fitted_by_build
 
-        server = self.lib_dir / "llama-server"
-        if not server.exists():
-            raise EngineError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
         fit_log = self.log_path.with_suffix(".fit.log") if self.log_path else Path(tempfile.mkdtemp()) / "fit.log"
-        self.fitted_layers = fitted_gpu_layers(
-            LlamaServerSettings(binary=server, model=self.model, split_mode=self.split_mode, threads=self.threads,
-                                ctx_size=self.ctx_size, tensor_split=self.tensor_split), fit_log)
+        self.fitted_layers = fitted_by_build(self.lib_dir, self.model, self.split_mode, self.threads, self.ctx_size,
+                                             self.tensor_split, fit_log)
         return self.fitted_layers
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:

@@ -232,6 +232,17 @@ def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:
 
 
 
+def fitted_by_build(bin_dir: Path, model: Path, split_mode: str, threads: int, ctx_size: int,
+                    tensor_split: tuple[float, ...] | None, log_path: Path) -> int:
+    """fitted_gpu_layers with the llama-server of the build in ``bin_dir``, for an engine of that build that loads
+    the model without fitting (llama-cpp-python, llama-batched-bench). EngineError where that build has none."""
+    server = Path(bin_dir) / "llama-server"
+    if not server.exists():
+        raise EngineError(f"n_gpu_layers auto needs {server} (llama.cpp's fitting); build it or set a number")
+    return fitted_gpu_layers(LlamaServerSettings(binary=server, model=model, split_mode=split_mode, threads=threads,
+                                                 ctx_size=ctx_size, tensor_split=tensor_split), log_path)
+
+
 def last_start(log_text: str) -> str:
     """The log of the server's last start: one log file holds every attempt of a job (port retries, fitting)."""
     i = log_text.rfind("\nbuild:")
