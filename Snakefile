@@ -33,3 +33,10 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+# All the study measures and tabulates, without the figures: for a machine without the plotting stack (a GPU box
+# that only measures); `python workflow/scripts/rerender.py` draws the figures elsewhere from the returned results/.
+rule measurements:
+    input:
+        measurement_outputs(),

@@ -1,6 +1,8 @@
 """Benchmark of the harness: metering overhead and llama-server vs llama-bench, on the default model.
 
     .venv/bin/python benchmarks/fidelity.py            # after `snakemake --cores all` built llama.cpp and the model
+    python benchmarks/fidelity.py --build resources/llama.cpp/0.3.36-cuda --model M.gguf --gpus 0 --n-gpu-layers 99
+                                                       # on a GPU: the meter reads GPU 0's counter and samples power
 
 Writes benchmarks/results/fidelity-<date>-<host>.md (and prints it). Timings live here, never in tests.
 """
@@ -43,12 +45,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per generation and llama-bench -n")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
+    ap.add_argument("--gpus", type=lambda s: [int(i) for i in s.split(",")], default=[],
+                    help="GPU indices the meter reads (NVML counter and power sampler), e.g. 0")
+    ap.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded (-ngl) by both tools")
     a = ap.parse_args()
 
-    meter = open_energy_meter([])
+    meter = open_energy_meter(a.gpus)
     with tempfile.TemporaryDirectory() as tmp:
         server = LlamaServer(
-            LlamaServerSettings(binary=a.build / "bin/llama-server", model=a.model, threads=a.threads),
+            LlamaServerSettings(binary=a.build / "bin/llama-server", model=a.model, threads=a.threads,
+                                n_gpu_layers=a.n_gpu_layers),
             Path(tmp) / "server.log",
         )
         with server:
@@ -60,7 +66,7 @@ def main() -> None:
                 lambda i: bare_decode_rate(server, PROMPT, a.tokens, i),
             )
         settings = LlamaBenchSettings(binary=a.build / "bin/llama-bench", model=a.model, n_prompt=0, n_gen=a.tokens,
-                                      repetitions=a.n, threads=a.threads)
+                                      repetitions=a.n, threads=a.threads, n_gpu_layers=a.n_gpu_layers)
         plan = RunPlan("llama-bench", a.model.parent.name, a.model.stem, "none", (Prompt("tg", "", a.tokens),),
                        a.n, 0, 0, 0.0, 0, 0, 0, a.threads)
         tg = run_llama_bench(settings, plan, Path(tmp) / "bench.log")["decode_tokens_per_s"].drop_nulls().to_list()
@@ -72,7 +78,8 @@ def main() -> None:
         f"# Harness benchmark, {now:%Y-%m-%d %H:%M} UTC",
         "",
         f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"- model: {a.model} ({a.model.stat().st_size:,} bytes); {a.threads} threads; {a.tokens} tokens per generation",
+        f"- model: {a.model} ({a.model.stat().st_size:,} bytes); {a.threads} threads; {a.tokens} tokens per generation;"
+        f" {a.n_gpu_layers} layers offloaded",
         f"- energy sensors the meter read: {meter.source or 'none (' + '; '.join(meter.unavailable) + ')'}",
         f"- llama-bench: `{' '.join(bench_command(settings))}`",
         "",
@@ -83,6 +90,7 @@ def main() -> None:
         lines.append(f"| {c.name}: {c.a_label} / {c.b_label} | {statistics.median(c.a):.1f} | "
                      f"{statistics.median(c.b):.1f} | {len(c.a)} / {len(c.b)} | {c.ratio:.4f} |")
     lines += ["", *[f"- {v}" for v in verdicts(metering, fidelity)], ""]
+    meter.close()
     write_report(a.out, "fidelity", "\n".join(lines))
 
 

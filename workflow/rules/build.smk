@@ -1,6 +1,25 @@
+# llama_cpp.source_archive: a local source archive (e.g. the trimmed one benchmarks/gpu/prepare.py makes for a
+# machine without a package registry) stands in the sdist's place, checked by its own sha256.
+if SOURCE_ARCHIVE:
+
+    rule take_llama_cpp_source_archive:
+        input:
+            SOURCE_ARCHIVE["path"],
+        output:
+            SDIST,
+        log:
+            f"logs/take_llama_cpp_source_archive/{BUILD_SPEC.version}.log",
+        conda:
+            ENV
+        params:
+            sha256=SOURCE_ARCHIVE["sha256"],
+        script:
+            "../scripts/take_source_archive.py"
+
+
 rule fetch_llama_cpp_sdist:
     output:
-        SDIST,
+        PYPI_SDIST,
     log:
         f"logs/fetch_llama_cpp_sdist/{BUILD_SPEC.version}.log",
     retries: 2

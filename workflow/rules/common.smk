@@ -34,7 +34,12 @@ BUILD_SPEC = BuildSpec(
     exclude_cpu_features=tuple(config["llama_cpp"]["exclude_cpu_features"]),
 )
 BUILD_DIR = f"{RES}/llama.cpp/{BUILD_SPEC.variant}"
-SDIST = f"{RES}/src/llama_cpp_python-{BUILD_SPEC.version}.tar.gz"
+PYPI_SDIST = f"{RES}/src/llama_cpp_python-{BUILD_SPEC.version}.tar.gz"
+# The build's source: the sdist from PyPI, or the local archive llama_cpp.source_archive names.
+SOURCE_ARCHIVE = config["llama_cpp"]["source_archive"]
+SDIST = (
+    f"{RES}/src/{Path(SOURCE_ARCHIVE['path']).name}" if SOURCE_ARCHIVE else PYPI_SDIST
+)
 JOBS = study.bench_jobs(config)
 
 
@@ -345,24 +350,33 @@ def accuracy_engine(wildcards):
     }
 
 
-def quality_outputs():
+def quality_outputs(figures=True):
     if not (kld_files() or ACCURACY_JOBS):
         return []
     return [
         f"{RESULTS}/tables/quality_by_quant.md",
-        f"{RESULTS}/figures/pareto_speed_vs_kld.png",
+        *([f"{RESULTS}/figures/pareto_speed_vs_kld.png"] if figures else []),
+    ]
+
+
+def measurement_outputs():
+    """The rows, statistics, tables and the study's config: all but the figures (no plotting stack needed)."""
+    return [
+        *all_run_files(),
+        f"{RESULTS}/summary/stats.csv",
+        f"{RESULTS}/tables/cost_per_1m_tokens.md",
+        f"{RESULTS}/tables/frameworks.md",
+        f"{RESULTS}/tables/decode_roofline.md",
+        f"{RESULTS}/tables/serving.md",
+        *quality_outputs(figures=False),
+        f"{RESULTS}/config/study.yaml",
     ]
 
 
 def final_outputs():
     return [
-        *all_run_files(),
-        f"{RESULTS}/summary/stats.csv",
+        *measurement_outputs(),
         *[f"{RESULTS}/figures/{figure}.png" for figure in study.FIGURE_NAMES],
-        f"{RESULTS}/tables/cost_per_1m_tokens.md",
-        f"{RESULTS}/tables/frameworks.md",
-        f"{RESULTS}/tables/decode_roofline.md",
-        f"{RESULTS}/tables/serving.md",
         *quality_outputs(),
     ]
 

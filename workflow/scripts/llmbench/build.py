@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmbench.logs import run_logged
+from llmbench.source_archive import trim_manifest
 
 TOOLS = ("llama-server", "llama-bench", "llama-batched-bench", "llama-quantize", "llama-perplexity")
 
@@ -112,7 +113,7 @@ def cmake_configure_args(source: Path, build_dir: Path, spec: BuildSpec, target:
 def extract_sdist(sdist: Path, dest: Path) -> Path:
     """Unpack the sdist (its .git metadata included, so the build knows its commit); return llama.cpp's root."""
     marker = dest / ".extracted"
-    if not marker.exists():
+    if not marker.exists() or marker.read_text().strip() != sdist.name:  # another archive: unpack it afresh
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
@@ -135,7 +136,9 @@ def _first_line(cmd: list[str]) -> str | None:
 
 
 def git_commit(source: Path) -> str | None:
-    return _first_line(["git", "-C", str(source), "rev-parse", "HEAD"])
+    """llama.cpp's commit: git's answer, else the one a trimmed archive's manifest names (a machine without git)."""
+    trimmed = trim_manifest(source)
+    return _first_line(["git", "-C", str(source), "rev-parse", "HEAD"]) or (trimmed or {}).get("commit")
 
 
 def _build_step(cmd: list[str], log) -> None:
@@ -241,6 +244,7 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
     return {
         "llama_cpp_python_version": spec.version,
         "sdist": sdist.name,
+        "source_trimmed_from": trim_manifest(source),
         "commit": git_commit(source),
         "cuda": spec.cuda,
         "configure_args": configure[5:],
