@@ -64,3 +64,24 @@ def test_the_summary_holds_every_section_and_the_skipped_jobs():
     text = summary_markdown(runs(), build, 201.4, {"Decode roofline": "| a |\n|---|\n"})
     assert "build: 201 s (16 jobs)" in text and "llama-server ok" in text
     assert "vllm is not installed here" in text and "## Decode roofline" in text
+
+
+def test_the_measurements_target_needs_no_plotting_stack():
+    """`snakemake measurements` runs where altair and vl-convert are not installed (the GPU machine): no module
+    its rules' scripts import, at import time, imports them."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    scripts = REPO / "workflow/scripts"
+    rule_scripts = ["aggregate.py", "cost_table.py", "framework_table.py", "roofline_table.py", "serving_table.py",
+                    "quality_table.py", "study_config.py", "bench.py", "measure_bandwidth.py", "build_llama_cpp.py",
+                    "make_synthetic_gguf.py", "take_source_archive.py"]
+    modules = sorted({node.module for s in rule_scripts for node in ast.parse((scripts / s).read_text()).body
+                      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmbench")})
+    assert "llmbench.render" in modules and "llmbench.measure" in modules  # what they import at their top
+    blocked = "import sys; sys.modules.update(altair=None, vl_convert=None); import " + ", ".join(modules)
+    proc = subprocess.run([sys.executable, "-c", blocked], cwd=scripts, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -117,3 +117,31 @@ def test_an_archive_that_is_no_sdist_is_refused_by_name(tmp_path):
         tf.add(tmp_path / "x", arcname="x")
     with pytest.raises(TrimError, match="not a llama-cpp-python sdist"):
         trim_sdist(bad, tmp_path / "trim.tar.xz")
+
+
+def test_the_configured_archive_is_taken_only_with_its_sha256(tmp_path):
+    """Rule take_llama_cpp_source_archive (llama_cpp.source_archive): the archive is copied into resources when
+    its sha256 is the config's, and refused, naming the key, when not."""
+    import hashlib
+    import importlib.util
+    from types import SimpleNamespace
+
+    from conftest import REPO
+    from llmbench.fetch import IntegrityError
+
+    spec = importlib.util.spec_from_file_location("take", REPO / "workflow/scripts/take_source_archive.py")
+    take = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(take)
+    archive = tmp_path / "src.tar.xz"
+    archive.write_bytes(b"source")
+
+    def job(sha256):
+        return SimpleNamespace(input=[str(archive)], output=[str(tmp_path / "res/src.tar.xz")],
+                               log=[str(tmp_path / "take.log")], params=SimpleNamespace(sha256=sha256))
+
+    take.main(job(hashlib.sha256(b"source").hexdigest()))
+    assert (tmp_path / "res/src.tar.xz").read_bytes() == b"source"
+    (tmp_path / "res/src.tar.xz").unlink()
+    with pytest.raises(IntegrityError, match=r"llama_cpp.source_archive .*src.tar.xz: sha256 is"):
+        take.main(job("0" * 64))
+    assert not (tmp_path / "res/src.tar.xz").exists()

@@ -18,6 +18,7 @@ left() { echo $((BUDGET - ($(date +%s) - t0))); }
 mkdir -p "$OUT" .gpu/run
 exec > >(tee -a "$OUT/check.log") 2>&1
 export PYTHONPATH=$PWD/workflow/scripts PYTHONUNBUFFERED=1
+[ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin  # where the CUDA image keeps nvcc
 
 missing=$($PY -c 'from llmbench.carry import missing_parts; print(" ".join(missing_parts(".gpu/bundle")))') || exit 2
 if [ -n "$missing" ]; then

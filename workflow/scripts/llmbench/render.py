@@ -1,5 +1,8 @@
 """Statistics, tables and figures from a study's measured rows: what the workflow's last rules write, and what an
-unpacked archive re-renders without running a benchmark again."""
+unpacked archive re-renders without running a benchmark again.
+
+The plotting stack (altair, vl-convert) is imported by the figure functions alone: the statistics and tables are
+also made where it is not installed (`snakemake measurements` on a GPU box that only measures)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import polars as pl
 from llmbench.costs import write_cost_tables
 from llmbench.frameworks import framework_table, registry_facts
 from llmbench.frameworks import render_markdown as framework_markdown
-from llmbench.plots import FIGURES, pareto_chart, save_all, write_figure
 from llmbench.quality import render_markdown as quality_markdown
 from llmbench.stats import summarize_runs
 
@@ -39,6 +41,8 @@ def write_quality_markdown(table: pl.DataFrame, tools: list[str], speed: str, md
 
 def write_pareto(table: pl.DataFrame, study: str, png: Path) -> list[Path]:
     """$ per 1M tokens against KLD where energy was measured, else decode speed (and the title says why)."""
+    from llmbench.plots import pareto_chart, save_all
+
     if table["usd_per_1m_tokens"].is_not_null().any():
         chart = pareto_chart(table, "usd_per_1m_tokens", "$ per 1M generated tokens (energy only)",
                              f"{study}: cost against loss of quality", maximise_y=False)
@@ -52,6 +56,8 @@ def rerender(results: Path, config: dict) -> list[Path]:
     """Everything derived from ``results/summary``'s rows, written again in ``results`` (no benchmark runs).
 
     The decode roofline is not: it needs the model files themselves, so the archive keeps it as measured."""
+    from llmbench.plots import FIGURES, write_figure
+
     results = Path(results)
     runs = pl.read_parquet(results / "summary/runs.parquet")
     (results / "tables").mkdir(parents=True, exist_ok=True)
