@@ -61,9 +61,9 @@ def test_the_counter_is_compared_with_the_samples_by_window_length():
 def test_the_summary_holds_every_section_and_the_skipped_jobs():
     build = {"commit": "0c1e570", "cuda_version": "Cuda compilation tools, release 13.0", "configure_args": ["-X"],
              "build_jobs": 16, "smoke_test": [{"tool": "llama-server", "ok": True}]}
-    text = summary_markdown(runs(), build, 201.4, {"Decode roofline": "| a |\n|---|\n"})
+    text = summary_markdown(runs(), build, 201.4, {"Decode roofline": "## Decode speed\n\n| a |\n|---|\n"})
     assert "build: 201 s (16 jobs)" in text and "llama-server ok" in text
-    assert "vllm is not installed here" in text and "## Decode roofline" in text
+    assert "vllm is not installed here" in text and "## Decode roofline\n### Decode speed\n" in text
 
 
 def test_the_measurements_target_needs_no_plotting_stack():

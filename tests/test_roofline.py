@@ -274,6 +274,14 @@ def test_a_batch_is_compared_with_the_bound_per_stream():
     assert batch["fraction_of_bound"] == server["fraction_of_bound"]
 
 
+def test_each_load_level_is_a_row_of_its_own_with_its_clients_and_depth():
+    runs = pl.DataFrame(rows("llama-server", "Q4_0", [80.0], concurrency=1, depth=0)
+                        + rows("llama-server", "Q4_0", [50.0], concurrency=4, depth=0), schema=RUN_SCHEMA)
+    md = roofline.render_markdown(table(runs))
+    assert "| tool | model | quant | split | clients | depth | median decode tok/s per stream |" in md
+    assert "| llama-server | m | Q4_0 | none | 1 | 0 | 80 |" in md and "| llama-server | m | Q4_0 | none | 4 | 0 | 50 |" in md
+
+
 def test_a_quant_whose_file_is_not_its_label_is_marked_with_the_real_mix():
     note = "Q4_0 here holds 67 % Q4_0, 33 % Q8_0 by weight bytes"
     runs = pl.DataFrame(rows("llama-server", "Q4_0", [50.0]), schema=RUN_SCHEMA).with_columns(

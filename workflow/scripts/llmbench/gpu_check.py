@@ -129,5 +129,7 @@ def summary_markdown(runs: pl.DataFrame, build: dict, build_seconds: float | Non
         _md(not_ok(runs)),
     ]
     for title, text in extra.items():
-        lines += ["", f"## {title}", text.strip()]
+        # The section's own headings go one level under its title.
+        body = [("###" + line.lstrip("#")) if line.startswith("#") else line for line in text.strip().splitlines()]
+        lines += ["", f"## {title}", *body]
     return "\n".join(lines) + "\n"

@@ -252,7 +252,7 @@ def render_markdown(table: pl.DataFrame) -> str:
     note = Footnotes()
     order = pl.col("quant").replace_strict(rank(table["quant"]), return_dtype=pl.Int64)
     rows = []
-    for r in table.sort(["tool", "model", "split", order]).iter_rows(named=True):
+    for r in table.sort(["tool", "model", "split", order, "concurrency", "depth"]).iter_rows(named=True):
         speed = fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}"
         mib = "" if r["bytes_per_token"] is None else f"{r['bytes_per_token'] / 2**20:.1f} {note(r['bytes_note'])}"
         bw = ("" if r["bandwidth_bytes_per_s"] is None
@@ -260,10 +260,11 @@ def render_markdown(table: pl.DataFrame) -> str:
         bound = (fmt(r["bound_tokens_per_s"]) if r["bound_tokens_per_s"] is not None
                  else f"none {note(r['bound_null_reason'] or 'not known')}")
         frac = "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"
-        rows.append([r["tool"], r["model"], marked_quant(r["quant"], r.get("quant_label_note"), note), r["split"], speed, mib or "unknown", bw or "unknown", bound,
-                     frac])
-    header = ["tool", "model", "quant", "split", "median decode tok/s", "MiB read per token", "bandwidth GB/s",
-              "bound tok/s", "fraction of bound"]
+        rows.append([r["tool"], r["model"], marked_quant(r["quant"], r.get("quant_label_note"), note), r["split"],
+                     str(r["concurrency"]), str(r["depth"]), speed, mib or "unknown", bw or "unknown", bound, frac])
+    # Clients (sequences of a batch) and depth tell a load level's row from the one-request row of the same file.
+    header = ["tool", "model", "quant", "split", "clients", "depth", "median decode tok/s per stream",
+              "MiB read per token", "bandwidth GB/s", "bound tok/s", "fraction of bound"]
     return "".join([
         "## Decode speed against the memory-bandwidth bound\n\n", pipe_table(header, rows), "\n",
         "Bound = bandwidth / bytes read per generated token, for a dense model that reads every weight once per "
