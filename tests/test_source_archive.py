@@ -145,3 +145,13 @@ def test_the_configured_archive_is_taken_only_with_its_sha256(tmp_path):
     with pytest.raises(IntegrityError, match=r"llama_cpp.source_archive .*src.tar.xz: sha256 is"):
         take.main(job("0" * 64))
     assert not (tmp_path / "res/src.tar.xz").exists()
+
+
+def test_an_archive_of_another_version_is_refused_before_building(standin_sdist, tmp_path):
+    from llmbench.build import BuildError, BuildSpec, build_llama_cpp
+
+    sdist, _ = standin_sdist
+    never = "the build must not start"
+    with pytest.raises(BuildError, match=r"holds llama_cpp_python-0.3.36, but llama_cpp.version is 0.3.40"):
+        build_llama_cpp(sdist, tmp_path / "src", tmp_path / "build", BuildSpec("0.3.40", cuda=False), 1, None,
+                        compile=lambda *a: pytest.fail(never), smoke=lambda *a: pytest.fail(never), flags=set())

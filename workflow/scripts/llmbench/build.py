@@ -213,6 +213,9 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
         raise BuildError(f"llama_cpp.exclude_cpu_features {list(spec.exclude_cpu_features)} name x86-64 extensions, "
                          f"but this machine is {platform.machine()}: drop the key (or use cpu_build: portable)")
     source = extract_sdist(sdist, source_dir)
+    if not source.parents[1].name.endswith(f"-{spec.version}"):  # a local llama_cpp.source_archive of another one
+        raise BuildError(f"{sdist.name} holds {source.parents[1].name}, but llama_cpp.version is {spec.version}: "
+                         f"set the version to the archive's, or give that version's archive")
     target, turned_off, attempts = spec.cpu_target, [], []
     while True:
         configure = compile(source, build_dir, spec, target, jobs, log)
