@@ -36,7 +36,9 @@ rule all:
 
 
 # All the study measures and tabulates, without the figures: for a machine without the plotting stack (a GPU box
-# that only measures); `python workflow/scripts/rerender.py` draws the figures elsewhere from the returned results/.
+# that only measures); `python workflow/scripts/rerender.py` draws the figures elsewhere from the returned results/
+# (it reads the study's config as run, results/config/study.yaml).
 rule measurements:
     input:
         measurement_outputs(),
+        f"{RESULTS}/config/study.yaml",

@@ -360,7 +360,7 @@ def quality_outputs(figures=True):
 
 
 def measurement_outputs():
-    """The rows, statistics, tables and the study's config: all but the figures (no plotting stack needed)."""
+    """The rows, statistics and tables: all but the figures (no plotting stack needed)."""
     return [
         *all_run_files(),
         f"{RESULTS}/summary/stats.csv",
@@ -369,7 +369,6 @@ def measurement_outputs():
         f"{RESULTS}/tables/decode_roofline.md",
         f"{RESULTS}/tables/serving.md",
         *quality_outputs(figures=False),
-        f"{RESULTS}/config/study.yaml",
     ]
 
 
