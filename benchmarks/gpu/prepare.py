@@ -5,7 +5,7 @@
 Writes .gpu/bundle/ (git-ignored): part-NN files (one xz stream: the llama.cpp source trimmed from the pinned sdist,
 and the Python wheels for CPython 3.12 that the workflow needs and that machine lacks) and bundle.json, then checks
 that each call (the working tree plus one part) stays under the 64 MiB a call carries. It prints the calls to make.
-Needs PyPI (pip download) unless the sdist is already under resources/src/.
+Needs PyPI: pip downloads the wheels, and the sdist unless resources/src/ holds it.
 """
 
 from __future__ import annotations
