@@ -5,7 +5,7 @@ included). The bundle (the trimmed llama.cpp source and the Python wheels missin
 ``part-NN`` files of at most ``part_bytes``, with ``bundle.json`` naming each part's size and sha256. Where a
 bundle needs more than one part, each call carries the next and the parts already there stay (the machine keeps
 ignored files between calls while it is held); :func:`missing_parts` says which are still to carry.
-Standard library only: it runs there before anything is installed.
+Standard library only at import (and llmbench.files): it runs there before anything is installed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import lzma
 import tarfile
 from pathlib import Path
 
+from llmbench.files import sha256_file
+
 MIB = 1 << 20
 LIMIT_BYTES = 64 * MIB  # one call's working tree and carried files together (the device tool's README)
 MANIFEST = "bundle.json"
@@ -24,14 +26,6 @@ MANIFEST = "bundle.json"
 
 class CarryError(RuntimeError):
     pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def stored_wheel(wheel: Path, dest: Path) -> Path:
@@ -82,7 +76,7 @@ def missing_parts(bundle_dir: Path) -> list[str]:
     missing = []
     for part in manifest["parts"]:
         path = Path(bundle_dir) / part["name"]
-        if not path.is_file() or path.stat().st_size != part["bytes"] or _sha256(path) != part["sha256"]:
+        if not path.is_file() or path.stat().st_size != part["bytes"] or sha256_file(path) != part["sha256"]:
             missing.append(part["name"])
     return missing
 
@@ -127,9 +121,9 @@ def check_fits(tree: int, manifest: dict, limit: int = LIMIT_BYTES) -> list[str]
 
 def normalized(name: str) -> str:
     """A distribution name as pip compares them (PEP 503)."""
-    import re
+    from packaging.utils import canonicalize_name
 
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 def closure(roots: list[str], python: str = "3.12", leave_out: set[str] = frozenset()) -> dict[str, str]:
