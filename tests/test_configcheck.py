@@ -195,3 +195,15 @@ def test_bad_ollama_model_name_is_refused_with_the_reason(schema, tag, why):
     with pytest.raises(ConfigError, match=rf"models\.ollama-llama3\.2-1b\.source\.tag = .* is not an Ollama model "
                                           rf"name: {why}.*Write \[host/\]\[namespace/\]model\[:tag\]"):
         validate_config(ollama_config(tag), schema)
+
+
+def test_a_source_archive_that_is_not_there_is_named_with_the_fix(default_config, schema, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = copy.deepcopy(default_config)
+    cfg["llama_cpp"]["source_archive"] = {"path": ".gpu/unpacked/src.tar.xz", "sha256": "0" * 64}
+    with pytest.raises(ConfigError, match=r"source_archive.path = '.gpu/unpacked/src.tar.xz' is not a file here .*"
+                                          r"benchmarks/gpu/prepare.py"):
+        validate_config(cfg, schema)
+    (tmp_path / ".gpu/unpacked").mkdir(parents=True)
+    (tmp_path / ".gpu/unpacked/src.tar.xz").write_bytes(b"")
+    assert validate_config(cfg, schema)["llama_cpp"]["source_archive"]["path"] == ".gpu/unpacked/src.tar.xz"

@@ -294,6 +294,11 @@ def semantic_problems(config: dict) -> list[str]:
     if batched is not None and batched.get("n_prompt") == 0:
         problems.append("tools.llama-batched-bench.n_prompt = 0: each sequence needs a prompt of at least 1 token "
                         "(llama-batched-bench prints its prefill rate of an empty prompt as -nan); set it to 1 or more")
+    archive = config.get("llama_cpp", {}).get("source_archive")
+    if archive and not Path(archive["path"]).is_file():  # relative to the working directory, as the rule reads it
+        problems.append(f"llama_cpp.source_archive.path = {archive['path']!r} is not a file here ({Path.cwd()}): "
+                        "make it (benchmarks/gpu/prepare.py writes the trimmed source) or drop the key to fetch the "
+                        "sdist from PyPI")
     ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")
