@@ -18,12 +18,12 @@ mkdir -p "$WORK/tree/.gpu" && cp -r "$REPO/.gpu/bundle" "$WORK/tree/.gpu/"
 "$PY312" -m venv "$WORK/venv"
 have=$(cd "$REPO" && "$REPO/.venv/bin/python" - <<'EOF'
 import sys
-sys.path.insert(0, "workflow/scripts")
-from llmbench.carry import closure, normalized
-device = {normalized(l.strip()) for l in open("benchmarks/gpu/device-packages.txt") if l.strip() and l[0] != "#"}
-needed = closure(["snakemake", "polars", "jsonschema", "gguf", "llama-cpp-python", "pyyaml", "numpy",
-                  "huggingface-hub", "prometheus-client", "nvidia-ml-py"], "3.12")
-print(" ".join(f"{n}=={v}" for n, v in needed.items() if n in device))
+sys.path[:0] = ["workflow/scripts", "benchmarks/gpu"]
+from llmbench.carry import closure
+from prepare import ROOTS, device_packages
+# What the bundle's packages need from that machine, and what the workflow imports directly of its packages.
+needed = closure([*ROOTS, "pyyaml", "numpy", "huggingface-hub", "prometheus-client", "nvidia-ml-py"], "3.12")
+print(" ".join(f"{n}=={v}" for n, v in needed.items() if n in device_packages()))
 EOF
 )
 "$WORK/venv/bin/pip" install -q --disable-pip-version-check $have

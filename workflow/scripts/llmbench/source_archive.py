@@ -68,11 +68,10 @@ def _kept(name: str, root: str) -> bool:
     return not any(inner == d or inner.startswith(d + "/") for d in DROPPED)
 
 
-def head_commit_object(sdist: Path) -> tuple[str, bytes]:
-    """llama.cpp's HEAD commit in the sdist and its loose git object (zlib of ``commit <len>\\0<body>``)."""
-    with tempfile.TemporaryDirectory(prefix="llmbench-trim-") as tmp, tarfile.open(sdist) as tf:
-        members = tf.getnames()
-        root = _root_of(members)
+def head_commit_object(tf: tarfile.TarFile, root: str, name: str) -> tuple[str, bytes]:
+    """llama.cpp's HEAD commit in the open sdist ``tf`` (root folder ``root``, file name ``name`` for errors) and
+    its loose git object (zlib of ``commit <len>\0<body>``)."""
+    with tempfile.TemporaryDirectory(prefix="llmbench-trim-") as tmp:
         git = f"{root}/.git"
         tf.extractall(tmp, members=[m for m in tf.getmembers() if m.name.startswith(git + "/")
                                     or m.name in (git, f"{root}/{LLAMA}/.git")], filter="tar")
@@ -83,7 +82,7 @@ def head_commit_object(sdist: Path) -> tuple[str, bytes]:
             try:
                 return subprocess.run(["git", "-C", str(source), *args], capture_output=True, check=True).stdout
             except (OSError, subprocess.CalledProcessError) as e:
-                raise TrimError(f"git could not read {sdist.name}'s llama.cpp commit ({e}); is git installed?") from None
+                raise TrimError(f"git could not read {name}'s llama.cpp commit ({e}); is git installed?") from None
 
         commit = git_out("rev-parse", "HEAD").decode().strip()
         body = git_out("cat-file", "commit", commit)
@@ -97,11 +96,11 @@ def trim_sdist(sdist: str | Path, dest: str | Path) -> dict:
     9e). Raises TrimError when ``sdist`` is no llama-cpp-python sdist or git cannot read its commit.
     """
     sdist, dest = Path(sdist), Path(dest)
-    commit, commit_object = head_commit_object(sdist)
     dropped_bytes = kept_bytes = 0
     with tarfile.open(sdist) as src:
         members = src.getmembers()
         root = _root_of([m.name for m in members])
+        commit, commit_object = head_commit_object(src, root, sdist.name)
         manifest = {
             "trimmed_from": sdist.name, "trimmed_from_sha256": sha256_file(sdist), "commit": commit,
             "dropped": [f"{LLAMA}/{d}" for d in DROPPED] + [f"{SUBMODULE_GIT}/objects/pack", "the Python binding"],
