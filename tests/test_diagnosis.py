@@ -160,3 +160,96 @@ def test_a_missing_model_is_never_called_corrupt(tmp_path):
         llama_model_load_from_file_impl: failed to load model
     """), tmp_path / "absent.gguf")
     assert "corrupt" not in d.reason and "delete" not in d.reason.lower()
+
+
+@pytest.fixture
+def standin_vllm(monkeypatch):
+    """vLLM's engine on this GPU-less machine: its server process a stand-in that prints a recorded vLLM log and
+    exits (the real vLLM runs in tests/test_workflow.py where a GPU is lent)."""
+    import importlib.util
+
+    from llmbench.engines import vllm
+
+    real = importlib.util.find_spec
+
+    def start(exe: Path) -> None:
+        monkeypatch.setattr(vllm.importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+        monkeypatch.setattr(vllm, "nvidia_gpu_present", lambda: True)
+        monkeypatch.setattr(vllm, "server_command", lambda settings, port: [str(exe)])
+
+    return start
+
+
+def test_c308a_vllm_kv_cache_too_small_is_out_of_gpu_memory_quoting_its_root_cause(tmp_path, tiny_gguf, standin_vllm):
+    log = (CASES / "c308a_vllm_v1_kv_cache_too_small.log").read_text()
+    standin_vllm(standin_printing(tmp_path, "vllm", log))
+    row = failed_row(bench_job(tmp_path, "vllm", tiny_gguf, gpus=1, quant="Q8_0"))
+    assert row["failure_kind"] == "out_of_gpu_memory"
+    reason = row["status_reason"]
+    assert ("ValueError: To serve at least one request with the models's max seq len (262144), (36.0 GiB KV cache is "
+            "needed, which is larger than the available KV cache memory (6.94 GiB)") in reason
+    assert "See root cause above" not in reason and "(EngineCore_DP0" not in reason
+    assert "bench.ctx_size" in reason and "--max-num-seqs" in reason and "more GPUs" in reason
+    assert "gpu_memory_utilization" in reason and "n_gpu_layers" not in reason
+
+
+@pytest.mark.parametrize(("text", "kind", "quoted"), [
+    # vLLM V0's wording of the same cause.
+    ("ERROR 01-02 03:04:05 [engine.py:1] ValueError: The model's max seq len (131072) is larger than the maximum "
+     "number of tokens that can be stored in KV cache (41024). Try increasing `gpu_memory_utilization` or decreasing "
+     "`max_model_len` when initializing the engine.\nRuntimeError: Engine core initialization failed. See root cause "
+     "above.", "out_of_gpu_memory", "ValueError: The model's max seq len (131072) is larger"),
+    ("(EngineCore_DP0 pid=7) ERROR 01-02 03:04:05 [core.py:1] ValueError: No available memory for the cache blocks. "
+     "Try increasing `gpu_memory_utilization` when initializing the engine.\n"
+     "RuntimeError: Engine core initialization failed. See root cause above.", "out_of_gpu_memory",
+     "ValueError: No available memory for the cache blocks."),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB"
+     "\nRuntimeError: Engine core initialization failed. See root cause above.", "out_of_gpu_memory",
+     "torch.OutOfMemoryError: CUDA out of memory."),
+    # A cause with no kind of its own: the exception is quoted, never the line that points at it.
+    ("INFO 01-02 03:04:05 [model.py:1] Resolved architecture: Qwen3VLForConditionalGeneration\n"
+     "(EngineCore_DP0 pid=7) ERROR 01-02 03:04:05 [core.py:1] ValueError: Bfloat16 is only supported on GPUs with "
+     "compute capability of at least 8.0. Your Tesla T4 GPU has compute capability 7.5.\n"
+     "(APIServer pid=3) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+     "exited", "ValueError: Bfloat16 is only supported on GPUs with compute capability of at least 8.0."),
+    ("ValueError: Model architectures ['Gemma4ForConditionalGeneration'] are not supported for now. Supported "
+     "architectures: dict_keys(['LlamaForCausalLM'])\nRuntimeError: Engine core initialization failed. See root cause "
+     "above.", "unknown_architecture", "ValueError: Model architectures ['Gemma4ForConditionalGeneration']"),
+])
+def test_vllm_failures_quote_the_root_cause_not_the_last_line(text, kind, quoted):
+    d = diagnose("vLLM", 1, text)
+    assert d.kind == kind and d.line.startswith(quoted) and quoted in d.reason
+    assert "See root cause above" not in d.reason
+
+
+@pytest.mark.parametrize(("engine", "text", "quoted"), [
+    ("llama-server", "llama_model_load: error loading model: done_getting_tensors: wrong number of tensors; expected "
+     "292, got 291\nllama_model_load_from_file_impl: failed to load model\nsrv load_model: failed to load model, "
+     "'m.gguf'\nmain: exiting due to model loading error",
+     "llama_model_load: error loading model: done_getting_tensors: wrong number of tensors; expected 292, got 291"),
+    ("Ollama", "Error: llama runner process has terminated: error loading model: check_tensor_dims: tensor "
+     "'output.weight' not found", "Error: llama runner process has terminated: error loading model: check_tensor_dims"),
+    ("llama-bench", "terminate called after throwing an instance of 'std::runtime_error'\n  what():  unknown "
+     "argument: --foo\nmain: error: failed to load model 'm.gguf'", "what():  unknown argument: --foo"),
+])
+def test_other_engines_quote_the_first_line_that_names_the_cause(engine, text, quoted):
+    d = diagnose(engine, 1, text)
+    assert d.kind == "exited" and d.line.startswith(quoted) and quoted in d.reason
+
+
+def test_a_log_that_only_points_at_its_cause_quotes_no_pointer():
+    d = diagnose("vLLM", 1, "RuntimeError: Engine core initialization failed. See root cause above. Failed core "
+                 "proc(s): {}\n")
+    assert d.kind == "exited" and d.line is None and "See root cause above" not in d.reason
+
+
+def test_a_plain_engine_error_gets_the_root_cause_its_log_names(tmp_path):
+    from llmbench.engines.base import EngineError, diagnosis_of
+
+    log = tmp_path / "vllm.log"
+    log.write_text("INFO starting\n(EngineCore_DP0 pid=7) ERROR 01-02 03:04:05 [core.py:1] ValueError: Bfloat16 is "
+                   "only supported on GPUs with compute capability of at least 8.0.\nRuntimeError: Engine core "
+                   "initialization failed. See root cause above.\n")
+    d = diagnosis_of(EngineError("vLLM stopped answering"), "vllm", log)
+    assert d.kind == "exited" and d.reason.startswith("vLLM stopped answering; the engine log names the cause: ")
+    assert "ValueError: Bfloat16 is only supported" in d.reason and "See root cause above" not in d.reason

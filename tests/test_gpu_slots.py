@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, nvml_works
-from llmbench.gpu_slots import GpuSlots, default_lock_dir, gpu_count, visible_devices_env
+from llmbench.gpu_slots import GpuSlots, NvmlDevice, default_lock_dir, gpu_count, visible_devices_env
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
 
@@ -40,6 +40,11 @@ with GpuSlots(0, 2, Path(sys.argv[1]), exclusive=True, job="doomed") as s:
     print("held", s.cuda_visible_devices, flush=True)
     time.sleep(60)
 """
+
+
+def standin_devices(n: int) -> list[NvmlDevice]:
+    """Stand-ins for the GPUs NVML would list on an n-GPU machine of one model."""
+    return [NvmlDevice(i, f"GPU-standin-{i}", "NVIDIA H100 80GB HBM3") for i in range(n)]
 
 
 @pytest.fixture
@@ -143,7 +148,7 @@ def test_hold_gpus_sets_and_restores_what_cuda_sees(monkeypatch, tmp_path):
 
     monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (2, None))  # a stand-in for a machine with two GPUs
+    monkeypatch.setattr(gpu_slots, "nvml_devices", lambda: (standin_devices(2), None))  # a two-GPU machine
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with gpu_slots.hold_gpus(1, job="a") as a, gpu_slots.hold_gpus(1, job="b") as b:
         assert sorted(a + b) == [0, 1]
@@ -156,7 +161,7 @@ def test_hold_gpus_sets_and_restores_what_cuda_sees(monkeypatch, tmp_path):
 def test_no_gpu_machine_gives_no_ids_and_leaves_the_environment(monkeypatch):
     from llmbench import gpu_slots
 
-    monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (0, "NVML could not start"))
+    monkeypatch.setattr(gpu_slots, "nvml_devices", lambda: ([], "NVML could not start"))
     with gpu_slots.hold_gpus(2) as ids:
         assert ids == []
 
@@ -166,7 +171,7 @@ def test_under_slurm_the_job_holds_the_gpus_slurm_gave_without_a_lock(monkeypatc
 
     locks = tmp_path / "locks"
     monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(locks))
-    monkeypatch.setattr(gpu_slots, "gpu_count", lambda: (4, None))  # a stand-in for an unfenced 4-GPU node
+    monkeypatch.setattr(gpu_slots, "nvml_devices", lambda: (standin_devices(4), None))  # an unfenced 4-GPU node
     monkeypatch.setenv("SLURM_JOB_ID", "17")
     monkeypatch.setenv("SLURM_STEP_GPUS", "2,3")
     with gpu_slots.hold_gpus(2, job="a") as ids:

@@ -142,9 +142,12 @@ def test_mmio_interface_alone_is_read(tmp_path):
 
 
 def test_rapl_counter_wraparound(tmp_path):
-    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 0, 10_000_000)})
+    # The zone unfolds a wrap between two reads into its running total: 9 J, then past the 10 J range to 1 J.
+    root = powercap(tmp_path, {"intel-rapl:0": ("package-0", 9_000_000, 10_000_000)})
     zone = RaplZone(root / "intel-rapl:0")
-    assert zone.delta_j(9.0, 1.0) == pytest.approx(2.0)
+    start = zone.read_j()
+    (root / "intel-rapl:0/energy_uj").write_text("1000000\n")
+    assert zone.delta_j(start, zone.read_j()) == pytest.approx(2.0)
 
 
 def test_wraparound_within_a_window_of_the_c09_tree(c09):

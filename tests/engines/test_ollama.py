@@ -12,18 +12,23 @@ tests see whether the backend evicts it between repetitions.
 import hashlib
 import http.server
 import json
+import logging
 import os
 import shutil
 import sys
+import tempfile
 import textwrap
 import threading
 
 import pytest
 
-from conftest import REPO, reply_json
+from conftest import REPO, bench_job, reply_json, write_tiny_gguf
 from llmbench.engines.base import EngineError, ToolUnavailable
-from llmbench.engines.ollama import OllamaBackend, parse_chat
+from llmbench.engines.ollama import OllamaBackend, file_type_name, loaded_model, parse_chat
 from llmbench.engines.process import free_port
+from llmbench.measure import bench
+from llmbench.meters import EnergyMeter
+from llmbench.runs import Prompt, RunPlan, loaded_quant_note, run_generations
 
 DATA = REPO / "tests/data/ollama"
 # Ollama's final object for a repeated prompt: prompt_eval_count 2410 (the whole prompt), prompt_eval_duration
@@ -76,10 +81,35 @@ def test_unfinished_answer_is_an_error():
         parse_chat({"done": False}, wall_ms=1.0)
 
 
+# Ollama's own names of the file types the stand-in's imports use (its FileType.String(), fs/ggml/type.go): the
+# stand-in answers quantization_level as Ollama does, apart from gguf's table the backend reads.
+OLLAMA_FILE_TYPE_NAMES = {1: "F16", 2: "Q4_0", 7: "Q8_0", 15: "Q4_K_M"}
+# A pulled library model's /api/show (the default of the stand-in; c312's JSON where a test sets state["show"]).
+PULLED_SHOW = {"modelfile": "FROM /usr/share/ollama/.ollama/models/blobs/sha256-" + "ab" * 32 + "\n",
+               "details": {"format": "gguf", "quantization_level": "Q8_0"}, "model_info": {"general.file_type": 7}}
+
+
+def imported_show(blob: bytes, digest: str) -> dict:
+    """/api/show of a model made FROM an uploaded GGUF blob, as Ollama answers it: model_info holds the blob's
+    header keys (general.file_type where the file states one), the Modelfile names the blob by its sha256."""
+    import gguf
+
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(blob)
+        f.flush()
+        field = gguf.GGUFReader(f.name).fields.get("general.file_type")
+        info = {"general.file_type": int(field.contents())} if field is not None else {}
+    level = OLLAMA_FILE_TYPE_NAMES.get(info.get("general.file_type"), "unknown")
+    return {"modelfile": f"FROM /root/.ollama/models/blobs/{digest.replace(':', '-')}\n",
+            "details": {"format": "gguf", "quantization_level": level}, "model_info": info}
+
+
 def standin_handler(state: dict):
     """Stand-in for `ollama serve`: the model is absent until pulled, then chat and ps answer. With
     ``state["cache"]`` set, chat answers as Ollama's prompt cache makes it: CACHED where the prompt is the one the
-    cache slot holds, UNCACHED otherwise; every chat and generate prompt then fills the slot."""
+    cache slot holds, UNCACHED otherwise; every chat and generate prompt then fills the slot. /api/show answers
+    ``state["show"]`` for a pulled model (PULLED_SHOW by default) and what the uploaded blob holds for a created one;
+    /api/tags ``state["tags"]``; /api/chat ``state["chat"]`` where set."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _send(self, code, body):
@@ -90,6 +120,8 @@ def standin_handler(state: dict):
                 self._send(200, {"version": "0.0.0-standin"})
             elif self.path == "/api/ps":
                 self._send(200, json.loads((DATA / "ps.json").read_text()))
+            elif self.path == "/api/tags":
+                self._send(200, {"models": state.get("tags", [])})
             else:
                 self._send(404, {"error": "not found"})
 
@@ -116,10 +148,12 @@ def standin_handler(state: dict):
                     f.write(json.dumps([self.path, body]) + "\n")
             if self.path == "/api/create":
                 state["pulled"] = True
+                digest = next(iter(body["files"].values()))
+                state["show"] = imported_show(state["blobs"][digest], digest)
                 self._send(200, {"status": "success"})
             elif self.path == "/api/show":
-                if state["pulled"]:
-                    self._send(200, {"details": {"quantization_level": "Q8_0"}})
+                if state["pulled"] and not state.get("show_fails"):
+                    self._send(200, state.get("show", PULLED_SHOW))
                 else:
                     self._send(404, {"error": f"model '{body['model']}' not found"})
             elif self.path == "/api/pull":
@@ -127,7 +161,7 @@ def standin_handler(state: dict):
                 self._send(200, {"status": "success"})
             elif self.path == "/api/chat":
                 if "cache" not in state:
-                    self._send(200, json.loads((DATA / "chat.json").read_text()))
+                    self._send(200, state.get("chat") or json.loads((DATA / "chat.json").read_text()))
                     return
                 prompt = body["messages"][-1]["content"]
                 self._send(200, CACHED if state["cache"] == prompt else UNCACHED)
@@ -164,8 +198,9 @@ def test_backend_pulls_a_missing_model_then_generates_with_the_options(standin_o
     assert g.generated_tokens == 298
     paths = [p for p, _ in state["requests"]]
     # A server at OLLAMA_HOST may hold an earlier prompt: its cache is evicted before the first generation too.
-    assert paths[:4] == ["/api/show", "/api/pull", "/api/generate", "/api/chat"]
-    options = state["requests"][3][1]["options"]
+    # After the pull, /api/show says what the tag holds (its quant and weights: the rows' label check).
+    assert paths[:5] == ["/api/show", "/api/pull", "/api/show", "/api/generate", "/api/chat"]
+    options = state["requests"][4][1]["options"]
     assert options == {"temperature": 0.7, "seed": 1234, "num_predict": 32, "num_gpu": 81, "num_thread": 8}
     assert facts["engine_build"] == "0.0.0-standin" and facts["vram_fraction"] == pytest.approx(0.5, rel=1e-3)
 
@@ -177,7 +212,7 @@ def test_a_study_gguf_is_imported_as_the_identical_file(standin_ollama, tmp_path
     digest = "sha256:" + hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
     assert state["blobs"] == {digest: tiny_gguf.read_bytes()}
     paths = [p for p, _ in state["requests"]]
-    assert paths[:3] == ["/api/create", "/api/generate", "/api/chat"] and "/api/pull" not in paths
+    assert paths[:4] == ["/api/create", "/api/show", "/api/generate", "/api/chat"] and "/api/pull" not in paths
     create = state["requests"][0][1]
     assert create["model"] == "llmbench/smollm2-135m:Q8_0" and create["files"] == {tiny_gguf.name: digest}
 
@@ -225,6 +260,131 @@ def test_a_server_at_ollama_host_is_evicted_but_its_prefill_is_not_vouched_for(s
     assert paths == ["/api/generate", "/api/chat", "/api/generate", "/api/chat"]
     assert [g.prefill_cached for g in reps] == [None, None]
     assert [g.prefill_tokens_per_s for g in reps] == [None, None] and reps[0].prompt_tokens == 2410
+
+
+CASES = REPO / "tests/data/cases"
+# c312: `llama3.1:8b` as Ollama's library serves it today (/api/show), its /api/tags entry of 2026 (the tag was
+# re-pointed from a Q4_0 file to a Q4_K_M one, ollama/ollama#1543) and a final /api/chat object.
+C312_SHOW = json.loads((CASES / "c312_ollama_show_llama31_8b.json").read_text())
+C312_TAGS = [json.loads(line) for line in (CASES / "c312_ollama_tag_drift.txt").read_text().splitlines()
+             if line.startswith("{")]
+C312_TODAY = next(t for t in C312_TAGS if t.get("modified_at", "").startswith("2026"))
+C312_CHAT = json.loads((CASES / "c312_ollama_chat_final.json").read_text())
+C312_WEIGHTS = "sha256:667b0c1932bc6ffc593ed1d03f895bf2dc8dc6df21db3042284a6f4416b06a29"
+C312_MANIFEST = "sha256:46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e"
+
+
+def test_what_a_library_tag_holds_is_read_from_show_and_tags():
+    m = loaded_model("llama3.1:8b", C312_SHOW, {"models": C312_TAGS[1:]})
+    assert (m.quant, m.file_type, m.quantization_level) == ("Q4_K_M", 15, "Q4_K_M")
+    assert m.weights_digest == C312_WEIGHTS and m.manifest_digest == C312_MANIFEST
+    assert "general.file_type 15 = MOSTLY_Q4_K_M" in m.described()
+    # The article's pull of 2024 lists the same name under another manifest: the digest tells the files apart.
+    assert loaded_model("llama3.1:8b", C312_SHOW, {"models": C312_TAGS[:1]}).manifest_digest != C312_MANIFEST
+
+
+def test_the_file_type_number_is_read_through_gguf_not_ollamas_name():
+    assert [file_type_name(n) for n in (15, 2, 7, 0, 1, 15 | 1024)] == ["Q4_K_M", "Q4_0", "Q8_0", "F32", "F16",
+                                                                        "Q4_K_M"]
+    assert file_type_name(None) is None and file_type_name(100_000) is None
+    # Without a number, Ollama's own name stands in; its "unknown" is no type.
+    no_number = {"details": {"quantization_level": "Q5_K_M"}, "model_info": {}}
+    assert loaded_model("m", no_number).quant == "Q5_K_M"
+    assert loaded_model("m", {"details": {"quantization_level": "unknown"}, "model_info": {}}).quant is None
+
+
+def c312_plan(quant: str) -> RunPlan:
+    return RunPlan(tool="ollama", model="ollama-llama3.1-8b", quant=quant, split="none",
+                   prompts=(Prompt("p", "What is 6 times 7? Answer with the number.", 8),), repetitions=1, warmup=0,
+                   idle_s=0.0, temperature=0.0, seed=1, n_gpu_layers=None, gpus=0, threads=2)
+
+
+def c312_server(state: dict) -> None:
+    state.update(pulled=True, show=C312_SHOW, tags=[C312_TODAY], chat=C312_CHAT)
+
+
+def test_a_tag_that_moved_marks_its_rows_with_what_ran_and_its_digest(standin_ollama, tmp_path):
+    """c312 through the real backend and the real row building: the config says Q4_0 (the article's label), the
+    tag holds Q4_K_M today; the rows keep the config's label, marked (quant_label_note, shown as ≠ in the tables)
+    with the real type, and name the weights the engine loaded."""
+    host, state = standin_ollama
+    c312_server(state)
+    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+        rows = run_generations(backend, c312_plan("Q4_0"), EnergyMeter([], ["no sensor here"]), backend.facts())
+    row = rows.row(0, named=True)
+    assert (row["status"], row["quant"], row["output_text"], row["generated_tokens"]) == ("ok", "Q4_0", "42", 3)
+    note = row["quant_label_note"]
+    assert note.startswith("Q4_0 is not what ran: Ollama's llama3.1:8b is Q4_K_M by its /api/show")
+    assert "general.file_type 15 = MOSTLY_Q4_K_M" in note and "ollama/ollama#1543" in note
+    assert "label it Q4_K_M" in note
+    assert row["model_digest"] == C312_WEIGHTS
+    facts = json.loads(row["engine_facts"])
+    assert facts["manifest_digest"] == C312_MANIFEST and facts["loaded_quant"] == "Q4_K_M"
+
+
+def test_a_tag_labelled_as_what_it_holds_is_not_marked(standin_ollama, tmp_path):
+    host, state = standin_ollama
+    c312_server(state)
+    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+        rows = run_generations(backend, c312_plan("Q4_K_M"), EnergyMeter([], ["no sensor here"]), backend.facts())
+    assert rows["quant_label_note"].to_list() == [None] and rows["model_digest"].to_list() == [C312_WEIGHTS]
+    assert loaded_quant_note("Q4_K", backend.facts()) is None  # the tensor type Q4_K_M is named after
+
+
+def test_the_bench_job_keeps_the_tags_mark_beside_the_files_mix(standin_ollama, tmp_path, monkeypatch):
+    """The whole job (llmbench.measure.bench): a library tag has no file of the study, so no tensor mix; the
+    engine's mark must survive the step that writes the file's mix and note."""
+    host, state = standin_ollama
+    c312_server(state)
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    job = bench_job(tmp_path, "ollama", None, tag="llama3.1:8b", quant="Q4_0", n_gpu_layers=None)
+    rows = bench(job, tmp_path / "run.parquet", tmp_path / "provenance.json", REPO, logging.getLogger("test"))
+    row = rows.row(0, named=True)
+    assert row["status"] == "ok" and row["tensor_mix"] is None
+    assert row["quant_label_note"].startswith("Q4_0 is not what ran") and row["model_digest"] == C312_WEIGHTS
+
+
+@pytest.mark.parametrize(("label", "file_type"), [("Q8_0", 7), ("Q4_0", 2), ("F16", 1)])
+def test_a_study_gguf_imported_into_ollama_agrees_with_its_label(standin_ollama, tmp_path, monkeypatch, label,
+                                                                 file_type):
+    """The default study imports its own GGUF (made by llama-quantize, which writes general.file_type): the whole
+    job's rows carry no mark, and the digest is the file's own sha256."""
+    host, _ = standin_ollama
+    model = write_tiny_gguf(tmp_path / f"{label}.gguf", metadata=lambda w: w.add_file_type(file_type))
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    job = bench_job(tmp_path, "ollama", model, tag=f"llmbench-m:{label}", quant=label, n_gpu_layers=None)
+    rows = bench(job, tmp_path / "run.parquet", tmp_path / "provenance.json", REPO, logging.getLogger("test"))
+    row = rows.row(0, named=True)
+    assert row["status"] == "ok" and row["quant_label_note"] is None
+    assert row["model_digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert json.loads(row["engine_facts"])["loaded_quant"] == label
+
+
+def test_an_imported_gguf_that_states_no_file_type_is_not_marked(standin_ollama, tmp_path, tiny_gguf):
+    host, _ = standin_ollama
+    with OllamaBackend("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
+        facts = backend.facts()
+    assert facts["loaded_quant"] is None and facts["quantization_level"] == "unknown"
+    assert loaded_quant_note("Q8_0", facts) is None  # not known is not "different"
+
+
+def test_an_imported_gguf_of_another_type_is_marked_naming_the_file(standin_ollama, tmp_path):
+    host, _ = standin_ollama
+    model = write_tiny_gguf(tmp_path / "m.gguf", metadata=lambda w: w.add_file_type(2))  # Q4_0
+    with OllamaBackend("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=model) as backend:
+        note = loaded_quant_note("Q8_0", backend.facts())
+    assert note.startswith("Q8_0 is not what ran: Ollama's llmbench-m:Q8_0, imported from m.gguf, is Q4_0")
+    assert "label the file Q4_0" in note
+
+
+def test_a_server_that_cannot_show_the_model_still_measures_and_says_the_label_is_unchecked(standin_ollama, tmp_path):
+    host, state = standin_ollama
+    state["show_fails"] = True  # /api/show answers 404 even after the pull
+    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+        rows = run_generations(backend, c312_plan("Q4_0"), EnergyMeter([], ["no sensor here"]), backend.facts())
+    row = rows.row(0, named=True)
+    assert row["status"] == "ok" and row["quant_label_note"] is None and row["model_digest"] is None
+    assert "/api/show of 'llama3.1:8b' answered HTTP 404" in json.loads(row["engine_facts"])["loaded_quant_unknown"]
 
 
 def test_missing_gguf_to_import_is_named(standin_ollama, tmp_path):

@@ -93,6 +93,17 @@ def test_a_tool_registered_twice_or_with_both_or_neither_entry_is_refused():
         registry.tool("mlx")
 
 
+def test_a_vllm_jobs_provenance_records_the_gguf_plugin_version(monkeypatch):
+    """vLLM 0.24 and later load GGUF through vllm-gguf-plugin (vLLM PR #39612): its version is part of how a vLLM
+    job measured. The installed versions here are stand-ins (neither package is installed on this machine)."""
+    from llmbench import provenance
+
+    standin = {"vllm": "0.24.0", "vllm-gguf-plugin": "0.1.2"}
+    monkeypatch.setattr(provenance.metadata, "version", lambda name: standin.get(name) or "stand-in")
+    assert "vllm-gguf-plugin" in provenance.packages()
+    assert provenance._package_version("vllm-gguf-plugin") == "0.1.2"
+
+
 def standin_study(tmp_path: Path) -> Path:
     """A copy of the workflow where the stand-in framework is added in its one place: its module and its record."""
     work = tmp_path / "study"

@@ -6,16 +6,19 @@ tmp_path that serves /health, /version and a canned stream), named as such; the 
 
 import importlib.util
 import json
+import logging
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, StreamReplay, nvml_works
+from conftest import REPO, StreamReplay, bench_job, nvml_works
+from llmbench.engines import registry
 from llmbench.engines import vllm as vllm_backend
 from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
 from llmbench.engines.vllm import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
+from llmbench.measure import measure
 
 STREAM = REPO / "tests/data/vllm_chat_stream.txt"
 
@@ -159,8 +162,91 @@ def test_no_vllm_is_unavailable_with_the_reason(tmp_path, monkeypatch):
 def test_no_gpu_is_unavailable_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: False)
+    standin_distributions(monkeypatch)  # whatever vLLM this machine has, its GGUF check is not what is tested
     with pytest.raises(ToolUnavailable, match="vLLM needs an NVIDIA GPU"):
         VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+
+
+def standin_distributions(monkeypatch, **installed: str) -> None:
+    """Stand-in pip distributions for the vLLM module's version lookups (``installed``: name with '-' as '_' ->
+    version); every other distribution is 'not installed'. vLLM itself is not installed here."""
+    versions = {name.replace("_", "-"): v for name, v in installed.items()}
+    monkeypatch.setattr(vllm_backend, "installed_version", lambda distribution: versions.get(distribution))
+
+
+def refuse_server_start(monkeypatch) -> None:
+    """Any server start fails the test: the GGUF check must come before it."""
+    def started(*a, **kw):
+        raise AssertionError("the vLLM server was started before the GGUF plugin check")
+
+    monkeypatch.setattr(vllm_backend.ServerProcess, "start", started)
+
+
+def test_vllm_024_without_the_gguf_plugin_is_skipped_with_the_install_line(tmp_path, monkeypatch):
+    """vLLM PR #39612: from 0.24, GGUF loads only through vllm-gguf-plugin. Said before anything starts, so that the
+    job ends 'skipped' (measure turns ToolUnavailable into a skipped row) instead of failing inside vLLM."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: True)
+    standin_distributions(monkeypatch, vllm="0.24.1")
+    refuse_server_start(monkeypatch)
+    with pytest.raises(ToolUnavailable) as raised:
+        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+    why = str(raised.value)
+    assert why.startswith("vLLM 0.24.1 (in ") and "distribution 'vllm-gguf-plugin' not found" in why
+    assert "pip install vllm-gguf-plugin" in why and "PR #39612" in why and "vllm<0.24" in why
+
+
+def test_the_bench_job_on_a_gguf_without_the_plugin_is_a_skipped_row(tmp_path, monkeypatch, tiny_gguf):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: True)
+    standin_distributions(monkeypatch, vllm="0.24.0")
+    refuse_server_start(monkeypatch)
+    rows = measure(bench_job(tmp_path, "vllm", tiny_gguf, gpus=1), [], logging.getLogger("test"))
+    row = rows.row(0, named=True)
+    assert (rows.height, row["status"]) == (1, "skipped")
+    assert row["status_reason"].startswith("vLLM 0.24.0 (in ") and "pip install vllm-gguf-plugin" in row["status_reason"]
+
+
+@pytest.mark.parametrize("version", ["0.24.0rc1", "0.24.0+cu129", "1.0.0"])
+def test_every_build_from_024_on_needs_the_plugin(version):
+    assert "pip install vllm-gguf-plugin" in vllm_backend.gguf_plugin_problem(version, None)
+
+
+@pytest.mark.parametrize(("vllm", "plugin"), [("0.23.2", None), ("0.11.0", None), ("0.24.0", "0.1.0"),
+                                              (None, None), ("not-a-version", None)])
+def test_no_plugin_problem_where_vllm_loads_gguf_or_its_version_is_unknown(vllm, plugin):
+    assert vllm_backend.gguf_plugin_problem(vllm, plugin) is None
+
+
+@pytest.mark.parametrize(("installed", "plugin"), [({"vllm": "0.23.1"}, None),
+                                                   ({"vllm": "0.24.0", "vllm_gguf_plugin": "0.1.2"}, "0.1.2")])
+def test_a_vllm_that_can_load_the_gguf_runs_and_names_the_plugin(tmp_path, monkeypatch, installed, plugin):
+    """vLLM 0.23 loads GGUF itself; 0.24 with the plugin runs on, the plugin's version in the engine facts (and,
+    through the registry's package list, in the job's provenance)."""
+    model = standin_vllm(tmp_path, SERVING, monkeypatch)
+    standin_distributions(monkeypatch, **installed)
+    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+        g = server.generate("What is the capital of France?", 12, 0.0, 42)
+        facts = server.facts()
+    assert g.generated_tokens == 12 and facts["vllm_gguf_plugin"] == plugin
+    assert "vllm-gguf-plugin" in registry.tool("vllm").packages
+
+
+def test_no_vllm_is_skipped_as_before_whatever_the_plugin(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    standin_distributions(monkeypatch, vllm_gguf_plugin="0.1.2")
+    refuse_server_start(monkeypatch)
+    with pytest.raises(ToolUnavailable, match=r"^vLLM is not installed in the job's Python environment .*: pip "
+                                              r"install vllm; it needs an NVIDIA GPU$"):
+        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+
+
+def test_the_plugin_is_not_asked_for_a_model_that_is_no_gguf(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: False)
+    standin_distributions(monkeypatch, vllm="0.24.0")
+    with pytest.raises(ToolUnavailable, match="vLLM needs an NVIDIA GPU"):  # the next check, not the plugin's
+        VllmServer(VllmSettings(model=tmp_path / "hf-model-dir"), tmp_path / "engine.log").start()
 
 
 @pytest.mark.skipif(nvml_works(), reason="this machine has a working NVML")
@@ -179,6 +265,7 @@ def standin_vllm(tmp_path: Path, server_body: str, monkeypatch) -> Path:
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", str(root))
     monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: True)
+    standin_distributions(monkeypatch)  # the stand-in package has no distribution metadata
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
     return model

@@ -6,8 +6,15 @@ the process, then the engine's own words. A model file is called corrupt only wh
 (:func:`llmbench.models.check_gguf`: magic, version, tensor data inside the file) proves it; a loader that refused
 a sound file is quoted as such, since re-downloading a sound 40 GB file costs a user hours.
 
+The reason quotes the line that says why (the root cause), never the last line: vLLM ends every failed start with
+"Engine core initialization failed. See root cause above", llama.cpp with "failed to load model", Ollama with
+"llama runner process has terminated: exit status N"; the cause is the first exception or error line before them
+(:func:`root_cause`).
+
 Sources of the wordings: llama.cpp's src/llama-model.cpp, llama-model-loader.cpp and llama-arch.cpp (unknown
-architecture, split files), tools/server (context size), ggml-cuda.cu and ggml-alloc.c (allocations); Ollama's
+architecture, split files), ggml/src/gguf.cpp and ggml.c (tensor types, GGUF version and byte order),
+tools/server (context size), ggml-cuda.cu and ggml-alloc.c (allocations); vLLM's v1/core/kv_cache_utils.py and
+worker/worker.py (KV cache too small), model_executor/models/registry.py (architectures); Ollama's
 llm/server.go ("model requires more system memory", "llama runner process has terminated"); signal names as
 Linux gives them (signal(7)).
 """
@@ -33,6 +40,11 @@ SPLIT_MODE_UNSUPPORTED = "split_mode_unsupported"
 LONE_SHARD = "split_gguf_shard_alone"
 CONTEXT_EXCEEDED = "context_size_exceeded"
 CORRUPT_FILE = "corrupt_model_file"
+# A sound GGUF this llama.cpp does not load (llmbench.models.UnloadableModelError carries them): a ggml type it
+# removed or does not know; a GGUF version or byte order it does not read.
+UNSUPPORTED_TENSOR_TYPE = "unsupported_tensor_type"
+UNSUPPORTED_GGUF_FORMAT = "unsupported_gguf_format"
+GPU_LOST = "gpu_lost"  # the GPU fell off the bus mid-job (NVML: GPU is lost; Xid 79): llmbench.meters
 EXITED = "exited"
 
 # Engines that run this workflow's own llama.cpp build: an illegal instruction there is fixed by rebuilding it.
@@ -47,12 +59,25 @@ HOST_OOM_FIX = (
     "(--cores, --resources), or a machine with more RAM"
 )
 ARCH_FIX = "pin a newer llama_cpp.version in the config (its llama.cpp must know the architecture)"
+VLLM_OOM_FIX = (
+    "lower bench.ctx_size (vLLM's --max-model-len: the KV cache of one request that long must fit; vLLM's line "
+    "says what would), serve fewer sequences at once (bench.concurrency or tools.vllm.concurrency: vLLM's "
+    "--max-num-seqs), spread the model over more GPUs (tools.vllm.gpus: --tensor-parallel-size), or use a smaller "
+    "quant; vLLM takes gpu_memory_utilization (0.9) of each GPU's memory, so other processes on the GPU leave less"
+)
+OLLAMA_OOM_FIX = ("lower the layers Ollama offloads (tools.ollama.num_gpu, llama.cpp's n_gpu_layers) or "
+                  "bench.ctx_size in the config")
+OTHER_OOM_FIX = "use a smaller quant or model, a smaller bench.ctx_size, or more GPUs (the tool's gpus) in the config"
 CONTEXT_FIX = "raise bench.ctx_size, or lower the prompt's max_tokens or its length"
 
 _GPU_OOM_EXTRA = (
     re.compile(r"requires more (?:gpu|vram|video) memory", re.I),
     re.compile(r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA out of memory", re.I),
     re.compile(r"No available memory for the cache blocks|insufficient (?:GPU|KV cache) memory", re.I),
+    # vLLM V1: the KV cache of one max_model_len request does not fit what the weights left (vllm #17618).
+    re.compile(r"KV cache is needed, which is larger than the available KV cache memory", re.I),
+    # vLLM V0's wording of the same (worker/worker.py, raise_if_cache_size_invalid).
+    re.compile(r"larger than the maximum number of tokens that can be stored in KV cache", re.I),
 )
 _HOST_OOM = (
     re.compile(r"model requires more system memory \([^)]*\) than is available \([^)]*\)"),
@@ -64,6 +89,19 @@ _UNKNOWN_ARCH = (
     re.compile(r"unknown model architecture: '([^']+)'"),
     re.compile(r"unknown (?:model )?architecture:? ['\"]?([\w.-]+)", re.I),
     re.compile(r"model architecture ['\"]?([\w.-]+)['\"]? is not supported", re.I),
+    # vLLM's model registry and its GGUF loader.
+    re.compile(r"Model architectures \[['\"]([\w.-]+)['\"][^\]]*\] (?:are|is) not supported"),
+    re.compile(r"GGUF model with architecture ['\"]?([\w.-]+)['\"]? is not supported", re.I),
+)
+# A sound file's tensor type the loader does not know (ggml/src/gguf.cpp: a type ggml.c marks "TYPE_… REMOVED, use
+# … with runtime repacking", llama.cpp PR #10446, or one past GGML_TYPE_COUNT, "invalid ggml type").
+_REMOVED_TYPE = re.compile(r"of type (\d+)\W+TYPE_(\w+) REMOVED, use (\w+) with runtime repacking")
+_INVALID_TYPE = re.compile(r"invalid ggml type (\d+)|unknown (?:ggml|tensor) type (\d+)", re.I)
+# A GGUF version or byte order the loader does not read (ggml/src/gguf.cpp).
+_GGUF_FORMAT = (
+    re.compile(r"mismatch between the host and model endianness"),
+    re.compile(r"GGUFv1 is no longer supported"),
+    re.compile(r"this GGUF file is version (\d+) but this software only supports up to version \d+"),
 )
 _SPLIT_MODE = (
     re.compile(r"(?:split[_ ]mode|split mode) \S* ?(?:is )?not supported[^\n]*", re.I),
@@ -93,6 +131,20 @@ _MODEL_LOAD = re.compile(r"failed to load model|error loading model|unable to lo
                          r"gguf_init_from_file|failed to read (?:tensor|key|magic)", re.I)
 _ASSERT = re.compile(r"GGML_ASSERT\([^\n]*|GGML_ABORT[^\n]*|terminate called[^\n]*")
 _ERRORISH = re.compile(r"error|failed|fatal|exception|abort", re.I)
+# A logger's prefix before a line's own words: vLLM's "(EngineCore_DP0 pid=494) ERROR 05-20 00:55:13 [core.py:1100] ",
+# llama.cpp's timestamped "0.00.203.760 E ".
+_PREFIX = re.compile(r"^\s*(?:\([\w.-]+ pid=\d+\)\s*)?"
+                     r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s*)?"
+                     r"(?:\d+\.\d\d\.\d\d\d\.\d\d\d [DIWE] )?")
+# Lines that name why: a Python exception ("ValueError: …", "torch.OutOfMemoryError: …"), llama.cpp's loader,
+# Ollama's runner, a C++ exception's what(), a tool's "error: …".
+_CAUSE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)\b:\s*\S|error loading model:\s*\S|"
+                    r"llama runner process has terminated:\s*\S|\bwhat\(\):\s*\S|\berror:\s*\S|GGML_ASSERT\(", re.I)
+# Lines that only say that it failed, and where to look: quoted only when nothing names the cause ...
+_CONSEQUENCE = re.compile(r"failed to load model\b[^:]*$|process has terminated: exit status|failed to read tensor info|"
+                          r"EngineCore failed to start|Traceback \(most recent call last\)", re.I)
+# ... and never, since they point elsewhere (vLLM's API server after its engine core died).
+_POINTER = re.compile(r"See root cause above|Engine core initialization failed", re.I)
 
 
 @dataclass(frozen=True)
@@ -121,28 +173,98 @@ def _first(patterns, text: str) -> tuple[re.Match, str] | None:
         for p in patterns:
             m = p.search(line)
             if m:
-                return m, line.strip()
+                return m, own_words(line)
     return None
 
 
-def _last_errorish(text: str) -> str | None:
-    lines = [line.strip() for line in text.splitlines() if _ERRORISH.search(line)]
+def own_words(line: str) -> str:
+    """A log line without its logger's prefix (vLLM's process, level, time and source; llama.cpp's timestamp)."""
+    return _PREFIX.sub("", line, count=1).strip()
+
+
+def root_cause(text: str) -> str | None:
+    """The line of an engine's log that says why it failed, in its own words: the first exception or error line
+    that names a cause (a Python exception, llama.cpp's "error loading model: …", Ollama's runner error, "error:
+    …"), since the lines after it only report that it failed ("failed to load model", vLLM's "See root cause
+    above"). None where no line names one."""
+    for line in map(own_words, text.splitlines()):
+        if _CAUSE.search(line) and not _CONSEQUENCE.search(line) and not _POINTER.search(line):
+            return line
+    return None
+
+
+def _reason_line(text: str) -> str | None:
+    """The line a reason quotes: the root cause, else the last line that reads like an error; never a line that
+    only points at another ("See root cause above")."""
+    if (cause := root_cause(text)) is not None:
+        return cause
+    lines = [own_words(line) for line in text.splitlines() if _ERRORISH.search(line) and not _POINTER.search(line)]
     return lines[-1] if lines else None
 
 
-def _file_check(model: Path | None) -> str | None:
-    """The GGUF check's finding when it proves the file damaged; None for a sound file or none given."""
+def _file_check(model: Path | None) -> tuple[str, str] | None:
+    """The GGUF check's finding as (kind, its message) where it proves the file damaged (CORRUPT_FILE) or sound
+    but not loadable by llama.cpp (the UnloadableModelError's kind); None for a sound file, a split GGUF given
+    wrongly (the lone-shard kind says it) or none given."""
     if model is None or not Path(model).is_file():
         return None
-    from llmbench.models import CorruptModelError, check_gguf
+    from llmbench.models import CorruptModelError, ShardError, UnloadableModelError, check_gguf
 
     try:
         check_gguf(model)
+    except UnloadableModelError as e:
+        return e.kind, str(e)
+    except ShardError:
+        return None
     except CorruptModelError as e:
-        return str(e)
-    except Exception:  # a lone shard or an unreadable file: said by the kinds above, not as corruption
+        return CORRUPT_FILE, str(e)
+    except Exception:  # an unreadable file (permissions, I/O): not proof of damage
         return None
     return None
+
+
+def _oom_fix(engine: str) -> str:
+    """The fix of an out-of-GPU-memory failure in the settings this engine takes."""
+    name = engine.lower()
+    if "vllm" in name:
+        return VLLM_OOM_FIX
+    if "ollama" in name:
+        return OLLAMA_OOM_FIX
+    if engine in LLAMA_CPP_ENGINES or "llama" in name:
+        return OOM_FIX
+    return OTHER_OOM_FIX
+
+
+def _arch_fix(engine: str) -> str:
+    """The fix of an architecture the engine does not know, in its own terms."""
+    name = engine.lower()
+    if "vllm" in name:
+        return ("install a vLLM release that supports it (GGUF needs vllm-gguf-plugin in newer releases), or "
+                "run this model with another tool")
+    if "ollama" in name:
+        return "install a newer Ollama (its own llama.cpp must know the architecture), or another tool"
+    return ARCH_FIX
+
+
+def _unloadable(engine: str, found: tuple[re.Match, str], model: Path | None, kind: str,
+                sig: signal.Signals | None) -> Diagnosis:
+    """A loader that refused a tensor type or GGUF format: the file check's own words where it has the file (it
+    also tells a damaged file, the one case for fetching again), else the engine's line with the fix."""
+    checked = _file_check(model)
+    if checked is not None:
+        return Diagnosis(checked[0], f"{engine} refused the model file (it logged {found[1]!r}): {checked[1]}",
+                         found[1], _name(sig))
+    from llmbench.models import OTHER_FILE_FIX
+
+    m = found[0]
+    if kind == UNSUPPORTED_TENSOR_TYPE and m.re is _REMOVED_TYPE:
+        fix = (f"use the repo's {m.group(3)} file instead (llama.cpp repacks {m.group(3)} at load; llama.cpp PR "
+               f"#10446 removed type {m.group(1)}, {m.group(2)})")
+    else:
+        fix = OTHER_FILE_FIX
+    what = "a tensor type" if kind == UNSUPPORTED_TENSOR_TYPE else "a GGUF version or byte order"
+    return Diagnosis(kind, f"{engine} does not load {what} of this model file (it logged {found[1]!r}); the file is "
+                     f"not damaged, do not delete it or fetch it again: {fix}", found[1], _name(sig))
 
 
 def diagnose(engine: str, returncode: int | None = None, log_text: str = "", model: Path | None = None,
@@ -158,16 +280,22 @@ def diagnose(engine: str, returncode: int | None = None, log_text: str = "", mod
             sig = next(s for p, s in _SIGNAL_WORDS if p.search(said[1]))
 
     if (line := out_of_memory_line(log_text)) and "bad_alloc" not in line:
-        return Diagnosis(GPU_OOM, f"out of memory: {at} logged {line!r}; {OOM_FIX}", line, _name(sig))
+        line = own_words(line)
+        return Diagnosis(GPU_OOM, f"out of memory: {at} logged {line!r}; {_oom_fix(engine)}", line, _name(sig))
     if found := _first(_GPU_OOM_EXTRA, log_text):
-        return Diagnosis(GPU_OOM, f"out of GPU memory: {at} logged {found[1]!r}; {OOM_FIX}", found[1], _name(sig))
+        return Diagnosis(GPU_OOM, f"out of GPU memory: {at} logged {found[1]!r}; {_oom_fix(engine)}", found[1],
+                         _name(sig))
     if found := _first(_HOST_OOM, log_text):
         return Diagnosis(HOST_OOM, f"out of host memory: {at} logged {found[1]!r}; {HOST_OOM_FIX}", found[1],
                          _name(sig))
+    if found := _first((_REMOVED_TYPE, _INVALID_TYPE), log_text):
+        return _unloadable(engine, found, model, UNSUPPORTED_TENSOR_TYPE, sig)
+    if found := _first(_GGUF_FORMAT, log_text):
+        return _unloadable(engine, found, model, UNSUPPORTED_GGUF_FORMAT, sig)
     if found := _first(_UNKNOWN_ARCH, log_text):
         arch = found[0].group(1)
         return Diagnosis(UNKNOWN_ARCHITECTURE, f"this {engine} build does not know architecture {arch!r} (it logged "
-                         f"{found[1]!r}); the model file is not at fault: {ARCH_FIX}", found[1], _name(sig))
+                         f"{found[1]!r}); the model file is not at fault: {_arch_fix(engine)}", found[1], _name(sig))
     if found := _first(_LONE_SHARD, log_text):
         return Diagnosis(LONE_SHARD, f"{engine} could not load the split GGUF's shards (it logged {found[1]!r}): "
                          "every shard must lie beside the first under its published name "
@@ -200,11 +328,15 @@ def diagnose(engine: str, returncode: int | None = None, log_text: str = "", mod
                          + "; see the engine log", quoted[1] if quoted else None, "SIGABRT")
 
     how = f"ended by {sig.name}" if sig else (f"exit code {returncode}" if returncode else None)
-    line = _last_errorish(log_text)
+    line = _reason_line(log_text)
     if _MODEL_LOAD.search(log_text):
-        found = _file_check(model)
-        if found:
-            return Diagnosis(CORRUPT_FILE, f"the GGUF check proves the model file damaged: {found}", found, _name(sig))
+        checked = _file_check(model)
+        if checked and checked[0] == CORRUPT_FILE:
+            return Diagnosis(CORRUPT_FILE, f"the GGUF check proves the model file damaged: {checked[1]}", checked[1],
+                             _name(sig))
+        if checked:  # sound, of a type or format llama.cpp does not load: the check's words carry the fix
+            return Diagnosis(checked[0], f"{engine} could not load the model (it logged {line!r}): {checked[1]}",
+                             line, _name(sig))
         sound = (f"; the GGUF check finds {Path(model).name} sound (magic, version, tensor data inside the file), "
                  "so do not delete it" if model is not None and Path(model).is_file() else "")
         return Diagnosis(EXITED, f"{engine} could not load the model" + (f" ({how})" if how else "") + sound

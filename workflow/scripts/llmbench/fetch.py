@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from llmbench.files import CHUNK, atomic_path, sha256_file
@@ -20,6 +22,15 @@ class IntegrityError(RuntimeError):
 
 class FetchError(RuntimeError):
     """A source that could not be fetched (package, file or revision not found, no network)."""
+
+
+# How long a hub fetch waits for the hub to allow it again (HTTP 429, 5xx): at most HUB_TRIES asks of the file's
+# address, at most HUB_WAIT_CAP_S seconds of waiting in all. huggingface_hub alone would retry a 429 five times,
+# each after the hub's whole wait (utils/_http.py http_backoff): about 15 minutes at t=183, for a job that then
+# fails anyway and says "check your connection". So the fetch asks first, without the library's retries; only a 429
+# that comes in the instant between that answer and hf_hub_download's own request still meets the library's.
+HUB_TRIES = 3
+HUB_WAIT_CAP_S = 300.0
 
 
 def verify_sha256(path: str | Path, expected: str | None, what: str) -> str:
@@ -107,28 +118,41 @@ def fetch_hf_file(
     sha256: str | None = None,
     cache_dir: str | None = None,
     repo_type: str = "model",
+    endpoint: str | None = None,
+    tries: int = HUB_TRIES,
+    wait_cap_s: float = HUB_WAIT_CAP_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Download (or take from the hub cache) one file at a revision and place it at ``dest``.
 
-    The token comes from the environment only (HF_TOKEN), never from the config.
+    The token comes from the environment only (HF_TOKEN), never from the config; ``endpoint`` is the hub's address
+    (None: HF_ENDPOINT, else huggingface.co). A file not in the cache is first asked of the hub once per try, up to
+    ``tries`` times, waiting as the hub says between them (HTTP 429: its RateLimit header's t=, hub-docs PR #2089,
+    or Retry-After; 5xx: Retry-After, else 2, 4, … s) and at most ``wait_cap_s`` seconds [s] in all (``sleep`` waits).
+    Raises FetchError in the hub's own terms: rate-limited (with when to retry), gated or private (accept the
+    licence, set HF_TOKEN), repo, revision or file not found, the hub failing (5xx); "not reachable" only where no
+    connection was made and the cache does not hold the file.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.constants import is_offline_mode
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    where = f"{repo}/{filename}@{revision}"
+    cached = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision, repo_type=repo_type)
+    if not isinstance(cached, str) and not is_offline_mode():
+        _ask_hub(repo, filename, revision, repo_type, endpoint, tries, wait_cap_s, sleep)
     try:
-        cached = hf_hub_download(
-            repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, repo_type=repo_type
-        )
+        cached = hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir,
+                                 repo_type=repo_type, endpoint=endpoint)
     except LocalEntryNotFoundError as e:
+        if isinstance(e.__cause__, HfHubHTTPError):  # the hub answered: what it said, not "not reachable"
+            raise FetchError(_hub_refusal(repo, filename, revision, e.__cause__)) from None
         raise FetchError(
-            f"{repo}/{filename}@{revision} is neither in the hub cache nor reachable ({e}). "
+            f"{where} is neither in the hub cache nor reachable ({e}). "
             "Connect to the hub, or pre-fill the cache (HF_HUB_CACHE) with that revision."
         ) from None
     except HfHubHTTPError as e:
-        raise FetchError(
-            f"the hub refused {repo}/{filename}@{revision}: {e}. Check repo, filename and revision in the config; "
-            "for a gated repository set HF_TOKEN in the environment."
-        ) from None
+        raise FetchError(_hub_refusal(repo, filename, revision, e)) from None
     with atomic_path(dest) as part:
         part.unlink()
         try:
@@ -146,6 +170,107 @@ def fetch_hf_file(
         "sha256": digest,
         "bytes": Path(dest).stat().st_size,
     }
+
+
+def hub_wait_s(headers) -> int | None:
+    """Seconds the hub asks a client to wait before its next request [s]: the RateLimit header's t= where its
+    quota is used up (r=0; hub-docs PR #2089, IETF draft httpapi-ratelimit-headers), else Retry-After in seconds
+    (RFC 9110); None where it says neither."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    limit = parse_ratelimit_headers(headers)
+    if limit is not None and limit.remaining == 0:
+        return limit.reset_in_seconds
+    after = (headers.get("Retry-After") or "").strip()
+    return int(after) if after.isdigit() else None
+
+
+def _ask_hub(repo: str, filename: str, revision: str, repo_type: str, endpoint: str | None, tries: int,
+             wait_cap_s: float, sleep: Callable[[float], None]) -> None:
+    """Ask the hub for the file's address (HEAD …/resolve/<revision>/<file>, without huggingface_hub's own
+    retries) until it answers, waiting between tries as it asks on 429 and 5xx; raise FetchError when the tries or
+    the wait cap run out, or when it refuses the file. Anything else (no connection) is left to hf_hub_download,
+    which falls back to the cache and says so."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(repo, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+    waited = 0.0
+    for attempt in range(1, tries + 1):
+        try:
+            get_hf_file_metadata(url, endpoint=endpoint)
+            return
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status != 429 and not (status and status >= 500):
+                raise FetchError(_hub_refusal(repo, filename, revision, e)) from None
+            asked = hub_wait_s(e.response.headers)
+            # +1 s as huggingface_hub does: the hub's t= is rounded down.
+            wait = asked + 1.0 if asked is not None else 2.0 ** attempt
+            if attempt == tries or waited + wait > wait_cap_s:
+                raise FetchError(_hub_refusal(repo, filename, revision, e, tries=attempt, waited_s=waited,
+                                              cap=(tries, wait_cap_s))) from None
+        except Exception:  # no answer: hf_hub_download's cache fallback and its words decide
+            return
+        sleep(wait)
+        waited += wait
+
+
+def _hub_refusal(repo: str, filename: str, revision: str, error, tries: int | None = None, waited_s: float = 0.0,
+                 cap: tuple[int, float] | None = None) -> str:
+    """What the hub's answer to a fetch means, with the fix (huggingface_hub's error classes, utils/_http.py
+    hf_raise_for_status, and the status code)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo}/{filename}@{revision}"
+    response = getattr(error, "response", None)
+    status = response.status_code if response is not None else None
+    said = str(error).strip().splitlines()
+    said = " ".join(line.strip() for line in said if line.strip())
+    after = (f" after {tries} tr{'y' if tries == 1 else 'ies'} and {waited_s:.0f} s of waiting (a fetch tries at most "
+             f"{cap[0]} times and waits at most {cap[1]:.0f} s in all: llmbench.fetch.HUB_TRIES, HUB_WAIT_CAP_S)"
+             if tries is not None and cap is not None else "")
+    if status == 429:
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        wait = hub_wait_s(response.headers)
+        when = f"retry after {wait} s" if wait is not None else "retry in a few minutes (the hub said not when)"
+        quota = parse_ratelimit_headers(response.headers)
+        used_up = (f": its {quota.resource_type!r} quota" + (f" of {quota.limit} requests per {quota.window_seconds} s"
+                                                             if quota.limit and quota.window_seconds else "")
+                   + " is used up" if quota is not None and quota.remaining == 0 else "")
+        return (f"the hub rate-limited this machine's address (HTTP 429 Too Many Requests for {where}{used_up})"
+                f"{after}. {when.capitalize()}, running the workflow again then. The hub counts requests per IP "
+                "address: fewer fetch jobs at once (--jobs), or a token (HF_TOKEN: a larger quota), make it rarer.")
+    if isinstance(error, GatedRepoError):
+        return (f"{repo} is a gated repository and this client may not read it yet (HTTP {status}) for {where}: "
+                f"accept its licence on https://huggingface.co/{repo} with your account, then set HF_TOKEN in the "
+                "environment to a token of that account.")
+    if isinstance(error, RevisionNotFoundError):
+        return f"the hub has no revision {revision!r} of {repo} (HTTP {status}): fix the revision in the config."
+    if isinstance(error, RemoteEntryNotFoundError):
+        return (f"the hub has no file {filename!r} in {repo} at revision {revision!r} (HTTP {status}): fix the "
+                "filename (or the revision) in the config.")
+    if isinstance(error, RepositoryNotFoundError):
+        return (f"the hub shows no repository {repo} to this client (HTTP {status}, {where}): check the repo in the "
+                "config; where it is private or gated, accept its licence on its page and set HF_TOKEN in the "
+                "environment to a token with read access.")
+    if status in (401, 403):
+        return (f"the hub refuses {where} (HTTP {status}: {said}): the repository is gated or private, or the token "
+                f"lacks access: accept its licence on https://huggingface.co/{repo} and set HF_TOKEN in the "
+                "environment to a token with read access.")
+    if status == 404:
+        return (f"the hub has no {filename!r} in {repo} at revision {revision!r} (HTTP 404: {said}): check repo, "
+                "filename and revision in the config.")
+    if status is not None and status >= 500:
+        return (f"the hub failed on {where} (HTTP {status}: {said}){after}: it is the hub's error, not the config's; "
+                "run the workflow again later (https://status.huggingface.co).")
+    return f"the hub refused {where} (HTTP {status}: {said}): check repo, filename and revision in the config."
 
 
 def split_record(first: dict, others: list[dict], files: list[str]) -> dict:

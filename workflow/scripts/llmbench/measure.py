@@ -31,15 +31,16 @@ def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logg
     ``provenance_file``; returns the rows."""
     job.engine_log.unlink(missing_ok=True)
     started = dt.datetime.now(dt.UTC).isoformat()
-    with hold_gpus(job.gpus, exclusive=job.params["plan"]["exclusive"], job=str(run_file)) as gpu_ids:
-        if gpu_ids:
-            log.info("holding GPUs %s (NVML indices; CUDA_VISIBLE_DEVICES set for the engine)", gpu_ids)
+    with hold_gpus(job.gpus, exclusive=job.params["plan"]["exclusive"], job=str(run_file)) as held:
+        if held:
+            log.info("holding GPUs %s (NVML indices, chosen from %s; CUDA_VISIBLE_DEVICES set for the engine)",
+                     [f"{g['nvml_index']}: {g['uuid']}" for g in held.record["held"]], held.record["chosen_by"])
         # Without a GPU here the indices stay nominal, so that the meter says why nothing was read.
-        gpu_ids = gpu_ids or list(range(job.gpus))
+        gpu_ids = list(held) or list(range(job.gpus))
         mix = job_mix(job)  # read once from the file itself: a record written before mixes were recorded lacks it
         rows = with_tensor_mix(measure(job, gpu_ids, log), mix)
         rows.write_parquet(run_file)
-        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix))
+        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix, held.record))
     return rows
 
 
@@ -83,19 +84,29 @@ def job_mix(job: Job) -> TensorMix | None:
 
 
 def with_tensor_mix(rows: pl.DataFrame, mix: TensorMix | None) -> pl.DataFrame:
-    """``rows`` with the file's tensor mix and, where it is not what its label says, the note (on every row)."""
+    """``rows`` with the file's tensor mix and, where it is not what its label says, the note (on every row).
+
+    A note the rows already carry (runs.loaded_quant_note: the engine loaded another type than the label, as an
+    Ollama library tag that moved) is kept, after the file's own."""
+    file_note = pl.lit(mix.note() if mix else None, pl.String)
+    engine_note = pl.col("quant_label_note") if "quant_label_note" in rows.columns else pl.lit(None, pl.String)
+    note = (pl.when(file_note.is_null()).then(engine_note)
+            .when(engine_note.is_null()).then(file_note)
+            .otherwise(pl.concat_str([file_note, engine_note], separator="; ")))
     return rows.with_columns(pl.lit(mix.summary() if mix else None, pl.String).alias("tensor_mix"),
-                             pl.lit(mix.note() if mix else None, pl.String).alias("quant_label_note"))
+                             note.alias("quant_label_note"))
 
 
-def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: TensorMix | None = None) -> dict:
+def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: TensorMix | None = None,
+                   gpu_choice: dict | None = None) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
-    model files (with ``mix``, what the file holds: job_mix), the tool's packages and the machine. The whole study config is archived once, beside the
-    results."""
+    model files (with ``mix``, what the file holds: job_mix), the tool's packages and the machine, and which
+    physical GPUs it held and why (``gpu_choice``: gpu_slots.HeldGpus.record). The whole study config is archived
+    once, beside the results."""
     settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
                 "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
     models = [{**job.model_record, **({"tensor_mix": mix.record()} if mix else {})}] if job.model_record else []
     return provenance.collect(
         config=settings, build_record=job.build_record, model_records=models, gpu_indices=gpu_ids,
-        started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo,
+        started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo, gpu_choice=gpu_choice,
     )

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -76,14 +78,30 @@ class Sensor(Protocol):
     update_s: float  # how often its reading changes [s]
 
     def read_j(self) -> float:
-        """Cumulative energy in joules."""
+        """Cumulative energy in joules; SensorError where the sensor cannot be read now."""
         ...
 
     def delta_j(self, start: float, end: float) -> float: ...
 
 
+class SensorError(RuntimeError):
+    """A sensor that could not be read (a RAPL file gone, an NVML call that failed): the window it falls in has
+    no energy, and says this."""
+
+
+class DeviceLost(SensorError):
+    """The device itself is gone (NVML: "GPU is lost", Xid 79, fallen off the bus): nothing measured on it from
+    now on is sound, so the job ends after the generations that finished."""
+
+
+# NVML return codes after which the GPU answers nothing until the machine is rebooted (nvml.h).
+NVML_DEVICE_GONE = {15: "GPU is lost", 16: "GPU requires reset"}
+GPU_LOST_FIX = ("the GPU fell off the bus (NVML: {error}): look for an Xid error (79: fallen off the bus) in "
+                "`sudo dmesg`, check its power and seating, and reboot the machine before measuring again")
+
+
 class NvmlCounter:
-    """nvmlDeviceGetTotalEnergyConsumption: mJ since the driver loaded (Volta and newer)."""
+    """nvmlDeviceGetTotalEnergyConsumption: mJ since the driver loaded (Volta and newer); 64 bits, never wraps."""
 
     boundary = "GPU (NVML energy counter)"
     update_s = 0.1  # the counter steps about every 100 ms (shared/FIELD.md)
@@ -92,28 +110,131 @@ class NvmlCounter:
         self._nvml, self._handle, self.label = pynvml, handle, label
 
     def read_j(self) -> float:
-        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+        try:
+            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+        except self._nvml.NVMLError as e:
+            code = getattr(e, "value", None)
+            if code in NVML_DEVICE_GONE:
+                raise DeviceLost(f"{self.label}: " + GPU_LOST_FIX.format(error=e)) from e
+            raise SensorError(f"{self.label}: NVML could not read the energy counter ({e})") from e
 
     def delta_j(self, start: float, end: float) -> float:
         return end - start
 
 
+def _now() -> float:
+    """The meters' clock (time.perf_counter, s), looked up at each call so that a test may script it."""
+    return time.perf_counter()
+
+
+# A bound on what one RAPL zone draws where the kernel does not say (no constraint_*_max_power_uw; AMD zones
+# have none): above any CPU package sold today (AMD EPYC 9005: 500 W TDP), so the wrap period it gives is short.
+ASSUMED_MAX_POWER_W = 1000.0
+# How many reads a zone gets per shortest wrap period: one read per period sees each wrap only if the power
+# never exceeds the bound; four leave room for a late poll.
+READS_PER_WRAP = 4
+MAX_POLL_S = 5.0
+
+
+def zone_max_power(zone: Path) -> tuple[float, str]:
+    """The highest power a powercap zone can draw [W] and where that figure comes from: the largest of its
+    ``constraint_*_max_power_uw`` files (Intel packages), or ASSUMED_MAX_POWER_W where it has none."""
+    values = []
+    for f in zone.glob("constraint_*_max_power_uw"):
+        try:
+            values.append(int(f.read_text()) / 1e6)
+        except (OSError, ValueError):
+            continue
+    if values and max(values) > 0:
+        return max(values), f"{zone.name}/constraint_*_max_power_uw"
+    return ASSUMED_MAX_POWER_W, f"assumed (no constraint_*_max_power_uw in {zone.name})"
+
+
 class RaplZone:
-    """One powercap zone: energy_uj counts up and wraps at max_energy_range_uj."""
+    """One powercap zone. Its energy_uj counts up and wraps at max_energy_range_uj: 65.5 kJ on AMD EPYC (32 bits
+    of 15.3 µJ), which at 225 W is every 291 s (scaphandre; zeus#91). A difference of two reads can undo at most
+    one wrap, so the zone unfolds its wraps at every read into a running total (zeus PR #105, pyJoules PR #21),
+    and the meter polls it at least READS_PER_WRAP times per ``wrap_s``, the shortest time in which it can wrap.
+    Where two reads were further apart than that (a stalled poller, a suspended machine), ``blind_spans`` keeps
+    the gap, and a window that holds one is flagged invalid rather than read low."""
 
     update_s = 0.001  # RAPL's energy status updates about every millisecond (Intel SDM vol. 3B, 15.10.1)
 
-    def __init__(self, zone: Path, label: str | None = None, boundary: str = "CPU (RAPL)"):
+    def __init__(self, zone: Path, label: str | None = None, boundary: str = "CPU (RAPL)",
+                 clock: Callable[[], float] | None = None):
         self.zone = zone
         self.label = label or f"rapl:{(zone / 'name').read_text().strip()}"
         self.boundary = boundary
         self.range_j = int((zone / "max_energy_range_uj").read_text()) / 1e6
+        self.max_power_w, self.max_power_source = zone_max_power(zone)
+        self.wrap_s = self.range_j / self.max_power_w
+        self.poll_s = min(self.wrap_s / READS_PER_WRAP, MAX_POLL_S)
+        self._clock = clock or _now
+        self._lock = threading.Lock()  # the meter's poller and the job's windows read the same zone
+        self._raw: float | None = None
+        self._last_t = 0.0
+        self._total_j = 0.0
+        self.blind_spans: list[tuple[float, float]] = []
 
     def read_j(self) -> float:
-        return int((self.zone / "energy_uj").read_text()) / 1e6
+        """Joules since the zone's first read, every wrap seen so far unfolded. SensorError where the zone's
+        file cannot be read (gone, or root-only: PermissionError is let through for the meter's setup)."""
+        with self._lock:
+            try:
+                raw = int((self.zone / "energy_uj").read_text()) / 1e6
+            except PermissionError:
+                raise
+            except (OSError, ValueError) as e:
+                raise SensorError(f"{self.label}: {self.zone / 'energy_uj'} could not be read ({e})") from e
+            t = self._clock()
+            if self._raw is not None:
+                self._total_j += raw - self._raw if raw >= self._raw else raw + self.range_j - self._raw
+                if t - self._last_t > self.wrap_s:
+                    self.blind_spans.append((self._last_t, t))
+            self._raw, self._last_t = raw, t
+            return self._total_j
 
     def delta_j(self, start: float, end: float) -> float:
-        return end - start if end >= start else end + self.range_j - start
+        return end - start
+
+    def blind_span(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """The longest gap between two reads that overlaps [t0, t1] and was longer than ``wrap_s``, or None."""
+        spans = [s for s in self.blind_spans if s[1] > t0 and s[0] < t1]
+        return max(spans, key=lambda s: s[1] - s[0]) if spans else None
+
+
+class CounterPoller:
+    """Reads counters that wrap (RAPL zones) on a daemon thread, each at its own ``poll_s``, so that no wrap
+    falls between two reads; a read that fails is kept in ``errors`` (the windows it falls in say so)."""
+
+    def __init__(self, sensors: list, clock: Callable[[], float] | None = None):
+        self.sensors = sensors
+        self.interval_s = min(s.poll_s for s in sensors)
+        self.errors: list[tuple[float, str]] = []  # (when, what failed)
+        self._clock = clock or _now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        for s in self.sensors:
+            try:
+                s.read_j()
+            except (SensorError, OSError) as e:
+                self.errors.append((self._clock(), str(e)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rapl-wrap-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 class SampledPower:
@@ -140,12 +261,24 @@ class WindowError(ValueError):
 
 
 class EnergyMeter:
-    def __init__(self, sensors: list[Sensor], unavailable: list[str], sampler=None, gpu_state=None):
+    """The job's sensors behind begin_window/end_window. Counters that wrap are polled on a thread of their own
+    (CounterPoller) while the meter is open. A sensor that cannot be read at either end of a window (or by the
+    poller inside it) makes that window's energy null with the reason, never a partial sum of the others; a GPU
+    that is gone (``lost``) is said once, for the job to end on."""
+
+    def __init__(self, sensors: list[Sensor], unavailable: list[str], sampler=None, gpu_state=None,
+                 clock: Callable[[], float] | None = None):
         self.sensors = sensors
         self.unavailable = unavailable
         self.sampler = sampler
         self._gpu_state = gpu_state
-        self._open: dict[str, tuple[float, list[float]]] = {}
+        self._clock = clock or _now
+        self._open: dict[str, tuple[float, list[float | None], list[str]]] = {}
+        self.lost: str | None = None  # why the job's GPU is gone (DeviceLost), once a sensor said so
+        wrapping = [s for s in sensors if hasattr(s, "poll_s")]
+        self.poller = CounterPoller(wrapping, clock) if wrapping else None
+        if self.poller is not None:
+            self.poller.start()
 
     @property
     def source(self) -> str | None:
@@ -160,28 +293,50 @@ class EnergyMeter:
     def _open_names(self) -> str:
         return "open: " + ", ".join(map(repr, self._open)) if self._open else "none is open"
 
+    def _read_all(self, failures: list[str]) -> list[float | None]:
+        """Every sensor now; a sensor that fails reads None and its reason goes into ``failures``."""
+        values: list[float | None] = []
+        for s in self.sensors:
+            try:
+                values.append(s.read_j())
+            except (SensorError, OSError) as e:
+                if isinstance(e, DeviceLost) and self.lost is None:
+                    self.lost = str(e)
+                failures.append(str(e) if isinstance(e, SensorError) else f"{s.label}: {type(e).__name__}: {e}")
+                values.append(None)
+        return values
+
     def begin_window(self, name: str) -> None:
         """Start the window ``name``: every sensor's counter and the clock now. WindowError if ``name`` is open."""
         if name in self._open:
             raise WindowError(f"energy window {name!r} is already open ({self._open_names()}): "
                               f"end_window({name!r}) before opening it again")
-        self._open[name] = (time.perf_counter(), [s.read_j() for s in self.sensors])
+        failures: list[str] = []
+        starts = self._read_all(failures)
+        self._open[name] = (self._clock(), starts, failures)
 
     def opened_at(self, name: str) -> float:
-        """When the open window ``name`` began (time.perf_counter, s): the origin of the times inside it."""
+        """When the open window ``name`` began (the meter's clock, time.perf_counter, s): the origin of the times
+        inside it."""
         return self._open[name][0]
 
     def end_window(self, name: str) -> EnergyReading:
         """End the window ``name``: each sensor's joules since begin_window, their sum and the window's length in
-        seconds; null with the reasons where no sensor could be read. WindowError if ``name`` is not open."""
+        seconds; null with the reasons where no sensor could be read, or where one failed during the window (a
+        sum without it would cover less than its boundary says). WindowError if ``name`` is not open."""
         if name not in self._open:
             raise WindowError(f"no energy window {name!r} is open ({self._open_names()}): "
                               f"begin_window({name!r}) first")
-        t0, starts = self._open.pop(name)
-        ends = [s.read_j() for s in self.sensors]
-        t1 = time.perf_counter()
+        t0, starts, failures = self._open.pop(name)
+        ends = self._read_all(failures)
+        t1 = self._clock()
         if not self.sensors:
             return EnergyReading(None, None, "not measured: " + "; ".join(self.unavailable), t1 - t0, t0, t1)
+        if self.poller is not None:
+            failures += [why for t, why in list(self.poller.errors) if t0 <= t <= t1]
+        if failures:
+            reason = "not measured: a sensor failed during the window: " + "; ".join(dict.fromkeys(failures))
+            return EnergyReading(None, self.source, reason, t1 - t0, t0, t1, None, self.boundary)
         deltas = [(s.label, s.delta_j(a, b)) for s, a, b in zip(self.sensors, starts, ends, strict=True)]
         return EnergyReading(sum(j for _, j in deltas), self.source, None, t1 - t0, t0, t1, self.gpu_trace_j(t0, t1),
                              self.boundary, dict(deltas))
@@ -192,6 +347,13 @@ class EnergyMeter:
         estimate (no counter to step)."""
         if energy.energy_j is None or energy.estimated or not self.sensors:
             return None, None
+        for s in self.sensors:
+            blind = s.blind_span(energy.t0, energy.t1) if hasattr(s, "blind_span") else None
+            if blind is not None:
+                return False, (f"{s.label} was not read for {blind[1] - blind[0]:.0f} s inside the window, longer "
+                               f"than the {s.wrap_s:.0f} s in which its counter can wrap (max_energy_range_uj "
+                               f"{s.range_j * 1e6:.0f} at {s.max_power_w:g} W, {s.max_power_source}): wraps may be "
+                               "lost, so the window is left out of J per token")
         slowest = max(self.sensors, key=lambda s: getattr(s, "update_s", 0.0))
         need = MIN_UPDATES * getattr(slowest, "update_s", 0.0)
         if energy.window_s >= need:
@@ -219,6 +381,8 @@ class EnergyMeter:
         return self._gpu_state() if self._gpu_state is not None else None
 
     def close(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
         for sampler in [self.sampler, *(s.sampler for s in self.sensors if isinstance(s, SampledPower))]:
             if sampler is not None:
                 sampler.stop()
@@ -240,6 +404,8 @@ def measure_idle(meter: EnergyMeter, seconds: float) -> tuple[float | None, str 
     meter.begin_window("idle")
     time.sleep(seconds)
     idle = meter.end_window("idle")
+    if idle.energy_j is None:
+        return None, idle.null_reason
     return idle.energy_j / idle.window_s, None
 
 
@@ -312,8 +478,8 @@ def nvml_sensors(gpu_indices: list[int]):
         try:
             sensor.read_j()
             sensors.append(sensor)
-        except pynvml.NVMLError as e:
-            no_counter.append((handle, uuid, e))
+        except SensorError as e:
+            no_counter.append((handle, uuid, e.__cause__ or e))
     if not handles:
         return sensors, problems, None, None
     sampler = PowerSampler(pynvml, handles)
@@ -361,7 +527,8 @@ def powercap_zones(root: Path = POWERCAP) -> list[PowercapZone]:
     return sorted(zones, key=lambda z: (list(RAPL_CONTROL_TYPES).index(z.control_type), z.ids))
 
 
-def rapl_sensors(root: Path = POWERCAP, boundary: str = "package+dram") -> tuple[list[Sensor], list[str]]:
+def rapl_sensors(root: Path = POWERCAP, boundary: str = "package+dram",
+                 clock: Callable[[], float] | None = None) -> tuple[list[Sensor], list[str]]:
     """The zones that make up ``boundary`` (a key of CPU_BOUNDARIES), none inside another: package+DRAM adds the
     package zones and the DRAM zones, never their core/uncore subzones nor psys, which contains them all; platform
     reads the psys zones alone. Each zone is labelled by its path in the tree (``rapl:package-1/dram``)."""
@@ -399,8 +566,8 @@ def rapl_sensors(root: Path = POWERCAP, boundary: str = "package+dram") -> tuple
         label = "CPU package (RAPL; no DRAM zone)"  # AMD, and Intel clients: DRAM is not in the sum
     prefix = RAPL_CONTROL_TYPES[control_type]
     try:
-        sensors = [RaplZone(z.path, f"{prefix}:" + "/".join(a.name for a in [*reversed(ancestors(z)), z]), label)
-                   for z in picked]
+        sensors = [RaplZone(z.path, f"{prefix}:" + "/".join(a.name for a in [*reversed(ancestors(z)), z]), label,
+                            clock) for z in picked]
         for s in sensors:
             s.read_j()
     except PermissionError:
@@ -408,8 +575,8 @@ def rapl_sensors(root: Path = POWERCAP, boundary: str = "package+dram") -> tuple
     return sensors, []
 
 
-def open_energy_meter(gpu_indices: list[int], powercap: Path = POWERCAP,
-                      cpu_boundary: str = "package+dram") -> EnergyMeter:
+def open_energy_meter(gpu_indices: list[int], powercap: Path = POWERCAP, cpu_boundary: str = "package+dram",
+                      clock: Callable[[], float] | None = None) -> EnergyMeter:
     """The meter of one job: its GPUs (by index among the visible ones) and the CPU within ``cpu_boundary`` (a key
     of CPU_BOUNDARIES); close it when done. The platform boundary is for jobs without GPUs: what psys covers
     beyond the SoC is the platform maker's choice and may hold the GPUs, which would then count twice."""
@@ -417,5 +584,5 @@ def open_energy_meter(gpu_indices: list[int], powercap: Path = POWERCAP,
         raise ValueError("the platform energy boundary (RAPL psys) may already contain the GPUs: "
                          "measure a GPU job with the package+dram boundary")
     gpu, gpu_problems, sampler, state = nvml_sensors(gpu_indices)
-    cpu, cpu_problems = rapl_sensors(powercap, cpu_boundary)
-    return EnergyMeter([*gpu, *cpu], [*gpu_problems, *cpu_problems], sampler, state)
+    cpu, cpu_problems = rapl_sensors(powercap, cpu_boundary, clock)
+    return EnergyMeter([*gpu, *cpu], [*gpu_problems, *cpu_problems], sampler, state, clock)

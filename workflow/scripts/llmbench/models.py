@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import mmap
@@ -9,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+# The failure kinds of llmbench.diagnosis's catalogue (which imports this module only inside its functions).
+from llmbench.diagnosis import UNSUPPORTED_GGUF_FORMAT, UNSUPPORTED_TENSOR_TYPE
 from llmbench.files import atomic_path, sha256_file
 from llmbench.logs import run_logged
 
@@ -16,7 +19,37 @@ GGUF_MAGIC = b"GGUF"
 
 
 class CorruptModelError(RuntimeError):
-    pass
+    """A model file the GGUF check refused. Itself: a damaged file (cut short, not a GGUF, tensor data past its
+    end), whose fix is to fetch or derive it again; its subclasses are sound files given or made wrongly."""
+
+
+class UnloadableModelError(CorruptModelError):
+    """A sound GGUF (header whole, tensor data inside the file) that this llama.cpp does not load: a tensor type it
+    removed or does not know, a byte order or a GGUF version it does not read. A re-fetch gives the same bytes, so
+    the message's fix is another file or another llama.cpp, never deleting this one. ``kind`` is the failure kind
+    of the jobs that meet it (llmbench.diagnosis). A CorruptModelError, as ShardError is, only so that every job's
+    ``except CorruptModelError`` turns it into a failed row with its own words."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ggml types llama.cpp no longer loads from a file (ggml.c type_traits: blck_size 0, "TYPE_… REMOVED, use … with
+# runtime repacking"): the CPU-repacked layouts removed by llama.cpp PR #10446, which repacks the plain type at load
+# instead (ggml.c also keeps 36-38 as removed, though the gguf library no longer lists any of them). Number: (name,
+# the plain type it repacks, block [weights] and block size [bytes], which the repacked layout keeps from the plain one).
+REMOVED_TYPES = {
+    31: ("Q4_0_4_4", "Q4_0", 32, 18),
+    32: ("Q4_0_4_8", "Q4_0", 32, 18),
+    33: ("Q4_0_8_8", "Q4_0", 32, 18),
+    36: ("IQ4_NL_4_4", "IQ4_NL", 32, 18),
+    37: ("IQ4_NL_4_8", "IQ4_NL", 32, 18),
+    38: ("IQ4_NL_8_8", "IQ4_NL", 32, 18),
+}
+OTHER_FILE_FIX = "use another file from the same repo, or another llama.cpp version (llama_cpp.version in the config)"
+# GGUF versions llama.cpp reads (ggml/src/gguf.cpp: v1 refused since 2023, newer than GGUF_VERSION 3 refused).
+READABLE_VERSIONS = (2, 3)
 
 
 # GGUF metadata value types (gguf spec): scalar struct formats; 8 is a string, 9 an array.
@@ -25,13 +58,14 @@ _STRING, _ARRAY = 8, 9
 
 
 class _Cursor:
-    """Reads little-endian GGUF fields from a memory map; running past the end raises struct.error."""
+    """Reads GGUF fields (``order`` "<" little-endian, ">" big-endian) from a memory map; running past the end
+    raises struct.error."""
 
-    def __init__(self, buf):
-        self.buf, self.pos = buf, 0
+    def __init__(self, buf, order: str = "<"):
+        self.buf, self.pos, self.order = buf, 0, order
 
     def read(self, fmt: str):
-        (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        (value,) = struct.unpack_from(self.order + fmt, self.buf, self.pos)
         self.pos += struct.calcsize(fmt)
         return value
 
@@ -56,10 +90,11 @@ class _Cursor:
         return self.read(_SCALARS[vtype])
 
 
-def read_header(buf) -> tuple[int, dict, list[tuple[str, list[int], int, int]], int]:
+def read_header(buf, order: str = "<") -> tuple[int, dict, list[tuple[str, list[int], int, int]], int]:
     """A GGUF's version, metadata, tensor table [(name, dimensions fastest first, ggml type, data offset)] and the
-    byte where the header ends; raises struct.error/ValueError on a damaged header."""
-    c = _Cursor(buf)
+    byte where the header ends; ``order`` is the file's byte order ("<" little-endian, as llama.cpp writes it on
+    every common host; ">" big-endian). Raises struct.error/ValueError on a damaged header."""
+    c = _Cursor(buf, order)
     c.pos = 4
     version, n_tensors, n_kv = c.read("I"), c.read("Q"), c.read("Q")
     meta = {}
@@ -103,30 +138,102 @@ def read_tensor_table(path: str | Path) -> TensorTable:
     """The header and tensor table of the GGUF at ``path``, each tensor's bytes from gguf's block and type sizes.
 
     Raises CorruptModelError, naming the file and the fix, for a missing file, one that is not a GGUF, or a
-    damaged header (cut short, an unknown tensor type). A truncated data section is check_gguf's to find.
+    damaged header (cut short); UnloadableModelError for a sound header this llama.cpp does not load (see
+    check_gguf). A truncated data section is check_gguf's to find.
     """
+    table, _, problem = _read_table(Path(path))
+    if problem is not None:
+        raise problem
+    return table
+
+
+def _version_problem(path: Path, field: bytes) -> CorruptModelError | None:
+    """What the 4 bytes after the magic say when they are not a version llama.cpp reads: a big-endian file (the
+    version byte-swapped: llama.cpp's gguf.cpp asks "is there a mismatch between the host and model endianness?"),
+    GGUF v1 or a newer version (sound, unloadable), or neither (damaged). None for a readable version."""
+    little, big = struct.unpack("<I", field)[0], struct.unpack(">I", field)[0]
+    if little in READABLE_VERSIONS or ((little & 0xFFFF) == 0 and big in READABLE_VERSIONS):
+        return None  # a big-endian v2/v3 is walked in its own byte order first, to tell it from a damaged one
+    if little == 1 or 3 < little < 1 << 16:
+        return UnloadableModelError(
+            f"{path} is GGUF version {little}, which llama.cpp does not read (it reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; ggml's gguf.cpp refuses v1 and any version above 3). The "
+            f"file is not damaged, do not delete it or fetch it again: {OTHER_FILE_FIX}.", UNSUPPORTED_GGUF_FORMAT)
+    return CorruptModelError(f"{path} is a damaged GGUF: its version field reads {little} (0x{little:08x}), neither "
+                             f"a GGUF version nor one byte-swapped. {FIX}")
+
+
+def _read_table(path: Path) -> tuple[TensorTable, list[tuple[str, int, int]], UnloadableModelError | None]:
+    """The tensor table (tensors of a type whose size is unknown left out), those left out as (name, ggml type,
+    data offset), and why llama.cpp would not load the file where the header is sound; raises CorruptModelError
+    for a damaged header."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    path = Path(path)
+    known = {t.value for t in GGMLQuantizationType}
     if not path.exists():
         raise CorruptModelError(f"model file {path} does not exist. {FIX}")
     with open(path, "rb") as fh:
         magic = fh.read(4)
         if magic != GGUF_MAGIC:
             raise CorruptModelError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}). {FIX}")
+        field = fh.read(4)
+        if len(field) < 4:
+            raise CorruptModelError(f"{path} is a damaged GGUF: it ends inside its header ({4 + len(field)} bytes). {FIX}")
+        if (problem := _version_problem(path, field)) is not None:
+            raise problem
+        order = "<" if struct.unpack("<I", field)[0] in READABLE_VERSIONS else ">"
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
-                version, meta, table, header_end = read_header(buf)
-                tensors = []
+                version, meta, table, header_end = read_header(buf, order)
+                tensors, unsized, odd = [], [], {}
                 for name, dims, ttype, offset in table:
                     n = math.prod(dims)
-                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+                    if ttype in REMOVED_TYPES:
+                        block, type_size = REMOVED_TYPES[ttype][2:]
+                        odd.setdefault(ttype, []).append(name)
+                    elif ttype in known:
+                        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+                    else:
+                        odd.setdefault(ttype, []).append(name)
+                        unsized.append((name, ttype, offset))
+                        continue
                     tensors.append(Tensor(name, tuple(dims), ttype, offset, n, n // block * type_size))
                 alignment = meta.get("general.alignment") or 32
                 data_start = -(-header_end // alignment) * alignment
             except (struct.error, ValueError, KeyError, OverflowError) as e:
                 raise CorruptModelError(f"{path} is a damaged GGUF: {type(e).__name__}: {e}. {FIX}") from None
-    return TensorTable(version, meta, tensors, data_start)
+    problem = _type_problem(path, odd) if odd else None
+    if order == ">":
+        problem = UnloadableModelError(
+            f"{path} is a big-endian GGUF (its version field reads {version} byte-swapped; its header is whole): "
+            "llama.cpp on this little-endian machine refuses it (\"is there a mismatch between the host and model "
+            "endianness?\"). The file is not damaged, do not delete it or fetch it again: use the repo's "
+            "little-endian file, or convert a copy with the gguf package's gguf-convert-endian (FILE little).",
+            UNSUPPORTED_GGUF_FORMAT)
+    return TensorTable(version, meta, tensors, data_start), unsized, problem
+
+
+def _type_problem(path: Path, odd: dict[int, list[str]]) -> UnloadableModelError:
+    """The tensors of a type this llama.cpp does not load (ggml type: tensor names), named with the fix."""
+    held, fixes = [], []
+    for ttype, names in sorted(odd.items()):
+        which = f"{len(names)} tensor{'s' if len(names) > 1 else ''} of ggml type {ttype} (e.g. {names[0]!r})"
+        if ttype in REMOVED_TYPES:
+            name, plain = REMOVED_TYPES[ttype][:2]
+            held.append(f"{which}: {name}, a repacked layout llama.cpp removed (PR #10446; it repacks {plain} for the "
+                        "CPU at load instead)")
+            fixes.append(f"use the repo's {plain} file (llama.cpp repacks {plain} at load)")
+            if ttype == 36:  # the number Microsoft's bitnet.cpp gives its own I2_S (llama.cpp #12997)
+                fixes.append("a BitNet I2_S file, which bitnet.cpp also numbers 36, loads only in bitnet.cpp")
+        else:
+            version = importlib.metadata.version("gguf")
+            held.append(f"{which}: a type the gguf library {version} does not know (a newer or a fork's "
+                        "quantization; llama.cpp refuses it as \"invalid ggml type\")")
+            fixes.append(OTHER_FILE_FIX)
+    return UnloadableModelError(
+        f"{path} is a sound GGUF (header whole, tensor data inside the file) that llama.cpp does not load: it holds "
+        f"{'; '.join(held)}. Do not delete it or fetch it again, the same bytes come back: "
+        f"{'; '.join(dict.fromkeys(fixes))}.", UNSUPPORTED_TENSOR_TYPE)
 
 
 class ShardError(CorruptModelError):
@@ -143,12 +250,17 @@ SHARD_SUFFIX = "-{no:05d}-of-{count:05d}.gguf"
 
 
 def _walk(path: Path) -> tuple[dict, dict]:
-    """One GGUF file's facts and metadata; raise CorruptModelError naming the file and the fix."""
-    header = read_tensor_table(path)
+    """One GGUF file's facts and metadata; raise CorruptModelError naming the file and the fix (damaged first: a
+    file both cut short and of a type llama.cpp does not load is fetched again before anything else)."""
+    header, unsized, problem = _read_table(path)
     size = path.stat().st_size
     end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=0)
+    # A tensor of an unknown type has no known size, but its data must start inside the file.
+    end = max([end, *(header.data_start + offset + 1 for _, _, offset in unsized)])
     if end > size:
         raise CorruptModelError(f"{path} is truncated: its tensors end at byte {end:,} but the file has {size:,}. {FIX}")
+    if problem is not None:
+        raise problem
     arch = header.meta.get("general.architecture")
     info = {
         "gguf_version": header.version,

@@ -215,8 +215,9 @@ def config_sha256(config: dict) -> str:
 
 
 def collect(*, config: dict, build_record: dict | None, model_records: list[dict], gpu_indices: list[int],
-            started_at: str, ended_at: str, repo: Path) -> dict:
-    """The job's provenance, redacted; build_record is None for engines that use no llama.cpp build of ours."""
+            started_at: str, ended_at: str, repo: Path, gpu_choice: dict | None = None) -> dict:
+    """The job's provenance, redacted; build_record is None for engines that use no llama.cpp build of ours;
+    ``gpu_choice`` says which physical GPUs the job held (UUIDs) and how they were chosen (gpu_slots.hold_gpus)."""
     safe_config = redact(config)  # hashed as stored, so anyone can recompute config_sha256 from the record itself
     top = _probe({"memory_bytes": _meminfo_total})
     record = {
@@ -225,6 +226,7 @@ def collect(*, config: dict, build_record: dict | None, model_records: list[dict
         "workflow": workflow_state(Path(repo)),
         "llama_cpp": build_record,
         "gpus": _fenced_gpus(list(gpu_indices)),
+        "gpu_choice": gpu_choice or {},
         "cpu": _probe({
             "model": cpu_model,
             "logical_cores": os.cpu_count,

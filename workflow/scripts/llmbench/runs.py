@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from gguf import GGMLQuantizationType
 
-from llmbench.engines.base import Engine, EngineError, Generation, diagnosis_of
+from llmbench.engines.base import Engine, EngineError, EngineFailed, Generation, diagnosis_of
 from llmbench.meters import EnergyMeter, EnergyReading, estimated, measure_idle, split_at_first_token
+from llmbench.quants import named_after
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,12 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     # it is not what its quant label says (tensors that fell back to other types) the note naming the real mix;
     # null where it is (or no file: an Ollama library tag).
     "tensor_mix": pl.String,
+    # Also set where an engine that resolves its model itself (an Ollama library tag) loaded another type than the
+    # label (loaded_quant_note).
     "quant_label_note": pl.String,
+    # The sha256 of the weights the engine loaded ("sha256:<hex>"), where the engine names them (Ollama's blob);
+    # null where it does not.
+    "model_digest": pl.String,
     "status": pl.String,
     "status_reason": pl.String,
     # A failed row's kind (llmbench.diagnosis: illegal_instruction, out_of_gpu_memory, …) and the signal that
@@ -288,6 +295,20 @@ def counter_deltas(before: dict | str | None, after: dict | str | None, tool: st
     return {k: after[k] - before[k] for k in ("prompt_tokens", "generated_tokens") if k in after and k in before}
 
 
+def loaded_quant_note(label: str | None, facts: dict) -> str | None:
+    """Where the engine says it loaded another quant type than the config's ``label``: the note naming it, from
+    its facts ``loaded_quant`` (in the study's spelling, llmbench.quants) and ``loaded_quant_from`` (how it knows,
+    and the fix); None where they agree or the engine does not say. A label of the tensor type the loaded file type
+    is named after (MXFP4 for MXFP4_MOE, Q4_K for Q4_K_M) agrees."""
+    loaded = facts.get("loaded_quant")
+    if not label or not loaded:
+        return None
+    tensor_types = {t.name: 0.0 for t in GGMLQuantizationType}
+    if label.upper() in (loaded.upper(), (named_after(loaded.upper(), tensor_types) or "")):
+        return None
+    return f"{label} is not what ran: {facts.get('loaded_quant_from') or f'the engine loaded {loaded}'}"
+
+
 def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
     """Warm up, then generate every prompt × repetition: one client, each generation in its own energy window, or
     at ``plan.concurrency`` N > 1, N clients at once, each sending every prompt × repetition in a closed loop
@@ -302,10 +323,14 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
     engine_cols = {"engine_build": facts.get("engine_build"), "load_ms": facts.get("load_ms"),
                    "n_gpu_layers_offloaded": facts.get("n_gpu_layers_offloaded"),
                    "n_layers_total": facts.get("n_layers_total"), "engine_library": facts.get("library"),
+                   "model_digest": facts.get("model_digest"),
+                   "quant_label_note": loaded_quant_note(plan.quant, facts),
                    "engine_facts": json.dumps(facts, default=str)}
     idle_w, idle_reason = measure_idle(meter, plan.idle_s)
     if idle_reason:
         log.info("idle baseline %s", idle_reason)
+    if (lost := device_lost(meter)) is not None:
+        raise lost  # before any generation: the job's failed row says it
     warm_up(engine, plan)
     before = engine_counters(engine)
     rows: list[dict] = []
@@ -318,6 +343,7 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
     level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows,
                                meter.validity(level))
     table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols} for r in rows], schema=RUN_SCHEMA)
+    error = error or device_lost(meter)  # a GPU that fell off the bus as the level's window closed
     if error is None:
         return table
     if not rows:
@@ -326,6 +352,16 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
     log.error("%s after %d generations: %s", plan.tool, len(rows), error)
     found = diagnosis_of(error, plan.tool)
     return pl.concat([table, failed_run(plan, found.reason, found.kind, found.signal)])
+
+
+def device_lost(meter: EnergyMeter) -> EngineFailed | None:
+    """The job's end where a sensor said its GPU is gone (meters.DeviceLost): nothing more measured on it is sound,
+    so the generations that finished stand and a failed row says what happened, with the fix."""
+    if meter.lost is None:
+        return None
+    from llmbench.diagnosis import GPU_LOST, Diagnosis
+
+    return EngineFailed(Diagnosis(GPU_LOST, meter.lost))
 
 
 def warm_up(engine: Engine, plan: RunPlan) -> None:
@@ -367,6 +403,8 @@ def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float 
                     **energy.boundary_columns(), **gpu_columns(meter, energy, g.ttft_ms, state_start, state_end),
                     "started_at": started,
                 })
+                if (lost := device_lost(meter)) is not None:
+                    return lost
     except EngineError as e:
         return e
     return None
@@ -405,4 +443,4 @@ def many_clients(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: floa
             raise e
     rows.sort(key=lambda r: (r["request_start_s"], r["client"]))
     log.info("%d clients: %d requests in %.1f s", plan.concurrency, len(rows), time.perf_counter() - t0)
-    return errors[0] if errors else None
+    return errors[0] if errors else device_lost(meter)

@@ -147,13 +147,17 @@ def engine_failure(diagnosis) -> EngineFailed:
 
 def diagnosis_of(error: Exception, engine: str, log_path: Path | None = None, model: Path | None = None):
     """The diagnosis an engine error carries, or one read from its message and the engine's log; a model file the
-    GGUF check refused (CorruptModelError) is a damaged file, or a split GGUF given wrongly (ShardError: sound).
+    GGUF check refused (CorruptModelError) is a damaged file, a split GGUF given wrongly (ShardError: sound) or a
+    sound file this llama.cpp does not load (UnloadableModelError: its kind, e.g. unsupported_tensor_type). An
+    error that says no more than that the engine failed is given the root cause its log names.
     Every such error of a job becomes a 'failed' row with it (kind, reason), and the study goes on."""
-    from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD, Diagnosis, diagnose
-    from llmbench.models import CorruptModelError, ShardError
+    from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD, Diagnosis, diagnose, root_cause
+    from llmbench.models import CorruptModelError, ShardError, UnloadableModelError
 
     if isinstance(error, EngineFailed):
         return error.diagnosis
+    if isinstance(error, UnloadableModelError):
+        return Diagnosis(error.kind, str(error))
     if isinstance(error, CorruptModelError):
         return Diagnosis(LONE_SHARD if isinstance(error, ShardError) else CORRUPT_FILE, str(error))
     text = str(error)
@@ -163,8 +167,12 @@ def diagnosis_of(error: Exception, engine: str, log_path: Path | None = None, mo
         except OSError:
             pass
     found = diagnose(engine, None, text, model)
-    if found.kind == "exited":  # nothing more specific in the log: the error's own words are the reason
-        return type(found)("exited", str(error).split("\n", 1)[0], found.line, found.signal)
+    if found.kind == "exited":  # nothing more specific in the log: the error's own words, and why where it says
+        said = str(error).split("\n", 1)[0]
+        cause = root_cause(text)
+        if cause is not None and cause not in said:
+            said += f"; the engine log names the cause: {cause!r}"
+        return type(found)("exited", said, cause or found.line, found.signal)
     return found
 
 

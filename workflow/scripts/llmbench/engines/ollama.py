@@ -36,20 +36,35 @@ Reasoning models: Ollama returns the thinking in ``message.thinking``, apart fro
 answer tokens together and Ollama gives no split, so reasoning tokens are not known (null). The request is not
 streamed (``stream=False``): there is no time to first token (``ttft_ms`` null), and the GPU energy is not split
 into prefill and decode.
+
+What was loaded. A library tag is a moving name: Ollama's library re-points it to other files (``llama3.1:8b`` was
+Q4_0 in 2024 and is Q4_K_M since, ollama/ollama#1543), so the config's quant label for a tag says what someone
+expected, not what runs. After the model is there the backend asks /api/show what it holds (``general.file_type``
+of its GGUF, read through gguf's LlamaFileType, and ``details.quantization_level``) and which file it is (the
+Modelfile's ``FROM …/blobs/sha256-…``), and /api/tags the name's manifest digest (what ``ollama list`` shows); the
+engine facts carry them (``loaded_quant``, ``loaded_quant_from``, ``model_digest``, ``manifest_digest``), and the
+rows compare the label with ``loaded_quant`` (runs.loaded_quant_note). A GGUF of the study imported into Ollama
+answers with its own header's file type and its own sha256, so its label agrees as its file does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from gguf import LlamaFileType
 
 from llmbench.diagnosis import EXITED, diagnose
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
 from llmbench.engines.process import ServerProcess
 from llmbench.models import split_count
+from llmbench.quants import file_type_names
 
 NS_PER_MS = 1e6
 
@@ -94,6 +109,91 @@ def parse_chat(r, wall_ms: float, *, prefill_cached: bool | None = None) -> Gene
     )
 
 
+# The Modelfile /api/show writes names the weights as a blob file: FROM <models>/blobs/sha256-<hex>.
+_FROM_BLOB = re.compile(r"^FROM\s+\S*sha256[-:](?P<hex>[0-9a-f]{64})\s*$", re.MULTILINE)
+# What Ollama writes as quantization_level where the file type is none it names (its FileType.String()).
+_UNNAMED = ("", "unknown")
+
+
+def file_type_name(file_type: int | None) -> str | None:
+    """A GGUF ``general.file_type`` as the study spells quant labels: gguf's LlamaFileType name without its
+    ``MOSTLY_``/``ALL_`` prefix (15 -> Q4_K_M, 0 -> F32); None for no number or one the pinned gguf does not know.
+    llama.cpp's "guessed" bit (LlamaFileType.GUESSED, 1024) is not part of the type."""
+    member = _file_type(file_type)
+    names = file_type_names([member.name]) if member is not None else []
+    return names[0] if names else None
+
+
+def _file_type(file_type: int | None) -> LlamaFileType | None:
+    if file_type is None or isinstance(file_type, bool):
+        return None
+    try:
+        return LlamaFileType(int(file_type) & ~LlamaFileType.GUESSED)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What Ollama holds under a model name, by its /api/show and /api/tags.
+
+    ``quant`` is the type the study would label it (file_type_name of ``file_type``, else Ollama's
+    ``quantization_level`` where that names one), None where neither says; ``weights_digest`` the sha256 of the GGUF
+    blob the Modelfile's FROM names ("sha256:<hex>": a study's GGUF imported has its own file's sha256 here);
+    ``manifest_digest`` the name's manifest digest in /api/tags, which moves when the library re-points a tag
+    (ollama/ollama#1543).
+    """
+
+    name: str
+    quant: str | None
+    file_type: int | None
+    quantization_level: str | None
+    weights_digest: str | None
+    manifest_digest: str | None
+
+    def described(self) -> str:
+        """Where ``quant`` comes from, for a row's note: "general.file_type 15 = MOSTLY_Q4_K_M, quantization_level …"."""
+        parts = []
+        if self.file_type is not None:
+            member = _file_type(self.file_type)
+            parts.append(f"general.file_type {self.file_type} = "
+                         f"{member.name if member is not None else 'a type the pinned gguf does not know'}")
+        if self.quantization_level is not None:
+            parts.append(f"quantization_level {self.quantization_level}")
+        if self.weights_digest:
+            parts.append(f"weights {self.weights_digest}")
+        return ", ".join(parts)
+
+
+def loaded_model(name: str, show, tags=None) -> LoadedModel:
+    """What /api/show (``show``: its JSON or the client's ShowResponse) and /api/tags (``tags``, optional) say
+    ``name`` holds. The file type is the number in ``model_info`` read through gguf's LlamaFileType, not Ollama's
+    own name table; ``quantization_level`` stands in only where the number is absent or unknown to gguf."""
+    show = _plain(show)
+    details = show.get("details") or {}
+    file_type = (show.get("model_info") or show.get("modelinfo") or {}).get("general.file_type")
+    level = details.get("quantization_level")
+    quant = file_type_name(file_type) or (level.upper() if level and level.lower() not in _UNNAMED else None)
+    blob = _FROM_BLOB.search(show.get("modelfile") or "")
+    return LoadedModel(name=name, quant=quant, file_type=int(file_type) if file_type is not None else None,
+                       quantization_level=level, weights_digest=f"sha256:{blob['hex']}" if blob else None,
+                       manifest_digest=_manifest_digest(name, _plain(tags) if tags is not None else {}))
+
+
+def _plain(r) -> dict:
+    """An answer of the official client (pydantic models) or its JSON, as plain JSON names (model_info)."""
+    return dict(r) if isinstance(r, Mapping) else r.model_dump(by_alias=True, exclude_none=True)
+
+
+def _manifest_digest(name: str, tags: dict) -> str | None:
+    # Ollama lists a name given without a tag under ":latest".
+    wanted = {name, f"{name}:latest"} if ":" not in name else {name}
+    for m in tags.get("models") or []:
+        if (m.get("model") or m.get("name")) in wanted and m.get("digest"):
+            return m["digest"] if ":" in m["digest"] else f"sha256:{m['digest']}"
+    return None
+
+
 class OllamaBackend(Engine):
     tool = "ollama"
 
@@ -127,6 +227,8 @@ class OllamaBackend(Engine):
         # A server this job started has one prompt cache slot (OLLAMA_NUM_PARALLEL=1): evicting it is certain.
         self.one_cache_slot = False
         self._cache_holds_prompt = False
+        self.loaded: LoadedModel | None = None  # what the server holds under ``tag``, once started
+        self.loaded_unknown: str | None = None  # why that could not be read, where it could not
 
     @classmethod
     def from_settings(cls, s: EngineSettings, log_path: Path) -> OllamaBackend:
@@ -150,6 +252,7 @@ class OllamaBackend(Engine):
             else:
                 self._start_server(ollama)
             self._ensure_model()
+            self.loaded = self._loaded_model()
         except BaseException:
             self.stop()
             raise
@@ -213,6 +316,20 @@ class OllamaBackend(Engine):
                     f"Ollama could not pull {self.tag!r}: {pull_error}. Check the tag in the config "
                     "(source.tag) and that the server can reach its registry."
                 ) from None
+
+    def _loaded_model(self) -> LoadedModel | None:
+        """What the server holds under the tag now: /api/show, and /api/tags for the manifest digest; read as the
+        JSON the server sent, since the client's models require fields that other server versions leave out. A
+        server that does not answer them still generates: its rows are then not checked against the label, and
+        the engine facts say why (``loaded_quant_unknown``), rather than the measurement being lost."""
+        http = self.client._client
+        show = http.post("/api/show", json={"model": self.tag})
+        if show.status_code != 200:
+            self.loaded_unknown = (f"Ollama's /api/show of {self.tag!r} answered HTTP {show.status_code} after "
+                                   f"loading it: {show.text[:300]}")
+            return None
+        tags = http.get("/api/tags")
+        return loaded_model(self.tag, show.json(), tags.json() if tags.status_code == 200 else None)
 
     def _import_gguf(self) -> None:
         """What `ollama create TAG -f Modelfile` with `FROM <file>` does: upload the blob, create the model."""
@@ -278,17 +395,36 @@ class OllamaBackend(Engine):
         self._cache_holds_prompt = False
 
     def facts(self) -> dict:
-        """Offload as Ollama reports it (/api/ps): bytes of the model in VRAM over its size."""
-        loaded = [m for m in self.client.ps().models if (m.model or m.name) == self.tag]
-        size = loaded[0].size if loaded else None
-        vram = loaded[0].size_vram if loaded else None
+        """Offload as Ollama reports it (/api/ps): bytes of the model in VRAM over its size; and what it loaded
+        (LoadedModel, from /api/show and /api/tags): ``loaded_quant`` with where it comes from
+        (``loaded_quant_from``, the fix included, for the note of a row whose label differs), ``model_digest``
+        (sha256 of the weights) and ``manifest_digest``."""
+        running = [m for m in self.client.ps().models if (m.model or m.name) == self.tag]
+        size = running[0].size if running else None
+        vram = running[0].size_vram if running else None
         return {
             "engine_build": self.version,
             "num_gpu": self.options.get("num_gpu"),
             "size_bytes": int(size) if size is not None else None,
             "size_vram_bytes": int(vram) if vram is not None else None,
             "vram_fraction": (int(vram) / int(size)) if size else None,
+            **self._loaded_facts(),
         }
+
+    def _loaded_facts(self) -> dict:
+        m = self.loaded
+        if m is None:
+            return {"loaded_quant": None, "loaded_quant_unknown": self.loaded_unknown}
+        if self.gguf is not None:
+            why = (f"Ollama's {m.name}, imported from {self.gguf.name}, is {m.quant} by its /api/show "
+                   f"({m.described()}), which reads the file's own header: label the file {m.quant}")
+        else:
+            why = (f"Ollama's {m.name} is {m.quant} by its /api/show ({m.described()}); a library tag is a moving "
+                   f"name that the library re-points to other files (ollama/ollama#1543): label it {m.quant}, or "
+                   "run a tag that names its quant")
+        return {"loaded_quant": m.quant, "loaded_quant_from": why if m.quant else None,
+                "quantization_level": m.quantization_level, "file_type": m.file_type,
+                "model_digest": m.weights_digest, "manifest_digest": m.manifest_digest}
 
     def peak_rss_bytes(self) -> int | None:
         # The model lives in a runner process that `ollama serve` spawns, not in a process of ours.

@@ -301,18 +301,20 @@ register(Tool(
     Facts(
         family='vLLM',
         installs=(
-            'pip install vllm on the GPU server (not in requirements.txt: several GB, NVIDIA GPU only); newer releases '
-            'also need the vllm-gguf-plugin package for GGUF'
+            'pip install vllm on the GPU server (not in requirements.txt: several GB, NVIDIA GPU only); vLLM 0.24 and '
+            'later also need pip install vllm-gguf-plugin for GGUF (a job on a GGUF without it is skipped, saying so)'
         ),
         gpu_offload='whole model on the GPU(s); --cpu-offload-gb moves part of the weights to CPU memory',
         multi_gpu="--tensor-parallel-size (this study, over the job's GPUs) and --pipeline-parallel-size",
         gguf=(
-            "experimental and under-optimized, single-file GGUF only; the base model's Hugging Face tokenizer is advised"
+            "experimental and under-optimized, single-file GGUF only; the base model's Hugging Face tokenizer is "
+            "advised; built in up to vLLM 0.23, from 0.24 only through the vllm-gguf-plugin package"
         ),
         python_api='yes: vllm.LLM in-process, and an OpenAI-compatible server (this study uses the server)',
         sources=(
             'https://docs.vllm.ai/en/latest/features/quantization/gguf/',
             'https://docs.vllm.ai/en/latest/configuration/engine_args/',
+            'https://github.com/vllm-project/vllm/pull/39612 (GGUF moved to vllm-gguf-plugin; RFC #39583)',
         ),
     ),
     engine="llmbench.engines.vllm:VllmServer",
@@ -320,5 +322,6 @@ register(Tool(
     tensor_parallel=True,
     serves=True,
     fills_depth=True,
-    packages=("vllm",),
+    # The plugin's version is recorded where it is installed: from vLLM 0.24 it is what loads a GGUF.
+    packages=("vllm", "vllm-gguf-plugin"),
 ))

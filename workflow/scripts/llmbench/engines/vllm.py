@@ -1,8 +1,11 @@
 """vLLM's OpenAI-compatible server as an engine: one server per job on a free loopback port, always stopped.
 
-GGUF in vLLM is experimental (newer releases need the vllm-gguf-plugin package). ``tokenizer`` defaults to the
-GGUF file itself, whose tokenizer vLLM converts; vLLM's docs advise the base model's Hugging Face tokenizer
-instead (a repo id or directory), as the conversion is slow and fragile for large vocabularies.
+GGUF in vLLM is experimental. vLLM 0.24 and later have no GGUF loader of their own: it moved to the
+``vllm-gguf-plugin`` package (vLLM PR #39612, RFC #39583), so a job on a GGUF checks for it before starting
+anything (gguf_plugin_problem) and ends 'skipped' with the install line where it is missing; earlier releases load
+GGUF themselves. ``tokenizer`` defaults to the GGUF file itself, whose tokenizer vLLM converts; vLLM's docs advise
+the base model's Hugging Face tokenizer instead (a repo id or directory), as the conversion is slow and fragile for
+large vocabularies.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 from llmbench.diagnosis import diagnose
 from llmbench.engines.base import EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
@@ -23,6 +29,9 @@ from llmbench.gpu_slots import gpu_count
 from llmbench.models import split_count
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/version")
+GGUF_PLUGIN = "vllm-gguf-plugin"
+# The first vLLM release without its built-in GGUF loader (vLLM PR #39612, RFC #39583).
+GGUF_MOVED_TO_PLUGIN = (0, 24)
 
 
 def python_environment() -> str:
@@ -99,6 +108,33 @@ def parse_vllm_stream(
     )
 
 
+def installed_version(distribution: str) -> str | None:
+    """The version of a pip distribution in the job's Python environment, or None where it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gguf_plugin_problem(vllm_version: str | None, plugin_version: str | None) -> str | None:
+    """Why vLLM ``vllm_version`` cannot load a GGUF here, or None where it can: vLLM 0.24 and later load GGUF only
+    through the vllm-gguf-plugin package (vLLM PR #39612, RFC #39583), earlier releases by themselves. A version
+    that cannot be read or parsed (a source checkout) is let through: vLLM's own error then says what is missing.
+    Pre-releases and builds of 0.24 (0.24.0rc1, 0.24.0+cu129) count as 0.24."""
+    if vllm_version is None or plugin_version is not None:
+        return None
+    try:
+        release = Version(vllm_version).release
+    except InvalidVersion:
+        return None
+    if release[:2] < GGUF_MOVED_TO_PLUGIN:
+        return None
+    return (f"vLLM {vllm_version} (in {python_environment()}) loads GGUF models only through the {GGUF_PLUGIN} "
+            f"package, which is not installed (distribution {GGUF_PLUGIN!r} not found; vLLM 0.24 moved GGUF out of "
+            f"vLLM, PR #39612): pip install {GGUF_PLUGIN} (CUDA/ROCm only), or pip install 'vllm<0.24', whose GGUF "
+            "support is built in")
+
+
 def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
     """The NVIDIA kernel driver is loaded, or NVML starts and sees at least one GPU."""
     return proc_file.exists() or gpu_count()[0] > 0
@@ -112,6 +148,7 @@ class VllmServer(ServedEngine):
         # Its own process group: its engine core and GPU workers are found and stopped with it.
         self.server = ServerProcess("vLLM", self.log_path, own_session=True, grace_s=30.0)
         self._version: str | None = None
+        self.gguf_plugin: str | None = None  # vllm-gguf-plugin's version, where the model is a GGUF and it is there
 
     @classmethod
     def from_settings(cls, s: EngineSettings, log_path: Path) -> VllmServer:
@@ -127,6 +164,12 @@ class VllmServer(ServedEngine):
         if importlib.util.find_spec("vllm") is None:
             raise ToolUnavailable(f"vLLM is not installed in the job's Python environment ({python_environment()}): "
                                   "pip install vllm; it needs an NVIDIA GPU")
+        if model.suffix.lower() == ".gguf":
+            self.gguf_plugin = installed_version(GGUF_PLUGIN)
+            # Said before the server starts, so that the job is skipped with the fix instead of failing in vLLM's
+            # loader after minutes of start-up.
+            if (why := gguf_plugin_problem(installed_version("vllm"), self.gguf_plugin)) is not None:
+                raise ToolUnavailable(why)
         if not nvidia_gpu_present():
             raise ToolUnavailable(f"vLLM needs an NVIDIA GPU: no driver ({NVIDIA_PROC} is absent) and NVML sees none")
         if not model.exists():
@@ -165,7 +208,8 @@ class VllmServer(ServedEngine):
     def facts(self) -> dict:
         # vLLM has no partial layer offload: every layer is on the GPU(s), written -1 ("all", as in llama.cpp).
         return {"engine_build": self._version, "n_gpu_layers": -1, "n_ctx": self.settings.ctx_size,
-                "tensor_parallel_size": self.settings.gpus, "load_ms": self.server.load_ms}
+                "tensor_parallel_size": self.settings.gpus, "load_ms": self.server.load_ms,
+                "vllm_gguf_plugin": self.gguf_plugin}
 
     def peak_rss_bytes(self) -> int | None:
         """VmHWM of the API server process only; vLLM's engine core and GPU workers are separate processes."""
