@@ -193,6 +193,16 @@ def test_c308a_vllm_kv_cache_too_small_is_out_of_gpu_memory_quoting_its_root_cau
     assert "gpu_memory_utilization" in reason and "n_gpu_layers" not in reason
 
 
+def test_the_root_cause_is_found_above_a_long_traceback(tmp_path, tiny_gguf, standin_vllm):
+    # c308a with 300 more traceback lines after it (a deeper stack, another worker's shutdown): still its cause.
+    log = (CASES / "c308a_vllm_v1_kv_cache_too_small.log").read_text()
+    log += "".join(f'(APIServer pid=312)   File "/usr/lib/python3.12/frame{i}.py", line {i}, in f\n' for i in range(300))
+    log += "(APIServer pid=312) RuntimeError: Engine core initialization failed. See root cause above.\n"
+    standin_vllm(standin_printing(tmp_path, "vllm", log))
+    row = failed_row(bench_job(tmp_path, "vllm", tiny_gguf, gpus=1, quant="Q8_0"))
+    assert row["failure_kind"] == "out_of_gpu_memory" and "36.0 GiB KV cache is needed" in row["status_reason"]
+
+
 @pytest.mark.parametrize(("text", "kind", "quoted"), [
     # vLLM V0's wording of the same cause.
     ("ERROR 01-02 03:04:05 [engine.py:1] ValueError: The model's max seq len (131072) is larger than the maximum "

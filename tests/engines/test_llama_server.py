@@ -510,3 +510,61 @@ def test_a_server_killed_by_a_signal_during_a_request_is_named_for_it(tmp_path, 
         server.generate("Hello", 4, 0.0, 1)
     d = e.value.diagnosis
     assert (d.kind, d.signal) == ("illegal_instruction", "SIGILL") and "during a request" in str(e.value)
+
+
+def test_c315_counters_past_a_million_match_within_their_printed_precision(tmp_path):
+    # llama-server's /metrics after the warm-up and after the measured requests (the case's two files), served by
+    # a stand-in HTTP server on 127.0.0.1 to the real LlamaServer.counters; the rows hold the case's own sums:
+    # 983,805 prompt and 4,545 generated tokens. 1.0166e+06 − 32,792 = 983,808: within ±5 of the printed digits.
+    import http.server
+    import threading
+
+    from llmbench.runs import counter_deltas, level_columns
+
+    pages = [(CASES / f"c315_llama_server_metrics_{w}.txt").read_bytes() for w in ("before", "after")]
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server = LlamaServer(settings(tmp_path / "llama-server", tmp_path), tmp_path / "server.log")
+        server.server.port = httpd.server_address[1]  # where a started server would listen
+        before, after = server.counters(), server.counters()
+    finally:
+        httpd.shutdown()
+    assert after["prompt_tokens"] == 1_016_600 and after["precision"] == {
+        "prompt_tokens": 5.0, "generated_tokens": 0.0, "decode_calls": 0.0}
+    assert before["precision"]["prompt_tokens"] == 0.0  # 32792 is printed whole
+    counted = counter_deltas(before, after, "llama-server")
+    rows = [{"prefill_tokens": 983_805 - 4_000, "generated_tokens": 4_000}, {"prefill_tokens": 4_000,
+                                                                             "generated_tokens": 545}]
+    from llmbench.meters import EnergyReading
+
+    check = level_columns(EnergyReading(None, None, "not measured", 1.0), None, counted, rows)["server_counts_check"]
+    assert check.startswith("match: 4545 generated and 983805 prompt tokens, server and client")
+    assert "printed precision: prompt tokens ±5" in check
+    # Beyond the printed precision it is still a mismatch, and says the precision it allowed.
+    rows[0]["prefill_tokens"] -= 20
+    check = level_columns(EnergyReading(None, None, "not measured", 1.0), None, counted, rows)["server_counts_check"]
+    assert check.startswith("mismatch: the server counted 4545 generated and 983808.0 prompt tokens")
+    assert "beyond the server counters' printed precision: prompt tokens ±5" in check
+
+
+@pytest.mark.parametrize(("token", "precision"), [("32792", 0.0), ("1.0166e+06", 5.0), ("1.90511e+06", 5.0),
+                                                  ("1.23457e+07", 50.0), ("999999", 0.0), ("116.248", 0.0005),
+                                                  ("0", 0.0)])
+def test_printed_precision_is_half_the_sixth_significant_digit(token, precision):
+    from llmbench.engines.process import printed_precision
+
+    found = printed_precision(f"# TYPE x counter\nx {token}\n", {"x": "x"}, 6)
+    assert found["x"] == pytest.approx(precision)

@@ -262,13 +262,22 @@ def level_columns(level: EnergyReading, idle_w: float | None, counted: dict[str,
     client's (``counted``: the engine's counter deltas, or a ``note`` why there are none)."""
     prefill = sum(r["prefill_tokens"] or 0 for r in rows)
     generated = sum(r["generated_tokens"] or 0 for r in rows)
+    precision = counted.get("precision") or {}
+
+    def agrees(key: str, client: int) -> bool:
+        server = counted.get(key)
+        return server is not None and abs(server - client) <= precision.get(key, 0.0)
+
+    within = "; ".join(f"{k.replace('_', ' ')} ±{v:g}" for k, v in precision.items() if v)
+    said = f" (within the server counters' printed precision: {within})" if within else ""
+    beyond = f" (beyond the server counters' printed precision: {within})" if within else ""
     if counted.get("note"):
         check = counted["note"]
-    elif counted.get("generated_tokens") == generated and counted.get("prompt_tokens") == prefill:
-        check = f"match: {generated:g} generated and {prefill:g} prompt tokens, server and client"
+    elif agrees("generated_tokens", generated) and agrees("prompt_tokens", prefill):
+        check = f"match: {generated:g} generated and {prefill:g} prompt tokens, server and client{said}"
     else:
         check = (f"mismatch: the server counted {counted.get('generated_tokens')} generated and "
-                 f"{counted.get('prompt_tokens')} prompt tokens, the client's rows {generated} and {prefill}")
+                 f"{counted.get('prompt_tokens')} prompt tokens, the client's rows {generated} and {prefill}{beyond}")
     return {
         "level_window_s": level.window_s, "level_energy_j": level.energy_j,
         "level_energy_net_j": level.net_j(idle_w), "level_energy_null_reason": level.null_reason,
@@ -292,7 +301,10 @@ def counter_deltas(before: dict | str | None, after: dict | str | None, tool: st
         return {"note": f"not cross-checked: {before if isinstance(before, str) else after}"}
     if before is None or after is None:
         return {"note": f"not cross-checked: {tool} exposes no token counters"}
-    return {k: after[k] - before[k] for k in ("prompt_tokens", "generated_tokens") if k in after and k in before}
+    deltas = {k: after[k] - before[k] for k in ("prompt_tokens", "generated_tokens") if k in after and k in before}
+    # A difference of two printed counters is good to the sum of their printed precisions.
+    precision = {k: before.get("precision", {}).get(k, 0.0) + after.get("precision", {}).get(k, 0.0) for k in deltas}
+    return {**deltas, "precision": precision}
 
 
 def loaded_quant_note(label: str | None, facts: dict) -> str | None:

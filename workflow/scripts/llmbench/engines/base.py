@@ -83,9 +83,10 @@ class Engine:
         """Peak resident memory of the engine process so far [bytes]; None where the engine is not our child."""
         return None
 
-    def counters(self) -> dict[str, float] | None:
+    def counters(self) -> dict | None:
         """The engine's own token counters since it started (``prompt_tokens``, ``generated_tokens``), the
-        cross-check of the rows; None for an engine that keeps none."""
+        cross-check of the rows, with ``precision`` ({counter: ±tokens}) where the engine prints them rounded;
+        None for an engine that keeps none."""
         return None
 
     def context_text(self, text: str, tokens: int) -> str:

@@ -12,12 +12,22 @@ from llmbench.diagnosis import diagnose
 from llmbench.engines.base import EngineError, EngineFailed, EngineSettings, Generation, engine_failure
 from llmbench.engines.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
-from llmbench.engines.process import ServedEngine, ServerProcess, http_json, http_text, prometheus_counters
+from llmbench.engines.process import (
+    ServedEngine,
+    ServerProcess,
+    http_json,
+    http_text,
+    printed_precision,
+    prometheus_counters,
+)
 
 # llama-server's /metrics counters (tools/server/server-context.cpp) and our names for them.
 LLAMA_SERVER_COUNTERS = {"llamacpp:prompt_tokens_total": "prompt_tokens",
                          "llamacpp:tokens_predicted_total": "generated_tokens",
                          "llamacpp:n_decode_total": "decode_calls"}
+# llama-server writes each /metrics value as a double into a std::stringstream at its default precision
+# (tools/server/server-context.cpp): 6 significant digits, so counters past 1,000,000 print as 1.0166e+06.
+METRICS_SIGNIFICANT_DIGITS = 6
 
 
 @dataclass
@@ -209,11 +219,13 @@ class LlamaServer(ServedEngine):
                               f"depth {tokens}: give a longer quality.corpus or a smaller depth")
         return http_json("POST", f"{self.url}/detokenize", {"tokens": ids[:tokens]})[1]["content"]
 
-    def counters(self) -> dict[str, float]:
+    def counters(self) -> dict:
         """The server's own token counters since it started (/metrics, Prometheus text): ``prompt_tokens``,
         ``generated_tokens``, ``decode_calls`` (llamacpp:prompt_tokens_total, tokens_predicted_total,
-        n_decode_total)."""
-        return prometheus_counters(http_text(f"{self.url}/metrics"), LLAMA_SERVER_COUNTERS)
+        n_decode_total), and under ``precision`` how far each may be off as printed (METRICS_SIGNIFICANT_DIGITS)."""
+        text = http_text(f"{self.url}/metrics")
+        return {**prometheus_counters(text, LLAMA_SERVER_COUNTERS),
+                "precision": printed_precision(text, LLAMA_SERVER_COUNTERS, METRICS_SIGNIFICANT_DIGITS)}
 
 
 def fitted_gpu_layers(settings: LlamaServerSettings, log_path: Path) -> int:

@@ -62,7 +62,7 @@ from gguf import LlamaFileType
 
 from llmbench.diagnosis import EXITED, diagnose
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
-from llmbench.engines.process import ServerProcess
+from llmbench.engines.process import DIAGNOSIS_LINES, ServerProcess
 from llmbench.models import split_count
 from llmbench.quants import file_type_names
 
@@ -295,7 +295,7 @@ class OllamaBackend(Engine):
             ) from None
 
     def _failure(self, code: int, when: str) -> Exception:
-        found = diagnose("`ollama serve`", code, self.server.log_tail(60))
+        found = diagnose("`ollama serve`", code, self.server.log_tail(DIAGNOSIS_LINES))
         return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; log {self.log_path})"))
 
     def _ensure_model(self) -> None:

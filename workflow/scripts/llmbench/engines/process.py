@@ -7,6 +7,7 @@ their failures read (each engine diagnoses its own log).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -195,6 +196,28 @@ def prometheus_counters(text: str, names: dict[str, str]) -> dict[str, float]:
     return found
 
 
+def printed_precision(text: str, names: dict[str, str], significant_digits: int) -> dict[str, float]:
+    """How far each counter of a Prometheus text may be from the value it stands for, as printed: 0 for an
+    integer written whole; otherwise half a unit of the last digit a printer of ``significant_digits`` keeps
+    (C++'s default stream precision, 6, writes 1,016,597 as ``1.0166e+06``: good to ±5). Keyed by our names."""
+    found = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or line.startswith("#"):
+            continue
+        name, token = parts[0].split("{", 1)[0], parts[1]
+        if name not in names:
+            continue
+        try:
+            value = float(token)
+        except ValueError:
+            continue
+        whole = token.lstrip("+-").isdigit()
+        found[names[name]] = 0.0 if whole or value == 0 else 0.5 * 10.0 ** (
+            math.floor(math.log10(abs(value))) - (significant_digits - 1))
+    return found
+
+
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
     """A JSON request on loopback; returns (status, parsed body). Connection errors propagate as OSError."""
     data = json.dumps(body).encode() if body is not None else None
@@ -209,6 +232,12 @@ def http_json(method: str, url: str, body: dict | None = None, timeout: float = 
         return status, json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         return status, {"raw": raw.decode(errors="replace")}
+
+
+# How much of a failed server's log its diagnosis reads: the root cause of a Python engine sits above its
+# tracebacks (vLLM's KV-cache refusal is followed by 50 lines of them in c308a), so a short tail quotes only the
+# line that points at it.
+DIAGNOSIS_LINES = 2000
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

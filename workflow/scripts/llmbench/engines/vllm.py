@@ -24,7 +24,7 @@ from packaging.version import InvalidVersion, Version
 from llmbench.diagnosis import diagnose
 from llmbench.engines.base import EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
-from llmbench.engines.process import ServedEngine, ServerProcess, http_json
+from llmbench.engines.process import DIAGNOSIS_LINES, ServedEngine, ServerProcess, http_json
 from llmbench.gpu_slots import gpu_count
 from llmbench.models import split_count
 
@@ -179,7 +179,7 @@ class VllmServer(ServedEngine):
         self._version = http_json("GET", f"{self.url}/version", timeout=5)[1].get("version")
 
     def _failure(self, code: int, when: str) -> Exception:
-        found = diagnose("vLLM", code, self.server.log_tail(60), Path(self.settings.model))
+        found = diagnose("vLLM", code, self.server.log_tail(DIAGNOSIS_LINES), Path(self.settings.model))
         return engine_failure(dataclasses.replace(found, reason=f"{found.reason} ({when}; engine log {self.log_path})"))
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
