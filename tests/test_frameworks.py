@@ -113,3 +113,14 @@ def test_speeds_compare_one_request_on_an_empty_context_only():
     server, vllm = t.row(0, named=True), t.row(1, named=True)
     assert server["median_decode_tokens_per_s"] == 105.0 and server["generations"] == 2
     assert vllm["generations"] == 0 and "load levels above 1" in vllm["not_run_here"]
+
+
+def test_a_quant_that_ran_as_another_type_is_marked_in_what_ran():
+    # An Ollama tag labelled Q4_0 whose engine loaded Q4_K_M (c312): its rows carry the note, so "ran" marks it.
+    runs = stand_in_study().with_columns(
+        pl.when((pl.col("tool") == "transformers") & (pl.col("quant") == "Q4_0"))
+        .then(pl.lit("Q4_0 is not what ran: … Q4_K_M by its /api/show")).otherwise(None).alias("quant_label_note"))
+    t = frameworks.framework_table(runs, {"llama-server": fact(), "transformers": fact()})
+    assert t.row(1, named=True)["ran"] == "m: Q4_0 ≠ (split layer, none)"
+    assert t.row(0, named=True)["ran"] == "m: Q4_0, Q8_0 (split none)"
+    assert "≠: what ran is not what the quant's label says" in frameworks.render_markdown(t)

@@ -314,7 +314,7 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
     labels = inner(spec_of(chart))["encoding"]["x"]["sort"]
     assert labels[:2] == ["Q2_K ≠ · ngl 33", "Q2_K ≠ · ngl 60/81"] and "Q8_0 · ngl 33" in labels
     subtitle = spec_of(chart)["title"]["subtitle"]
-    assert any(line.startswith("≠: the file holds other types than its label says") for line in subtitle)
+    assert any(line.startswith("≠: what ran is not what its label says") for line in subtitle)
     assert sum("Q2_K (llama31-" in line and "52 % Q4_0, 35 % Q8_0, 13 % Q3_K" in line for line in subtitle) == 2
     # The frameworks figure marks its quant axis alike.
     all_q2 = runs.with_columns(pl.lit("Q2_K").alias("quant"), pl.lit("Q2_K here holds …").alias("quant_label_note"))

@@ -342,6 +342,11 @@ def test_the_bench_job_keeps_the_tags_mark_beside_the_files_mix(standin_ollama, 
     row = rows.row(0, named=True)
     assert row["status"] == "ok" and row["tensor_mix"] is None
     assert row["quant_label_note"].startswith("Q4_0 is not what ran") and row["model_digest"] == C312_WEIGHTS
+    # Provenance names what the engine loaded: the tag, its quant by /api/show and both digests.
+    (model,) = json.loads((tmp_path / "provenance.json").read_text())["models"]
+    assert model["source"] == {"kind": "ollama", "tag": "llama3.1:8b"}
+    assert model["engine_loaded"]["loaded_quant"] == "Q4_K_M" and model["engine_loaded"]["model_digest"] == C312_WEIGHTS
+    assert model["engine_loaded"]["manifest_digest"]
 
 
 @pytest.mark.parametrize(("label", "file_type"), [("Q8_0", 7), ("Q4_0", 2), ("F16", 1)])
@@ -358,6 +363,8 @@ def test_a_study_gguf_imported_into_ollama_agrees_with_its_label(standin_ollama,
     assert row["status"] == "ok" and row["quant_label_note"] is None
     assert row["model_digest"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
     assert json.loads(row["engine_facts"])["loaded_quant"] == label
+    (record,) = json.loads((tmp_path / "provenance.json").read_text())["models"]
+    assert record["engine_loaded"]["model_digest"] == row["model_digest"]  # beside the file's own record
 
 
 def test_an_imported_gguf_that_states_no_file_type_is_not_marked(standin_ollama, tmp_path, tiny_gguf):

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from llmbench.engines.registry import TOOLS
-from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.markdown import LABEL_MARK, Footnotes, fmt, pipe_table
 from llmbench.quants import order_by_bits, rank
 from llmbench.stats import GROUP, base_level, with_levels
 
@@ -48,10 +48,14 @@ def compare_point(runs: pl.DataFrame) -> tuple[str, str] | None:
 
 
 def _ran(ok: pl.DataFrame) -> str | None:
-    """'model: quants (split modes)' for what ran, quants coarsest first."""
+    """'model: quants (split modes)' for what ran, quants coarsest first; a quant whose rows say that what ran is
+    not what its label says (quant_label_note: a file's fallbacks, an Ollama tag that moved) marked LABEL_MARK."""
     parts = []
+    noted = (ok.filter(pl.col("quant_label_note").is_not_null()) if "quant_label_note" in ok.columns
+             else ok.clear()).select("model", "quant").unique().rows()
     for (model,), g in ok.group_by("model", maintain_order=True):
-        quants = ", ".join(order_by_bits(g["quant"].unique().to_list()))
+        quants = ", ".join(f"{q} {LABEL_MARK}" if (model, q) in noted else q
+                           for q in order_by_bits(g["quant"].unique().to_list()))
         parts.append(f"{model}: {quants} (split {', '.join(sorted(g['split'].unique()))})")
     return "; ".join(sorted(parts)) or None
 
@@ -154,6 +158,7 @@ def render_markdown(table: pl.DataFrame) -> str:
         "engine's peak resident memory, the largest over its jobs (quants differ); GPU memory: NVML's memory used "
         "on the job's GPUs, the largest over its jobs. Decode tok/s: median over the generations that ran, on the "
         "model and quant the most tools ran, so that the tools compare on the same file; the last speed column "
-        "gives each quant's median.\n",
+        f"gives each quant's median. {LABEL_MARK}: what ran is not what the quant's label says (the cost and quality "
+        "tables' notes say what it was).\n",
         note.render(),
     ])

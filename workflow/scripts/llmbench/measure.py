@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logg
         mix = job_mix(job)  # read once from the file itself: a record written before mixes were recorded lacks it
         rows = with_tensor_mix(measure(job, gpu_ids, log), mix)
         rows.write_parquet(run_file)
-        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix, held.record))
+        provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix, held.record,
+                                                         loaded_model(rows)))
     return rows
 
 
@@ -97,15 +99,32 @@ def with_tensor_mix(rows: pl.DataFrame, mix: TensorMix | None) -> pl.DataFrame:
                              note.alias("quant_label_note"))
 
 
+# What an engine says it loaded (engine facts: Ollama's /api/show, the vLLM GGUF plugin), kept in provenance.
+LOADED_FACTS = ("loaded_quant", "loaded_quant_from", "loaded_quant_unknown", "quantization_level", "file_type",
+                "model_digest", "manifest_digest", "vllm_gguf_plugin")
+
+
+def loaded_model(rows: pl.DataFrame) -> dict:
+    """The facts of ``LOADED_FACTS`` the job's engine reported (its rows' engine_facts), {} where none."""
+    facts = rows["engine_facts"].drop_nulls().first() if "engine_facts" in rows.columns else None
+    found = json.loads(facts) if facts else {}
+    return {k: found[k] for k in LOADED_FACTS if found.get(k) is not None}
+
+
 def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: TensorMix | None = None,
-                   gpu_choice: dict | None = None) -> dict:
+                   gpu_choice: dict | None = None, loaded: dict | None = None) -> dict:
     """How the job measured: its own settings (its params: what a config change reruns it for), the build, the
     model files (with ``mix``, what the file holds: job_mix), the tool's packages and the machine, and which
-    physical GPUs it held and why (``gpu_choice``: gpu_slots.HeldGpus.record). The whole study config is archived
-    once, beside the results."""
+    physical GPUs it held and why (``gpu_choice``: gpu_slots.HeldGpus.record), and what the engine says it
+    loaded (``loaded``: loaded_model). The whole study config is archived once, beside the results."""
     settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
                 "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
     models = [{**job.model_record, **({"tensor_mix": mix.record()} if mix else {})}] if job.model_record else []
+    if loaded and models:
+        models[0]["engine_loaded"] = loaded
+    elif loaded:  # a model the engine resolved itself (an Ollama tag): what it loaded is the only record there is
+        models = [{"source": {"kind": "ollama", "tag": job.settings.tag if job.settings else None},
+                   "engine_loaded": loaded}]
     return provenance.collect(
         config=settings, build_record=job.build_record, model_records=models, gpu_indices=gpu_ids,
         started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo, gpu_choice=gpu_choice,

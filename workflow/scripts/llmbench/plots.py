@@ -138,16 +138,18 @@ def _mark() -> pl.Expr:
 
 
 def label_notes(data: pl.DataFrame) -> list[str]:
-    """One line per marked quant drawn, naming what its file holds: "≠ Q4_K_M (m): 52 % Q5_0, …"."""
+    """One line per marked quant drawn, naming what ran: what its file holds ("≠ Q4_K_M (m): 52 % Q5_0, …"), or
+    for a model the engine resolved itself (an Ollama tag, no file of the study) the engine's own note."""
     if "quant_label_note" not in data.columns:
         return []
-    marked = data.filter(pl.col("quant_label_note").is_not_null()).select("model", "quant", "tensor_mix").unique()
+    marked = data.filter(pl.col("quant_label_note").is_not_null()).select(
+        "model", "quant", pl.coalesce("tensor_mix", "quant_label_note").alias("tensor_mix")).unique()
     marked = marked.with_columns(pl.col("quant").replace_strict(rank(marked["quant"]), return_dtype=pl.Int64)
                                  .alias("_rank")).sort("model", "_rank")
     if marked.is_empty():
         return []
-    return [f"{LABEL_MARK}: the file holds other types than its label says (tensors that fell back; the quality "
-            "table's notes name them), by weight bytes:",
+    return [f"{LABEL_MARK}: what ran is not what its label says (a file's tensors that fell back, by weight bytes, "
+            "or the type the engine loaded; the quality table's notes name them):",
             *[f"    {r['quant']} ({r['model']}): {r['tensor_mix']}" for r in marked.iter_rows(named=True)]]
 
 
