@@ -22,6 +22,7 @@ class ReplayedGpu:
     power_w: float = 300.0  # what its energy counter and power readings say it draws
     energy_step_j: float = 30.0  # the energy counter moves on by this much at each read
     lost_after_energy_reads: int | None = None  # from the read after this many, every call says "GPU is lost"
+    energy_counter: bool = True  # False: a GPU older than Volta, whose energy call answers "Not Supported"
     energy_reads: int = 0
     energy_mj: int = 1_000_000
     lost: bool = False
@@ -95,6 +96,8 @@ class StandInLibNvml:
         gpu = self._gpu(handle)
         if (err := self._call(gpu, "nvmlDeviceGetTotalEnergyConsumption")) is not None:
             return err
+        if not gpu.energy_counter:
+            return NVML_ERROR_NOT_SUPPORTED
         if gpu.lost_after_energy_reads is not None and gpu.energy_reads >= gpu.lost_after_energy_reads:
             gpu.lost = True
             return NVML_ERROR_GPU_IS_LOST

@@ -205,3 +205,44 @@ def test_a_lost_gpu_zone_reading_names_the_sensor(tmp_path):
     shutil.rmtree(zone)
     with pytest.raises(meters.SensorError, match=r"rapl:package-0: .*energy_uj could not be read"):
         z.read_j()
+
+
+def test_a_gpu_without_an_energy_counter_lost_mid_job_is_never_read_from_a_stale_trace(tmp_path, monkeypatch):
+    # The fallback sensor integrates the power trace; once NVML says "GPU is lost" the trace stops, and an integral
+    # up to its last good sample would read low: the window is null and the job ends as for the counter.
+    gpu = ReplayedGpu("Tesla P100-PCIE-16GB", "GPU-0b5e0000-0000-4000-8000-000000000001", energy_counter=False)
+    replayed_nvml(monkeypatch, [gpu])
+
+    class LosesItsGpuDuringSecond(StandInBackend):  # a stand-in engine; the GPU falls off the bus meanwhile
+        def generate(self, *args):
+            if len(self.calls) == 2:
+                gpu.lost = True
+            return super().generate(*args)
+
+    meter = open_energy_meter([0], powercap=tmp_path / "absent")
+    try:
+        assert meter.sensors[0].label.startswith("nvml-sampled-power:GPU-0b5e")
+        rows = run_generations(LosesItsGpuDuringSecond(), plan(repetitions=3, idle_s=0.0, gpus=1), meter)
+    finally:
+        meter.close()
+    assert rows["status"].to_list() == ["ok", "ok", "failed"]
+    assert rows["energy_j"][0] is not None and rows["energy_j"][1] is None
+    assert "GPU is lost" in rows["energy_null_reason"][1] and rows["failure_kind"][2] == "gpu_lost"
+
+
+def test_a_power_trace_with_a_hole_in_the_window_is_flagged():
+    from test_gpu_telemetry import StandInNvml
+
+    from llmbench.gpu_telemetry import PowerSampler
+
+    sampler = PowerSampler(StandInNvml(), ["gpu0"], interval_s=0.02)
+    for i in range(50):
+        sampler.record(i * 0.02, [100.0])
+    sampler.record(3.0, [100.0])  # nothing between 0.98 s and 3 s: NVML failing, or the thread starved
+    sensor = meters.SampledPower(sampler, "nvml-sampled-power:GPU-x")
+    assert sensor.unseen(0.0, 0.9) is None
+    why = sensor.unseen(0.5, 2.0)
+    assert "no sample for 2.02 s inside the window" in why and "left out of J per token" in why
+    meter = meters.EnergyMeter([sensor], [])
+    reading = meters.EnergyReading(150.0, sensor.label, None, 1.5, 0.5, 2.0)
+    assert meter.validity(reading) == (False, why)

@@ -40,6 +40,7 @@ class PowerSampler:
         self._nvml, self.handles, self.interval_s, self._clock = pynvml, list(handles), interval_s, clock
         self.samples: list[tuple[float, tuple[float, ...]]] = []  # (t, watts per GPU); one list: appends are atomic
         self.errors: list[str] = []
+        self.last_error: Exception | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.source = self._pick_source()
@@ -64,15 +65,24 @@ class PowerSampler:
             self._read = self._average_w
             return AVERAGE
 
-    def sample(self) -> None:
-        """Read every GPU once and record the sum's parts at the read's midpoint."""
+    def sample(self) -> bool:
+        """Read every GPU once and record the sum's parts at the read's midpoint; False where NVML failed (the
+        error kept in ``errors`` and ``last_error``)."""
         before = self._clock()
         try:
             watts = tuple(self._read(h) for h in self.handles)
         except self._nvml.NVMLError as e:
             self.errors.append(f"sample at {before:.3f}: {e}")
-            return
+            self.last_error = e
+            return False
         self.record((before + self._clock()) / 2, watts)
+        return True
+
+    def widest_gap(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """The longest stretch between two samples that overlaps [t0, t1] (s, s), or None with under two samples."""
+        times = [t for t, _ in list(self.samples)]
+        gaps = [(a, b) for a, b in itertools.pairwise(times) if b > t0 and a < t1]
+        return max(gaps, key=lambda g: g[1] - g[0]) if gaps else None
 
     def record(self, t: float, watts: Sequence[float]) -> None:
         """Append one sample (the sampling thread's path, and how tests inject a trace)."""

@@ -197,10 +197,17 @@ class RaplZone:
     def delta_j(self, start: float, end: float) -> float:
         return end - start
 
-    def blind_span(self, t0: float, t1: float) -> tuple[float, float] | None:
-        """The longest gap between two reads that overlaps [t0, t1] and was longer than ``wrap_s``, or None."""
+    def unseen(self, t0: float, t1: float) -> str | None:
+        """Why a window [t0, t1] may have lost wraps: the longest gap between two reads overlapping it that was
+        longer than ``wrap_s``; None where it has none."""
         spans = [s for s in self.blind_spans if s[1] > t0 and s[0] < t1]
-        return max(spans, key=lambda s: s[1] - s[0]) if spans else None
+        if not spans:
+            return None
+        a, b = max(spans, key=lambda s: s[1] - s[0])
+        return (f"{self.label} was not read for {b - a:.0f} s inside the window, longer than the {self.wrap_s:.0f} s "
+                f"in which its counter can wrap (max_energy_range_uj {self.range_j * 1e6:.0f} at "
+                f"{self.max_power_w:g} W, {self.max_power_source}): wraps may be lost, so the window is left out of J "
+                "per token")
 
 
 class CounterPoller:
@@ -237,6 +244,11 @@ class CounterPoller:
             self._thread = None
 
 
+# A trace of a GPU without an energy counter may miss this many samples in a row before a window over it is not
+# trusted (a sampler thread is late by a few intervals under load; a second without samples is not a trace).
+MAX_TRACE_GAP_SAMPLES = 25
+
+
 class SampledPower:
     """A GPU without an energy counter: cumulative energy as the integral of the sampler's power trace."""
 
@@ -248,11 +260,28 @@ class SampledPower:
         self._since = sampler.samples[0][0]
 
     def read_j(self) -> float:
-        self.sampler.sample()
+        """The trace's integral up to a sample taken now; SensorError (DeviceLost for a GPU that is gone) where
+        that sample fails, since the integral would stop at the last good one and read low."""
+        if not self.sampler.sample():
+            error = self.sampler.last_error
+            if getattr(error, "value", None) in NVML_DEVICE_GONE:
+                raise DeviceLost(f"{self.label}: " + GPU_LOST_FIX.format(error=error))
+            raise SensorError(f"{self.label}: NVML could not read the power ({error})")
         return self.sampler.energy_j(self._since, self.sampler.samples[-1][0]) or 0.0
 
     def delta_j(self, start: float, end: float) -> float:
         return end - start
+
+    def unseen(self, t0: float, t1: float) -> str | None:
+        """Why the window's integral cannot be trusted: a stretch of the trace without samples (NVML failing
+        for a while, a stalled thread) over which the power was only interpolated; None where it has none."""
+        gap = self.sampler.widest_gap(t0, t1)
+        limit = MAX_TRACE_GAP_SAMPLES * self.sampler.interval_s
+        if gap is None or gap[1] - gap[0] <= limit:
+            return None
+        return (f"{self.label}: the power trace has no sample for {gap[1] - gap[0]:.2f} s inside the window "
+                f"(more than {MAX_TRACE_GAP_SAMPLES} sampling intervals): its energy there is a guess, so the window "
+                "is left out of J per token")
 
 
 class WindowError(ValueError):
@@ -342,18 +371,16 @@ class EnergyMeter:
                              self.boundary, dict(deltas))
 
     def validity(self, energy: EnergyReading) -> tuple[bool | None, str | None]:
-        """Whether a window's reading may be used for J/token: it spans at least MIN_UPDATES updates of the
-        slowest sensor; (False, why) where it does not, (None, None) where nothing was measured or it is an
+        """Whether a window's reading may be used for J/token: every sensor saw the whole window (no RAPL wrap
+        period without a read, no gap in a power trace) and it spans at least MIN_UPDATES updates of the slowest
+        sensor; (False, why) where it does not, (None, None) where nothing was measured or it is an
         estimate (no counter to step)."""
         if energy.energy_j is None or energy.estimated or not self.sensors:
             return None, None
-        for s in self.sensors:
-            blind = s.blind_span(energy.t0, energy.t1) if hasattr(s, "blind_span") else None
-            if blind is not None:
-                return False, (f"{s.label} was not read for {blind[1] - blind[0]:.0f} s inside the window, longer "
-                               f"than the {s.wrap_s:.0f} s in which its counter can wrap (max_energy_range_uj "
-                               f"{s.range_j * 1e6:.0f} at {s.max_power_w:g} W, {s.max_power_source}): wraps may be "
-                               "lost, so the window is left out of J per token")
+        for s in self.sensors:  # a sensor that could not see the whole window (RaplZone, SampledPower)
+            why = s.unseen(energy.t0, energy.t1) if hasattr(s, "unseen") else None
+            if why is not None:
+                return False, why
         slowest = max(self.sensors, key=lambda s: getattr(s, "update_s", 0.0))
         need = MIN_UPDATES * getattr(slowest, "update_s", 0.0)
         if energy.window_s >= need:
