@@ -1,4 +1,5 @@
 import copy
+import re
 import subprocess
 import sys
 
@@ -207,3 +208,109 @@ def test_a_source_archive_that_is_not_there_is_named_with_the_fix(default_config
     (tmp_path / ".gpu/unpacked").mkdir(parents=True)
     (tmp_path / ".gpu/unpacked/src.tar.xz").write_bytes(b"")
     assert validate_config(cfg, schema)["llama_cpp"]["source_archive"]["path"] == ".gpu/unpacked/src.tar.xz"
+
+
+def _set(*keys_value):
+    """A mutation setting config[k1][k2]... = value (keys then the value)."""
+    *keys, value = keys_value
+
+    def mutate(c):
+        for k in keys[:-1]:
+            c = c[k]
+        c[keys[-1]] = value
+    return mutate
+
+
+# Values once accepted that failed late, one job at a time, or hung (issue 23): each refused at parse time, by key,
+# value and allowed range. The default config runs llama-server at [1, 4] and bench.depths [0], max_tokens up to 160.
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (_set("bench", "concurrency", [1, 100000]),
+         r"bench\.concurrency\[1\] = 100000 is too large; it must be <= 1024 \(allowed: 1 to 1024\): each client is a "
+         r"thread .*\(ulimit -n\)"),
+        (_set("tools", "vllm", "concurrency", [2000]),
+         r"tools\.vllm\.concurrency\[0\] = 2000 is too large; it must be <= 1024 \(allowed: 1 to 1024\)"),
+        (_set("tools", "llama-server", "concurrency", [1, 300]),
+         r"tools\.llama-server\.concurrency = 300 is too many for llama-server: llama\.cpp holds at most 256 sequences "
+         r"in one context \(LLAMA_MAX_SEQ, src/llama-cparams\.h\); allowed: 1 to 256; lower it$"),
+        (_set("bench", "depths", [0, 4096]),
+         r"bench\.depths = 4096 does not fit bench\.ctx_size = 2048 \(llama-server\): depth \+ the longest prompt's "
+         r"max_tokens \(bicycle: 160\) .* allowed: depths below 1888; lower the depth or raise bench\.ctx_size"),
+        (_set("bench", "depths", [0, 1888]), r"bench\.depths = 1888 does not fit bench\.ctx_size = 2048"),
+        (_set("bench", "prompts", 5, "max_tokens", 2048),
+         r"bench\.prompts\[5\]\.max_tokens = 2048 does not fit bench\.ctx_size = 2048: .*allowed: 1 to 2047"),
+        (_set("bench", "ctx_size", 10**12),
+         r"bench\.ctx_size = 1000000000000 is too large; it must be <= 16777216 \(allowed: 256 to 16777216\): 2\^24 "
+         r"tokens is above the longest context any released open model is trained for"),
+        (_set("quality", "ctx_size", 2**30), r"quality\.ctx_size = 1073741824 is too large; .*\(allowed: 64 to 16777216\)"),
+        (lambda c: (_set("bench", "ctx_size", 2**24)(c), _set("tools", "llama-server", "concurrency", [1, 200])(c)),
+         r"bench\.ctx_size = 16777216 at tools\.llama-server\.concurrency = 200 gives llama-server --ctx-size "
+         r"3355443200 .* past llama\.cpp's int32 limit 2147483647; allowed: ctx_size up to 10737418"),
+        (_set("tools", "llama-bench", "depths", [0, 2**24]),
+         r"tools\.llama-bench\.depths = 16777216 with tools\.llama-bench\.n_prompt = 128 and n_gen = 64 makes "
+         r"llama-bench a context of 16777408 tokens; allowed: at most 16777216 per sequence"),
+        (_set("bench", "seed", 2**70),
+         r"bench\.seed = 1180591620717411303424 is too large; it must be <= 4294967294 \(allowed: 0 to 4294967294\): "
+         r"llama\.cpp takes the seed as a uint32 .*LLAMA_DEFAULT_SEED"),
+        (_set("bench", "seed", 4294967290),
+         r"bench\.seed = 4294967290: its jobs use seeds up to 4294967297 \(seed \+ repetitions × clients − 1 at 4 "
+         r"clients\), past 4294967294, .*allowed: 0 to 4294967287"),
+        (_set("study", "s" * 300),
+         r"study = 's{40}'… has 300 characters; it must have at most 100: it becomes a file name"),
+        (lambda c: c["models"].__setitem__("m" * 300, c["models"].pop("smollm2-135m")),
+         r"models = 'm{40}'… has 300 characters; it must have at most 100: a model's name is a folder"),
+    ],
+    ids=["concurrency-1e5", "tool-concurrency-2000", "llama-server-over-256", "depth-over-ctx", "depth-plus-max-tokens",
+         "max-tokens-ctx", "ctx-1e12", "quality-ctx", "server-ctx-int32", "llama-bench-context", "seed-2-70",
+         "seed-plus-repetitions", "study-300", "model-300"],
+)
+def test_out_of_range_values_are_refused_at_parse_time_with_key_and_range(default_config, schema, mutate, expected):
+    mutate(default_config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(default_config, schema)
+    assert any(re.search(expected, line) for line in str(err.value).splitlines()), str(err.value)
+
+
+@pytest.mark.parametrize("mutate", [
+    _set("bench", "depths", [0, 1887]),  # 1887 + 160 = 2047: one token left for the prompt
+    _set("bench", "seed", 4294967287),  # the largest with 2 repetitions at 4 clients
+    _set("bench", "concurrency", [1, 1024]),  # llama-server keeps its own [1, 4]; the others run one stream
+    _set("study", "s" * 100),
+    _set("results_dir", "../llmbench-results"),
+    _set("resources_dir", "/tmp/llmbench/resources"),
+], ids=["depth-edge", "seed-edge", "concurrency-1024", "study-100", "results-beside", "resources-absolute"])
+def test_values_at_the_edge_of_their_range_are_accepted(default_config, schema, mutate):
+    mutate(default_config)
+    validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize("key", ["results_dir", "resources_dir"])
+@pytest.mark.parametrize("value, why", [
+    ("", r"= '' has 0 characters; it must have at least 1: it names the folder"),
+    ("/", r"= '/': it is the filesystem root; the workflow writes its files under it"),
+    ("//", r"= '//': it is the filesystem root"),
+    (".", r"= '\.': it is .*, which is or holds the working directory"),
+    ("..", r"= '\.\.': it is .*, which is or holds the working directory"),
+    ("~", r"= '~': it starts with '~', which the workflow does not expand"),
+    ("~/results", r"= '~/results': it starts with '~'"),
+    ("HOME", r"= '.*': it is your home folder"),
+], ids=["empty", "root", "double-slash", "dot", "parent", "tilde", "tilde-path", "home"])
+def test_folder_keys_refuse_root_home_empty_and_the_project(default_config, schema, monkeypatch, tmp_path, key, value,
+                                                            why):
+    home = tmp_path / "someone"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    default_config[key] = str(home) if value == "HOME" else value
+    with pytest.raises(ConfigError, match=rf"{key} {why}.*(e\.g\. |fill it in)"):
+        validate_config(default_config, schema)
+
+
+def test_a_folder_that_holds_the_project_is_refused(default_config, schema, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the working directory: only the project's own folder is in the way
+    default_config["results_dir"] = str(REPO)
+    with pytest.raises(ConfigError, match=rf"results_dir = '{REPO}': it is {REPO}, which is or holds the project"):
+        validate_config(default_config, schema)
+    default_config["results_dir"] = str(REPO.parent)
+    with pytest.raises(ConfigError, match=r"results_dir = .*which is or holds the project"):
+        validate_config(default_config, schema)

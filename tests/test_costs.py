@@ -265,3 +265,16 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_with_the_real_mix():
     marker = md.split("| m | Q4_0 ≠ ")[1].split(" ")[0]
     assert f"\n{marker} {note}\n" in md and md.count("| m | Q4_0 ≠ ") == 2  # both tables: energy and hardware
     assert "| m | Q8_0 | none |" in md
+
+
+def test_no_credential_in_a_price_note_or_source_reaches_the_tables(tmp_path):
+    # configcheck refuses these in a config; the writer redacts them too, for tables written from elsewhere.
+    token, key = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "Zx9Yw8Vu7Ts6"
+    cloud = [{**CLOUD[0], "source": f"https://prices.example.com/api?api_key={key}"}]
+    costs = {"electricity_usd_per_kwh": 0.14, "electricity_note": f"tariff page, token {token}", "cloud": cloud,
+             "hardware": {**HARDWARE, "note": f"quote from https://bob:{key}@shop.example.com/q"}}
+    write_cost_tables(pl.concat([WITH_OUTLIER, NO_OUTLIER]), costs, tmp_path / "c.csv", tmp_path / "c.md")
+    written = (tmp_path / "c.csv").read_text() + (tmp_path / "c.md").read_text()
+    assert token not in written and key not in written
+    assert "tariff page, token [redacted:hf-token]" in written
+    assert "api_key=[redacted:url-credential]" in written and "bob:[redacted:url-password]@shop" in written

@@ -125,3 +125,19 @@ def test_hf_file_not_in_cache_offline_says_how_to_fix(hub_cache, tmp_path):
     with pytest.raises(FetchError, match=r"neither in the hub cache nor reachable.*pre-fill the cache"):
         fetch_hf_file(REPO_ID, "tiny.Q8_0.gguf", COMMIT, tmp_path / "Q8_0.gguf", cache_dir=str(cache))
 
+
+
+def test_a_damaged_cache_copy_is_removed_so_that_running_again_downloads_it_anew(hub_cache, tmp_path):
+    # The blob is named by its sha256; 64 bytes of it changed after the download (a cut download, a bad disk).
+    cache, digest = hub_cache
+    blob = next(cache.rglob(f"blobs/{digest}"))
+    data = bytearray(blob.read_bytes())
+    data[-64:] = bytes(64)
+    blob.write_bytes(bytes(data))
+    dest = tmp_path / "Q4_0.gguf"
+    with pytest.raises(IntegrityError, match=r"the hub cache's copy is damaged .* it was removed from the cache"):
+        fetch_hf_file(REPO_ID, "tiny.Q4_0.gguf", COMMIT, dest, sha256=digest, cache_dir=str(cache))
+    assert not blob.exists() and not dest.exists()
+    # Running again no longer meets the bad copy: offline it says the file is to be downloaded, not "corrupt" again.
+    with pytest.raises(FetchError, match="neither in the hub cache nor reachable"):
+        fetch_hf_file(REPO_ID, "tiny.Q4_0.gguf", COMMIT, dest, sha256=digest, cache_dir=str(cache))

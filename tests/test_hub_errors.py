@@ -144,6 +144,19 @@ def test_retry_after_is_honoured_where_the_hub_gives_no_ratelimit(tmp_path, hub)
     assert waits == [31.0]
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_of_an_hour_is_never_slept(tmp_path, hub, monkeypatch, status):
+    import huggingface_hub.utils._http as hub_http
+
+    endpoint, seen = hub(answer(status, {"Retry-After": "3600"}))
+    waits: list[float] = []
+    # huggingface_hub's own sleeps too: none may wait the hour either.
+    monkeypatch.setattr(hub_http.time, "sleep", waits.append)
+    with pytest.raises(FetchError) as e:
+        fetch(tmp_path, endpoint, waits)
+    assert waits == [] and len(seen) == 1 and "after 1 try and 0 s of waiting" in str(e.value)
+
+
 def test_a_gated_repo_says_accept_the_licence_and_set_hf_token(tmp_path, hub):
     endpoint, seen = hub(answer(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to model is restricted"}))
     with pytest.raises(FetchError) as e:

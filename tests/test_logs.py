@@ -45,3 +45,17 @@ def test_the_environment_given_is_the_commands(tmp_path):
     run = run_logged([PY, "-c", "import os; print(os.environ['LLMBENCH_X'])"], tmp_path / "tool.log",
                      env={"LLMBENCH_X": "42"})
     assert run.returncode == 0 and run.output.endswith("42\n")
+
+
+def test_a_command_past_its_timeout_is_killed_with_the_children_holding_its_output(tmp_path):
+    # The command starts a child that inherits its stdout and sleeps on: killing the command alone would leave
+    # the pipe open and the call waiting for the child.
+    import time
+
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    start = time.monotonic()
+    run = run_logged([PY, "-c", child + "print('partial', flush=True); time.sleep(60)"], tmp_path / "tool.log",
+                     capture_stdout=True, timeout_s=1)
+    assert time.monotonic() - start < 30 and run.timed_out and run.stdout is None
+    # What it printed is kept in the log, with why it ended.
+    assert run.output.endswith("# stdout:\npartial\n\n# llmbench: still running after 1 s, its limit: killed\n")

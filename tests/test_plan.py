@@ -1,8 +1,11 @@
 """Planning the studies: which jobs exist and which GPUs they declare, on a machine without GPU or network."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 
 from conftest import REPO, load_config
@@ -81,3 +84,32 @@ def test_a_load_level_or_depth_is_a_job_of_its_own_and_adding_one_reruns_only_it
     cfg["tools"]["llama-server"]["concurrency"] = [1, 4, 8]
     added = set(study.bench_jobs(cfg)) - set(jobs)
     assert {(j.tool, j.quant, j.concurrency) for j in added} == {("llama-server", "Q8_0", 8), ("llama-server", "Q4_0", 8)}
+
+
+def test_a_deleted_provenance_file_schedules_its_bench_job_again(tmp_path):
+    # The study's workflow copied, every output of a forced dry run stood in by an empty file newer than its
+    # inputs: nothing to do. Deleting one job's .provenance.json must plan that job (and what reads its rows).
+    work = tmp_path / "study"
+    work.mkdir()
+    shutil.copy(REPO / "Snakefile", work)
+    for name in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "4", *args], cwd=work,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    later = time.time() + 3600
+    for listed in re.findall(r"^    output: (.*)$", run("--forceall"), re.M):
+        for path in map(work.joinpath, listed.split(", ")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (later, later))
+    assert "Nothing to be done" in run()
+    provenance = next((work / "results/runs/llama-server").rglob("c1-d0.provenance.json"))
+    provenance.unlink()
+    jobs = planned(run())
+    assert jobs[("bench_llama_server", 0)] == 1 and jobs[("aggregate", 0)] == 1
+    assert f"Missing output files: {provenance.relative_to(work)}" in run()

@@ -99,6 +99,15 @@ def test_redact_by_key_name_and_by_env_value():
         "credentials": "[redacted]", "note": "abc"}  # short values and non-secret names stay
 
 
+def test_redact_by_token_shape_where_neither_key_nor_env_names_it():
+    # A token pasted into a note: no secret-looking key, no environment variable holds it; its shape gives it away.
+    pasted = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+    r = redact({"costs": {"electricity_note": f"see {pasted}", "cloud": [{"source": "https://a:pw12345678@h/x"}]}},
+               environ={})
+    assert r == {"costs": {"electricity_note": "see [redacted:hf-token]",
+                           "cloud": [{"source": "https://a:[redacted:url-password]@h/x"}]}}
+
+
 @pytest.mark.parametrize("name,secret", [
     ("HF_TOKEN", True), ("OPENAI_API_KEY", True), ("apiKey", True), ("private_key", True), ("key", True),
     ("AWS_SECRET_ACCESS_KEY", True), ("db-passwd", True), ("auth", True), ("max_tokens", False),

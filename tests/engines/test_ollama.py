@@ -19,6 +19,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -160,6 +161,9 @@ def standin_handler(state: dict):
                 state["pulled"] = True
                 self._send(200, {"status": "success"})
             elif self.path == "/api/chat":
+                if state.get("trickle"):
+                    self._trickle(json.dumps(json.loads((DATA / "chat.json").read_text())).encode())
+                    return
                 if "cache" not in state:
                     self._send(200, state.get("chat") or json.loads((DATA / "chat.json").read_text()))
                     return
@@ -170,6 +174,24 @@ def standin_handler(state: dict):
                 if "cache" in state:
                     state["cache"] = body["prompt"]
                 self._send(200, {**UNCACHED, "response": "x", "prompt_eval_count": 2, "eval_count": 1})
+
+        def _trickle(self, raw: bytes) -> None:
+            """The answer one byte every 0.2 s for 15 s, then the connection closed with it unfinished."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            end = time.monotonic() + 15
+            try:
+                for i in range(len(raw)):
+                    if time.monotonic() > end:
+                        break
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
 
         def log_message(self, *args):
             pass
@@ -203,6 +225,25 @@ def test_backend_pulls_a_missing_model_then_generates_with_the_options(standin_o
     options = state["requests"][4][1]["options"]
     assert options == {"temperature": 0.7, "seed": 1234, "num_predict": 32, "num_gpu": 81, "num_thread": 8}
     assert facts["engine_build"] == "0.0.0-standin" and facts["vram_fraction"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_an_answer_that_trickles_is_given_up_at_its_deadline(standin_ollama, tmp_path):
+    """Ollama's client times each read (httpx): an answer trickling a byte every 0.2 s would never time out. The
+    deadline is the whole answer's, bench.request_timeout_s (1 s here) from the request's start."""
+    from llmbench.engines.openai_stream import RequestTimedOut
+
+    host, state = standin_ollama
+    log = tmp_path / "ollama.log"
+    with OllamaBackend("llama3.2:1b", log, host=host, request_timeout_s=1.0) as backend:
+        assert backend.generate("hi", 8, 0.0, 1).generated_tokens == 298  # a whole answer: nothing cut
+        state["trickle"] = True
+        start = time.monotonic()
+        with pytest.raises(RequestTimedOut) as e:
+            backend.generate("What is the capital of France?", 32, 0.7, 1234)
+        assert time.monotonic() - start < 10  # the stand-in trickles for 15 s
+    assert e.value.diagnosis.kind == "timed_out" and str(log) in str(e.value)
+    assert str(e.value).startswith("the request to Ollama was given up: it did not finish within its limit of 1 s "
+                                   "(bench.request_timeout_s")
 
 
 def test_a_study_gguf_is_imported_as_the_identical_file(standin_ollama, tmp_path, tiny_gguf):

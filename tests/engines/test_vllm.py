@@ -391,3 +391,40 @@ def test_a_context_at_a_depth_is_counted_by_vllms_own_tokenizer(tmp_path, monkey
         assert server.context_text("one two three four five", 3) == "w0 w1 w2"
         with pytest.raises(EngineError, match="holds 5 tokens by vLLM's tokenizer, fewer than the depth 9"):
             server.context_text("one two three four five", 9)
+
+
+def test_a_request_that_trickles_is_given_up_at_its_deadline(tmp_path, monkeypatch):
+    """A stand-in vLLM whose answer comes one byte every 0.2 s for 15 s: given up at bench.request_timeout_s (1 s
+    here) for the whole response, not per read."""
+    import time
+
+    model = standin_vllm(tmp_path, """
+        import http.server, json, sys, time
+        port = int(sys.argv[sys.argv.index("--port") + 1])
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers()
+                self.wfile.write(json.dumps({"version": "standin"} if self.path == "/version" else {}).encode())
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+                data, end = b'data: {"choices":[{"delta":{"content":"x"}}]}\\n\\n' * 100, time.monotonic() + 15
+                try:
+                    for i in range(len(data)):
+                        if time.monotonic() > end:
+                            break
+                        self.wfile.write(data[i:i + 1]); self.wfile.flush(); time.sleep(0.2)
+                except OSError:
+                    pass
+            def log_message(self, *a): pass
+        http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+    """, monkeypatch)
+    log = tmp_path / "engine.log"
+    with VllmServer(VllmSettings(model=model, start_timeout_s=30, request_timeout_s=1.0), log) as server:
+        start = time.monotonic()
+        with pytest.raises(EngineError) as e:
+            server.generate("What is 17 + 25?", 64, 0.0, 1)
+        assert time.monotonic() - start < 10
+    assert diagnosis_of(e.value, "vLLM", log).kind == "timed_out"
+    assert str(e.value).startswith("the request to vLLM was given up: it did not finish within its limit of 1 s "
+                                   "(bench.request_timeout_s")

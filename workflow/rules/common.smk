@@ -1,9 +1,10 @@
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from llmbench import study
+from llmbench import runlock, study
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.codedeps import code_files
 from llmbench.engines.registry import TOOLS
@@ -15,6 +16,11 @@ from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
 validate_config(
     config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 )
+# `--unlock` while a run of the study is alive would let a second run measure beside it (llmbench/runlock.py).
+try:
+    runlock.refuse_unlock()
+except runlock.RunLocked as _e:
+    raise WorkflowError(str(_e))
 for _unpinned in study.unpinned_revisions(config):
     logger.warning(
         f"{_unpinned} is not a commit: the file can change under the study. "
@@ -48,7 +54,14 @@ def code(script, *modules):
     inputs, read from the imports so that they cannot fall behind (editing one reruns what it made).
     """
     scripts = Path(workflow.basedir) / "workflow/scripts"
-    return code_files(PKG, scripts / script, *modules)
+    return [in_checkout(path) for path in code_files(PKG, scripts / script, *modules)]
+
+
+def in_checkout(path):
+    """A file of the workflow by its path relative to the working directory: a checkout moved with its
+    .snakemake/ then names the same inputs as before, and nothing reruns (absolute paths would all change).
+    """
+    return os.path.relpath(Path(workflow.basedir) / path)
 
 
 def results(path):
@@ -205,9 +218,20 @@ def engine_params(tool):
                 if name
                 else None
             ),
+            # A runner (llama-bench, llama-batched-bench) runs a llama.cpp tool under a limit.
+            **({} if record.generates else tool_timeout_params()),
         }
 
     return params
+
+
+def tool_timeout_params():
+    """bench.tool_timeout_s for a job that runs a llama.cpp tool (llama-bench, llama-batched-bench,
+    llama-perplexity, llama-quantize), only where the config sets it: left null, each run's limit is derived
+    from its work (llmbench/logs.py) and no job's params change, so nothing reruns for a key it never used.
+    """
+    limit = config["bench"].get("tool_timeout_s")
+    return {} if limit is None else {"tool_timeout_s": limit}
 
 
 def tool_settings(tool):
@@ -275,11 +299,11 @@ def corpus_file():
     corpus = QUALITY["corpus"]
     if corpus["kind"] == "hf":
         return f"{RES}/corpus/{Path(corpus['filename']).stem}.txt"
-    return str(Path(workflow.basedir) / corpus["path"])
+    return in_checkout(corpus["path"])
 
 
 def questions_file():
-    return str(Path(workflow.basedir) / QUALITY["questions"])
+    return in_checkout(QUALITY["questions"])
 
 
 def reference_of(wildcards):
@@ -360,9 +384,17 @@ def quality_outputs(figures=True):
 
 
 def measurement_outputs():
-    """The rows, statistics and tables: all but the figures (no plotting stack needed)."""
+    """The rows (with how each job measured them), statistics and tables: all but the figures (no plotting stack
+    needed).
+
+    The provenance files are named here, not only as a bench job's second output: Snakemake (9.27, dag.py
+    update_needrun) reruns a job for a missing output only where a job that runs needs that file; `rule all`
+    (no output of its own) always runs, a table rule whose output is up to date does not. Without them here a
+    deleted provenance file was never made again ("Nothing to be done").
+    """
     return [
         *all_run_files(),
+        *[provenance_file(job) for job in JOBS],
         f"{RESULTS}/summary/stats.csv",
         f"{RESULTS}/tables/cost_per_1m_tokens.md",
         f"{RESULTS}/tables/frameworks.md",
@@ -435,14 +467,29 @@ def archive_members():
 REPORT = f"{RESULTS}/report.html"
 
 
+def hold_run_lock():
+    """Hold the study's run lock for this run's life (llmbench.runlock): a second run in this checkout, or a run
+    after `--unlock` beside a live one, is refused naming the live run."""
+    try:
+        runlock.take()
+    except runlock.RunLocked as e:
+        raise WorkflowError(str(e))
+
+
 def make_report():
     """The study's Snakemake report after a run that made something, with the run's own config arguments.
 
     A profile's --report-after-run would also fire on dry runs and fail on a fresh clone (nothing to report yet),
-    so the report is made here instead; a failure is logged with the command to run, never failing the study.
+    so the report is made here instead. It is written under a temporary name and moved into place whole: a full
+    disk leaves no truncated report.html behind. A report that could not be made fails the run (WorkflowError:
+    a non-zero exit), naming the cause (the disk, where it is full) and the command that makes it once fixed;
+    a run with nothing to do runs no hook, so the report is not retried by itself.
     """
+    import os
     import subprocess
     import sys
+
+    from llmbench.files import FILESYSTEM_ERRORS, write_failure
 
     # A run of one target (the build, `measurements`): the report would miss what it reports.
     unmade = [path for path in final_outputs() if not Path(path).exists()]
@@ -452,20 +499,50 @@ def make_report():
         )
         return
     settings = workflow.config_settings
+    # Snakemake writes a report only under a name ending in .html (or .zip).
+    part = Path(REPORT).with_name(f".{Path(REPORT).stem}.{os.getpid()}.part.html")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", workflow.main_snakefile]
-    cmd += ["--cores", "1", "--nolock", "--report", REPORT]
+    cmd += ["--cores", "1", "--nolock", "--report", str(part)]
     for configfile in settings.configfiles:
         cmd += ["--configfile", str(configfile)]
     if settings.config_args:
         cmd += ["--config", *settings.config_args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 0:
-        logger.info(f"Report of the study: {REPORT}")
-    else:
-        logger.warning(
-            f"The report was not made ({proc.stderr.strip()[-2000:]}). "
-            f"Make it with: snakemake --report {REPORT}"
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip()[-2000:])
+        os.replace(part, REPORT)
+    except Exception as e:
+        # The cause as the report's writer met it: "no space left on device writing results/report.html ...".
+        found = write_failure(e, REPORT, only=FILESYSTEM_ERRORS)
+        said = str(found) if found is not None else f"the report was not made: {e}"
+        logger.error(
+            f"{said}\nOnce fixed, make it with: snakemake --report {REPORT} "
+            "(add the --configfile/--config of this run)"
         )
+        raise WorkflowError(f"{REPORT} was not made: {said}")
+    finally:
+        part.unlink(missing_ok=True)
+    logger.info(f"Report of the study: {REPORT}")
+
+
+def failed_run_file(row):
+    """The bench file of a failed row of the study's table (its group's job)."""
+    keys = ("model", "quant", "split", "concurrency", "depth")
+    return run_path(row["tool"], ".parquet", *(row[k] for k in keys))
+
+
+def rerun_command():
+    """The command of this run, as a user would type it again: snakemake, --cores all, its config arguments."""
+    import shlex
+
+    settings = workflow.config_settings
+    cmd = ["snakemake", "--cores", "all"]
+    for configfile in settings.configfiles:
+        cmd += ["--configfile", str(configfile)]
+    if settings.config_args:
+        cmd += ["--config", *settings.config_args]
+    return shlex.join(cmd)
 
 
 def fail_on_failed_measurements():
@@ -478,9 +555,10 @@ def fail_on_failed_measurements():
         f"{RESULTS}/summary/runs.parquet",
         kld_files(),
         [accuracy_file(job) for job in ACCURACY_JOBS],
+        run_file=failed_run_file,
     )
     if failed.height:
-        logger.error(summary(failed))
+        logger.error(summary(failed, rerun_command()))
         raise WorkflowError(
             f"{failed.height} measurement(s) failed (listed above, and in the tables and report)"
         )

@@ -24,8 +24,15 @@ for _figure in study.FIGURES:
             "../scripts/plot_figure.py"
 
 
+# Before a run's first job: the study's run lock (hold_run_lock, in common.smk), held until the run ends.
+onstart:
+    hold_run_lock()
+
+
 # After a run that made something: the study's report, then what failed (make_report and
 # fail_on_failed_measurements, in common.smk).
 onsuccess:
-    make_report()
-    fail_on_failed_measurements()
+    try:
+        make_report()
+    finally:  # a report that failed still lists the failed measurements; either fails the run
+        fail_on_failed_measurements()

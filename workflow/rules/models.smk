@@ -85,6 +85,7 @@ rule quantize:
         ENV
     threads: whole_machine_threads
     params:
+        **tool_timeout_params(),
         quant="{quant}",
         allow_requantize=False,
     script:
@@ -104,6 +105,7 @@ use rule quantize as quantize_reference with:
     wildcard_constraints:
         model=study.alternation(study.derived_models(config)),
     params:
+        **tool_timeout_params(),
         quant=REFERENCE_QUANT,
         allow_requantize=True,
 

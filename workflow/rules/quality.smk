@@ -34,6 +34,7 @@ rule kld_base:
         ENV
     threads: whole_machine_threads
     params:
+        **tool_timeout_params(),
         reference=reference_of,
         ctx_size=QUALITY["ctx_size"],
         chunks=QUALITY["chunks"],
@@ -60,6 +61,7 @@ rule kld:
         ENV
     threads: whole_machine_threads
     params:
+        **tool_timeout_params(),
         ctx_size=QUALITY["ctx_size"],
         chunks=QUALITY["chunks"],
     script:

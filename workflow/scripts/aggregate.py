@@ -2,6 +2,7 @@
 
 import polars as pl
 
+from llmbench.files import read_parquet_checked, write_atomically
 from llmbench.logs import script_logging
 from llmbench.render import write_stats
 from llmbench.runs import RUN_SCHEMA
@@ -10,10 +11,11 @@ from llmbench.stats import tukey_flags
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        # By name, in RUN_SCHEMA's order: a run file missing a column fails here, naming the file.
-        runs = pl.concat([pl.read_parquet(f, columns=list(RUN_SCHEMA)) for f in snakemake.input.runs])
+        # By name, in RUN_SCHEMA's order: a run file cut short, damaged or missing a column fails here, naming the
+        # file and the command that measures it again (files.DamagedResultError).
+        runs = pl.concat([read_parquet_checked(f, columns=list(RUN_SCHEMA)) for f in snakemake.input.runs])
         runs = tukey_flags(runs, "decode_tokens_per_s")
-        runs.write_parquet(snakemake.output.runs)
+        write_atomically(snakemake.output.runs, runs.write_parquet)
         stats = write_stats(runs, snakemake.output.stats, snakemake.output.stats_csv)
         log.info("%d generations from %d runs; %d statistics rows", runs.height, len(snakemake.input.runs), stats.height)
 

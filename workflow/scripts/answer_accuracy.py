@@ -11,6 +11,7 @@ from llmbench.gpu_slots import hold_gpus
 from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
+from llmbench.provenance import check_model_hashes
 
 
 def main(snakemake):
@@ -22,6 +23,8 @@ def main(snakemake):
         try:
             if job.model_file is not None:
                 log.info("model %s: %s", job.model_file, check_gguf(job.model_file))
+                # Answers of another file than the one its record names would be noise: ModelHashMismatch.
+                log.info("model sha256: %s", check_model_hashes(job.model_file, job.model_record))
             with (hold_gpus(job.gpus, job=str(snakemake.output[0])),
                   tool(job.tool).make_engine(job.settings, job.engine_log) as engine):
                 rows = ask_all(engine, questions, job.settings.seed, group)

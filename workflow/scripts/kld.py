@@ -8,7 +8,15 @@ import polars as pl
 from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import PerplexityError, failed_kld_row, kld_command, parse_kld_summary, run_and_parse
+from llmbench.perplexity import (
+    PerplexityError,
+    failed_kld_row,
+    kld_command,
+    kld_limit,
+    parse_kld_summary,
+    run_and_parse,
+)
+from llmbench.provenance import check_model_hashes
 
 
 def main(snakemake):
@@ -20,10 +28,15 @@ def main(snakemake):
             if reference.get("status") == "failed":
                 raise PerplexityError(f"the reference run of {job.model} failed: {reference['reason']}")
             log.info("model %s: %s", model, check_gguf(model))
+            # A divergence of another file than the one its record names would be noise: ModelHashMismatch.
+            log.info("model sha256: %s", check_model_hashes(model, job.model_record))
             cmd = kld_command(Path(snakemake.input.perplexity), model, Path(snakemake.input.base), p.ctx_size,
                               job.threads, p.chunks)
-            summary = run_and_parse(cmd, job.log.with_suffix(".perplexity.log"), parse_kld_summary)
-        except (PerplexityError, CorruptModelError) as e:  # a failed measurement: its row says why, the study goes on
+            # bench.tool_timeout_s is passed only where the config sets it; else the limit is derived.
+            limit = kld_limit(model, Path(snakemake.input.base), p.ctx_size, p.chunks, p.get("tool_timeout_s"))
+            log.info("llama-perplexity's limit: %g s (%s)", limit.seconds, limit.source)
+            summary = run_and_parse(cmd, job.log.with_suffix(".perplexity.log"), parse_kld_summary, limit)
+        except (PerplexityError, CorruptModelError) as e:  # a failed or hung run: its row says why, the study goes on
             log.error("failed: %s", e)
             row = {**failed_kld_row(job.model, job.quant, str(e), reference), "ctx_size": p.ctx_size}
             pl.DataFrame([row]).write_parquet(snakemake.output[0])

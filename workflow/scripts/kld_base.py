@@ -7,7 +7,7 @@ from llmbench.files import sha256_file
 from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import PerplexityError, base_command, parse_base_run, run_and_parse
+from llmbench.perplexity import PerplexityError, base_command, base_limit, parse_base_run, run_and_parse
 
 
 def main(snakemake):
@@ -27,10 +27,13 @@ def main(snakemake):
             log.info("reference %s: %s", model, check_gguf(model))
             cmd = base_command(Path(snakemake.input.perplexity), model, corpus, base, p.ctx_size, job.threads,
                                p.chunks)
+            # bench.tool_timeout_s is passed only where the config sets it; else the limit is derived.
+            limit = base_limit(model, corpus, p.ctx_size, p.chunks, p.get("tool_timeout_s"))
+            log.info("llama-perplexity's limit: %g s (%s)", limit.seconds, limit.source)
             # llama-perplexity returns 0 after some errors (e.g. a corpus shorter than two contexts); an output
             # that stops short is run once more.
             ppl, ppl_unc = run_and_parse(cmd, job.log.with_suffix(".perplexity.log"),
-                                         lambda text: parse_base_run(text, base, model))
+                                         lambda text: parse_base_run(text, base, model), limit)
         except (PerplexityError, CorruptModelError) as e:
             # A failed measurement: each quant's KLD job writes a failed row quoting this, and the study goes on.
             log.error("failed: %s", e)

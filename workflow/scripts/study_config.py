@@ -1,18 +1,24 @@
 """The validated study config (defaults filled in, secrets redacted), as it ran: archived with the results."""
 
-from pathlib import Path
-
 import yaml
 
+from llmbench.files import write_text_atomically
 from llmbench.logs import script_logging
 from llmbench.provenance import assert_no_secrets, redact
 
 
+def config_text(config: dict) -> str:
+    """The config as YAML, keys sorted, with secret-keyed values, secret env values and credentials of a known shape
+    (llmbench.secrets) redacted; ValueError naming the variable if a secret env value still shows."""
+    text = yaml.safe_dump(redact(dict(config)), sort_keys=True)
+    assert_no_secrets(text)
+    return text
+
+
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        text = yaml.safe_dump(redact(dict(snakemake.params.config)), sort_keys=True)
-        assert_no_secrets(text)
-        Path(snakemake.output[0]).write_text(text)
+        text = config_text(snakemake.params.config)
+        write_text_atomically(snakemake.output[0], text)
         log.info("wrote %s", snakemake.output[0])
 
 

@@ -14,6 +14,10 @@ that does not fit, so a missing line is an error here (IncompleteBenchOutput: ru
 log), never half a result. Its ``-o jsonl`` lines are read by field name (README of tools/batched-bench: pp, tg,
 pl, n_kv, t_pp, speed_pp, t_tg, speed_tg, t, speed); with --log-verbosity 4 it logs llama.cpp's load lines, so the
 layers offloaded come from the same run's log.
+
+A run has a wall-clock limit derived from its work (llmbench.logs.tool_limit: the model's size, every batch's
+prompts and generated tokens) or bench.tool_timeout_s; past it the run is killed and the job ends in a failed row
+of kind timed_out naming the limit (llama_bench.run_bench_binary).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import polars as pl
 
 from llmbench.engines.llama_log import AUTO, Offload, parse_offload
 from llmbench.engines.llama_server import offload_args as common_offload_args
-from llmbench.llama_bench import IncompleteBenchOutput, json_lines, run_and_parse
+from llmbench.llama_bench import IncompleteBenchOutput, json_lines, run_and_parse, tool_timeout_s
+from llmbench.logs import ToolLimit, model_bytes, tool_limit
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
 BATCHED_BENCH_ENERGY = (
@@ -54,10 +59,18 @@ class BatchedBenchSettings:
     n_gpu_layers: int | str = 0  # "auto": the layers llama.cpp's fitting chooses (llama_server.fitted_gpu_layers)
     split_mode: str = "none"
     tensor_split: tuple[float, ...] | None = None
+    timeout_s: float | None = None  # bench.tool_timeout_s; None derives the run's limit from its work
 
     @property
     def prompt_per_sequence(self) -> int:
         return self.depth + self.n_prompt
+
+    def limit(self) -> ToolLimit:
+        """The run's wall-clock limit: every test (warm-up, measured, trailing) evaluates N prompts and decodes
+        N × n_gen tokens, each token counted as if alone (a batch shares its reads of the weights: generous)."""
+        tests = self.warmup + self.repetitions + TRAILING
+        return tool_limit(model_bytes(self.model), prompt_tokens=tests * self.batch * self.prompt_per_sequence,
+                          generated_tokens=tests * self.batch * self.n_gen, override_s=self.timeout_s)
 
     @property
     def ctx_size(self) -> int:
@@ -161,7 +174,7 @@ def run_job(job, engine_log: Path) -> pl.DataFrame:
         binary=s.build_dir / "bin" / "llama-batched-bench", model=s.model, batch=job.concurrency,
         n_prompt=job.tool_settings["n_prompt"], n_gen=job.tool_settings["n_gen"], depth=job.depth,
         repetitions=job.plan.repetitions, warmup=job.plan.warmup, threads=s.threads, n_gpu_layers=s.n_gpu_layers,
-        split_mode=s.split, tensor_split=s.tensor_split,
+        split_mode=s.split, tensor_split=s.tensor_split, timeout_s=tool_timeout_s(job),
     )
     if settings.n_gpu_layers == AUTO:
         settings = fitted(settings, engine_log)

@@ -15,6 +15,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from llmbench.quants import KNOWN_QUANTS, derivation_problem, unknown_quant_message
+from llmbench.secrets import find_secrets, redact_text
 from llmbench.study import derives_ladder, shard_name, shard_of
 
 
@@ -102,14 +103,43 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
     elif v == "required":
         missing = error.message.split("'")[1]
         yield f"{where} has no {missing!r}: add it ({_required_hint(missing)})"
-    elif v in ("minimum", "exclusiveMinimum"):
-        yield f"{where} = {error.instance!r} is too small; it must be {'>=' if v == 'minimum' else '>'} {error.validator_value}"
+    elif v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        size = "small" if v.endswith("inimum") else "large"
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        yield (f"{where} = {error.instance!r} is too {size}; it must be {op} {error.validator_value}"
+               f"{_range(error.schema)}{_why(error.schema)}")
+    elif v in ("maxLength", "minLength"):
+        n, limit = len(error.instance), error.validator_value
+        bound, fix = ("at most", "shorten it") if v == "maxLength" else ("at least", "fill it in")
+        yield (f"{where} = {_short(error.instance)} has {n} characters; it must have {bound} {limit}"
+               f"{_why(error.schema)}; {fix}")
     elif v == "additionalProperties":
         yield f"{where}: {error.message}; remove it or check its spelling"
     elif v == "propertyNames":
         yield f"{where}: {error.message}"
     else:
         yield f"{where} = {error.instance!r}: {error.message}"
+
+
+def _range(schema: dict) -> str:
+    """" (allowed: LO to HI)" where the schema bounds a number on both sides."""
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if lo is None or hi is None:
+        return ""
+    lo_op = "" if "minimum" in schema else "above "
+    hi_op = "" if "maximum" in schema else "below "
+    return f" (allowed: {lo_op}{lo} to {hi_op}{hi})"
+
+
+def _why(schema: dict) -> str:
+    """The reason for a bound, from the key's x-why in the schema."""
+    return f": {schema['x-why']}" if "x-why" in schema else ""
+
+
+def _short(text: str, keep: int = 40) -> str:
+    """A long value quoted by its start, so that a 300-character name does not bury the message."""
+    return repr(text) if len(text) <= keep else repr(text[:keep]) + "…"
 
 
 def _required_hint(key: str) -> str:
@@ -250,6 +280,158 @@ def name_problems(config: dict) -> list[str]:
     return problems
 
 
+FOLDER_KEYS = {"resources_dir": "resources", "results_dir": "results"}
+PROJECT = Path(__file__).resolve().parents[3]  # workflow/scripts/llmbench/configcheck.py: the project's folder
+
+
+def folder_problems(config: dict, cwd: Path | None = None, home: Path | None = None) -> list[str]:
+    """resources_dir and results_dir each a folder of their own: the workflow writes under them and a rerun or
+    ``--delete-all-output`` deletes there, so neither may be the filesystem root, a home folder, the working
+    directory, a folder holding the project or the working directory, nor start with '~' (never expanded: it would
+    make a folder named '~'). Relative paths are read from ``cwd`` (Snakemake's working directory). An empty value is
+    the schema's to refuse. Runs beside the schema, on any shape of config."""
+    cwd = (cwd or Path.cwd()).resolve()
+    home = (home or Path.home()).resolve()
+    problems = []
+    for key, example in FOLDER_KEYS.items():
+        value = config.get(key) if isinstance(config, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        folder = (cwd / value).resolve()
+        if value.startswith("~"):
+            why = "it starts with '~', which the workflow does not expand (it would make a folder named '~' here)"
+        elif folder == Path(folder.anchor):
+            why = "it is the filesystem root"
+        elif folder == home or folder in home.parents:
+            why = f"it is your home folder {home}" if folder == home else f"it is {folder}, which holds your home folder"
+        elif folder == cwd or folder in cwd.parents:
+            why = f"it is {folder}, which is or holds the working directory {cwd}"
+        elif folder == PROJECT or folder in PROJECT.parents:
+            why = f"it is {folder}, which is or holds the project {PROJECT}"
+        else:
+            continue
+        problems.append(f"{key} = {value!r}: {why}; the workflow writes its files under it and deletes them there "
+                        f"on a rerun; name a folder of its own, e.g. {example!r} (relative to the working directory) "
+                        f"or an absolute path such as '/data/llmbench/{example}'")
+    return problems
+
+
+def _strings(obj, parts: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """Every string of a config, keys included, with the key path it is at."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str):
+                yield parts, k
+            yield from _strings(v, (*parts, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _strings(v, (*parts, i))
+    elif isinstance(obj, str):
+        yield parts, obj
+
+
+def secret_problems(config) -> list[str]:
+    """Credentials of a known shape (llmbench.secrets: a Hugging Face, OpenAI, AWS, GitHub, Google or Slack token, a
+    Bearer credential, a URL's password or ?token= parameter) anywhere in the config, refused by key and kind, never
+    quoted. Refused rather than redacted: Snakemake's report embeds the config file as written and its metadata
+    keeps every job's params, so only a config without the secret keeps it out of every output; no key of the
+    config needs one (the hub client reads HF_TOKEN from the environment). Runs beside the schema, on any shape."""
+    problems = []
+    for parts, text in _strings(config):
+        for shape in find_secrets(text):
+            problems.append(
+                f"{key_path(parts)} holds what looks like {shape.what} (the value is not repeated here): {shape.fix}. "
+                "The config is copied into results/config/study.yaml, every job's provenance and params "
+                "(.snakemake/metadata), the archive and the report"
+            )
+    return problems
+
+
+# Bounds of the engines, with their sources; the schema holds each key's own range, these the ones across keys.
+LLAMA_MAX_SEQ = 256  # llama.cpp src/llama-cparams.h: a context holds at most 256 sequences (--parallel, -npl)
+INT32_MAX = 2**31 - 1  # llama.cpp's common_params.n_ctx (--ctx-size, -c) is an int32_t
+CTX_MAX = 2**24  # bench.ctx_size's maximum in the schema
+SEED_MAX = 2**32 - 2  # llama.cpp's seed is a uint32_t; 2**32 - 1 (LLAMA_DEFAULT_SEED) means a random seed
+
+
+def limit_problems(config: dict) -> list[str]:
+    """Ranges that depend on other keys, on a valid config with its defaults filled: each generating tool's depth
+    and the longest prompt's max_tokens within bench.ctx_size, llama.cpp's load levels within LLAMA_MAX_SEQ and its
+    --ctx-size within an int32, llama-bench's and llama-batched-bench's own contexts within CTX_MAX, and every seed
+    a job uses within llama.cpp's uint32 (LLAMA_DEFAULT_SEED excluded)."""
+    from llmbench.engines.registry import TOOLS
+    from llmbench.study import tool_levels
+
+    bench = config["bench"]
+    ctx, prompts = bench["ctx_size"], bench["prompts"]
+    longest = max(prompts, key=lambda p: p["max_tokens"])
+    problems: list[str] = []
+
+    def key(tool: str, name: str) -> str:
+        return f"tools.{tool}.{name}" if config["tools"][tool].get(name) else f"bench.{name}"
+
+    records = {tool: TOOLS[tool] for tool in config["tools"]}
+    if any(r.generates for r in records.values()):
+        for i, p in enumerate(prompts):
+            if p["max_tokens"] >= ctx:
+                problems.append(
+                    f"bench.prompts[{i}].max_tokens = {p['max_tokens']} does not fit bench.ctx_size = {ctx}: the "
+                    f"prompt itself needs context too; allowed: 1 to {ctx - 1} less the prompt's tokens; lower it or "
+                    "raise bench.ctx_size"
+                )
+    clients = 1  # the most clients any generating tool runs, for the seeds
+    for tool, rec in records.items():
+        levels, depths = tool_levels(config, tool)
+        if rec.generates and rec.serves:
+            clients = max(clients, *levels)
+        if rec.generates and rec.fills_depth:
+            for d in depths:
+                if d > 0 and d + longest["max_tokens"] >= ctx:
+                    problems.append(
+                        f"{key(tool, 'depths')} = {d} does not fit bench.ctx_size = {ctx} ({tool}): depth + the longest "
+                        f"prompt's max_tokens ({longest['id']}: {longest['max_tokens']}) + the prompt's own tokens "
+                        f"must fit; allowed: depths below {ctx - longest['max_tokens']}; lower the depth or raise "
+                        "bench.ctx_size"
+                    )
+        if rec.uses_build and (rec.serves or rec.batches):
+            for n in levels:
+                if n > LLAMA_MAX_SEQ:
+                    problems.append(
+                        f"{key(tool, 'concurrency')} = {n} is too many for {tool}: llama.cpp holds at most "
+                        f"{LLAMA_MAX_SEQ} sequences in one context (LLAMA_MAX_SEQ, src/llama-cparams.h); allowed: 1 "
+                        f"to {LLAMA_MAX_SEQ}; lower it"
+                        + ("" if key(tool, "concurrency").startswith("tools.")
+                           else f", or give {tool} its own levels under tools.{tool}.concurrency")
+                    )
+        if rec.uses_build and rec.serves and ctx * max(levels) > INT32_MAX:
+            problems.append(
+                f"bench.ctx_size = {ctx} at {key(tool, 'concurrency')} = {max(levels)} gives {tool} --ctx-size "
+                f"{ctx * max(levels)} (ctx_size × load level), past llama.cpp's int32 limit {INT32_MAX}; allowed: "
+                f"ctx_size up to {INT32_MAX // max(levels)} at that level; lower either"
+            )
+        if "n_prompt" in rec.settings and "n_gen" in rec.settings:
+            own = config["tools"][tool]
+            n = max(levels) if rec.batches else 1
+            for d in depths:
+                per = d + own["n_prompt"] + own["n_gen"]
+                if per > CTX_MAX or per * n > INT32_MAX:
+                    problems.append(
+                        f"{key(tool, 'depths')} = {d} with tools.{tool}.n_prompt = {own['n_prompt']} and n_gen = "
+                        f"{own['n_gen']} makes {tool} a context of {f'{n} sequences × ' if n > 1 else ''}{per} "
+                        f"tokens; allowed: at most {CTX_MAX} per sequence (bench.ctx_size's bound) and {INT32_MAX} in "
+                        "all (llama.cpp's int32 -c); lower the depth, n_prompt or n_gen"
+                    )
+    seed, reps, warmup = bench["seed"], bench["repetitions"], bench["warmup"]
+    top = seed + max(reps * clients - 1, warmup + clients - 2)  # runs.py: seed + rep × clients + client; warm-up
+    if top > SEED_MAX:
+        problems.append(
+            f"bench.seed = {seed}: its jobs use seeds up to {top} (seed + repetitions × clients − 1 at {clients} "
+            f"clients), past {SEED_MAX}, the largest llama.cpp takes (a uint32; {SEED_MAX + 1} means random); "
+            f"allowed: 0 to {SEED_MAX - (top - seed)}; lower it"
+        )
+    return problems
+
+
 def semantic_problems(config: dict) -> list[str]:
     """Checks a schema cannot express: cross-references between keys."""
     problems: list[str] = []
@@ -309,13 +491,17 @@ def validate_config(config: dict, schema: dict) -> dict:
     """Fill defaults into ``config`` in place and return it, or raise ConfigError naming every problem."""
     errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [line for e in errors for line in _describe(e, schema)] + name_problems(config)
+    problems += folder_problems(config) + secret_problems(config)
     if not problems:
-        problems = semantic_problems(config)
+        filled = copy.deepcopy(config)
+        fill_defaults(filled, schema, schema)
+        problems = semantic_problems(config) + limit_problems(filled)
     if problems:
-        raise ConfigError(
+        # A schema message quotes the value it refuses; a token in it must not reach the log that shows it.
+        raise ConfigError(redact_text(
             "invalid study config:\n"
             + "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
             + "\nFix these keys in the config file (see workflow/schemas/config.schema.yaml for every key)."
-        )
+        ))
     fill_defaults(config, schema, schema)
     return config

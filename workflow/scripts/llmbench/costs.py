@@ -22,8 +22,9 @@ import polars as pl
 from llmbench.engines.registry import batching_tools
 from llmbench.markdown import Footnotes, fmt, marked_quant, pipe_table
 from llmbench.meters import joules_per_token
+from llmbench.provenance import redact
 from llmbench.quants import rank
-from llmbench.runs import with_all_columns
+from llmbench.runs import with_all_columns, without_contended
 from llmbench.stats import GROUP, summarize, with_levels
 
 J_PER_KWH = 3.6e6
@@ -54,7 +55,7 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
     server's output tokens/s over that window is its throughput.
     """
     runs = with_levels(runs)
-    runs = with_all_columns(runs)
+    runs = without_contended(with_all_columns(runs))  # a row measured beside another load counts for nothing
     batched = (pl.col("concurrency") > 1) & pl.col("tool").is_in(batching_tools())
     served = (pl.col("concurrency") > 1) & ~pl.col("tool").is_in(batching_tools())
     # A window too short for its sensor (meters.validity) is left out of J/token; unknown validity counts as valid.
@@ -69,8 +70,10 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("level_energy_valid").drop_nulls().first().alias("_level_valid"),
         pl.col("level_energy_invalid_reason").drop_nulls().first().alias("_level_invalid"),
         pl.col("decode_tokens_per_s").median().alias("median_decode_tokens_per_s"),
-        pl.len().alias("generations"),
-        pl.col("energy_j").is_null().any().alias("_any_null"),
+        (pl.len() - (pl.col("status") == "contended").sum()).cast(pl.Int64).alias("generations"),
+        # A row measured under contention is not a window without energy: it is left out (runs.without_contended).
+        pl.col("energy_j").filter(pl.col("status") != "contended").is_null().any().alias("_any_null"),
+        (pl.col("status") == "contended").sum().cast(pl.Int64).alias("_contended"),
         pl.col("energy_j").sum().alias("_energy_j"),
         pl.col("energy_is_estimate").fill_null(False).any().alias("energy_is_estimate"),
         pl.col("energy_window_s").sum().alias("energy_windows_s"),
@@ -117,8 +120,13 @@ def energy_per_token(runs: pl.DataFrame) -> pl.DataFrame:
             "energy summed over {} windows ({} s in all), over the tokens they generated",
             pl.col("generations"), pl.col("energy_windows_s").round(1),
         )).alias("energy_basis")
+    ).with_columns(
+        pl.when(pl.col("energy_basis").is_not_null() & (pl.col("_contended") > 0))
+        .then(pl.format("{}; {} generation(s) measured under contention left out (status 'contended')",
+                        pl.col("energy_basis"), pl.col("_contended")))
+        .otherwise(pl.col("energy_basis")).alias("energy_basis")
     ).drop("_any_null", "_energy_j", "_level_j", "_level_s", "_level_reason", "_tokens_used", "_energy_used",
-           "_invalid_reason", "_level_valid", "_level_invalid")
+           "_invalid_reason", "_level_valid", "_level_invalid", "_contended")
 
 
 def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
@@ -127,7 +135,7 @@ def per_generation_stats(runs: pl.DataFrame) -> pl.DataFrame:
     Rows that generated no token (llama-bench's prefill-only samples) have no J per generated token and are left
     out; their energy still counts in the pooled J/token.
     """
-    runs = with_all_columns(with_levels(runs))
+    runs = without_contended(with_all_columns(with_levels(runs)))
     # A window too short for its sensor is left out here too, as from the pooled value.
     gens = runs.filter((pl.col("generated_tokens") > 0) & pl.col("energy_valid").fill_null(True)).with_columns(
         joules_per_token(pl.col("energy_j"), pl.col("generated_tokens")).alias("j_per_token")
@@ -376,10 +384,15 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
 
 
 def write_cost_tables(runs: pl.DataFrame, costs: dict, csv: Path, md: Path) -> pl.DataFrame:
-    """The cost table as CSV (every column) and Markdown, from the study's ``costs`` config section."""
+    """The cost table as CSV (every column) and Markdown, from the study's ``costs`` config section; its free text
+    (notes, sources, names) written with credentials redacted (llmbench.provenance.redact)."""
+    # configcheck refuses a token in the config; this keeps one out should these tables be written from elsewhere.
+    costs = redact(costs)
     cloud, hardware = costs.get("cloud", []), costs.get("hardware")
     table = cost_table(runs, costs["electricity_usd_per_kwh"], cloud, hardware)
-    table.write_csv(csv)
-    Path(md).write_text(render_markdown(table, costs["electricity_usd_per_kwh"], costs.get("electricity_note", ""),
-                                        cloud, hardware))
+    from llmbench.files import write_atomically, write_text_atomically  # whole or not at all; a full disk named
+
+    write_atomically(csv, table.write_csv)
+    write_text_atomically(md, render_markdown(table, costs["electricity_usd_per_kwh"],
+                                              costs.get("electricity_note", ""), cloud, hardware))
     return table

@@ -45,6 +45,8 @@ CORRUPT_FILE = "corrupt_model_file"
 UNSUPPORTED_TENSOR_TYPE = "unsupported_tensor_type"
 UNSUPPORTED_GGUF_FORMAT = "unsupported_gguf_format"
 GPU_LOST = "gpu_lost"  # the GPU fell off the bus mid-job (NVML: GPU is lost; Xid 79): llmbench.meters
+# A tool run or a request stopped at its wall-clock limit (llmbench.logs.tool_limit, bench.request_timeout_s).
+TIMED_OUT = "timed_out"
 EXITED = "exited"
 
 # Engines that run this workflow's own llama.cpp build: an illegal instruction there is fixed by rebuilding it.
@@ -343,6 +345,15 @@ def diagnose(engine: str, returncode: int | None = None, log_text: str = "", mod
                          + f": it logged {line!r}; see the engine log", line, _name(sig))
     return Diagnosis(EXITED, f"{engine} " + (how.replace("exit code", "exited with code") if how else "failed")
                      + (f": {line!r}" if line else "") + "; see the engine log", line, _name(sig))
+
+
+def timed_out(subject: str, limit_s: float, source: str, key: str, log_path: str | Path | None) -> Diagnosis:
+    """A run or request stopped at its wall-clock limit (kind TIMED_OUT): ``subject`` says what was stopped
+    ("llama-bench was killed"), ``limit_s`` the limit [s], ``source`` where it came from (derived, or the config
+    key), ``key`` the config key that raises it; the reason names the engine log to read."""
+    return Diagnosis(TIMED_OUT, f"{subject}: it did not finish within its limit of {limit_s:g} s ({source}), so it "
+                     f"hung or ran far slower than expected; see the engine log {log_path} for where it stopped, "
+                     f"and if the run was healthy but slow, raise {key} in the config")
 
 
 def _name(sig: signal.Signals | None) -> str | None:

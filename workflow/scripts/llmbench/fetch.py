@@ -159,7 +159,8 @@ def fetch_hf_file(
             os.link(os.path.realpath(cached), part)
         except OSError:
             shutil.copyfile(cached, part)
-        digest = verify_sha256(part, sha256, f"{repo}/{filename}@{revision}")
+        _drop_damaged_cache_copy(Path(cached), part, where)
+        digest = verify_sha256(part, sha256, where)
     return {
         "kind": "hf",
         "repo_type": repo_type,
@@ -170,6 +171,27 @@ def fetch_hf_file(
         "sha256": digest,
         "bytes": Path(dest).stat().st_size,
     }
+
+
+def _drop_damaged_cache_copy(cached: Path, copy: Path, where: str) -> None:
+    """Raise IntegrityError where the hub cache's copy of a file is damaged, after removing it from the cache.
+
+    huggingface_hub names a large file's blob by its sha256 (the hub's LFS etag): where the blob's content does not
+    hash to its own name, the download was cut short or the disk changed it, and a plain "run again" would take
+    the same bad copy from the cache forever. A blob that hashes to its name but not to the config's pin is sound
+    (the pin or the source is what changed) and stays."""
+    blob = Path(os.path.realpath(cached))
+    if not re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return  # a small file's blob is named by its git hash: nothing to compare here
+    actual = sha256_file(copy)
+    if actual == blob.name:
+        return
+    size = copy.stat().st_size
+    blob.unlink(missing_ok=True)
+    cached.unlink(missing_ok=True)
+    raise IntegrityError(
+        f"{where}: the hub cache's copy is damaged (its content hashes to {actual}, {size:,} bytes, but the hub named "
+        f"it {blob.name}); it was removed from the cache ({blob}). Run again to download it anew.")
 
 
 def hub_wait_s(headers) -> int | None:

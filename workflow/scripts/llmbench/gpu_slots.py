@@ -236,6 +236,62 @@ def user_environment() -> dict[str, str]:
     return env
 
 
+class MachineLock:
+    """``with MachineLock(exclusive, …):`` runs its body holding the machine's measurement lock: exclusive for a
+    job that measures on the CPU, shared for a GPU job (GPU jobs on distinct GPUs may run side by side; none runs
+    beside a CPU measurement). One flock file in the lock folder, so a second Snakemake run, from this checkout or
+    another, waits for it; after ``timeout_s`` the job is refused, naming who holds the lock. The kernel drops the
+    lock when the job ends, however it ends."""
+
+    NAME = "measure.lock"
+
+    def __init__(self, exclusive: bool, lock_dir: Path | None = None, timeout_s: float = 3600, poll_s: float = 0.2,
+                 job: str | None = None):
+        self.exclusive, self.timeout_s, self.poll_s = exclusive, timeout_s, poll_s
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+        self.job = job or Path(sys.argv[0]).name or "python"
+        self._fd: int | None = None
+
+    def holders(self) -> str:
+        try:
+            text = (self.lock_dir / self.NAME).read_text().strip()
+        except OSError:
+            text = ""
+        return text or "unknown"
+
+    def __enter__(self) -> MachineLock:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_dir / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, 0o666)
+        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise TimeoutError(
+                        f"{self.job}: another measurement held this machine for {self.timeout_s:.0f} s (held by "
+                        f"{self.holders()}): two studies measured at once would share the CPU and both be wrong; "
+                        "wait for the other run to end, or stop it, then run this one again") from None
+                time.sleep(self.poll_s * random.uniform(0.5, 1.5))
+        if self.exclusive:  # for humans and the message above: who measures now
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} job {self.job}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            if self.exclusive:
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
 class HeldGpus(list):
     """The NVML indices a job holds (a list, as before), with ``record``: which physical GPUs they are (by
     UUID) and how they were chosen, for the job's provenance."""
@@ -247,16 +303,21 @@ class HeldGpus(list):
 
 @contextlib.contextmanager
 def hold_gpus(n: int, *, exclusive: bool = False, job: str | None = None):
-    """A job's GPUs, by NVML index (HeldGpus): among those the user left visible (user_visible), locked for the job
+    """A job's GPUs, by NVML index (HeldGpus), and the machine's measurement lock (MachineLock: exclusive for a job
+    on the CPU, shared for a GPU job): GPUs among those the user left visible (user_visible), locked for the job
     and made the only ones CUDA shows its engine (set before the engine starts or is imported, so both child
     processes and in-process engines see them). A CPU job, or a machine where NVML sees no GPU, gets [] and leaves
     the environment alone: its tool then says why it cannot run.
     """
     devices, _ = nvml_devices() if n or exclusive else ([], None)
-    if not devices:
-        yield HeldGpus([])
-        return
     with contextlib.ExitStack() as stack:
+        # The machine's measurement lock first, GPUs second, in every job: the same order everywhere cannot
+        # deadlock. A job that runs on no GPU measures the CPU: it holds the machine alone.
+        on_gpus = bool(devices) and n > 0
+        stack.enter_context(MachineLock(exclusive=not on_gpus, job=job))
+        if not devices:
+            yield HeldGpus([])
+            return
         # Under SLURM the scheduler chose the job's GPUs and fences them from other users' jobs, which never
         # see this machine's lock files: hold what SLURM gave, no lock.
         ids = slurm_nvml_ids(len(devices))

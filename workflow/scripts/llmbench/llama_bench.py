@@ -11,6 +11,10 @@ llama.cpp's reason. The measured run follows without -v.
 An output cut short (a test's line missing or broken, a line without its samples, fewer samples than
 repetitions, while llama-bench exited 0) is not a result: ``run_and_parse`` runs it once more, and fails naming
 the log if the second output is cut short too; never half a row.
+
+Every run has a wall-clock limit derived from its work (llmbench.logs.tool_limit: the model's size, the tokens
+of every test and repetition) or bench.tool_timeout_s; a run past it is killed and the job ends in a failed row
+of kind timed_out naming the limit and where it came from (never rerun: a hang is not an output cut short).
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from typing import ClassVar
 
 import polars as pl
 
-from llmbench.diagnosis import diagnose
-from llmbench.engines.base import EngineError, engine_failure
+from llmbench.diagnosis import diagnose, timed_out
+from llmbench.engines.base import EngineError, EngineFailed, engine_failure
 from llmbench.engines.llama_log import AUTO, Offload, check_offload, parse_offload
-from llmbench.logs import run_logged
+from llmbench.logs import TOOL_TIMEOUT_KEY, ToolLimit, model_bytes, run_logged, tool_limit
 from llmbench.runs import RUN_SCHEMA, RunPlan
 
 # llama-server's default margin for --fit; llama-bench fits only when given one (-fitt).
@@ -52,11 +56,20 @@ class LlamaBenchSettings:
     split_mode: str = "none"
     tensor_split: tuple[float, ...] | None = None
     depth: int = 0  # tokens already in the context before each test (-d)
+    timeout_s: float | None = None  # bench.tool_timeout_s; None derives each run's limit from its work
 
     @property
     def ctx_size(self) -> int:
         """The context its largest test fills [tokens]."""
         return self.depth + self.n_prompt + self.n_gen
+
+    def limit(self, runs: int | None = None) -> ToolLimit:
+        """The wall-clock limit of a run of ``runs`` repetitions of each test (default: the measured run's, its
+        warm-up included): each pp test evaluates depth + n_prompt tokens, each tg test depth and decodes n_gen."""
+        runs = self.repetitions + 1 if runs is None else runs
+        tests = [n for n in (self.n_prompt, self.n_gen) if n]
+        return tool_limit(model_bytes(self.model), prompt_tokens=runs * (len(tests) * self.depth + self.n_prompt),
+                          generated_tokens=runs * self.n_gen, override_s=self.timeout_s)
 
 
 def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
@@ -172,12 +185,18 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
     return pl.DataFrame(rows, schema=RUN_SCHEMA)
 
 
-def run_bench_binary(cmd: list[str], log_path: Path, settings, append: bool = False) -> str:
+def run_bench_binary(cmd: list[str], log_path: Path, settings, append: bool = False,
+                     limit: ToolLimit | None = None) -> str:
     """Run a llama.cpp bench binary (``settings.tool``: llama-bench, llama-batched-bench) with stderr to
     ``log_path`` (after what the log holds, with ``append``), its stdout kept there too; stdout back. A failure
     raises EngineFailed (OutOfMemory for a failed allocation) with its diagnosis, which names ``settings.model``,
-    ``n_gpu_layers`` and ``ctx_size``."""
-    run = run_logged(cmd, log_path, append=append, capture_stdout=True)
+    ``n_gpu_layers`` and ``ctx_size``. A run past ``limit`` (default ``settings.limit()``, the measured run's) is
+    killed: EngineFailed of kind timed_out naming the limit [s], where it came from and the fix."""
+    limit = limit or settings.limit()
+    run = run_logged(cmd, log_path, append=append, capture_stdout=True, timeout_s=limit.seconds)
+    if run.timed_out:
+        raise EngineFailed(timed_out(f"{settings.tool} was killed", limit.seconds, limit.source, TOOL_TIMEOUT_KEY,
+                                     log_path))
     if run.returncode != 0:
         found = diagnose(settings.tool, run.returncode, run.output, Path(settings.model),
                          f"n_gpu_layers={settings.n_gpu_layers}, ctx_size={settings.ctx_size}")
@@ -204,7 +223,7 @@ def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[di
 def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
     log_path = Path(log_path)
     probe_log = log_path.with_suffix(".probe.log")
-    run_bench_binary(probe_command(settings), probe_log, settings)
+    run_bench_binary(probe_command(settings), probe_log, settings, limit=settings.limit(runs=1))
     offload = parse_offload(probe_log.read_text(errors="replace"))
     tests = run_and_parse(bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
     return samples_to_rows(tests, plan, offload)
@@ -218,5 +237,12 @@ def run_job(job, engine_log: Path) -> pl.DataFrame:
         binary=s.build_dir / "bin" / "llama-bench", model=s.model, n_prompt=job.tool_settings["n_prompt"],
         n_gen=job.tool_settings["n_gen"], repetitions=job.plan.repetitions, threads=s.threads,
         n_gpu_layers=s.n_gpu_layers, split_mode=s.split, tensor_split=s.tensor_split, depth=job.depth,
+        timeout_s=tool_timeout_s(job),
     )
     return run_llama_bench(settings, job.plan, engine_log)
+
+
+def tool_timeout_s(job) -> float | None:
+    """bench.tool_timeout_s as the job's rule passes it (among its engine params only where the config sets it:
+    a limit that is left derived changes no job's params); None derives each run's limit."""
+    return (job.params.get("engine") or {}).get("tool_timeout_s")

@@ -12,13 +12,15 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import polars as pl
 
-from llmbench import provenance
+from llmbench import attempts, provenance
 from llmbench.engines.base import EngineError, ToolUnavailable, diagnosis_of
 from llmbench.engines.registry import tool
+from llmbench.files import WriteFailed, write_atomically
 from llmbench.gpu_slots import hold_gpus
 from llmbench.job import Job
 from llmbench.meters import open_energy_meter
@@ -40,7 +42,9 @@ def bench(job: Job, run_file: Path, provenance_file: Path, repo: Path, log: logg
         gpu_ids = list(held) or list(range(job.gpus))
         mix = job_mix(job)  # read once from the file itself: a record written before mixes were recorded lacks it
         rows = with_tensor_mix(measure(job, gpu_ids, log), mix)
-        rows.write_parquet(run_file)
+        # A retry of a failed measurement keeps the earlier attempt's generations until it finishes more.
+        rows = attempts.settle(run_file, rows, provenance.config_sha256({"tool": job.tool, **job.params}))
+        write_rows(rows, run_file, log)
         provenance.write(provenance_file, job_provenance(job, gpu_ids, started, repo, mix, held.record,
                                                          loaded_model(rows)))
     return rows
@@ -56,6 +60,8 @@ def measure(job: Job, gpu_ids: list[int], log: logging.Logger) -> pl.DataFrame:
     try:
         if job.model_file is not None:
             log.info("model %s: %s", job.model_file, check_gguf(job.model_file))
+            # Before any measurement: the rows must be of the file its record names (ModelHashMismatch otherwise).
+            log.info("model sha256: %s", provenance.check_model_hashes(job.model_file, job.model_record))
         if not t.generates:
             return t.run(job, job.engine_log)
         with open_energy_meter(gpu_ids) as meter:
@@ -120,6 +126,8 @@ def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: 
     settings = {"tool": job.tool, "model": job.model, "quant": job.quant, "split": job.split, "gpus": job.gpus,
                 "threads": job.threads, **{k: v for k, v in job.params.items() if k != "tool"}}
     models = [{**job.model_record, **({"tensor_mix": mix.record()} if mix else {})}] if job.model_record else []
+    if job.model_file is not None and models:  # the hash of the file as the job found it, beside its record's
+        models[0]["sha256_seen"] = provenance.model_hashes(job.model_file, job.model_record)
     if loaded and models:
         models[0]["engine_loaded"] = loaded
     elif loaded:  # a model the engine resolved itself (an Ollama tag): what it loaded is the only record there is
@@ -129,3 +137,26 @@ def job_provenance(job: Job, gpu_ids: list[int], started: str, repo: Path, mix: 
         config=settings, build_record=job.build_record, model_records=models, gpu_indices=gpu_ids,
         started_at=started, ended_at=dt.datetime.now(dt.UTC).isoformat(), repo=repo, gpu_choice=gpu_choice,
     )
+
+
+def write_rows(rows: pl.DataFrame, run_file: Path, log: logging.Logger) -> None:
+    """``rows`` into ``run_file``, whole or not at all (files.write_atomically).
+
+    Where it cannot be written (a full disk above all), the job fails: Snakemake reruns it, since a run file must be
+    whole and beside its provenance. Its measured rows are not dropped unsaid: they are kept, for reference only,
+    under the temporary folder (TMPDIR, /tmp), usually another filesystem, and the error names the disk, the fix,
+    how many generations were measured and where they are, or that they are lost where that fails too."""
+    try:
+        write_atomically(run_file, rows.write_parquet)
+    except WriteFailed as e:
+        measured = rows.filter(pl.col("status") == "ok").height if "status" in rows.columns else rows.height
+        kept = Path(tempfile.gettempdir()) / "llmbench-unsaved" / "__".join(run_file.parts[-5:])
+        try:
+            write_atomically(kept, rows.write_parquet)
+            where = (f"they were kept at {kept}, for reference only: the study does not read it, and the rerun "
+                     "measures again")
+        except WriteFailed as again:
+            where = f"they are lost: keeping them at {kept} failed too ({again.strerror})"
+        log.error("%s; %d measured generation(s) of this job were not written: %s", e, measured, where)
+        raise WriteFailed(e.errno, f"{e} The job's {measured} measured generation(s) were not written to "
+                                   f"{run_file}: {where}.") from e

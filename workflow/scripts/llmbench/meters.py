@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from llmbench.contention import Contention, CpuWatch
+
 POWERCAP = Path("/sys/class/powercap")
 
 # The CPU energy boundaries RAPL can measure without adding a zone to one that contains it (the meter's
@@ -53,6 +55,8 @@ class EnergyReading:
     by_sensor_j: dict[str, float] | None = None  # each sensor's joules over the window, by label; they sum to energy_j
     # True where energy_j is bench.energy_estimate_w × the window (``estimated``), not a sensor's reading.
     estimated: bool = False
+    # What else ran on the machine over the window (llmbench.contention), where the meter watches it.
+    contention: Contention | None = None
 
     def net_j(self, idle_w: float | None) -> float | None:
         """The window's energy above idle [J]: energy_j less ``idle_w`` (W, ``measure_idle``) × its length; None
@@ -296,8 +300,9 @@ class EnergyMeter:
     that is gone (``lost``) is said once, for the job to end on."""
 
     def __init__(self, sensors: list[Sensor], unavailable: list[str], sampler=None, gpu_state=None,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, watch: CpuWatch | None = None):
         self.sensors = sensors
+        self.watch = watch  # what else used the CPU over each window (llmbench.contention); None: not watched
         self.unavailable = unavailable
         self.sampler = sampler
         self._gpu_state = gpu_state
@@ -340,6 +345,8 @@ class EnergyMeter:
         if name in self._open:
             raise WindowError(f"energy window {name!r} is already open ({self._open_names()}): "
                               f"end_window({name!r}) before opening it again")
+        if self.watch is not None:
+            self.watch.begin(name)
         failures: list[str] = []
         starts = self._read_all(failures)
         self._open[name] = (self._clock(), starts, failures)
@@ -359,6 +366,11 @@ class EnergyMeter:
         t0, starts, failures = self._open.pop(name)
         ends = self._read_all(failures)
         t1 = self._clock()
+        watched = self.watch.end(name, t1 - t0) if self.watch is not None else None
+        return replace(self._reading(t0, t1, starts, ends, failures), contention=watched)
+
+    def _reading(self, t0: float, t1: float, starts: list[float | None], ends: list[float | None],
+                 failures: list[str]) -> EnergyReading:
         if not self.sensors:
             return EnergyReading(None, None, "not measured: " + "; ".join(self.unavailable), t1 - t0, t0, t1)
         if self.poller is not None:
@@ -612,4 +624,7 @@ def open_energy_meter(gpu_indices: list[int], powercap: Path = POWERCAP, cpu_bou
                          "measure a GPU job with the package+dram boundary")
     gpu, gpu_problems, sampler, state = nvml_sensors(gpu_indices)
     cpu, cpu_problems = rapl_sensors(powercap, cpu_boundary, clock)
-    return EnergyMeter([*gpu, *cpu], [*gpu_problems, *cpu_problems], sampler, state, clock)
+    # A CPU job's windows are flagged when other processes load the machine; a GPU job's only record it, since
+    # GPU jobs on other GPUs may share the host by design (--resources gpu=N).
+    return EnergyMeter([*gpu, *cpu], [*gpu_problems, *cpu_problems], sampler, state, clock,
+                       CpuWatch(flag=not gpu_indices))

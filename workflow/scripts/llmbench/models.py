@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The failure kinds of llmbench.diagnosis's catalogue (which imports this module only inside its functions).
-from llmbench.diagnosis import UNSUPPORTED_GGUF_FORMAT, UNSUPPORTED_TENSOR_TYPE
+from llmbench.diagnosis import UNSUPPORTED_GGUF_FORMAT, UNSUPPORTED_TENSOR_TYPE, timed_out
 from llmbench.files import atomic_path, sha256_file
-from llmbench.logs import run_logged
+from llmbench.logs import TOOL_TIMEOUT_KEY, model_bytes, run_logged, tool_limit
 
 GGUF_MAGIC = b"GGUF"
 
@@ -358,16 +358,25 @@ def quantize_command(binary: Path, src: Path, dest: Path, quant: str, threads: i
 
 
 def derive_quant(
-    binary: Path, src: Path, src_record: Path, dest: Path, quant: str, threads: int, allow_requantize: bool, log
+    binary: Path, src: Path, src_record: Path, dest: Path, quant: str, threads: int, allow_requantize: bool, log,
+    timeout_s: float | None = None,
 ) -> dict:
     """Run llama-quantize into a temporary file and move it into place; return the derivation record.
 
-    ``log`` is the job's log, open in append mode: llama-quantize's output goes after what it holds."""
+    ``log`` is the job's log, open in append mode: llama-quantize's output goes after what it holds. The run has a
+    wall-clock limit (llmbench.logs.tool_limit: loading and quantizing the source's bytes), or ``timeout_s``
+    (bench.tool_timeout_s); past it llama-quantize is killed and RuntimeError names the limit, as for its other
+    failures (the job fails, no file is left)."""
     check_gguf(src)
+    size = model_bytes(src)
+    limit = tool_limit(size, quantized_bytes=size, override_s=timeout_s)
     with atomic_path(dest) as part:
         cmd = quantize_command(binary, src, part, quant, threads, allow_requantize)
         log.flush()
-        run = run_logged(cmd, log.name, append=True)
+        run = run_logged(cmd, log.name, append=True, timeout_s=limit.seconds)
+        if run.timed_out:
+            found = timed_out("llama-quantize was killed", limit.seconds, limit.source, TOOL_TIMEOUT_KEY, log.name)
+            raise RuntimeError(f"llama-quantize {quant} of {src}: {found.reason}")
         if run.returncode != 0:
             from llmbench.diagnosis import diagnose
 

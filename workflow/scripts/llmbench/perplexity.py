@@ -8,16 +8,21 @@ reference, and how often both pick the same top token. Its summary is parsed by 
 An output cut short (a summary without its percentiles, a reference run without its final estimate, while the
 tool exited 0) is not a result: ``run_and_parse`` runs the tool once more, and fails naming the log if the
 second output is cut short too; never half a row.
+
+Every run has a wall-clock limit (llmbench.logs.tool_limit): derived from the model's size and the tokens it
+evaluates (:func:`base_limit`, :func:`kld_limit`), or bench.tool_timeout_s. A run past it is killed and raises
+PerplexityTimedOut naming the limit, which the quality jobs write as a failed row like any other failure.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from llmbench.logs import run_logged
+from llmbench.logs import TOOL_TIMEOUT_KEY, ToolLimit, model_bytes, run_logged, tool_limit
 
 T = TypeVar("T")
 
@@ -52,6 +57,44 @@ class PerplexityError(RuntimeError):
 
 class IncompleteOutput(PerplexityError):
     """llama-perplexity exited normally but its output stops short of what a row needs: run it once more."""
+
+
+class PerplexityTimedOut(PerplexityError):
+    """llama-perplexity ran past its wall-clock limit and was killed; the message names the limit, where it came
+    from and the fix (never rerun: a hang is not an output cut short)."""
+
+
+# The base file's header (tools/perplexity/perplexity.cpp): "_logits_", then n_ctx (uint32), n_vocab and n_chunk
+# (int32), in the host's byte order; the tokens of n_chunk contexts follow.
+_BASE_HEADER = struct.Struct("=8sIii")
+
+
+def base_file_tokens(base_file: Path) -> int | None:
+    """The tokens a base file's reference run evaluated (n_ctx × n_chunk of its header); None where the file is
+    not one (llama-perplexity then refuses it at once)."""
+    try:
+        with open(base_file, "rb") as f:
+            magic, n_ctx, _, n_chunk = _BASE_HEADER.unpack(f.read(_BASE_HEADER.size))
+    except (OSError, struct.error):
+        return None
+    return n_ctx * n_chunk if magic == b"_logits_" and n_chunk > 0 else None
+
+
+def base_limit(model: Path, corpus: Path, ctx: int, chunks: int | None, override_s: float | None = None) -> ToolLimit:
+    """The reference run's limit: ``chunks`` contexts of ``ctx`` tokens, or with no chunks the whole corpus,
+    counted as one token per byte (a token is at least one byte of text, so this bounds it from above)."""
+    corpus_bytes = Path(corpus).stat().st_size if Path(corpus).is_file() else 0
+    tokens = ctx * chunks if chunks else corpus_bytes + ctx
+    return tool_limit(model_bytes(model), prompt_tokens=tokens, override_s=override_s)
+
+
+def kld_limit(model: Path, base_file: Path, ctx: int, chunks: int | None, override_s: float | None = None) -> ToolLimit:
+    """A quant's KLD run's limit: the tokens of the base file (its reference's), at most ``chunks`` × ``ctx``; one
+    context where the file is not a base file (the tool then stops at once)."""
+    tokens = base_file_tokens(base_file) or ctx
+    if chunks:
+        tokens = min(tokens, ctx * chunks)
+    return tool_limit(model_bytes(model), prompt_tokens=tokens, override_s=override_s)
 
 
 def base_command(binary: Path, model: Path, corpus: Path, base_file: Path, ctx: int, threads: int,
@@ -102,11 +145,16 @@ def parse_base_run(text: str, base_file: Path, model: Path) -> tuple[float, floa
                            + ("its final estimate" if final is None else f"writing its base file {base_file}"))
 
 
-def run_perplexity(cmd: list[str], log_path: Path, append: bool = False) -> str:
+def run_perplexity(cmd: list[str], log_path: Path, append: bool = False, limit: ToolLimit | None = None) -> str:
     """Run llama-perplexity with its output in ``log_path`` (after what the log holds, with ``append``); return
     this run's output. Its exit code is not enough: some of its errors (a base file from another model, too few
-    tokens) return 0 after printing the error."""
-    run = run_logged(cmd, log_path, append=append)
+    tokens) return 0 after printing the error. Past ``limit`` it is killed: PerplexityTimedOut."""
+    run = run_logged(cmd, log_path, append=append, timeout_s=limit.seconds if limit else None)
+    if run.timed_out:
+        from llmbench.diagnosis import timed_out
+
+        raise PerplexityTimedOut(timed_out("llama-perplexity was killed", limit.seconds, limit.source,
+                                           TOOL_TIMEOUT_KEY, log_path).reason)
     if run.returncode != 0:
         from llmbench.diagnosis import diagnose
 
@@ -114,17 +162,17 @@ def run_perplexity(cmd: list[str], log_path: Path, append: bool = False) -> str:
     return run.output
 
 
-def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], T]) -> T:
-    """``parse(run_perplexity(cmd, log_path))``; where the parse finds the output cut short (IncompleteOutput), it
-    runs once more, into the same log; cut short again, a PerplexityError that names the log. A failed run (exit
-    code, a logged error) is not rerun."""
+def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], T], limit: ToolLimit | None = None) -> T:
+    """``parse(run_perplexity(cmd, log_path, limit=limit))``; where the parse finds the output cut short
+    (IncompleteOutput), it runs once more, into the same log; cut short again, a PerplexityError that names the
+    log. A failed run (exit code, a logged error, past its limit) is not rerun."""
     try:
-        return parse(run_perplexity(cmd, log_path))
+        return parse(run_perplexity(cmd, log_path, limit=limit))
     except IncompleteOutput as first:
         with open(log_path, "a") as log:
             log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
     try:
-        return parse(run_perplexity(cmd, log_path, append=True))
+        return parse(run_perplexity(cmd, log_path, append=True, limit=limit))
     except IncompleteOutput as again:
         raise PerplexityError(f"llama-perplexity's output stopped short twice ({again}); see both runs in the "
                               f"log {log_path}") from None

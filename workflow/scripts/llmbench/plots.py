@@ -18,6 +18,7 @@ import altair as alt
 import polars as pl
 
 from llmbench.engines.registry import TOOLS
+from llmbench.files import write_atomically
 from llmbench.markdown import LABEL_MARK
 from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
@@ -471,7 +472,8 @@ def save_all(chart: alt.TopLevelMixin, stem: str | Path) -> list[Path]:
     out = []
     for ext, kw in (("png", {"scale_factor": 2}), ("svg", {}), ("html", {"inline": True})):
         path = stem.with_suffix(f".{ext}")
-        chart.save(str(path), **kw)
+        # Under a temporary name (format given: altair reads it from the suffix otherwise), moved into place whole.
+        write_atomically(path, lambda tmp, ext=ext, kw=kw: chart.save(str(tmp), format=ext, **kw))
         out.append(path)
     return out
 

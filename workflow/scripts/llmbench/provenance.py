@@ -19,7 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llmbench.files import cached_sha256, write_text_atomically
+from llmbench.models import CorruptModelError
 from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
+from llmbench.secrets import redact_text
 
 # The study's own packages; each tool's come from its registry record (llmbench.engines.registry).
 CORE_PACKAGES = ("snakemake", "polars", "altair", "vl-convert-python", "nvidia-ml-py", "huggingface-hub", "gguf")
@@ -48,13 +51,14 @@ def _secret_values(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 def redact(obj: Any, environ: Mapping[str, str] = os.environ) -> Any:
-    """obj with secret-keyed values replaced by "[redacted]" and secret env values inside strings by "[redacted:NAME]"."""
+    """obj with secret-keyed values replaced by "[redacted]", secret env values inside strings by "[redacted:NAME]"
+    and credentials of a known shape (a token pasted into a note or a URL: llmbench.secrets) by "[redacted:KIND]"."""
     secrets = _secret_values(environ)
 
     def scrub(s: str) -> str:
         for name, value in secrets:
             s = s.replace(value, f"[redacted:{name}]")
-        return s
+        return redact_text(s)
 
     def walk(o: Any) -> Any:
         if isinstance(o, Mapping):
@@ -78,8 +82,7 @@ def assert_no_secrets(text: str, environ: Mapping[str, str] = os.environ) -> Non
 def write(path: str | Path, record: dict) -> None:
     text = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
     assert_no_secrets(text)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    write_text_atomically(path, text)  # whole or not at all: a full disk never leaves half a record
 
 
 def _probe(fields: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
@@ -248,3 +251,47 @@ def collect(*, config: dict, build_record: dict | None, model_records: list[dict
         "errors": top["errors"],
     }
     return redact(record)
+
+
+class ModelHashMismatch(CorruptModelError):
+    """A model file whose sha256 is not the one its record gave when it was fetched or derived: it changed since
+    (damaged on disk, overwritten), so the job measures nothing; a CorruptModelError, so that every job's failed row
+    says so (failure kind corrupt_model_file), with both hashes, the path and the fix."""
+
+
+def model_hashes(model_file: str | Path, record: dict | None) -> dict:
+    """What the job's model files hold now, for its provenance: each file's sha256 as hashed (files.cached_sha256:
+    read, or kept from an earlier read of the same unchanged file) beside the one its record gives.
+
+    A split GGUF is every shard its record lists (``shards``: each ``file`` beside the first, with its ``sha256``),
+    otherwise the file alone against the record's ``sha256``. Returns {"files": [{"file", "sha256",
+    "record_sha256", "hashed": "read" | "cached"}], "matches_record": bool, or None where the record gives no sha256
+    to compare with}. OSError if a file cannot be read."""
+    model_file = Path(model_file)
+    record = record or {}
+    shards = record.get("shards") or []
+    listed = ([(model_file.parent / s["file"], s.get("sha256")) for s in shards] if shards
+              else [(model_file, record.get("sha256"))])
+    files = []
+    for path, expected in listed:
+        digest, cached = cached_sha256(path)
+        files.append({"file": str(path), "sha256": digest, "record_sha256": expected,
+                      "hashed": "cached" if cached else "read"})
+    compared = [f for f in files if f["record_sha256"]]
+    return {"files": files,
+            "matches_record": all(f["sha256"] == f["record_sha256"] for f in compared) if compared else None}
+
+
+def check_model_hashes(model_file: str | Path, record: dict | None) -> dict:
+    """model_hashes, after proving every file is the one its record names; ModelHashMismatch naming the file, both
+    hashes and the fix where one is not (a file that changed after its record was written)."""
+    seen = model_hashes(model_file, record)
+    for f in seen["files"]:
+        if f["record_sha256"] and f["sha256"] != f["record_sha256"]:
+            raise ModelHashMismatch(
+                f"{f['file']} has sha256 {f['sha256']}, but its record ({Path(model_file).with_suffix('.json')}) "
+                f"says {f['record_sha256']}, the sha256 it had when it was fetched or derived: the file changed "
+                "since (damaged on disk or overwritten), so it is not the file the study names and nothing was "
+                f"measured. It is damaged: delete it (rm {f['file']}) and run the workflow again, which fetches "
+                "or derives it anew and reruns the jobs that use it.")
+    return seen

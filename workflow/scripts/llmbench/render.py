@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.costs import write_cost_tables
+from llmbench.files import write_atomically, write_text_atomically
 from llmbench.frameworks import framework_table, registry_facts
 from llmbench.frameworks import render_markdown as framework_markdown
 from llmbench.quality import render_markdown as quality_markdown
@@ -21,8 +22,8 @@ METRICS = ["decode_tokens_per_s", "prefill_tokens_per_s", "generated_tokens", "e
 
 def write_stats(runs: pl.DataFrame, parquet: Path, csv: Path) -> pl.DataFrame:
     stats = summarize_runs(runs, METRICS)
-    stats.write_parquet(parquet)
-    stats.write_csv(csv)
+    write_atomically(parquet, stats.write_parquet)
+    write_atomically(csv, stats.write_csv)
     return stats
 
 
@@ -30,13 +31,13 @@ def write_stats(runs: pl.DataFrame, parquet: Path, csv: Path) -> pl.DataFrame:
 
 def write_framework_table(runs: pl.DataFrame, csv: Path, md: Path) -> pl.DataFrame:
     table = framework_table(runs, registry_facts())
-    table.write_csv(csv)
-    Path(md).write_text(framework_markdown(table))
+    write_atomically(csv, table.write_csv)
+    write_text_atomically(md, framework_markdown(table))
     return table
 
 
 def write_quality_markdown(table: pl.DataFrame, tools: list[str], speed: str, md: Path) -> None:
-    Path(md).write_text(f"Speed and energy: {speed}.\n\n" + quality_markdown(table, sorted(set(tools))))
+    write_text_atomically(md, f"Speed and energy: {speed}.\n\n" + quality_markdown(table, sorted(set(tools))))
 
 
 def write_pareto(table: pl.DataFrame, study: str, png: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 from gguf import GGMLQuantizationType
 
+from llmbench.contention import Contention
 from llmbench.engines.base import Engine, EngineError, EngineFailed, Generation, diagnosis_of
 from llmbench.meters import EnergyMeter, EnergyReading, estimated, measure_idle, split_at_first_token
 from llmbench.quants import named_after
@@ -107,6 +108,12 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "energy_boundary": pl.String,
     "energy_by_sensor_j": pl.String,
     # Per GPU (JSON): clocks, temperature, memory used, power limit and throttle reasons at start and end.
+    # What else ran on the machine over the generation's window (the level's at more than one client): other
+    # processes' CPU time [s]; a row measured beside another load is status 'contended', with the reason, and is
+    # left out of the statistics (llmbench.contention).
+    "other_cpu_s": pl.Float64,
+    "contended": pl.Boolean,
+    "contention_reason": pl.String,
     "gpu_state_start": pl.String,
     "gpu_state_end": pl.String,
     "gpu_mem_used_bytes": pl.Int64,
@@ -354,6 +361,8 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
         level = estimated(meter.end_window(LEVEL_WINDOW), plan.estimate_w)
     level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows,
                                meter.validity(level))
+    if plan.concurrency > 1:  # requests share the level's window: its contention is each row's
+        rows = [{**r, **contention_columns(level.contention)} for r in rows]
     table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols} for r in rows], schema=RUN_SCHEMA)
     error = error or device_lost(meter)  # a GPU that fell off the bus as the level's window closed
     if error is None:
@@ -364,6 +373,33 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
     log.error("%s after %d generations: %s", plan.tool, len(rows), error)
     found = diagnosis_of(error, plan.tool)
     return pl.concat([table, failed_run(plan, found.reason, found.kind, found.signal)])
+
+
+def contention_columns(found: Contention | None) -> dict:
+    """A generation's status and what else ran over its window: 'contended' with the reason where other processes
+    loaded the machine (llmbench.contention.judge), 'ok' otherwise."""
+    if found is None:
+        return {"status": "ok", "status_reason": None}
+    return {"status": "contended" if found.contended else "ok",
+            "status_reason": found.reason if found.contended else None, **found.columns()}
+
+
+# What a generation measured: the columns statistics and cost tables read, null on a contended row.
+MEASURED_COLUMNS = ["prompt_tokens", "prefill_tokens", "generated_tokens", "prefill_ms", "decode_ms",
+                    "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "wall_ms", "tpot_ms", "energy_j",
+                    "energy_net_j", "energy_window_s", "gpu_energy_prefill_j", "gpu_energy_decode_j",
+                    "sampled_gpu_energy_j", "level_window_s", "level_energy_j", "level_energy_net_j", "peak_rss_bytes",
+                    "gpu_mem_used_bytes", "load_ms"]
+
+
+def without_contended(runs: pl.DataFrame, columns: list[str] = MEASURED_COLUMNS) -> pl.DataFrame:
+    """``runs`` with ``columns`` null on the rows measured under contention: statistics leave them out (counted
+    as not measured) while the rows and their reason stay in the tables."""
+    if "status" not in runs.columns:
+        return runs
+    contended = pl.col("status") == "contended"
+    return runs.with_columns(pl.when(contended).then(None).otherwise(pl.col(c)).alias(c)
+                             for c in columns if c in runs.columns)
 
 
 def device_lost(meter: EnergyMeter) -> EngineFailed | None:
@@ -404,7 +440,8 @@ def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float 
                          g.prompt_tokens, g.generated_tokens,
                          "unknown" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.1f}")
                 rows.append({
-                    "status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep, "seed": seed,
+                    **contention_columns(energy.contention),
+                    "prompt_id": prompt.id, "repetition": rep, "seed": seed,
                     "max_tokens": prompt.max_tokens, **generation_columns(g),
                     **request_columns(g, 0, energy.t0 - t0, energy.t1 - t0),
                     "peak_rss_bytes": engine.peak_rss_bytes(),

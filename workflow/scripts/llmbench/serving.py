@@ -168,9 +168,9 @@ def counts_cell(check: str | None, note) -> str:
 
 def write_serving_table(runs: pl.DataFrame, usd_per_kwh: float, csv, md) -> pl.DataFrame:
     """The level table as CSV (every column, ITL percentiles included) and Markdown."""
-    from pathlib import Path
+    from llmbench.files import write_atomically, write_text_atomically  # whole or not at all; a full disk named
 
     table = level_table(runs)
-    table.write_csv(csv)
-    Path(md).write_text(render_markdown(table, usd_per_kwh))
+    write_atomically(csv, table.write_csv)
+    write_text_atomically(md, render_markdown(table, usd_per_kwh))
     return table

@@ -82,8 +82,12 @@ def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl
 
 
 def summarize_runs(runs: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
-    """Statistics of the generations that ran; a group whose job was skipped keeps a row with n = 0 and why."""
-    runs = with_levels(runs)
+    """Statistics of the generations that ran; a group whose job was skipped keeps a row with n = 0 and why. Rows
+    measured under contention (status 'contended') count as not measured (n_null), their reason in
+    not_run_reason."""
+    from llmbench.runs import without_contended
+
+    runs = without_contended(with_levels(runs), metrics)
     reasons = runs.group_by(GROUP).agg(
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason")
     ).with_columns(pl.when(pl.col("not_run_reason") == "").then(None).otherwise(pl.col("not_run_reason"))

@@ -35,7 +35,9 @@ Reasoning models: Ollama returns the thinking in ``message.thinking``, apart fro
 ``message.content``; the answer scored for accuracy is the content alone. ``eval_count`` counts thinking and
 answer tokens together and Ollama gives no split, so reasoning tokens are not known (null). The request is not
 streamed (``stream=False``): there is no time to first token (``ttft_ms`` null), and the GPU energy is not split
-into prefill and decode.
+into prefill and decode. Its deadline is the whole answer's (bench.request_timeout_s from the request's start, as
+for the streamed engines, openai_stream.Deadline): the client's timeout is per read, which an answer trickling in
+byte by byte never reaches; past the deadline the generation raises RequestTimedOut (kind timed_out).
 
 What was loaded. A library tag is a moving name: Ollama's library re-points it to other files (``llama3.1:8b`` was
 Q4_0 in 2024 and is Q4_K_M since, ollama/ollama#1543), so the config's quant label for a tag says what someone
@@ -53,6 +55,7 @@ import dataclasses
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +65,7 @@ from gguf import LlamaFileType
 
 from llmbench.diagnosis import EXITED, diagnose
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.openai_stream import Deadline, request_timed_out
 from llmbench.engines.process import DIAGNOSIS_LINES, ServerProcess
 from llmbench.models import split_count
 from llmbench.quants import file_type_names
@@ -229,6 +233,7 @@ class OllamaBackend(Engine):
         self._cache_holds_prompt = False
         self.loaded: LoadedModel | None = None  # what the server holds under ``tag``, once started
         self.loaded_unknown: str | None = None  # why that could not be read, where it could not
+        self._request = threading.local()  # the deadline of the generation this thread is waiting on
 
     @classmethod
     def from_settings(cls, s: EngineSettings, log_path: Path) -> OllamaBackend:
@@ -247,7 +252,8 @@ class OllamaBackend(Engine):
 
         try:
             if self.host:
-                self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s)
+                self.client = ollama.Client(host=self.host, timeout=self.request_timeout_s,
+                                            event_hooks={"response": [self._arm_deadline]})
                 self._connect()
             else:
                 self._start_server(ollama)
@@ -269,7 +275,8 @@ class OllamaBackend(Engine):
             )
 
         def answers() -> bool:
-            self.client = ollama.Client(host=f"127.0.0.1:{self.server.port}", timeout=self.request_timeout_s)
+            self.client = ollama.Client(host=f"127.0.0.1:{self.server.port}", timeout=self.request_timeout_s,
+                                        event_hooks={"response": [self._arm_deadline]})
             try:
                 self._connect()
             except EngineError:
@@ -344,12 +351,16 @@ class OllamaBackend(Engine):
             raise EngineError(f"Ollama could not import {self.gguf} as {self.tag!r}: {e}") from None
 
     def generate(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> Generation:
+        import httpx
         import ollama
 
+        deadline = None
         try:
             if self._cache_holds_prompt:  # a caller that did not call before_generation (warm-up, accuracy)
                 self.evict_prompt_cache(prompt)
             t0 = time.perf_counter()
+            # Armed by _arm_deadline once the answer's headers come, on its connection.
+            self._request.deadline = deadline = Deadline(self.request_timeout_s)
             r = self.client.chat(
                 model=self.tag,
                 messages=[{"role": "user", "content": prompt}],
@@ -365,11 +376,26 @@ class OllamaBackend(Engine):
                 found = dataclasses.replace(
                     found, reason=f"Ollama failed to generate with {self.tag!r} (HTTP {e.status_code}): {e.error}")
             raise engine_failure(found) from None
-        except Exception as e:  # httpx connection errors: the server went away
+        except Exception as e:  # httpx connection errors: the server went away, or the deadline cut the answer
+            if isinstance(e, httpx.TimeoutException) or (deadline is not None and deadline.expired):
+                raise request_timed_out("Ollama", self.request_timeout_s, self.log_path) from None
             raise EngineError(f"Ollama at {self.host} stopped answering: {e}") from None
+        finally:
+            self._request.deadline = None
+            if deadline is not None:
+                deadline.cancel()
         wall_ms = (time.perf_counter() - t0) * 1000
         self._cache_holds_prompt = True
         return parse_chat(r, wall_ms, prefill_cached=False if self.one_cache_slot else None)
+
+    def _arm_deadline(self, response) -> None:
+        """httpx's response hook (the headers came, the body is not read yet): the deadline of the generation this
+        thread waits on, if any, is armed on the connection its answer comes on."""
+        deadline = getattr(self._request, "deadline", None)
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if deadline is not None and sock is not None:
+            deadline.watch(sock.fileno())
 
     def before_generation(self, prompt: str) -> None:
         """Evict the prompt cache before the measurement window opens, so that the eviction is not measured."""

@@ -2,20 +2,94 @@
 
 Each engine parses its own last chunk (llama-server's ``timings``, vLLM's ``usage``); what every stream shares is
 read here: the data lines, an error sent inside the stream, the first generated token's time, the answer's text.
+
+A request has a deadline for its whole response (bench.request_timeout_s from the request's start), not only for
+each read: a socket timeout restarts with every byte, so an engine that trickles a byte every few seconds would
+never time out. At the deadline the connection is shut down (:class:`Deadline`), and the request raises
+RequestTimedOut (kind timed_out), which ends the job's level in a failed row beside the generations that finished.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from llmbench.engines.base import EngineError, Generation, StreamCutShort
+from llmbench.diagnosis import TIMED_OUT, timed_out
+from llmbench.engines.base import EngineError, EngineFailed, Generation, StreamCutShort
 from llmbench.engines.process import log_tail
+
+REQUEST_TIMEOUT_KEY = "bench.request_timeout_s"
+
+
+class RequestTimedOut(EngineFailed):
+    """A request whose whole response did not come within its deadline (bench.request_timeout_s, from the
+    request's start, however the bytes trickle); the message names the deadline, the key and the engine log."""
+
+    kind = TIMED_OUT
+
+
+def request_timed_out(engine: str, deadline_s: float, log_path: Path | None) -> RequestTimedOut:
+    """The error for a request to ``engine`` given up at its deadline [s]."""
+    return RequestTimedOut(timed_out(
+        f"the request to {engine} was given up", deadline_s,
+        f"{REQUEST_TIMEOUT_KEY}, a deadline for the whole response from the request's start, not per read",
+        REQUEST_TIMEOUT_KEY, log_path))
+
+
+class Deadline:
+    """A wall-clock deadline ``seconds`` from now for one request's whole response.
+
+    ``watch(fileno)`` arms it on the connection the response comes on: at the deadline that socket is shut down,
+    so a read blocked on an engine that keeps trickling bytes returns (its end or an error), and ``expired`` tells
+    that apart from the engine closing it. ``with deadline:`` disarms it when the request is done.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._timer: threading.Timer | None = None
+        self._sock: socket.socket | None = None
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def watch(self, fileno: int) -> None:
+        self.cancel()  # a redirect's answer comes on another connection: the latest one is watched
+        # A duplicate of the descriptor: shutting it down ends the connection whoever holds the original.
+        self._sock = socket.socket(fileno=os.dup(fileno))
+        self._timer = threading.Timer(self.remaining(), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        self.expired = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed by the engine
+            pass
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer.join()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
 
 
 def post_stream_once_more(url: str, body: dict, timeout: float, parse, engine: str, log_path: Path,
@@ -35,17 +109,33 @@ def post_stream_once_more(url: str, body: dict, timeout: float, parse, engine: s
 
 
 def post_stream(url: str, body: dict, timeout: float, parse, engine: str, log_path: Path) -> Generation:
-    """POST a streamed request to an engine's OpenAI-style endpoint; ``parse(lines, t0)`` reads the answer."""
+    """POST a streamed request to an engine's OpenAI-style endpoint; ``parse(lines, t0)`` reads the answer.
+
+    ``timeout`` [s] is the deadline of the whole response from the request's start (bench.request_timeout_s), not
+    per read: past it, RequestTimedOut, however the bytes trickle. Other errors: EngineError quoting the HTTP
+    status, or naming the engine log where the engine stopped answering."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return parse(_lines_until_cut(resp), t0)
-    except urllib.error.HTTPError as e:
-        raise EngineError(f"{engine} answered HTTP {e.code}: {e.read()[:500]!r}") from None
-    except OSError as e:
-        raise EngineError(f"{engine} stopped answering ({e}); log: {log_path}\n{log_tail(log_path)}") from None
+    with Deadline(timeout) as deadline:
+        try:
+            # The socket timeout bounds the wait for the headers; the deadline, armed once they came, the rest.
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                deadline.watch(resp.fileno())
+                return parse(_lines_until_cut(resp), t0)
+        except urllib.error.HTTPError as e:
+            raise EngineError(f"{engine} answered HTTP {e.code}: {e.read()[:500]!r}") from None
+        except (OSError, EngineError) as e:
+            if deadline.expired or _timed_out(e):
+                raise request_timed_out(engine, timeout, log_path) from None
+            if isinstance(e, EngineError):
+                raise
+            raise EngineError(f"{engine} stopped answering ({e}); log: {log_path}\n{log_tail(log_path)}") from None
+
+
+def _timed_out(error: Exception) -> bool:
+    """A socket timeout, as http.client raises it or urllib wraps it (URLError)."""
+    return isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError)
 
 
 def _lines_until_cut(resp):
