@@ -5,6 +5,7 @@ from pathlib import Path
 
 import polars as pl
 
+from llmbench.gpu_slots import hold_gpus
 from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
@@ -21,7 +22,8 @@ from llmbench.provenance import check_model_hashes
 
 def main(snakemake):
     job = Job.from_snakemake(snakemake)
-    with script_logging(job.log) as log:
+    # The machine's measurement lock: llama-perplexity's cores must not run beside another study's measurement.
+    with script_logging(job.log) as log, hold_gpus(0, job=str(snakemake.output[0])):
         p, model = snakemake.params, job.model_file
         reference = json.loads(Path(snakemake.input.reference).read_text())
         try:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from llmbench.files import sha256_file
+from llmbench.gpu_slots import hold_gpus
 from llmbench.job import Job
 from llmbench.logs import script_logging
 from llmbench.models import CorruptModelError, check_gguf
@@ -12,7 +13,8 @@ from llmbench.perplexity import PerplexityError, base_command, base_limit, parse
 
 def main(snakemake):
     job = Job.from_snakemake(snakemake)
-    with script_logging(job.log) as log:
+    # The machine's measurement lock: llama-perplexity's cores must not run beside another study's measurement.
+    with script_logging(job.log) as log, hold_gpus(0, job=str(snakemake.output[0])):
         p, corpus, model = snakemake.params, Path(snakemake.input.corpus), job.model_file
         digest = sha256_file(corpus)
         if p.corpus_sha256 and digest != p.corpus_sha256:
