@@ -143,3 +143,29 @@ class StreamReplay:
 
     def clock(self) -> float:
         return self.now
+
+
+# A stand-in OpenAI-style server (llama-server, vLLM) whose stream trickles one byte every 0.2 s for 15 s: a request
+# deadline must end it, not the per-read socket timeout. Its GET answers stand in for /version (vLLM) and the rest.
+TRICKLING_SSE_SERVER = """
+    import http.server, json, sys, time
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+            self.wfile.write(json.dumps({"version": "standin"} if self.path == "/version" else
+                                        {"build_info": "standin"}).encode())
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+            data, end = b'data: {"choices":[{"delta":{"content":"x"}}]}\\n\\n' * 100, time.monotonic() + 15
+            try:
+                for i in range(len(data)):
+                    if time.monotonic() > end:
+                        break
+                    self.wfile.write(data[i:i + 1]); self.wfile.flush(); time.sleep(0.2)
+            except OSError:
+                pass
+        def log_message(self, *a): pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, StreamReplay
+from conftest import REPO, TRICKLING_SSE_SERVER, StreamReplay
 from llmbench.engines.base import Engine, EngineError, EngineFailed, OutOfMemory, StreamCutShort, diagnosis_of
 from llmbench.engines.llama_server import (
     LlamaServer,
@@ -572,26 +572,6 @@ def test_printed_precision_is_half_the_sixth_significant_digit(token, precision)
 
 # A stand-in llama-server whose answer trickles: one byte of its SSE stream every 0.2 s for 15 s, then it closes
 # the connection unfinished. A per-read timeout never fires on it; only a deadline for the whole response does.
-TRICKLING = """
-    import http.server, json, sys, time
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200); self.end_headers(); self.wfile.write(json.dumps({"build_info": "standin"}).encode())
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
-            data, end = b'data: {"choices":[{"delta":{"content":"x"}}]}\\n\\n' * 100, time.monotonic() + 15
-            try:
-                for i in range(len(data)):
-                    if time.monotonic() > end:
-                        break
-                    self.wfile.write(data[i:i + 1]); self.wfile.flush(); time.sleep(0.2)
-            except OSError:
-                pass
-        def log_message(self, *a): pass
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
 
 
 def test_a_request_that_trickles_is_given_up_at_its_deadline(tmp_path):
@@ -600,7 +580,7 @@ def test_a_request_that_trickles_is_given_up_at_its_deadline(tmp_path):
     from llmbench.engines.openai_stream import RequestTimedOut
 
     log = tmp_path / "server.log"
-    with LlamaServer(settings(standin(tmp_path, TRICKLING), tmp_path, request_timeout_s=1.0), log) as server:
+    with LlamaServer(settings(standin(tmp_path, TRICKLING_SSE_SERVER), tmp_path, request_timeout_s=1.0), log) as server:
         start = time.monotonic()
         with pytest.raises(RequestTimedOut) as e:
             server.generate("hi", 4, 0.0, 1)

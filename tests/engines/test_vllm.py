@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, StreamReplay, bench_job, nvml_works
+from conftest import REPO, TRICKLING_SSE_SERVER, StreamReplay, bench_job, nvml_works
 from llmbench.engines import registry
 from llmbench.engines import vllm as vllm_backend
 from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
@@ -398,27 +398,7 @@ def test_a_request_that_trickles_is_given_up_at_its_deadline(tmp_path, monkeypat
     here) for the whole response, not per read."""
     import time
 
-    model = standin_vllm(tmp_path, """
-        import http.server, json, sys, time
-        port = int(sys.argv[sys.argv.index("--port") + 1])
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200); self.end_headers()
-                self.wfile.write(json.dumps({"version": "standin"} if self.path == "/version" else {}).encode())
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
-                data, end = b'data: {"choices":[{"delta":{"content":"x"}}]}\\n\\n' * 100, time.monotonic() + 15
-                try:
-                    for i in range(len(data)):
-                        if time.monotonic() > end:
-                            break
-                        self.wfile.write(data[i:i + 1]); self.wfile.flush(); time.sleep(0.2)
-                except OSError:
-                    pass
-            def log_message(self, *a): pass
-        http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-    """, monkeypatch)
+    model = standin_vllm(tmp_path, TRICKLING_SSE_SERVER, monkeypatch)
     log = tmp_path / "engine.log"
     with VllmServer(VllmSettings(model=model, start_timeout_s=30, request_timeout_s=1.0), log) as server:
         start = time.monotonic()
