@@ -54,8 +54,9 @@ def test_a_watch_that_cannot_read_the_counters_says_so_and_flags_nothing():
 def burner(seconds: float) -> int:
     """A CPU burner outside this process's tree (double fork: its parent is init), as another study would be;
     returns its pid."""
-    code = (f"import os, time\nif os.fork(): os._exit(0)\nprint(os.getpid(), flush=True)\n"
-            f"end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n")
+    # It closes its output once it has said its pid, so that the caller's read ends then, not when it does.
+    code = (f"import os, time\nif os.fork(): os._exit(0)\nprint(os.getpid(), flush=True)\nos.close(1)\n"
+            f"os.close(2)\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
     return int(out.split()[0])
 
