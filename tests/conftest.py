@@ -169,3 +169,20 @@ TRICKLING_SSE_SERVER = """
         def log_message(self, *a): pass
     http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
+
+
+def trickle(wfile, data: bytes, seconds: float = 15.0, gap_s: float = 0.2) -> None:
+    """Write ``data`` to a stand-in server's client one byte every ``gap_s`` for at most ``seconds``: an engine that
+    keeps a response alive without finishing it (a client that gives up ends it)."""
+    import time
+
+    end = time.monotonic() + seconds
+    try:
+        for i in range(len(data)):
+            if time.monotonic() > end:
+                break
+            wfile.write(data[i:i + 1])
+            wfile.flush()
+            time.sleep(gap_s)
+    except OSError:  # the client gave up
+        pass

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import bench_job, snakemake_standin, write_tiny_gguf
+from conftest import bench_job, snakemake_standin, trickle, write_tiny_gguf
 from llmbench.batched_bench import BatchedBenchSettings, run_batched_bench
 from llmbench.diagnosis import TIMED_OUT
 from llmbench.engines.base import Engine, EngineFailed, Generation, diagnosis_of
@@ -295,16 +295,7 @@ class Trickle(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Content-Length", str(len(self.line)))
         self.end_headers()
-        end = time.monotonic() + self.trickle_s
-        try:
-            for i in range(len(self.line)):
-                if time.monotonic() > end:
-                    break
-                self.wfile.write(self.line[i:i + 1])
-                self.wfile.flush()
-                time.sleep(0.2)
-        except OSError:  # the client gave up
-            pass
+        trickle(self.wfile, self.line, self.trickle_s)
         self.close_connection = True
 
     def log_message(self, *args):

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import REPO, bench_job, reply_json, write_tiny_gguf
+from conftest import REPO, bench_job, reply_json, trickle, write_tiny_gguf
 from llmbench.engines.base import EngineError, ToolUnavailable
 from llmbench.engines.ollama import OllamaBackend, file_type_name, loaded_model, parse_chat
 from llmbench.engines.process import free_port
@@ -181,16 +181,7 @@ def standin_handler(state: dict):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
-            end = time.monotonic() + 15
-            try:
-                for i in range(len(raw)):
-                    if time.monotonic() > end:
-                        break
-                    self.wfile.write(raw[i:i + 1])
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:  # the client gave up
-                pass
+            trickle(self.wfile, raw)
             self.close_connection = True
 
         def log_message(self, *args):
