@@ -33,9 +33,10 @@ HUB_TRIES = 3
 HUB_WAIT_CAP_S = 300.0
 
 
-def verify_sha256(path: str | Path, expected: str | None, what: str) -> str:
-    """Return the file's sha256; raise IntegrityError if ``expected`` is given and differs."""
-    actual = sha256_file(path)
+def verify_sha256(path: str | Path, expected: str | None, what: str, actual: str | None = None) -> str:
+    """Return the file's sha256 (``actual`` where the caller already hashed it); raise IntegrityError if
+    ``expected`` is given and differs."""
+    actual = actual or sha256_file(path)
     if expected and actual != expected.lower():
         size = Path(path).stat().st_size
         raise IntegrityError(
@@ -159,8 +160,9 @@ def fetch_hf_file(
             os.link(os.path.realpath(cached), part)
         except OSError:
             shutil.copyfile(cached, part)
-        _drop_damaged_cache_copy(Path(cached), part, where)
-        digest = verify_sha256(part, sha256, where)
+        digest = sha256_file(part)  # once: a model file may be tens of GB
+        _drop_damaged_cache_copy(Path(cached), part, where, digest)
+        verify_sha256(part, sha256, where, digest)
     return {
         "kind": "hf",
         "repo_type": repo_type,
@@ -173,8 +175,9 @@ def fetch_hf_file(
     }
 
 
-def _drop_damaged_cache_copy(cached: Path, copy: Path, where: str) -> None:
-    """Raise IntegrityError where the hub cache's copy of a file is damaged, after removing it from the cache.
+def _drop_damaged_cache_copy(cached: Path, copy: Path, where: str, actual: str) -> None:
+    """Raise IntegrityError where the hub cache's copy of a file (``copy`` of it hashing to ``actual``) is damaged,
+    after removing it from the cache.
 
     huggingface_hub names a large file's blob by its sha256 (the hub's LFS etag): where the blob's content does not
     hash to its own name, the download was cut short or the disk changed it, and a plain "run again" would take
@@ -183,7 +186,6 @@ def _drop_damaged_cache_copy(cached: Path, copy: Path, where: str) -> None:
     blob = Path(os.path.realpath(cached))
     if not re.fullmatch(r"[0-9a-f]{64}", blob.name):
         return  # a small file's blob is named by its git hash: nothing to compare here
-    actual = sha256_file(copy)
     if actual == blob.name:
         return
     size = copy.stat().st_size

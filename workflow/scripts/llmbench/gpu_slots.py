@@ -320,6 +320,7 @@ def hold_gpus(n: int, *, exclusive: bool = False, job: str | None = None):
             return
         # Under SLURM the scheduler chose the job's GPUs and fences them from other users' jobs, which never
         # see this machine's lock files: hold what SLURM gave, no lock.
+        user_env = user_environment()  # CUDA_VISIBLE_DEVICES as the user set it, read once
         ids = slurm_nvml_ids(len(devices))
         if ids is not None:
             chosen_by = "SLURM's allocation (SLURM_STEP_GPUS / SLURM_JOB_GPUS)"
@@ -327,11 +328,11 @@ def hold_gpus(n: int, *, exclusive: bool = False, job: str | None = None):
                 raise RuntimeError(f"SLURM gave this job {len(ids)} GPU(s) ({ids}) but it needs {n}: "
                                    "its rule's gpu resource must reach sbatch --gpus (use profiles/slurm)")
         else:
-            visible, chosen_by = user_visible(devices, user_environment())
+            visible, chosen_by = user_visible(devices, user_env)
             ids = stack.enter_context(GpuSlots(n, len(devices), exclusive=exclusive, job=job, candidates=visible,
                                                chosen_by=chosen_by)).ids
         by_index = {d.index: d for d in devices}
-        user_value = user_environment().get("CUDA_VISIBLE_DEVICES")
+        user_value = user_env.get("CUDA_VISIBLE_DEVICES")
         record = {"chosen_by": chosen_by, "user_cuda_visible_devices": user_value,
                   "held": [{"nvml_index": i, "uuid": by_index[i].uuid, "name": by_index[i].name} for i in ids]}
         env = {**visible_devices_env(ids), USER_VALUE: json.dumps(user_value)}
