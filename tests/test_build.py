@@ -20,6 +20,7 @@ import pytest
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.build import BuildError, BuildSpec, CpuTarget, build_llama_cpp, cpu_flags, next_target
 from llmbench.build_smoke import SmokeResult, first_crash, smoke_test
+from llmbench.cpu_probe import ProbeVerdict
 
 AMX_CPU = {"avx512f", "amx_tile", "amx_int8", "amx_bf16", "avx2"}
 EPYC_CPU = {"avx512f", "avx2"}
@@ -106,8 +107,16 @@ def test_the_real_smoke_test_names_each_tool_a_signal_ended(tmp_path):
     assert (tmp_path / "smoke/llama-tiny-Q4_0.gguf").read_bytes()[:4] == b"GGUF"
 
 
-def run_build(tmp_path: Path, smoke_outcomes: dict[str, SmokeResult | None], flags: set[str]):
-    """build_llama_cpp with a stand-in compile, and a smoke stand-in that answers per CPU target."""
+def standin_probe_says_amx_usable(flags):
+    """A stand-in for llmbench.cpu_probe.probe_amx: the probe passed, so the smoke test alone decides (a CPU that
+    lies to the probe); tests/test_cpu_probe.py puts recorded probe runs in its place."""
+    run = {"feature": "amx", "cpu_flags": sorted(flags & {"amx_tile", "amx_int8", "amx_bf16"}), "compiler": "standin"}
+    return run, ProbeVerdict(True, "stand-in probe: AMX usable", ("standin",))
+
+
+def run_build(tmp_path: Path, smoke_outcomes: dict[str, SmokeResult | None], flags: set[str],
+              probe=standin_probe_says_amx_usable, cuda: bool = False, **spec_args):
+    """build_llama_cpp with a stand-in compile, a smoke stand-in that answers per CPU target, and a stand-in probe."""
     targets = []
 
     def compile_standin(source, build_dir, spec, target, jobs, log):
@@ -122,9 +131,9 @@ def run_build(tmp_path: Path, smoke_outcomes: dict[str, SmokeResult | None], fla
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     log = io.StringIO()
-    spec = BuildSpec("0.0.0", cuda=False)
+    spec = BuildSpec("0.0.0", cuda=cuda, **spec_args)
     info = build_llama_cpp(fake_sdist(tmp_path), tmp_path / "src", tmp_path / "build", spec, 2, log,
-                           compile=compile_standin, smoke=smoke_standin, flags=flags)
+                           compile=compile_standin, smoke=smoke_standin, flags=flags, probe=probe)
     return info, targets, log.getvalue()
 
 

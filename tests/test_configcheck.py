@@ -222,7 +222,7 @@ def _set(*keys_value):
 
 
 # Values once accepted that failed late, one job at a time, or hung (issue 23): each refused at parse time, by key,
-# value and allowed range. The default config runs llama-server at [1, 4] and bench.depths [0], max_tokens up to 160.
+# value and allowed range. The default config runs llama-server at [1, 4] and bench.depths [0], max_tokens up to 64.
 @pytest.mark.parametrize(
     "mutate, expected",
     [
@@ -236,10 +236,10 @@ def _set(*keys_value):
          r"in one context \(LLAMA_MAX_SEQ, src/llama-cparams\.h\); allowed: 1 to 256; lower it$"),
         (_set("bench", "depths", [0, 4096]),
          r"bench\.depths = 4096 does not fit bench\.ctx_size = 2048 \(llama-server\): depth \+ the longest prompt's "
-         r"max_tokens \(bicycle: 160\) .* allowed: depths below 1888; lower the depth or raise bench\.ctx_size"),
-        (_set("bench", "depths", [0, 1888]), r"bench\.depths = 1888 does not fit bench\.ctx_size = 2048"),
-        (_set("bench", "prompts", 5, "max_tokens", 2048),
-         r"bench\.prompts\[5\]\.max_tokens = 2048 does not fit bench\.ctx_size = 2048: .*allowed: 1 to 2047"),
+         r"max_tokens \(sky: 64\) .* allowed: depths below 1984; lower the depth or raise bench\.ctx_size"),
+        (_set("bench", "depths", [0, 1984]), r"bench\.depths = 1984 does not fit bench\.ctx_size = 2048"),
+        (_set("bench", "prompts", 3, "max_tokens", 2048),
+         r"bench\.prompts\[3\]\.max_tokens = 2048 does not fit bench\.ctx_size = 2048: .*allowed: 1 to 2047"),
         (_set("bench", "ctx_size", 10**12),
          r"bench\.ctx_size = 1000000000000 is too large; it must be <= 16777216 \(allowed: 256 to 16777216\): 2\^24 "
          r"tokens is above the longest context any released open model is trained for"),
@@ -254,8 +254,8 @@ def _set(*keys_value):
          r"bench\.seed = 1180591620717411303424 is too large; it must be <= 4294967294 \(allowed: 0 to 4294967294\): "
          r"llama\.cpp takes the seed as a uint32 .*LLAMA_DEFAULT_SEED"),
         (_set("bench", "seed", 4294967290),
-         r"bench\.seed = 4294967290: its jobs use seeds up to 4294967297 \(seed \+ repetitions × clients − 1 at 4 "
-         r"clients\), past 4294967294, .*allowed: 0 to 4294967287"),
+         r"bench\.seed = 4294967290: its jobs use seeds up to 4294967329 \(seed \+ repetitions × clients − 1 at 4 "
+         r"clients\), past 4294967294, .*allowed: 0 to 4294967255"),
         (_set("study", "s" * 300),
          r"study = 's{40}'… has 300 characters; it must have at most 100: it becomes a file name"),
         (lambda c: c["models"].__setitem__("m" * 300, c["models"].pop("smollm2-135m")),
@@ -273,8 +273,8 @@ def test_out_of_range_values_are_refused_at_parse_time_with_key_and_range(defaul
 
 
 @pytest.mark.parametrize("mutate", [
-    _set("bench", "depths", [0, 1887]),  # 1887 + 160 = 2047: one token left for the prompt
-    _set("bench", "seed", 4294967287),  # the largest with 2 repetitions at 4 clients
+    _set("bench", "depths", [0, 1983]),  # 1983 + 64 = 2047: one token left for the prompt
+    _set("bench", "seed", 4294967255),  # the largest with bench.precision's 10 rounds at most, at 4 clients
     _set("bench", "concurrency", [1, 1024]),  # llama-server keeps its own [1, 4]; the others run one stream
     _set("study", "s" * 100),
     _set("results_dir", "../llmbench-results"),
@@ -315,4 +315,19 @@ def test_a_folder_that_holds_the_project_is_refused(default_config, schema, tmp_
         validate_config(default_config, schema)
     default_config["results_dir"] = str(REPO.parent)  # may hold the test's working directory too (a /tmp checkout)
     with pytest.raises(ConfigError, match=r"results_dir = .*which is or holds the (project|working directory)"):
+        validate_config(default_config, schema)
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ({"target": 0.05, "max_repetitions": 5}, r"bench\.precision\.max_repetitions 5 is below the 6 rounds a 95% "
+                                             r"interval of a median needs: raise it to 6 or more"),
+    ({"target": 0.05, "min_repetitions": 8, "max_repetitions": 7}, r"min_repetitions 8 must be at least 1 and at "
+                                                                   r"most max_repetitions 7"),
+    ({"target": 2}, r"bench\.precision\.target.*2"),
+    ({"confidence": 0.9}, r"bench\.precision.*target"),
+    ({"target": 0.05, "rounds": 3}, r"bench\.precision.*rounds"),
+], ids=["max-below-interval", "min-above-max", "target-2", "no-target", "unknown-key"])
+def test_bad_precision_is_refused_naming_the_key(default_config, schema, precision, expected):
+    default_config["bench"]["precision"] = precision
+    with pytest.raises(ConfigError, match=expected):
         validate_config(default_config, schema)

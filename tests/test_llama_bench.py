@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from conftest import REPO
@@ -189,3 +190,38 @@ def test_an_output_cut_short_twice_fails_naming_the_log(tmp_path):
     with pytest.raises(IncompleteBenchOutput, match=f"stopped short twice .*has no samples.*engine log {log}$"):
         run_llama_bench(dataclasses.replace(WHOLE, binary=exe), PLAN, log)
     assert (tmp_path / "runs").read_text() == "2"
+
+
+def test_rounds_run_as_many_samples_as_the_precision_rule_needs(tmp_path):
+    """bench.precision: a first run with -r 6 (the rounds a 95 % interval of a median needs), then one round per
+    run until the interval is within the target; each sample's round is its repetition."""
+    from llmbench.precision import PrecisionSpec
+
+    # The recorded output's test lines with the stand-in's -r samples; tg rates wander, then settle.
+    rates = [118.0, 126.0, 115.0, 124.0, 121.0, 117.0] + [122.0] * 14
+    exe = standin(tmp_path, f"""
+        import json, pathlib, sys
+        if "-v" in sys.argv:
+            sys.stderr.write(open({str(REPO / "tests/data/llama_bench_probe_cpu.log")!r}).read())
+            sys.exit(0)
+        r = int(sys.argv[sys.argv.index("-r") + 1])
+        done = pathlib.Path({str(tmp_path / "done")!r})
+        first = int(done.read_text()) if done.exists() else 0
+        done.write_text(str(first + r))
+        for line in open({str(REPO / "tests/data/llama_bench.jsonl")!r}):
+            t = json.loads(line)
+            ts = {rates!r}[first:first + r] if t["n_gen"] else [t["samples_ts"][0]] * r
+            t["samples_ts"], t["samples_ns"] = ts, [t["samples_ns"][0]] * r
+            print(json.dumps(t))
+    """)
+    spec = PrecisionSpec(target=0.05, confidence=0.95, min_repetitions=2, max_repetitions=20)
+    plan = dataclasses.replace(PLAN, precision=spec)
+    s = dataclasses.replace(WHOLE, binary=exe)
+    rows = run_llama_bench(s, plan, tmp_path / "bench.engine.log")
+    runs = [line for line in (tmp_path / "bench.engine.log").read_text().splitlines() if line.startswith("$ ")]
+    assert [r.split(" -r ")[1].split()[0] for r in runs][:2] == ["6", "1"]
+    tg = rows.filter(pl.col("decode_tokens_per_s").is_not_null())
+    n = rows["precision_rounds"][0]
+    # ±5.4 % after 6 rounds; the 7th brings the interval's wider side to 6/121 = ±4.96 %.
+    assert n == 7 and tg["repetition"].to_list() == list(range(7)) and len(runs) == 2
+    assert rows["precision_met"].all() and rows["precision_note"][0].startswith("±")

@@ -71,6 +71,7 @@ def write_config(work: Path, quants: list[str]) -> str:
     (work / "workflow/data/test-questions.yaml").write_text(yaml.safe_dump(questions))
     cfg["bench"].update(
         repetitions=2,
+        precision=None,  # fixed rounds: the row counts below; the stopping rule has tests of its own
         prompts=[
             {"id": "capital", "text": "What is the capital of France? Answer in one sentence.", "max_tokens": 24},
             {"id": "sky", "text": "Explain in one short paragraph why the sky is blue.", "max_tokens": 48},

@@ -245,6 +245,8 @@ def run_plan(wildcards):
     keys = ("prompts", "repetitions", "warmup", "idle_s", "energy_estimate_w")
     return {
         **{key: bench[key] for key in keys},
+        # Absent (None) where the config has none, so that a study without it keeps its jobs' params.
+        **({"precision": bench["precision"]} if bench.get("precision") else {}),
         "temperature": bench["temperature"],
         "exclusive": bench["exclusive"],
     }

@@ -19,6 +19,8 @@ def main(snakemake):
         Path(snakemake.output.info).write_text(json.dumps(info, indent=2) + "\n")
         log.info("built llama.cpp %s (commit %s, CUDA %s), proven here as %s", spec.variant, info["commit"], spec.cuda,
                  info["cpu_target"])
+        for off in info["cpu_probe"]["turned_off"]:
+            log.warning("turned off %s before the first build: %s (%s)", off["feature"], off["why"], off["upstream"])
         for off in info["cpu_features_turned_off"]:
             log.warning("turned off %s: %s died by %s (%s)", off["feature"], off["why"]["tool"], off["why"]["signal"],
                         off["upstream"] or "no upstream reference")

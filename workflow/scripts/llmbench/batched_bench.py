@@ -124,7 +124,7 @@ def parse_jsonl(text: str, settings: BatchedBenchSettings) -> list[dict]:
 
 
 def batches_to_rows(tests: list[dict], plan: RunPlan, settings: BatchedBenchSettings, offload: Offload | None = None,
-                  build: str | None = None) -> pl.DataFrame:
+                  build: str | None = None, first_round: int = 0) -> pl.DataFrame:
     """One row per measured batch, in RUN_SCHEMA: prompt and prefill tokens N × prompt, generated N × n_gen,
     prefill_ms and decode_ms its T_PP and T_TG [ms], and its S_PP and S_TG as prefill and decode tokens/s. Both
     rates are the whole batch's (all N sequences' tokens over the batch's time); one sequence's decode speed is
@@ -142,7 +142,7 @@ def batches_to_rows(tests: list[dict], plan: RunPlan, settings: BatchedBenchSett
             "status": "ok",
             "engine_build": build,
             "prompt_id": f"pp{t['pp']}+tg{t['tg']}x{n}",
-            "repetition": rep,
+            "repetition": first_round + rep,
             "max_tokens": int(t["tg"]),
             "prompt_tokens": n * int(t["pp"]),
             "prefill_tokens": n * int(t["pp"]),
@@ -160,10 +160,25 @@ def batches_to_rows(tests: list[dict], plan: RunPlan, settings: BatchedBenchSett
 
 def run_batched_bench(settings: BatchedBenchSettings, plan: RunPlan, log_path: Path,
                       build: str | None = None) -> pl.DataFrame:
+    """The batch measured in rounds (one measured batch per round, as many per run as bench.precision's rule
+    needs; llmbench.precision), every batch a row with the job's precision; the layers offloaded from the first
+    run's log."""
     log_path = Path(log_path)
-    tests = run_and_parse(batched_bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
-    offload = parse_offload(log_path.read_text(errors="replace"))
-    return batches_to_rows(tests, plan, settings, offload, build)
+    rounds = dataclasses.replace(plan.rounds(), metric="batch decode rate")
+    parts: list[pl.DataFrame] = []
+    offload: list[Offload | None] = []
+
+    def measure(first: int, k: int) -> list[float | None]:
+        run = dataclasses.replace(settings, repetitions=k)
+        tests = run_and_parse(batched_bench_command(run), log_path, lambda out: parse_jsonl(out, run), run,
+                              append=first > 0)
+        if not offload:
+            offload.append(parse_offload(log_path.read_text(errors="replace")))
+        parts.append(batches_to_rows(tests, plan, run, offload[0], build, first))
+        return [float(t["speed_tg"]) for t in tests]
+
+    rounds.run_batches(measure)
+    return pl.concat(parts).with_columns(pl.lit(v, RUN_SCHEMA[c]).alias(c) for c, v in rounds.columns().items())
 
 
 def run_job(job, engine_log: Path) -> pl.DataFrame:

@@ -1,11 +1,14 @@
 """llama.cpp built from the source vendored in the llama-cpp-python sdist, proven on this machine, and recorded.
 
-The first build is native (``-march=native``), as llama.cpp's own docs build it. Before any job uses it, every
+The first build is native (``-march=native``), as llama.cpp's own docs build it. Before it, where the CPU lists
+AMX, a tiny probe (:mod:`llmbench.cpu_probe`) asks the kernel for the tile-data permission and runs tile instructions
+on a worker thread, as ggml does; where that fails, the first build already leaves AMX out (a VM that lists AMX but
+does not enable it would otherwise cost a second whole build). Before any job uses the build, every
 built tool runs a few tokens (:mod:`llmbench.build_smoke`); where one dies by a signal, the build is redone
 without the instruction-set extension at fault (AMX first, where the CPU has it: upstream llama.cpp PR #26954), and
 if that still fails, as a portable build with ggml's runtime CPU dispatch (``GGML_BACKEND_DL=ON
-GGML_CPU_ALL_VARIANTS=ON``, as llama.cpp's release binaries are built). build.json says what was turned off and why.
-Where the native build runs, nothing more happens: one build.
+GGML_CPU_ALL_VARIANTS=ON``, as llama.cpp's release binaries are built). build.json says what was turned off and why (``cpu_probe``: before the first build;
+``cpu_features_turned_off``: after a build died). Where the native build runs, nothing more happens: one build.
 """
 
 from __future__ import annotations
@@ -194,14 +197,44 @@ def compile_llama_cpp(source: Path, build_dir: Path, spec: BuildSpec, target: Cp
     return configure
 
 
+def first_target(spec: BuildSpec, flags: set[str], log, probe=None) -> tuple[CpuTarget, dict]:
+    """The CPU target of the first build, and build.json's ``cpu_probe`` record: the configured target, less AMX
+    where the probe (``probe(flags)`` → (run record, verdict), default :func:`llmbench.cpu_probe.probe_amx`) saw it
+    fail on this machine.
+
+    Only a native build is probed (a CUDA build's CPU code is native too): a portable build, or one configured
+    without AMX already, has nothing for the probe to decide. The probe decides flags inside the build job, never
+    the build's directory (BuildSpec.variant names what was configured), as the rebuild after a crash does.
+    """
+    from llmbench.cpu_probe import FEATURE, not_probed, probe_amx
+
+    target = spec.cpu_target
+    if target.build != "native" or FEATURE in target.exclude:
+        why = ("llama_cpp.exclude_cpu_features already leaves amx out" if FEATURE in target.exclude else
+               "a portable build chooses its CPU variant at run time")
+        return target, {"feature": FEATURE, "lines": [], "verdict": not_probed(why).record(), "turned_off": []}
+    run, verdict = (probe or probe_amx)(flags)
+    log.write(f"cpu probe ({FEATURE}): {verdict.reason}\n")
+    turned_off = []
+    if verdict.exclude:
+        target = CpuTarget(target.build, tuple(sorted((*target.exclude, FEATURE))))
+        turned_off.append({"feature": FEATURE, "flags": list(CPU_FEATURES[FEATURE][0]), "why": verdict.reason,
+                           "upstream": UPSTREAM[FEATURE]})
+        log.write(f"the first build leaves {FEATURE} out: {target.describe()}\n")
+    record = {k: v for k, v in run.items() if k != "stdout"}  # its lines are the verdict's evidence
+    return target, {**record, "lines": list(verdict.evidence), "verdict": verdict.record(), "turned_off": turned_off}
+
+
 def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildSpec, jobs: int, log,
-                    compile=compile_llama_cpp, smoke=None, flags: set[str] | None = None) -> dict:
+                    compile=compile_llama_cpp, smoke=None, flags: set[str] | None = None, probe=None) -> dict:
     """Build the tools, prove them on this machine (``smoke``, default :func:`llmbench.build_smoke.smoke_test`),
     rebuild without the extension at fault while a tool dies by a signal; return the build record (commit, flags,
-    compiler, CUDA, the CPU target, what was turned off and why, each attempt's smoke results).
+    compiler, CUDA, the CPU target, what the CPU probe (:func:`first_target`) and the smoke test turned off and why,
+    each attempt's smoke results).
 
     Raises BuildError when the build fails, or when the portable build dies by a signal too; a tool that fails
-    otherwise is recorded (``smoke_test``: ok false, its reason) and warned about, and the build stands. ``compile``/``smoke`` are parameters so that tests can put stand-ins in.
+    otherwise is recorded (``smoke_test``: ok false, its reason) and warned about, and the build stands.
+``compile``/``smoke``/``probe`` are parameters so that tests can put stand-ins in.
     """
     from llmbench.build_smoke import first_crash, smoke_test
 
@@ -216,7 +249,8 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
     if not source.parents[1].name.endswith(f"-{spec.version}"):  # a local llama_cpp.source_archive of another one
         raise BuildError(f"{sdist.name} holds {source.parents[1].name}, but llama_cpp.version is {spec.version}: "
                          f"set the version to the archive's, or give that version's archive")
-    target, turned_off, attempts = spec.cpu_target, [], []
+    target, cpu_probe = first_target(spec, flags, log, probe)
+    turned_off, attempts = [], []
     while True:
         configure = compile(source, build_dir, spec, target, jobs, log)
         results = smoke(build_dir / "bin", build_dir / "smoke" / f"attempt-{len(attempts) + 1}", jobs)
@@ -239,6 +273,8 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
                              f"build log, or pick a CPU build by hand (llama_cpp.cpu_build, exclude_cpu_features)")
         target, off = step
         turned_off.append(off)
+        if off["feature"] == "amx" and cpu_probe["verdict"].get("usable"):
+            log.write("the CPU probe found AMX usable, yet a tool died: the smoke test decides\n")
         log.write(f"{crash.tool} died by {crash.signal}: rebuilding as {target.describe()}\n")
         for stale in build_dir.iterdir():  # no library of the failed build may be loaded by the next one
             if stale.name != "smoke":
@@ -256,6 +292,7 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
         "cpu_build": target.build,
         "cpu_features_excluded": list(target.exclude),
         "cpu_features_turned_off": turned_off,
+        "cpu_probe": cpu_probe,
         "cpu_flags_relevant": sorted(f for _, seen in CPU_FEATURES.values() for f in seen if f in flags),
         "smoke_test": attempts[-1]["smoke_test"],
         "attempts": attempts,

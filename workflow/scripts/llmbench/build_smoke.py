@@ -3,7 +3,9 @@
 A build compiled with ``-march=native`` can still die on the machine that compiled it: on Intel Xeons with AMX
 (Sapphire, Emerald, Granite Rapids, and the cloud VMs on them) the pinned llama.cpp requests the AMX tile-data
 permission on its main thread only (upstream llama.cpp PR #26954, open), so every tool faults at its first matrix
-product on a worker thread. The smoke test runs what the study runs — llama-quantize, llama-bench,
+product on a worker thread. Where the kernel refuses AMX, the probe before the first build (:mod:`llmbench.cpu_probe`)
+has already left it out; this test stays the safety net for a CPU that passes the probe and still faults, and for
+every other fault. The smoke test runs what the study runs — llama-quantize, llama-bench,
 llama-batched-bench, llama-perplexity, llama-server and llama-cpp-python on the same libllama — with several
 threads, on a synthetic ``llama-tiny`` Q4_0
 model (a few MB, written here, no download), and says for each tool whether it ran and, if not, how it ended (the

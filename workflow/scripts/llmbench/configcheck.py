@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator
 
+from llmbench.precision import PrecisionError, PrecisionSpec
 from llmbench.quants import KNOWN_QUANTS, derivation_problem, unknown_quant_message
 from llmbench.secrets import find_secrets, redact_text
 from llmbench.study import derives_ladder, shard_name, shard_of
@@ -422,6 +423,13 @@ def limit_problems(config: dict) -> list[str]:
                         "all (llama.cpp's int32 -c); lower the depth, n_prompt or n_gen"
                     )
     seed, reps, warmup = bench["seed"], bench["repetitions"], bench["warmup"]
+    try:
+        precision = PrecisionSpec.from_config(bench.get("precision"))
+    except (PrecisionError, TypeError) as e:
+        problems.append(f"{e}" if isinstance(e, PrecisionError) else f"bench.precision: {e}")
+        precision = None
+    if precision is not None:  # its jobs measure up to max_repetitions rounds
+        reps = precision.max_repetitions
     top = seed + max(reps * clients - 1, warmup + clients - 2)  # runs.py: seed + rep × clients + client; warm-up
     if top > SEED_MAX:
         problems.append(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbench.engines.base import EngineSettings
+from llmbench.precision import PrecisionSpec
 from llmbench.runs import Prompt, RunPlan
 
 
@@ -86,5 +87,6 @@ class Job:
                 seed=settings.seed, n_gpu_layers=settings.n_gpu_layers, gpus=job.gpus, threads=job.threads,
                 estimate_w=p["energy_estimate_w"], model_is_synthetic=job.model_is_synthetic,
                 concurrency=job.concurrency, depth=job.depth,
+                precision=PrecisionSpec.from_config(p.get("precision")),
             )
         return dataclasses.replace(job, settings=settings, plan=plan)

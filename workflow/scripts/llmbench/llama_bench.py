@@ -146,8 +146,10 @@ def parse_jsonl(text: str, settings: LlamaBenchSettings | None = None) -> list[d
     return tests
 
 
-def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = None) -> pl.DataFrame:
-    """One row per repetition sample; a pp test fills the prefill columns, a tg test the decode columns."""
+def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = None,
+                    first_round: int = 0) -> pl.DataFrame:
+    """One row per repetition sample, its round ``first_round`` + its index; a pp test fills the prefill
+    columns, a tg test the decode columns."""
     now = dt.datetime.now(dt.UTC)
     base = plan.row_base()
     rows = []
@@ -169,7 +171,7 @@ def samples_to_rows(tests: list[dict], plan: RunPlan, offload: Offload | None = 
                 "status": "ok",
                 "engine_build": t.get("build_commit"),
                 "prompt_id": name,
-                "repetition": rep,
+                "repetition": first_round + rep,
                 "max_tokens": n_gen,
                 "prompt_tokens": n_prompt,
                 "prefill_tokens": n_prompt,
@@ -204,12 +206,13 @@ def run_bench_binary(cmd: list[str], log_path: Path, settings, append: bool = Fa
     return run.stdout
 
 
-def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]], settings) -> list[dict]:
-    """``parse`` of the bench binary's stdout (run_bench_binary); where it finds the output cut short
-    (IncompleteBenchOutput), it runs once more, into the same log; cut short again, an IncompleteBenchOutput that
-    names the log. A failed run (exit code) is not rerun."""
+def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[dict]], settings,
+                  append: bool = False) -> list[dict]:
+    """``parse`` of the bench binary's stdout (run_bench_binary; after what the log holds, with ``append``); where
+    it finds the output cut short (IncompleteBenchOutput), it runs once more, into the same log; cut short again,
+    an IncompleteBenchOutput that names the log. A failed run (exit code) is not rerun."""
     try:
-        return parse(run_bench_binary(cmd, log_path, settings))
+        return parse(run_bench_binary(cmd, log_path, settings, append=append))
     except IncompleteBenchOutput as first:
         with open(log_path, "a") as log:
             log.write(f"\n# llmbench: the output above stopped short ({first}); running once more\n")
@@ -220,13 +223,32 @@ def run_and_parse(cmd: list[str], log_path: Path, parse: Callable[[str], list[di
                                     f"engine log {log_path}") from None
 
 
+def headline_rates(tests: list[dict]) -> list[float]:
+    """Each round's rate of a run's tests: the tg test's samples (tokens/s), or the pp test's where there is no
+    tg test (n_gen 0)."""
+    tg = [t for t in tests if int(t.get("n_gen", 0)) > 0 and int(t.get("n_prompt", 0)) == 0]
+    return [float(x) for x in (tg or tests)[0]["samples_ts"]]
+
+
 def run_llama_bench(settings: LlamaBenchSettings, plan: RunPlan, log_path: Path) -> pl.DataFrame:
+    """The probe run, then the measured runs in rounds (one sample of each test per round: ``-r`` rounds per run,
+    as many as bench.precision's rule needs; llmbench.precision), every sample a row with the job's precision."""
     log_path = Path(log_path)
     probe_log = log_path.with_suffix(".probe.log")
     run_bench_binary(probe_command(settings), probe_log, settings, limit=settings.limit(runs=1))
     offload = parse_offload(probe_log.read_text(errors="replace"))
-    tests = run_and_parse(bench_command(settings), log_path, lambda out: parse_jsonl(out, settings), settings)
-    return samples_to_rows(tests, plan, offload)
+    rounds = dataclasses.replace(plan.rounds(), metric="tg rate" if settings.n_gen else "pp rate")
+    parts: list[pl.DataFrame] = []
+
+    def measure(first: int, k: int) -> list[float | None]:
+        run = dataclasses.replace(settings, repetitions=k)
+        tests = run_and_parse(bench_command(run), log_path, lambda out: parse_jsonl(out, run), run,
+                              append=first > 0)
+        parts.append(samples_to_rows(tests, plan, offload, first))
+        return headline_rates(tests)
+
+    rounds.run_batches(measure)
+    return pl.concat(parts).with_columns(pl.lit(v, RUN_SCHEMA[c]).alias(c) for c, v in rounds.columns().items())
 
 
 def run_job(job, engine_log: Path) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType
 from llmbench.contention import Contention
 from llmbench.engines.base import Engine, EngineError, EngineFailed, Generation, diagnosis_of
 from llmbench.meters import EnergyMeter, EnergyReading, estimated, measure_idle, split_at_first_token
+from llmbench.precision import PrecisionSpec, Rounds, round_rate
 from llmbench.quants import named_after
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,19 @@ RUN_SCHEMA: dict[str, pl.DataType] = {
     "server_prompt_tokens": pl.Float64,
     "server_generated_tokens": pl.Float64,
     "server_counts_check": pl.String,
+    # The job's precision (llmbench.precision), the same on each of its rows: the rounds it measured (every prompt
+    # once per round; a row's round is its `repetition`), the median of the per-round decode rates [tokens/s]
+    # and its distribution-free interval with the exact coverage, the confidence and the target asked for
+    # (bench.precision; null target: fixed bench.repetitions), whether the target was met, and what a table says.
+    "precision_rounds": pl.Int64,
+    "precision_median": pl.Float64,
+    "precision_low": pl.Float64,
+    "precision_high": pl.Float64,
+    "precision_coverage": pl.Float64,
+    "precision_confidence": pl.Float64,
+    "precision_target": pl.Float64,
+    "precision_met": pl.Boolean,
+    "precision_note": pl.String,
     "started_at": pl.Datetime("us", "UTC"),
     "output_text": pl.String,
 }
@@ -170,6 +184,15 @@ class RunPlan:
     concurrency: int = 1
     depth: int = 0
     context: str = ""  # the text every prompt follows at a depth above 0: ``depth`` tokens by the engine's count
+    precision: PrecisionSpec | None = None  # bench.precision: rounds until the median's interval is this tight
+
+    def rounds(self) -> Rounds:
+        """The job's rounds: ``repetitions`` of them, or as bench.precision says (llmbench.precision)."""
+        return Rounds(self.repetitions, self.precision)
+
+    @property
+    def max_rounds(self) -> int:
+        return self.precision.max_repetitions if self.precision else self.repetitions
 
     def prompt_text(self, prompt: Prompt) -> str:
         """What is sent: the prompt, after the context at a depth above 0."""
@@ -329,9 +352,11 @@ def loaded_quant_note(label: str | None, facts: dict) -> str | None:
 
 
 def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: dict | None = None) -> pl.DataFrame:
-    """Warm up, then generate every prompt × repetition: one client, each generation in its own energy window, or
-    at ``plan.concurrency`` N > 1, N clients at once, each sending every prompt × repetition in a closed loop
-    (its next request when its last one ends), the energy measured over the whole level.
+    """Warm up, then generate in rounds, every prompt once per round, until the plan's rounds are done
+    (bench.repetitions, or bench.precision's stopping rule on the per-round decode rates: llmbench.precision):
+    one client, each generation in its own energy window, or at ``plan.concurrency`` N > 1, N clients at once,
+    each sending every prompt of the round in a closed loop (its next request when its last one ends), the energy
+    measured over the whole level.
 
     The engine must already be started; ``facts`` is what it reported about itself (build, load time, library).
     A window's length is kept with its energy: short windows read low on counters that update every ~100 ms, so
@@ -353,17 +378,22 @@ def run_generations(engine: Engine, plan: RunPlan, meter: EnergyMeter, facts: di
     warm_up(engine, plan)
     before = engine_counters(engine)
     rows: list[dict] = []
+    rounds = plan.rounds()
     meter.begin_window(LEVEL_WINDOW)
     t0 = meter.opened_at(LEVEL_WINDOW)
     try:
-        error = (one_client if plan.concurrency == 1 else many_clients)(engine, plan, meter, idle_w, t0, rows)
+        error = (one_client if plan.concurrency == 1 else many_clients)(engine, plan, meter, idle_w, t0, rows,
+                                                                         rounds)
     finally:
         level = estimated(meter.end_window(LEVEL_WINDOW), plan.estimate_w)
+    log.info("precision: %s", rounds.verdict().note)
     level_cols = level_columns(level, idle_w, counter_deltas(before, engine_counters(engine), plan.tool), rows,
                                meter.validity(level))
     if plan.concurrency > 1:  # requests share the level's window: its contention is each row's
         rows = [{**r, **contention_columns(level.contention)} for r in rows]
-    table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols} for r in rows], schema=RUN_SCHEMA)
+    precision = rounds.columns()
+    table = pl.DataFrame([{**plan.row_base(), **engine_cols, **r, **level_cols, **precision} for r in rows],
+                         schema=RUN_SCHEMA)
     error = error or device_lost(meter)  # a GPU that fell off the bus as the level's window closed
     if error is None:
         return table
@@ -422,11 +452,13 @@ def warm_up(engine: Engine, plan: RunPlan) -> None:
 
 
 def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float | None, t0: float,
-               rows: list[dict]) -> EngineError | None:
-    """Every prompt × repetition one after the other, each in its own energy window; rows appended to ``rows``."""
+               rows: list[dict], rounds: Rounds) -> EngineError | None:
+    """Every prompt once per round, one after the other, each in its own energy window; rows appended to ``rows``,
+    each round's decode rate to ``rounds``."""
     try:
-        for prompt in plan.prompts:
-            for rep in range(plan.repetitions):
+        for rep in rounds:
+            done = len(rows)
+            for prompt in plan.prompts:
                 seed = plan.seed + rep
                 started = dt.datetime.now(dt.UTC)
                 window = f"{prompt.id}/{rep}"
@@ -454,39 +486,55 @@ def one_client(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float 
                 })
                 if (lost := device_lost(meter)) is not None:
                     return lost
+            rounds.record(rate_of(rows[done:]))
     except EngineError as e:
         return e
     return None
 
 
+def rate_of(rows: list[dict]) -> float | None:
+    """A round's decode rate from its rows (llmbench.precision.round_rate); a contended row's rate is not one."""
+    if any(r.get("status") == "contended" for r in rows):
+        return None
+    return round_rate([r["generated_tokens"] for r in rows], [r["decode_ms"] for r in rows])
+
+
 def many_clients(engine: Engine, plan: RunPlan, meter: EnergyMeter, idle_w: float | None, t0: float,
-                 rows: list[dict]) -> EngineError | None:
-    """``plan.concurrency`` clients at once, each sending every prompt × repetition in a closed loop; rows of the
-    requests that finished appended to ``rows``. Requests share the engine, so no request has an energy window of
-    its own: the level's energy is measured over all of them (level_columns)."""
+                 rows: list[dict], rounds: Rounds) -> EngineError | None:
+    """``plan.concurrency`` clients at once, each sending every prompt of the round in a closed loop; a round ends
+    when every client's requests of it have ended (so that every round holds the same mix), its decode rate (each
+    user's: the round's tokens over its requests' decode time) recorded in ``rounds``; rows of the requests that
+    finished appended to ``rows``. Requests share the engine, so no request has an energy window of its own: the
+    level's energy is measured over all of them (level_columns)."""
     reason = (f"not measured per request: {plan.concurrency} requests share the engine at once; the level's "
               "energy over its whole window is level_energy_j")
     lock = threading.Lock()
 
-    def client(c: int) -> None:
+    def client(c: int, rep: int, out: list[dict]) -> None:
         for prompt in plan.prompts:
-            for rep in range(plan.repetitions):
-                seed = plan.seed + rep * plan.concurrency + c
-                started = dt.datetime.now(dt.UTC)
-                a = time.perf_counter()
-                g = engine.generate(plan.prompt_text(prompt), prompt.max_tokens, plan.temperature, seed)
-                b = time.perf_counter()
-                row = {"status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep,
-                       "seed": seed, "max_tokens": prompt.max_tokens, **generation_columns(g),
-                       **request_columns(g, c, a - t0, b - t0), "peak_rss_bytes": engine.peak_rss_bytes(),
-                       "idle_power_w": idle_w, "energy_null_reason": reason,
-                       "energy_split_null_reason": reason, "started_at": started}
-                with lock:
-                    rows.append(row)
+            seed = plan.seed + rep * plan.concurrency + c
+            started = dt.datetime.now(dt.UTC)
+            a = time.perf_counter()
+            g = engine.generate(plan.prompt_text(prompt), prompt.max_tokens, plan.temperature, seed)
+            b = time.perf_counter()
+            row = {"status": "ok", "status_reason": None, "prompt_id": prompt.id, "repetition": rep,
+                   "seed": seed, "max_tokens": prompt.max_tokens, **generation_columns(g),
+                   **request_columns(g, c, a - t0, b - t0), "peak_rss_bytes": engine.peak_rss_bytes(),
+                   "idle_power_w": idle_w, "energy_null_reason": reason,
+                   "energy_split_null_reason": reason, "started_at": started}
+            with lock:
+                out.append(row)
 
+    errors: list[BaseException] = []
     with ThreadPoolExecutor(plan.concurrency) as pool:
-        futures = [pool.submit(client, c) for c in range(plan.concurrency)]
-    errors = [f.exception() for f in futures if f.exception() is not None]
+        for rep in rounds:
+            finished: list[dict] = []
+            futures = [pool.submit(client, c, rep, finished) for c in range(plan.concurrency)]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            rows.extend(finished)
+            rounds.record(rate_of(finished))
+            if errors:
+                break
     for e in errors:
         if not isinstance(e, EngineError):
             raise e
