@@ -1,5 +1,7 @@
 """Cost tables on stand-in frames: every energy value here is made up for the arithmetic, not measured."""
 
+import re
+
 import polars as pl
 import pytest
 
@@ -12,6 +14,10 @@ from llmbench.costs import (
     usd_per_1m_tokens,
     write_cost_tables,
 )
+from llmbench.markdown import PRECISION_NOTE
+from llmbench.precision import Rounds
+from llmbench.runs import RUN_SCHEMA
+from llmbench.stats import TABLE_PRECISION
 
 ENERGY_NOT_MEASURED = "not measured: CPU energy: no RAPL zones under /sys/class/powercap (absent in many VMs)"
 SKIPPED = "Ollama is not installed here"
@@ -116,7 +122,7 @@ def test_unmeasured_energy_stays_null_with_its_reason():
     assert row["energy_status"] == ENERGY_NOT_MEASURED
     assert "GPT-4o output usd_per_1m (2024-10)" in t.columns and "GPT-4o input usd_per_1m (2024-10)" in t.columns
     stats = [c for c in t.columns if c.endswith(("_median", "_q1", "_q3", "_iqr", "_mean", "_sd", "_reported",
-                                                 "_reported_spread"))]
+                                                 "_reported_spread")) and not c.startswith("precision_")]
     assert len(stats) == 3 * 8 and all(row[c] is None for c in stats)
     assert row["reported_rule"] is None and row["per_generation_outliers"] is None
 
@@ -198,7 +204,8 @@ def test_markdown_has_one_section_per_tool_with_units_and_the_rule():
     md = render_markdown(cost_table(frame, 0.14, CLOUD, HARDWARE), 0.14, "test price", CLOUD, HARDWARE)
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections == ["## Cloud API prices", "## llama-server", "## ollama", "## transformers"]
-    assert ("| model | quant | split | clients | depth | generations | median decode [tok/s] | J/token (pooled) | "
+    assert ("| model | quant | split | clients | depth | generations | median decode [tok/s] | precision | "
+            "J/token (pooled) | "
             "kWh per 1M tokens (pooled) | $ per 1M tokens (pooled) | kWh per 1M: median ± IQR | "
             "kWh per 1M: mean ± sd | $ per 1M: median ± IQR | $ per 1M: mean ± sd | "
             "$ per 1M reported (article's rule) | local / GPT-4o output price |") in md
@@ -206,7 +213,7 @@ def test_markdown_has_one_section_per_tool_with_units_and_the_rule():
     assert f"{2.0 * TO_USD:.4g} ± {1.0 * TO_USD:.4g} (mean ± sd; Tukey outliers: 0 of 3)" in md
     # Quants coarsest first within a tool.
     assert md.index("| m | Q4_0 | none | 1 | 0 | 5 |") < md.index("| m | Q8_0 | none | 1 | 0 | 3 |")
-    assert f"| m | Q4_0 | none | 1 | 0 | 2 | 60 | {ENERGY_NOT_MEASURED} | not measured |" in md
+    assert f"| m | Q4_0 | none | 1 | 0 | 2 | 60 | not recorded | {ENERGY_NOT_MEASURED} | not measured |" in md
     assert f"| m | Q4_0 | none | 1 | 0 | 1 | not run: {SKIPPED} | not run | not run |" in md
     assert "OUTPUT price" in md and "| GPT-4o | 2.5 | 10 | 2024-10 | s |" in md
     assert "### llama-server: with hardware amortization (estimate)" in md
@@ -278,3 +285,39 @@ def test_no_credential_in_a_price_note_or_source_reaches_the_tables(tmp_path):
     assert token not in written and key not in written
     assert "tariff page, token [redacted:hf-token]" in written
     assert "api_key=[redacted:url-credential]" in written and "bob:[redacted:url-password]@shop" in written
+
+
+def precision_of(rates):
+    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns), fixed repetitions."""
+    rounds = Rounds(len(rates))
+    for rate in rates:
+        rounds.record(rate)
+    return rounds.columns()
+
+
+def with_precision(frame, rates):
+    return frame.with_columns(pl.lit(v, RUN_SCHEMA[c]).alias(c) for c, v in precision_of(rates).items())
+
+
+def test_each_group_carries_its_jobs_precision_in_csv_and_markdown(tmp_path):
+    # Q4_0: 6 rounds 48 … 52, median 50, 95 % interval (48, 52): ±4.0 %; Q8_0: 2 rounds, no interval; ollama skipped.
+    frame = pl.concat([with_precision(WITH_OUTLIER, [48.0, 49.0, 50.0, 50.0, 51.0, 52.0]),
+                       with_precision(NO_OUTLIER, [50.0, 52.0]), skipped()], how="diagonal_relaxed")
+    costs = {"electricity_usd_per_kwh": 0.14, "electricity_note": "test price", "cloud": [], "hardware": None}
+    t = write_cost_tables(frame, costs, tmp_path / "c.csv", tmp_path / "c.md")
+    assert set(TABLE_PRECISION) <= set(t.columns)
+    rows = {(r["tool"], r["quant"]): r for r in pl.read_csv(tmp_path / "c.csv").iter_rows(named=True)}
+    q4, q8, ollama = rows["llama-server", "Q4_0"], rows["llama-server", "Q8_0"], rows["ollama", "Q4_0"]
+    assert q4["precision"] == "±4.0% (95% CI of the median of 6 rounds' decode rates)"
+    assert (q4["precision_rounds"], q4["precision_median"], q4["precision_low"], q4["precision_high"]) == (
+        6, 50.0, 48.0, 52.0)
+    assert q4["precision_confidence"] == 0.95 and q4["precision_target"] is None and q4["precision_met"] is None
+    assert q8["precision"] == "no interval: 2 rounds (a 95% interval of a median needs 6)"
+    assert q8["precision_rounds"] == 2 and q8["precision_low"] is None
+    assert ollama["precision"] is None and ollama["precision_rounds"] is None
+    md = (tmp_path / "c.md").read_text()
+    assert "| median decode [tok/s] | precision | J/token (pooled) |" in md
+    assert "| m | Q4_0 | none | 1 | 0 | 5 | 100 | ±4.0% (95% CI, 6 rounds) |" in md
+    mark = re.search(r"\| m \| Q8_0 \| none \| 1 \| 0 \| 3 \| 100 \| no interval \(2 rounds\) (\[\d+\]) \|", md)
+    assert mark and f"\n{mark.group(1)} {q8['precision']}\n" in md
+    assert f"| not run: {SKIPPED} | not run |" in md and PRECISION_NOTE in md

@@ -8,6 +8,7 @@ import pytest
 
 from llmbench import plots
 from llmbench.plots import FIGURES, OKABE_ITO, FigureDataError, write_figure
+from llmbench.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
 from llmbench.runs import RUN_SCHEMA
 
 # Stand-in quants listed out of order on purpose: the figures must sort them by bits per weight.
@@ -320,3 +321,52 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
     all_q2 = runs.with_columns(pl.lit("Q2_K").alias("quant"), pl.lit("Q2_K here holds …").alias("quant_label_note"))
     frameworks = plots.framework_chart(all_q2, "s")
     assert inner(spec_of(frameworks))["encoding"]["x"]["sort"] == ["Q2_K ≠"]
+
+
+def precision_of(rates, spec=None):
+    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns)."""
+    rounds = Rounds(len(rates), spec)
+    for rate in rates:
+        rounds.record(rate)
+    return rounds.columns()
+
+
+def with_precision(runs: pl.DataFrame, jobs: dict[tuple[str, str, str, str], dict]) -> pl.DataFrame:
+    """``runs`` with the precision columns of the jobs named (tool, model, quant, split); the others none."""
+    frame = pl.DataFrame([{"tool": t, "model": m, "quant": q, "split": s, **p} for (t, m, q, s), p in jobs.items()],
+                         schema={c: RUN_SCHEMA[c] for c in ("tool", "model", "quant", "split", *PRECISION_COLUMNS)})
+    return runs.drop(PRECISION_COLUMNS).join(frame, on=["tool", "model", "quant", "split"], how="left",
+                                             maintain_order="left").select(list(RUN_SCHEMA))
+
+
+ROUNDS_48_52 = [48.0, 49.0, 50.0, 50.0, 51.0, 52.0]  # median 50, 95 % interval (48, 52): ±4.0 %
+PRECISE = {("llama-server", "llama31-8b", "Q8_0", "layer"): precision_of(ROUNDS_48_52),
+           ("llama-server", "llama31-8b", "Q2_K", "layer"): precision_of(ROUNDS_48_52, PrecisionSpec(0.02, max_repetitions=6)),
+           ("ollama", "llama31-8b", "Q8_0", "none"): precision_of([60.0, 61.0])}
+LLAMA_SERVER_LINE = ("precision of llama-server (95% CI of the median round decode rate): Q2_K (layer) target ±2% not "
+                     "reached: ±4.0% after 6 rounds, Q8_0 (layer) ±4.0%")
+OLLAMA_LINE = "precision of ollama (95% CI of the median round decode rate): Q8_0 no interval (2 rounds)"
+
+
+def test_the_box_notes_say_the_precision_each_job_reached():
+    runs = with_precision(stand_in_runs().filter(pl.col("model") == "llama31-8b"), PRECISE)
+    assert plots.precision_notes(runs.filter(pl.col("status") == "ok")) == [LLAMA_SERVER_LINE, OLLAMA_LINE]
+    for chart in (plots.metric_chart(runs, "s", plots.DECODE), plots.framework_chart(runs, "s")):
+        subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
+        assert "precision of llama-server (95% CI of the median round decode rate): Q2_K (layer) target" in subtitle
+        assert OLLAMA_LINE in subtitle
+    # Several models: each box names its model; one split mode per tool: no split named.
+    both = with_precision(stand_in_runs().filter(pl.col("split") != "row"),
+                          {("llama-server", m, "F16", "layer"): precision_of(ROUNDS_48_52)
+                           for m in ("llama31-8b", "llama31-70b")})
+    assert plots.precision_notes(both) == [
+        "precision of llama-server (95% CI of the median round decode rate): llama31-70b F16 ±4.0%, "
+        "llama31-8b F16 ±4.0%"]
+
+
+def test_an_old_study_without_precision_says_nothing_of_it():
+    runs = stand_in_runs()
+    assert plots.precision_notes(runs) == plots.precision_notes(runs.drop(PRECISION_COLUMNS)) == []
+    for chart in (plots.metric_chart(runs, "s", plots.DECODE), plots.energy_chart(runs, "s"),
+                  plots.framework_chart(runs, "s")):
+        assert "precision of" not in " ".join(spec_of(chart)["title"]["subtitle"])

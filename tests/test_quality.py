@@ -7,10 +7,12 @@ from conftest import REPO, write_tiny_gguf
 from llmbench.accuracy import wilson_interval
 from llmbench.costs import usd_per_1m_tokens
 from llmbench.perplexity import parse_kld_summary
+from llmbench.markdown import PRECISION_NOTE
 from llmbench.plots import pareto_chart, save_all
+from llmbench.precision import PRECISION_COLUMNS, Rounds
 from llmbench.quality import file_facts, quality_table, render_markdown
 from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import pareto_front
+from llmbench.stats import TABLE_PRECISION, pareto_front
 
 NO_RAPL = "not measured: CPU energy: no RAPL zones under /sys/class/powercap (absent in many VMs)"
 KLD_Q4_0 = parse_kld_summary((REPO / "tests/data/llama_perplexity_kld_q4_0.txt").read_text())
@@ -88,9 +90,11 @@ def test_quality_table_keeps_every_quant_any_input_knows_ordered_by_bits(table):
     # Q2_K is known only from KLD (nominal 2.95 bpw), Q6_K only from its file; Q6_K's measured 8.6 bpw puts it
     # after Q8_0 (8.5), against the nominal order.
     assert table["quant"].to_list() == ["Q2_K", "Q4_0", "Q8_0", "Q6_K", "F16"]
-    assert table.columns[:19] == [
+    assert table.columns[:27] == [
         "model", "quant", "file_bytes", "bits_per_weight", "nominal_bits_per_weight", "tensor_mix",
-        "quant_label_note", "median_decode_tokens_per_s", "speed_null_reason",
+        "quant_label_note", "median_decode_tokens_per_s", "precision", "precision_rounds", "precision_median",
+        "precision_low", "precision_high", "precision_confidence", "precision_target", "precision_met",
+        "speed_null_reason",
         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens", "kld_mean", "kld_mean_unc",
         "kld_p99", "ppl", "ppl_ratio", "ppl_ratio_unc"]
     q4 = row(table, "Q4_0")
@@ -145,15 +149,17 @@ def test_render_markdown_footnotes_reasons_and_formats_accuracy(table):
     cells = {c[1]: c for c in ([x.strip() for x in line.split("|")[1:-1]] for line in md.splitlines()
                                 if line.startswith("| m |"))}
     q4 = cells["Q4_0"]
-    assert q4[2:10] == ["0.5", "4.50 (4.50)", "100 % Q4_0", "60", "0.3", "0.2516 ± 0.0044", "1.189 ± 0.020", "69.9"]
-    assert q4[10] == "0.53 [0.36, 0.70] (n=30)" and q4[11].startswith("not run [")
+    # Rows measured before jobs recorded their precision (no precision_* columns) say so.
+    assert q4[2:11] == ["0.5", "4.50 (4.50)", "100 % Q4_0", "60", "not recorded", "0.3", "0.2516 ± 0.0044",
+                        "1.189 ± 0.020", "69.9"]
+    assert q4[11] == "0.53 [0.36, 0.70] (n=30)" and q4[12].startswith("not run [")
     q8 = cells["Q8_0"]
-    assert q8[6].startswith("not measured [") and q8[7] == "not measured" and q8[10] == "1.00 [0.84, 1.00] (n=20)"
+    assert q8[7].startswith("not measured [") and q8[8] == "not measured" and q8[11] == "1.00 [0.84, 1.00] (n=20)"
     # One footnote per reason, its number in the cell.
-    assert f"\n{q8[6].removeprefix('not measured ')} {NO_RAPL}\n" in md
-    assert f"\n{q4[11].removeprefix('not run ')} vllm: vLLM needs a GPU; none here\n" in md
+    assert f"\n{q8[7].removeprefix('not measured ')} {NO_RAPL}\n" in md
+    assert f"\n{q4[12].removeprefix('not run ')} vllm: vLLM needs a GPU; none here\n" in md
     f16 = cells["F16"]
-    assert f16[5] == f16[6].replace("not measured", "not run") and f16[7] == "reference"
+    assert f16[5] == f16[7].replace("not measured", "not run") and f16[6] == "not run" and f16[8] == "reference"
     assert f"\n{f16[5].removeprefix('not run ')} F16 does not fit in memory\n" in md
     # A file that is not what its label says: the label marked, the real mix in its footnote; the others unmarked.
     q6 = next(c for c in cells.values() if c[1].startswith("Q6_K"))
@@ -219,3 +225,37 @@ def test_a_pareto_point_whose_file_is_not_its_label_is_marked_and_named(table):
     (data,) = spec["datasets"].values()
     assert data[0]["label"] == "Q4_0 ≠"
     assert "    Q4_0 (m): 67 % Q4_0, 33 % Q8_0" in spec["title"]["subtitle"]
+
+
+def precision_of(rates):
+    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns), fixed repetitions."""
+    rounds = Rounds(len(rates))
+    for rate in rates:
+        rounds.record(rate)
+    return rounds.columns()
+
+
+def test_the_decode_speed_carries_the_precision_of_the_speed_tools_job():
+    # llama-server Q4_0: 6 rounds 48 … 52, ±4.0 %; ollama Q4_0: 2 rounds, no interval; Q8_0: none recorded.
+    jobs = pl.DataFrame([{"tool": "llama-server", "quant": "Q4_0", **precision_of([48.0, 49.0, 50.0, 50.0, 51.0, 52.0])},
+                         {"tool": "ollama", "quant": "Q4_0", **precision_of([50.0, 52.0])}],
+                        schema={"tool": pl.String, "quant": pl.String, **{c: RUN_SCHEMA[c] for c in PRECISION_COLUMNS}})
+    runs = RUNS.join(jobs, on=["tool", "quant"], how="left", maintain_order="left")
+    t = quality_table(FILES, KLD, ACCURACY, runs, usd_per_kwh=0.14)
+    q4 = row(t, "Q4_0")
+    assert q4["precision"] == "±4.0% (95% CI of the median of 6 rounds' decode rates)"
+    assert (q4["precision_rounds"], q4["precision_median"], q4["precision_low"], q4["precision_high"]) == (
+        6, 50.0, 48.0, 52.0)
+    assert q4["precision_met"] is None and q4["precision_target"] is None
+    assert row(t, "Q8_0")["precision"] is None and row(t, "F16")["precision_rounds"] is None
+    ollama = row(quality_table(FILES, KLD, ACCURACY, runs, "ollama", usd_per_kwh=0.14), "Q4_0")
+    assert ollama["precision"] == "no interval: 2 rounds (a 95% interval of a median needs 6)"
+    md = render_markdown(t, ["llama-server"])
+    cells = {c[1]: c for c in ([x.strip() for x in line.split("|")[1:-1]] for line in md.splitlines()
+                                if line.startswith("| m |"))}
+    assert "| decode tok/s | precision | J/token |" in md and PRECISION_NOTE in md
+    assert cells["Q4_0"][5:7] == ["60", "±4.0% (95% CI, 6 rounds)"]
+    assert cells["Q8_0"][6] == "not recorded" and cells["F16"][6] == "not run"
+    # A quality table archived before these columns existed renders as not recorded.
+    old = render_markdown(t.drop(TABLE_PRECISION), ["llama-server"])
+    assert "| 60 | not recorded |" in old

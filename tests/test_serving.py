@@ -7,8 +7,11 @@ import polars as pl
 import pytest
 
 from llmbench.costs import cost_table
+from llmbench.markdown import PRECISION_NOTE
+from llmbench.precision import PRECISION_COLUMNS, Rounds
 from llmbench.runs import RUN_SCHEMA
 from llmbench.serving import level_table, render_markdown
+from llmbench.stats import TABLE_PRECISION
 
 
 def level(energy_j: float | None = 60.0, reason: str | None = None, tool: str = "llama-server") -> pl.DataFrame:
@@ -46,7 +49,8 @@ def test_unmeasured_energy_stays_null_with_its_reason_and_synthetic_tests_are_no
     r = t.row(0, named=True)
     assert r["j_per_output_token"] is None and r["energy_null_reason"] == "not measured: no sensor"
     md = render_markdown(t, 0.14)
-    assert "## llama-server" in md and "| m | Q4_0 | none | 2 | 0 | 4 | 10 | 20 | 1 | 250 / 397 | 15 / 20 |" in md
+    assert "## llama-server" in md and (
+        "| m | Q4_0 | none | 2 | 0 | 4 | 10 | 20 | not recorded | 1 | 250 / 397 | 15 / 20 |") in md
     assert "— [" in md and "not measured: no sensor" in md and "| match [" in md and "equal the rows'" in md
 
 
@@ -92,3 +96,31 @@ def test_the_cost_of_a_batch_level_is_not_measured_and_its_throughput_is_the_bat
     r = cost_table(batches(), 0.14, []).row(0, named=True)
     assert r["server_output_tokens_per_s"] == 320.0 and r["j_per_token"] is None
     assert r["energy_null_reason"] == "not measured: in one process"
+
+
+def with_precision(frame: pl.DataFrame, rates: list[float]) -> pl.DataFrame:
+    """The job's precision columns as the bench writes them (llmbench.precision.Rounds.columns) on every row."""
+    rounds = Rounds(len(rates))
+    for rate in rates:
+        rounds.record(rate)
+    return frame.with_columns(pl.lit(v, RUN_SCHEMA[c]).alias(c) for c, v in rounds.columns().items())
+
+
+def test_each_level_carries_its_jobs_precision():
+    # The server's level: 6 rounds of per-user rates 18 … 22, median 20, 95 % interval (18, 22): ±10.0 %;
+    # the batch level: 2 rounds, no interval.
+    t = level_table(pl.concat([with_precision(level(), [18.0, 19.0, 20.0, 20.0, 21.0, 22.0]),
+                               with_precision(batches(), [300.0, 320.0])]))
+    assert t.columns[-len(TABLE_PRECISION):] == TABLE_PRECISION
+    batch, server = t.row(0, named=True), t.row(1, named=True)
+    assert server["precision"] == "±10.0% (95% CI of the median of 6 rounds' decode rates)"
+    assert (server["precision_rounds"], server["precision_median"], server["precision_low"],
+            server["precision_high"]) == (6, 20.0, 18.0, 22.0)
+    assert batch["precision"] == "no interval: 2 rounds (a 95% interval of a median needs 6)"
+    md = render_markdown(t, 0.14)
+    assert "| per-user decode tok/s | precision | requests/s |" in md and PRECISION_NOTE in md
+    assert "| m | Q4_0 | none | 2 | 0 | 4 | 10 | 20 | ±10.0% (95% CI, 6 rounds) | 1 |" in md
+    assert "| no interval (2 rounds) [1] |" in md and f"\n[1] {batch['precision']}\n" in md
+    # Rows of a study before rounds: the columns are there, empty.
+    old = level_table(level().drop(PRECISION_COLUMNS))
+    assert old.row(0, named=True)["precision"] is None and old["precision_rounds"].to_list() == [None]

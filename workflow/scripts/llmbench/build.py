@@ -7,8 +7,9 @@ does not enable it would otherwise cost a second whole build). Before any job us
 built tool runs a few tokens (:mod:`llmbench.build_smoke`); where one dies by a signal, the build is redone
 without the instruction-set extension at fault (AMX first, where the CPU has it: upstream llama.cpp PR #26954), and
 if that still fails, as a portable build with ggml's runtime CPU dispatch (``GGML_BACKEND_DL=ON
-GGML_CPU_ALL_VARIANTS=ON``, as llama.cpp's release binaries are built). build.json says what was turned off and why (``cpu_probe``: before the first build;
-``cpu_features_turned_off``: after a build died). Where the native build runs, nothing more happens: one build.
+GGML_CPU_ALL_VARIANTS=ON``, as llama.cpp's release binaries are built). build.json says what was turned off and
+why (``cpu_probe``: before the first build; ``cpu_features_turned_off``: after a build died). Where the native
+build runs, nothing more happens: one build.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def build_llama_cpp(sdist: Path, source_dir: Path, build_dir: Path, spec: BuildS
 
     Raises BuildError when the build fails, or when the portable build dies by a signal too; a tool that fails
     otherwise is recorded (``smoke_test``: ok false, its reason) and warned about, and the build stands.
-``compile``/``smoke``/``probe`` are parameters so that tests can put stand-ins in.
+    ``compile``/``smoke``/``probe`` are parameters so that tests can put stand-ins in.
     """
     from llmbench.build_smoke import first_crash, smoke_test
 

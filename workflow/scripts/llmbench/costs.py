@@ -20,12 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from llmbench.engines.registry import batching_tools
-from llmbench.markdown import Footnotes, fmt, marked_quant, pipe_table
+from llmbench.markdown import PRECISION_NOTE, Footnotes, fmt, marked_quant, pipe_table, precision_cell
 from llmbench.meters import joules_per_token
 from llmbench.provenance import redact
 from llmbench.quants import rank
 from llmbench.runs import with_all_columns, without_contended
-from llmbench.stats import GROUP, summarize, with_levels
+from llmbench.stats import GROUP, summarize, with_job_precision, with_levels
 
 J_PER_KWH = 3.6e6
 SECONDS_PER_DAY = 86_400
@@ -250,7 +250,8 @@ def cost_table(runs: pl.DataFrame, usd_per_kwh: float, cloud: list[dict], hardwa
         )
     if hardware:
         t = _amortization(t, hardware, cloud)
-    return t.sort(GROUP)
+    # The job's precision of its median decode rate (stats.TABLE_PRECISION): "precision" its note, beside its numbers.
+    return with_job_precision(t, runs).sort(GROUP)
 
 
 def _ranked(table: pl.DataFrame) -> pl.DataFrame:
@@ -304,7 +305,8 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
         "(never one short window alone: NVML's energy counter steps about every 100 ms, so windows under ~2 s read "
         "low). Per generation: each generation's energy / its generated tokens, summarised as median ± IQR (Q3 − Q1) "
         "and mean ± sd; the reported value follows the article's rule: median ± IQR where the group has Tukey "
-        "outliers (beyond 1.5 IQR), mean ± sd otherwise.\n",
+        "outliers (beyond 1.5 IQR), mean ± sd otherwise.\n\n",
+        f"{PRECISION_NOTE}\n",
     ]
     if cloud:
         out += [
@@ -315,7 +317,8 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
                       [[c["name"], fmt(float(c["input_usd_per_1m"])), fmt(float(c["output_usd_per_1m"])), c["as_of"],
                         c["source"]] for c in cloud]),
         ]
-    header = ["model", "quant", "split", "clients", "depth", "generations", "median decode [tok/s]", "J/token (pooled)",
+    header = ["model", "quant", "split", "clients", "depth", "generations", "median decode [tok/s]", "precision",
+              "J/token (pooled)",
               "kWh per 1M tokens (pooled)", "$ per 1M tokens (pooled)", "kWh per 1M: median ± IQR",
               "kWh per 1M: mean ± sd", "$ per 1M: median ± IQR", "$ per 1M: mean ± sd",
               "$ per 1M reported (article's rule)", *[f"local / {c['name']} output price" for c in cloud]]
@@ -335,6 +338,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float, electricity_note: s
             quant = marked_quant(r["quant"], r["quant_label_note"], notes)
             rows.append([
                 r["model"], quant, r["split"], str(r["concurrency"]), str(r["depth"]), str(r["generations"]), speed,
+                "not run" if _not_run(r) else precision_cell(r, notes),
                 cell(r, fmt(r["j_per_token"]) + basis(r), first=True), cell(r, fmt(r["kwh_per_1m_tokens"])),
                 cell(r, fmt(r["usd_per_1m_tokens"])),
                 cell(r, _pm(r["kwh_per_1m_tokens_median"], r["kwh_per_1m_tokens_iqr"])),

@@ -53,3 +53,23 @@ def marked_quant(quant: str, label_note: str | None, note: Footnotes) -> str:
     """A quant cell: the label, and where its file holds other types than the label says, the mark and the
     footnote naming the real mix."""
     return f"{quant} {LABEL_MARK} {note(label_note)}" if label_note else quant
+
+
+# Under a table with a "precision" column (llmbench.precision, stats.precision_text), what its cells mean.
+PRECISION_NOTE = ("Precision: how far the confidence interval of the job's median round decode rate (the median of "
+                  "its per-round rates, every prompt once per round) reaches from that median, its larger side as a "
+                  "share of it; the interval is distribution-free, between two order statistics of the rounds, and "
+                  "where bench.precision set a target the job measured rounds until its interval was within it or "
+                  "its last round. Not recorded: rows measured before the workflow recorded a job's precision (an "
+                  "older study).")
+
+
+def precision_cell(r: dict, note: Footnotes) -> str:
+    """A "precision" cell from a table row's TABLE_PRECISION values (stats.with_job_precision): the short text,
+    and the job's own words as a footnote where it has no interval ("not recorded" is said under the table)."""
+    from llmbench.stats import precision_text
+
+    text = precision_text(r)
+    if r.get("precision_rounds") is not None and r.get("precision_low") is None and r.get("precision"):
+        return f"{text} {note(r['precision'])}"
+    return text

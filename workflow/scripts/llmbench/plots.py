@@ -24,7 +24,7 @@ from llmbench.meters import joules_per_token
 from llmbench.quants import order_by_bits, rank
 from llmbench.runs import with_all_columns
 from llmbench.serving import level_table
-from llmbench.stats import BASE_LEVEL_NOTE, GROUP, base_level, pareto_front, with_levels
+from llmbench.stats import BASE_LEVEL_NOTE, GROUP, base_level, job_precision, pareto_front, precision_text, with_levels
 
 # Whiskers at 1.5 IQR, points beyond them drawn: Tukey's box plot, as in the article.
 TUKEY_EXTENT = 1.5
@@ -154,6 +154,27 @@ def label_notes(data: pl.DataFrame) -> list[str]:
             *[f"    {r['quant']} ({r['model']}): {r['tensor_mix']}" for r in marked.iter_rows(named=True)]]
 
 
+def precision_notes(data: pl.DataFrame) -> list[str]:
+    """One line per tool drawn: the precision each of its jobs (boxes) reached (stats.precision_text, short), e.g.
+    "precision of llama-server (95% CI of the median round decode rate): Q8_0 ±1.2%, Q4_0 target ±2% not
+    reached: ±3.1% after 20 rounds"; the model named where the figure has several, the split mode where the tool
+    ran several. Nothing where no row records a precision (a study measured before rounds)."""
+    jobs = job_precision(data).filter(pl.col("precision_rounds").is_not_null())
+    if jobs.is_empty():
+        return []
+    jobs = jobs.with_columns(pl.col("quant").replace_strict(rank(jobs["quant"]), return_dtype=pl.Int64).alias("_rank"),
+                             pl.col("split").n_unique().over("tool").alias("_splits"))
+    models = jobs["model"].n_unique() > 1
+    lines = []
+    for (tool, confidence), rows in jobs.sort("tool", "model", "_rank", "split", "concurrency", "depth").group_by(
+            "tool", "precision_confidence", maintain_order=True):
+        boxes = [(f"{r['model']} " if models else "") + r["quant"] + (f" ({r['split']})" if r["_splits"] > 1 else "")
+                 + f" {precision_text(r, short=True)}" for r in rows.iter_rows(named=True)]
+        ci = f"{confidence:.0%} CI" if confidence is not None else "CI"
+        lines.append(f"precision of {tool} ({ci} of the median round decode rate): {', '.join(boxes)}")
+    return lines
+
+
 def quant_labels(data: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     """Add ``quant_label`` ("Q4_0 · ngl 33/33": layers on GPU per tool × model × quant, "a, b" where split modes
     differ) and return the labels ordered coarse to fine by nominal bits per weight."""
@@ -194,7 +215,7 @@ def box_by_quant(runs: pl.DataFrame, metric: str, title: str, axis_title: str, n
     data = runs.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null())
     if data.is_empty():
         return notice_chart(title, notes, f"nothing to draw: no {axis_title} in any row that ran (reasons above)")
-    notes += [NGL_NOTE, *label_notes(data)]
+    notes += [NGL_NOTE, *label_notes(data), *precision_notes(data)]
     data, labels = quant_labels(data.with_columns(pl.concat_str(["tool", "model"], separator=LABEL_SEP).alias("panel")))
     series_values = sorted(data[series].unique().to_list())
     y_scale = (alt.Scale(domain=[0, data[metric].max()], nice=True) if data["model"].n_unique() == 1
@@ -333,7 +354,7 @@ def framework_chart(runs: pl.DataFrame, study: str) -> alt.FacetChart | alt.Char
     if data.is_empty():
         return notice_chart(title, notes, "nothing to compare: no model file and quant was run by two frameworks")
     data = with_all_columns(data).with_columns(pl.concat_str(pl.col("quant"), _mark()).alias("quant_shown"))
-    notes += label_notes(data)
+    notes += [*label_notes(data), *precision_notes(data)]
     order = rank(data["quant"])
     quants = [shown for _, shown in sorted(data.select("quant", "quant_shown").unique().iter_rows(),
                                            key=lambda qs: (order[qs[0]], qs[1]))]

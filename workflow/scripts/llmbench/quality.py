@@ -14,10 +14,10 @@ import polars as pl
 
 from llmbench.accuracy import accuracy_table
 from llmbench.costs import energy_per_token, usd_per_1m_tokens
-from llmbench.markdown import LABEL_MARK, Footnotes, fmt, marked_quant, pipe_table
+from llmbench.markdown import LABEL_MARK, PRECISION_NOTE, Footnotes, fmt, marked_quant, pipe_table, precision_cell
 from llmbench.models import CorruptModelError, check_gguf
 from llmbench.quants import NOMINAL_BITS_PER_WEIGHT, rank
-from llmbench.stats import base_level
+from llmbench.stats import TABLE_PRECISION, base_level, with_job_precision
 from llmbench.synthetic import QUALITY_NULL_REASON
 from llmbench.tensor_mix import file_mix
 
@@ -62,6 +62,8 @@ def _speed(runs: pl.DataFrame, tool: str, usd_per_kwh: float) -> pl.DataFrame:
         usd_per_1m_tokens(pl.col("j_per_token"), usd_per_kwh).alias("usd_per_1m_tokens"),
         pl.lit(True).alias("_ran"),
     )
+    # The precision of its median decode rate (stats.TABLE_PRECISION): one job per model × quant here.
+    speed = with_job_precision(speed, ok, on=KEY)
     # Why a model × quant has no speed: its skipped jobs' reasons (a job that never ran leaves no row at all).
     skipped = mine.group_by(KEY).agg(
         (pl.col("status") == "ok").any().alias("_ran"),
@@ -113,7 +115,8 @@ def quality_table(files: pl.DataFrame, kld: pl.DataFrame, accuracy: pl.DataFrame
         .otherwise(None).alias("quality_null_reason"),
     ).sort(["model", pl.coalesce("bits_per_weight", nominal), order, "quant"], nulls_last=True)
     acc_cols = [c for c in acc.columns if c not in KEY]
-    return table.select(*KEY, "file_bytes", "bits_per_weight", *FILE_MIX, "median_decode_tokens_per_s", "speed_null_reason",
+    return table.select(*KEY, "file_bytes", "bits_per_weight", *FILE_MIX, "median_decode_tokens_per_s",
+                        *TABLE_PRECISION, "speed_null_reason",
                         "j_per_token", "energy_null_reason", "energy_is_estimate", "usd_per_1m_tokens",
                         *KLD_COLUMNS, "kld_null_reason", "quality_null_reason", *acc_cols)
 
@@ -137,7 +140,8 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
         m = re.search(rf"(?:^|; ){re.escape(tool)}: (.*?)(?=; (?:{others}): |$)", not_run or "")
         return f"{tool}: {m.group(1)}" if m else f"{tool}: no accuracy rows for this quant"
 
-    header = ["model", "quant", "file MiB", "bpw (nominal)", "tensor mix", "decode tok/s", "J/token", "mean KLD",
+    header = ["model", "quant", "file MiB", "bpw (nominal)", "tensor mix", "decode tok/s", "precision", "J/token",
+              "mean KLD",
               "PPL ratio", "same top %", *[f"accuracy {t}" for t in tools]]
     rows = []
     for r in table.iter_rows(named=True):
@@ -170,6 +174,7 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
                                                  if r.get("nominal_bits_per_weight") is not None else ""),
             r.get("tensor_mix") or "",
             fmt(r["median_decode_tokens_per_s"]) or f"not run {note(r['speed_null_reason'] or 'not run')}",
+            "not run" if r["median_decode_tokens_per_s"] is None else precision_cell(r, note),
             joule, kld, pm(r["ppl_ratio"], r["ppl_ratio_unc"], 3), pm(r["same_top_p_pct"], None, 1), *accuracy,
         ])
     out = ["## Quality, speed and energy per quant\n\n", pipe_table(header, rows), "\n",
@@ -183,7 +188,8 @@ def render_markdown(table: pl.DataFrame, tools: Sequence[str]) -> str:
            "llama-perplexity's KL divergence of the quant's token distribution from the reference quant's logits, "
            "over the whole corpus; PPL ratio: perplexity over the reference's; same top %: how often both pick the "
            "same most likely token. Accuracy: share of exactly checkable questions answered correctly, with the "
-           "Wilson 95 % interval and the number of answers judged.\n"]
+           "Wilson 95 % interval and the number of answers judged. "
+           f"{PRECISION_NOTE}\n"]
     out.append(note.render())
     return "".join(out)
 

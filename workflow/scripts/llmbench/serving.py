@@ -14,7 +14,7 @@ import polars as pl
 from llmbench.engines.registry import batching_tools
 from llmbench.meters import joules_per_token
 from llmbench.runs import with_all_columns
-from llmbench.stats import GROUP, with_levels
+from llmbench.stats import GROUP, with_job_precision, with_levels
 
 PERCENTILES = (50, 90, 99)
 SCHEMA = {
@@ -63,12 +63,13 @@ def level_table(runs: pl.DataFrame) -> pl.DataFrame:
     request to after the last); the per-user decode speed is the median of the requests' own. ITL percentiles pool
     every gap of every request. Energy is the level's gross energy over its window (null with the reason where
     not measured); J per output token divides it by the output tokens, J per total token by prompt + output.
+    Each row ends with its job's precision (stats.TABLE_PRECISION: ``precision`` its note, then its numbers).
     """
     runs = with_levels(with_all_columns(runs))
     ok = runs.filter((pl.col("status") == "ok") & pl.col("request_start_s").is_not_null())
     batches = batch_levels(runs)
     if ok.is_empty():
-        return batches.sort(GROUP)
+        return with_job_precision(batches, runs).sort(GROUP)
     window = pl.coalesce(pl.col("level_window_s").first(),
                          pl.col("request_end_s").max() - pl.col("request_start_s").min())
     t = ok.group_by(GROUP).agg(
@@ -101,21 +102,22 @@ def level_table(runs: pl.DataFrame) -> pl.DataFrame:
         .alias("j_per_total_token"),
         (pl.col("output_tokens") / pl.col("energy_j")).alias("output_tokens_per_j"),
     )
-    return pl.concat([t.select(*GROUP, *(pl.col(c).cast(d) for c, d in SCHEMA.items())), batches]).sort(GROUP)
+    table = pl.concat([t.select(*GROUP, *(pl.col(c).cast(d) for c, d in SCHEMA.items())), batches])
+    return with_job_precision(table, runs).sort(GROUP)
 
 
 def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
     """The levels for people: one section per tool, one row per model × quant × split × level × depth; energy and
     $ per 1M output tokens at the configured electricity price, or why not measured, as footnotes."""
     from llmbench.costs import usd_per_1m_tokens
-    from llmbench.markdown import Footnotes, fmt, pipe_table
+    from llmbench.markdown import PRECISION_NOTE, Footnotes, fmt, pipe_table, precision_cell
 
     note = Footnotes()
     parts = ["# The served model per load level\n\n"]
     if table.is_empty():
         return parts[0] + "No generating tool ran a request here: nothing to report per load level.\n"
     header = ["model", "quant", "split", "clients", "depth", "requests", "server output tok/s",
-              "per-user decode tok/s", "requests/s", "TTFT p50 / p99 ms", "ITL p50 / p99 ms", "TPOT p50 ms",
+              "per-user decode tok/s", "precision", "requests/s", "TTFT p50 / p99 ms", "ITL p50 / p99 ms", "TPOT p50 ms",
               "J per output token", f"$ per 1M output tokens at {usd_per_kwh:g} $/kWh", "tokens/J", "server counts"]
     for (tool,), rows in table.group_by("tool", maintain_order=True):
         body = []
@@ -123,7 +125,7 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
             energy = r["j_per_output_token"]
             body.append([
                 r["model"], r["quant"], r["split"], str(r["concurrency"]), str(r["depth"]), str(r["requests"]),
-                fmt(r["server_output_tokens_per_s"]), fmt(r["per_user_decode_tokens_per_s"]),
+                fmt(r["server_output_tokens_per_s"]), fmt(r["per_user_decode_tokens_per_s"]), precision_cell(r, note),
                 fmt(r["requests_per_s"]) or "—", pair(r["ttft_ms_p50"], r["ttft_ms_p99"]),
                 pair(r["itl_ms_p50"], r["itl_ms_p99"]), fmt(r["tpot_ms_p50"]),
                 fmt(energy) if energy is not None else f"— {note(r['energy_null_reason'] or 'not measured')}",
@@ -138,7 +140,9 @@ def render_markdown(table: pl.DataFrame, usd_per_kwh: float) -> str:
         "median of the requests' own decode speeds. TTFT: time to the first token on the client's clock; ITL: the "
         "gaps between streamed tokens, pooled over all requests; TPOT: (end-to-end − TTFT) / (output tokens − 1). "
         "Energy: the level's gross energy over its window over its output tokens (idle not subtracted; the CSV "
-        "has the idle-subtracted energy too). Server counts: the engine's own token counters against the rows'.\n")
+        "has the idle-subtracted energy too). Server counts: the engine's own token counters against the rows'. "
+        f"{PRECISION_NOTE} At more than one client a round's rate is each user's: the round's output tokens over its "
+        "requests' decode time.\n")
     if table["tool"].is_in(batching_tools()).any():
         parts.append(
             "\nllama-batched-bench is llama.cpp's engine-side reference, no server: N sequences decoded in one batch "

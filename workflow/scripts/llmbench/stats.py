@@ -84,15 +84,66 @@ def summarize(df: pl.DataFrame, metrics: list[str], by: list[str] = GROUP) -> pl
 def summarize_runs(runs: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
     """Statistics of the generations that ran; a group whose job was skipped keeps a row with n = 0 and why. Rows
     measured under contention (status 'contended') count as not measured (n_null), their reason in
-    not_run_reason."""
+    not_run_reason. Each row carries its job's precision (job_precision: STATS_PRECISION), null where not
+    recorded (a study before rounds, a job that did not run)."""
     from llmbench.runs import without_contended
 
+    precision = job_precision(runs).select(*GROUP, *STATS_PRECISION)
     runs = without_contended(with_levels(runs), metrics)
     reasons = runs.group_by(GROUP).agg(
         pl.col("status_reason").drop_nulls().unique().sort().str.join("; ").alias("not_run_reason")
     ).with_columns(pl.when(pl.col("not_run_reason") == "").then(None).otherwise(pl.col("not_run_reason"))
                    .alias("not_run_reason"))
-    return summarize(runs, metrics).join(reasons, on=GROUP, how="left")
+    return (summarize(runs, metrics).join(reasons, on=GROUP, how="left")
+            .join(precision, on=GROUP, how="left", nulls_equal=True).sort([*GROUP, "metric"]))
+
+
+# A job's precision (llmbench.precision; RUN_SCHEMA's precision_* columns, the same on each of its rows): what
+# stats.csv carries per group, and the tables' numeric columns beside their "precision" note.
+STATS_PRECISION = ["precision_rounds", "precision_median", "precision_low", "precision_high", "precision_confidence",
+                   "precision_target", "precision_met", "precision_note"]
+TABLE_PRECISION = ["precision", *STATS_PRECISION[:-1]]
+
+
+def job_precision(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per group (GROUP) with its job's precision columns (precision.PRECISION_COLUMNS): the first
+    non-null value of each over the group's rows (skipped and failed rows have none). Rows written before these
+    columns existed (an older study, its archive) read them as null: "not recorded"."""
+    from llmbench.precision import PRECISION_COLUMNS
+    from llmbench.runs import RUN_SCHEMA
+
+    runs = with_levels(runs).with_columns(
+        pl.lit(None, RUN_SCHEMA[c]).alias(c) for c in PRECISION_COLUMNS if c not in runs.columns)
+    return runs.group_by(GROUP).agg(pl.col(c).drop_nulls().first().alias(c) for c in PRECISION_COLUMNS).sort(GROUP)
+
+
+def with_job_precision(table: pl.DataFrame, runs: pl.DataFrame, on: Sequence[str] = GROUP) -> pl.DataFrame:
+    """``table`` (one row per ``on``) with TABLE_PRECISION joined from ``runs``' jobs: ``precision`` the job's
+    note, beside its numbers. ``on`` narrower than GROUP: ``runs`` must hold one job per key (quality's one tool)."""
+    on = list(on)
+    precision = job_precision(runs).sort("precision_rounds", nulls_last=True).unique(on, keep="first")
+    precision = precision.select(*on, pl.col("precision_note").alias("precision"), *STATS_PRECISION[:-1])
+    return table.join(precision, on=on, how="left", nulls_equal=True, maintain_order="left")
+
+
+def precision_text(r: dict, short: bool = False) -> str:
+    """A job's precision in a few words, from its TABLE_PRECISION (or job_precision) values: "±1.8% (95% CI,
+    6 rounds)" (``short``: "±1.8%"), "target ±2% not reached: ±3.1% after 20 rounds" (as its note words it),
+    "no interval (2 rounds)", or "not recorded" (a study measured before rounds, or a job that did not run)."""
+    n, low, high, mid = (r.get(c) for c in ("precision_rounds", "precision_low", "precision_high",
+                                            "precision_median"))
+    if n is None:
+        return "not recorded"
+    if low is None or high is None or not mid:
+        return f"no interval ({n} round{'s' * (n != 1)})"
+    reached = f"±{max(mid - low, high - mid) / abs(mid):.1%}"
+    target = r.get("precision_target")
+    if r.get("precision_met") is False and target:
+        return f"target ±{target:.0%} not reached: {reached} after {n} rounds"
+    if short:
+        return reached
+    confidence = r.get("precision_confidence")
+    return f"{reached} ({f'{confidence:.0%} CI, ' if confidence is not None else ''}{n} rounds)"
 
 
 def pareto_front(df: pl.DataFrame, x: str, y: str, maximise_y: bool = True,
@@ -114,4 +165,3 @@ def pareto_front(df: pl.DataFrame, x: str, y: str, maximise_y: bool = True,
     return d.with_columns(
         (pl.col("_row").is_in(pts["_row"].implode()) & ~pl.col("_row").is_in(dominated.implode()))
         .alias("on_frontier")).drop("_row")
-
