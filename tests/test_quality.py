@@ -6,8 +6,8 @@ import pytest
 from conftest import REPO, write_tiny_gguf
 from llmbench.accuracy import wilson_interval
 from llmbench.costs import usd_per_1m_tokens
-from llmbench.perplexity import parse_kld_summary
 from llmbench.markdown import PRECISION_NOTE
+from llmbench.perplexity import parse_kld_summary
 from llmbench.plots import pareto_chart, save_all
 from llmbench.precision import PRECISION_COLUMNS, Rounds
 from llmbench.quality import file_facts, quality_table, render_markdown

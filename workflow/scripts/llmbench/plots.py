@@ -159,11 +159,12 @@ def precision_notes(data: pl.DataFrame) -> list[str]:
     "precision of llama-server (95% CI of the median round decode rate): Q8_0 ±1.2%, Q4_0 target ±2% not
     reached: ±3.1% after 20 rounds"; the model named where the figure has several, the split mode where the tool
     ran several. Nothing where no row records a precision (a study measured before rounds)."""
-    jobs = job_precision(data).filter(pl.col("precision_rounds").is_not_null())
+    # A tool's split modes are named where it drew boxes in more than one, whether or not each recorded a precision.
+    jobs = job_precision(data).with_columns(pl.col("split").n_unique().over("tool").alias("_splits"))
+    jobs = jobs.filter(pl.col("precision_rounds").is_not_null())
     if jobs.is_empty():
         return []
-    jobs = jobs.with_columns(pl.col("quant").replace_strict(rank(jobs["quant"]), return_dtype=pl.Int64).alias("_rank"),
-                             pl.col("split").n_unique().over("tool").alias("_splits"))
+    jobs = jobs.with_columns(pl.col("quant").replace_strict(rank(jobs["quant"]), return_dtype=pl.Int64).alias("_rank"))
     models = jobs["model"].n_unique() > 1
     lines = []
     for (tool, confidence), rows in jobs.sort("tool", "model", "_rank", "split", "concurrency", "depth").group_by(
