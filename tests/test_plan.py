@@ -61,14 +61,14 @@ def test_article_study_plans_every_job_with_its_gpus(schema):
 def test_default_study_plans_the_ladder_on_the_cpu_through_every_tool(schema):
     jobs = planned(dry_run("--forceall"))
     # Every quant at one request on an empty context; llama-server also at 4 clients, llama-bench also at depth
-    # 1024, on the two quants each sweeps.
-    assert jobs[("bench_llama_cpp_python", 0)] == 8
+    # 1024, on the two quants each sweeps; llama-cpp-python on the two quants the frameworks are compared on.
+    assert jobs[("bench_llama_cpp_python", 0)] == 2
     assert jobs[("bench_llama_server", 0)] == jobs[("bench_llama_bench", 0)] == 8 + 2
     # The slow or absent tools run the quants their `quants` list keeps.
     assert jobs[("bench_transformers", 0)] == 1 and jobs[("bench_ollama", 0)] == 2
     assert jobs[("quantize_reference", 0)] == 1 and jobs[("quantize", 0)] == 7
     assert jobs[("kld_base", 0)] == 1 and jobs[("kld", 0)] == 8
-    assert jobs[("answer_accuracy", 0)] == 8 + 8 + 1 + 2  # llama-server, llama-cpp-python, transformers, ollama
+    assert jobs[("answer_accuracy", 0)] == 8 + 2 + 1 + 2  # llama-server, llama-cpp-python, transformers, ollama
     # vLLM needs a GPU and says so in its resources; it ends 'skipped' where there is none.
     assert sorted(key for key in jobs if key[1]) == [("answer_accuracy", 1), ("bench_vllm", 1)]
     assert jobs[("bench_vllm", 1)] == jobs[("answer_accuracy", 1)] == 2

@@ -251,7 +251,11 @@ def test_landing_page_names_the_study_and_how_energy_was_measured():
     cfg = study_config("config.yaml")
     body = render_caption(REPORT_DIR / "workflow.rst", cfg)
     assert cfg["study"] in body and "NVML" in body and "RAPL" in body and "energy_null_reason" in body
-    assert re.search(rf"{cfg['bench']['repetitions']}\s+repetitions", body)
+    p = cfg["bench"]["precision"]
+    assert re.search(rf"until the median of the rounds' decode rates was known to ±{p['target'] * 100:.1f} % at "
+                     rf"95 % confidence,\s+{p['min_repetitions']} to {p['max_repetitions']} rounds", body)
+    cfg["bench"]["precision"] = None
+    assert re.search(rf"in {cfg['bench']['repetitions']}\s+rounds", render_caption(REPORT_DIR / "workflow.rst", cfg))
     # An energy estimate is labelled as one wherever the study configures it.
     cfg["bench"]["energy_estimate_w"] = 65
     assert "65 W" in render_caption(REPORT_DIR / "workflow.rst", cfg)

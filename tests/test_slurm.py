@@ -60,7 +60,7 @@ def write_config(work: Path) -> str:
     questions["questions"] = questions["questions"][:2]
     (work / "workflow/data/test-questions.yaml").write_text(yaml.safe_dump(questions))
     cfg["bench"].update(
-        repetitions=1, warmup=0, idle_s=0,
+        repetitions=1, precision=None, warmup=0, idle_s=0,
         prompts=[{"id": "capital", "text": "What is the capital of France? Answer in one sentence.", "max_tokens": 16}],
     )
     (work / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(cfg))

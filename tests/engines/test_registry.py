@@ -123,7 +123,7 @@ def standin_study(tmp_path: Path) -> Path:
                                                                                  "shape": "llama-tiny", "seed": 0},
                          "quants": ["Q4_0", "Q8_0"], "n_gpu_layers": 0}},
         tools={"standin-echo": {"split_modes": ["none"]}},
-        bench={**config["bench"], "repetitions": 2, "warmup": 0, "idle_s": 0,
+        bench={**config["bench"], "repetitions": 2, "precision": None, "warmup": 0, "idle_s": 0,
                "prompts": [{"id": "short", "text": "Say hi.", "max_tokens": 8}]},
         quality={"kld": False, "accuracy": False},
     )
