@@ -21,6 +21,7 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmbench.cpu_probe import AMX_CPUINFO_FLAGS, FEATURE, cpu_flags, not_probed, probe_amx
 from llmbench.logs import run_logged
 from llmbench.source_archive import trim_manifest
 
@@ -29,7 +30,7 @@ TOOLS = ("llama-server", "llama-bench", "llama-batched-bench", "llama-quantize",
 # x86-64 extensions a build can leave out, with the GCC/Clang flags that turn each off (an explicit -mno-…
 # wins over -march=native whatever the order) and the /proc/cpuinfo flags that say a CPU has it.
 CPU_FEATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "amx": (("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"), ("amx_tile", "amx_int8", "amx_bf16")),
+    "amx": (("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"), AMX_CPUINFO_FLAGS),
     "avx512": (("-mno-avx512f",), ("avx512f",)),
     "avx_vnni": (("-mno-avxvnni",), ("avx_vnni",)),
 }
@@ -153,17 +154,6 @@ def _build_step(cmd: list[str], log) -> None:
         raise BuildError(f"{' '.join(cmd[:3])} … failed with exit {run.returncode}; see the log above")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags as the kernel lists them (x86: the 'flags' line; ARM: 'Features'); empty if unread."""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def next_target(target: CpuTarget, crash, flags: set[str]) -> tuple[CpuTarget, dict] | None:
     """The build to try after ``crash`` (a smoke result whose tool a signal ended), with the record of what is
     turned off and why; None when the portable build failed too. AMX first where the CPU lists it (the known
@@ -207,8 +197,6 @@ def first_target(spec: BuildSpec, flags: set[str], log, probe=None) -> tuple[Cpu
     without AMX already, has nothing for the probe to decide. The probe decides flags inside the build job, never
     the build's directory (BuildSpec.variant names what was configured), as the rebuild after a crash does.
     """
-    from llmbench.cpu_probe import FEATURE, not_probed, probe_amx
-
     target = spec.cpu_target
     if target.build != "native" or FEATURE in target.exclude:
         why = ("llama_cpp.exclude_cpu_features already leaves amx out" if FEATURE in target.exclude else

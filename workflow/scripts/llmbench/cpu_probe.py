@@ -214,10 +214,23 @@ def parse_probe(stdout: str, returncode: int | None, timed_out_after_s: float | 
                               f"ARCH_REQ_XCOMP_PERM (ARCH_GET_XCOMP_SUPP {supp}, XTILEDATA offered)", lines)
 
 
-def amx_flags(flags: set[str]) -> list[str]:
-    from llmbench.build import CPU_FEATURES
+# The /proc/cpuinfo flags that say a CPU has AMX (llmbench.build.CPU_FEATURES names them for its flags too).
+AMX_CPUINFO_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 
-    return sorted(set(CPU_FEATURES[FEATURE][1]) & set(flags))
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags as the kernel lists them (x86: the 'flags' line; ARM: 'Features'); empty if unread."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def amx_flags(flags: set[str]) -> list[str]:
+    return sorted(set(AMX_CPUINFO_FLAGS) & set(flags))
 
 
 def _first_error_line(stderr: str) -> str:
@@ -229,10 +242,8 @@ def verdict_of(run: dict) -> ProbeVerdict:
     """The verdict on a probe run as :func:`probe_amx` records it (as tests/data/cpu_probe/ keeps them, or as
     build.json's ``cpu_probe`` keeps it, its ``lines`` for the output): the CPU's AMX flags, the compile's outcome,
     the probe's output."""
-    from llmbench.build import CPU_FEATURES
-
     if not run.get("cpu_flags"):
-        return not_probed(f"this CPU does not list AMX ({', '.join(CPU_FEATURES[FEATURE][1])}) in /proc/cpuinfo, "
+        return not_probed(f"this CPU does not list AMX ({', '.join(AMX_CPUINFO_FLAGS)}) in /proc/cpuinfo, "
                           f"so the native build has none to leave out")
     if run.get("compile_returncode") != 0:
         return not_probed(f"{run.get('compiler') or 'the C compiler'} cannot build the probe: "
@@ -294,8 +305,6 @@ def probe_amx(flags: set[str], cc: list[str] | None = None) -> tuple[dict, Probe
 
 if __name__ == "__main__":  # for a look at a machine by hand: PYTHONPATH=workflow/scripts python3 -m llmbench.cpu_probe
     import json
-
-    from llmbench.build import cpu_flags
 
     found, verdict = probe_amx(cpu_flags())
     print(json.dumps({**found, "verdict": verdict.record()}, indent=2))
