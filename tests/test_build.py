@@ -97,14 +97,40 @@ def test_the_real_smoke_test_names_each_tool_a_signal_ended(tmp_path):
     install_standins(bin_dir, DIES.format(sig="SIGILL"))
     results = smoke_test(bin_dir, tmp_path / "smoke", threads=2)
     by_tool = {r.tool: r for r in results}
-    assert list(by_tool) == ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-server",
+    assert list(by_tool) == ["llama-server", "llama-bench", "llama-batched-bench", "llama-quantize", "llama-perplexity",
                              "llama-cpp-python"]
     for tool in LLAMA_TOOLS:
         r = by_tool[tool]
         assert (r.ok, r.signal) == (False, "SIGILL") and "instruction this CPU cannot run" in r.reason
-    assert first_crash(results).tool == "llama-quantize"
+        assert "this llama.cpp build uses an instruction" in r.reason  # the rebuild fix, llama-batched-bench's too
+    assert first_crash(results).tool == "llama-server"
     # The tiny model the tools ran is the workflow's own synthetic llama-tiny, a real GGUF.
     assert (tmp_path / "smoke/llama-tiny-Q4_0.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_the_binaries_built_and_smoke_tested_are_the_registrys():
+    """One list: the bench tools' binaries of llmbench/engines/registry.py and its QUALITY_BINARIES are built; the
+    smoke test runs each, and the tools that load libllama."""
+    from llmbench.build_smoke import smoke_tools
+    from llmbench.diagnosis import LLAMA_CPP_ENGINES
+    from llmbench.engines.registry import QUALITY_BINARIES, TOOLS
+
+    bench = [b for t in TOOLS.values() for b in t.llama_cpp if b != "libllama"]
+    assert LLAMA_TOOLS == (*bench, *QUALITY_BINARIES) == ("llama-server", "llama-bench", "llama-batched-bench",
+                                                          "llama-quantize", "llama-perplexity")
+    assert smoke_tools() == (*LLAMA_TOOLS, "llama-cpp-python")
+    assert set(LLAMA_CPP_ENGINES) == set(smoke_tools())
+
+
+def test_a_registered_binary_the_smoke_test_has_no_run_of_fails_the_build_saying_so(tmp_path, monkeypatch):
+    from llmbench import build_smoke
+
+    bin_dir = tmp_path / "bin"
+    install_standins(bin_dir, "print('stand-in')\n")
+    monkeypatch.setattr(build_smoke, "smoke_tools", lambda: ("llama-standin-new",))
+    (r,) = smoke_test(bin_dir, tmp_path / "smoke", threads=2)
+    assert (r.tool, r.ok, r.signal) == ("llama-standin-new", False, None) and first_crash([r]) is None
+    assert "has no run of llama-standin-new" in r.reason and "llmbench/build_smoke.py" in r.reason
 
 
 def standin_probe_says_amx_usable(flags):

@@ -15,7 +15,43 @@ def test_default_config_is_valid_and_gets_defaults(default_config, schema):
     cfg = validate_config(default_config, schema)
     assert cfg["resources_dir"] == "resources"
     assert cfg["llama_cpp"]["cmake_args"] == []
-    assert cfg["tools"]["llama-server"]["num_gpu"] is None
+    # Each tool gets the defaults of its own options (llmbench/engines/registry.py), and only those.
+    assert cfg["tools"]["ollama"]["num_gpu"] is None and "num_gpu" not in cfg["tools"]["llama-server"]
+    assert cfg["tools"]["llama-server"]["flash_attn"] is None and "n_prompt" not in cfg["tools"]["llama-server"]
+
+
+@pytest.mark.parametrize(("tool", "key", "value", "options"), [
+    ("llama-server", "n_gen", 64, "flash_attn, extra_args"),
+    ("llama-bench", "flash_attn", True, "n_prompt, n_gen"),
+    ("ollama", "dtype", "float16", "num_gpu"),
+    ("transformers", "flash_atn", True, "dtype"),
+])
+def test_an_option_the_tool_does_not_take_is_refused_naming_the_tool_and_its_options(default_config, schema, tool,
+                                                                                       key, value, options):
+    """A key under tools.<tool> that is an option of another tool, or of none, was silently ignored; now the config
+    is refused at parse time naming the tool, the key and the options the tool takes."""
+    default_config["tools"].setdefault(tool, {})[key] = value
+    with pytest.raises(ConfigError) as e:
+        validate_config(default_config, schema)
+    msg = str(e.value)
+    assert f"tools.{tool}.{key}: {tool} takes no option {key}; its options: {options}" in msg
+    assert "the keys every tool takes: split_modes, gpus, quants" in msg
+    if key == "n_gen":  # where other tools take it, the message says which
+        assert "(n_gen is an option of llama-bench, llama-batched-bench)" in msg
+
+
+def test_an_option_the_tool_takes_is_checked_against_its_own_range(default_config, schema):
+    default_config["tools"]["vllm"]["gpu_memory_utilization"] = 1.5
+    default_config["tools"]["llama-server"]["flash_attn"] = "sometimes"
+    with pytest.raises(ConfigError) as e:
+        validate_config(default_config, schema)
+    msg = str(e.value)
+    assert "tools.vllm.gpu_memory_utilization = 1.5 is too large; it must be <= 1 (allowed: above 0 to 1)" in msg
+    assert "tools.llama-server.flash_attn = 'sometimes' is not allowed; write on (or true), off (or false)" in msg
+    ok = load_config()
+    ok["tools"]["llama-server"].update(flash_attn=True, extra_args=["--cache-type-k", "q8_0"])
+    ok["tools"]["vllm"]["gpu_memory_utilization"] = 0.8
+    assert validate_config(ok, schema)["tools"]["llama-server"]["flash_attn"] is True
 
 
 def test_article_config_is_valid(schema):

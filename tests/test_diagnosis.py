@@ -138,6 +138,40 @@ def test_other_wordings_of_the_same_kinds(text, kind):
     assert diagnose("engine", None, text).kind == kind
 
 
+# What llama-batched-bench of the pinned build prints before its first batch, as on the Intel Xeon with AMX where the
+# native build's tools died by SIGILL in ggml_backend_amx_mul_mat (tests/test_build.py); a stand-in's recording.
+BATCHED_BENCH_SIGILL = """\
+build: 1 (0c1e570) with cc (Debian 14.2.0-19) 14.2.0 for x86_64-linux-gnu
+llama_model_loader: loaded meta data with 25 key-value pairs and 21 tensors from tiny.gguf (version GGUF V3 (latest))
+load_tensors: loading model tensors, this can take a while... (load_mode = mmap)
+load_tensors:   CPU_REPACK model buffer size =     1.12 MiB
+llama_context: constructing llama_context
+llama_context: n_seq_max     = 2
+main: n_kv_max = 512, n_batch = 2048, n_ubatch = 512, flash_attn = -1, is_pp_shared = 0, n_gpu_layers = 0, \
+n_threads = 2, n_threads_batch = 2
+"""
+
+
+def test_a_batched_bench_dead_by_an_illegal_instruction_is_named_with_the_rebuild_fix(tmp_path, tiny_gguf):
+    """llama-batched-bench runs this workflow's llama.cpp build like llama-bench: its SIGILL is fixed by rebuilding
+    (llama_cpp.cpu_build: portable), not by installing another build of it, which the workflow does not do."""
+    exe = tmp_path / "standin-llama-batched-bench"
+    exe.write_text(f"#!{sys.executable}\nimport os, signal, sys\nsys.stderr.write({BATCHED_BENCH_SIGILL!r})\n"
+                   "sys.stderr.flush()\nos.kill(os.getpid(), signal.SIGILL)\n")
+    exe.chmod(0o755)
+    j = bench_job(tmp_path, "llama-batched-bench", tiny_gguf, exe=exe, tool_settings={"n_prompt": 16, "n_gen": 8})
+    (j.settings.build_dir / "bin" / "llama-batched-bench").symlink_to(exe)
+    row = failed_row(j)
+    assert (row["failure_kind"], row["tool"]) == ("illegal_instruction", "llama-batched-bench")
+    reason = row["status_reason"]
+    assert reason.startswith("llama-batched-bench died by SIGILL (illegal instruction): this llama.cpp build uses "
+                             "an instruction this CPU cannot run: set llama_cpp.cpu_build: portable")
+    assert "exclude_cpu_features" in reason and "install a build of it" not in reason
+    # The same words wherever its output is read (the build's smoke test diagnoses it by name too).
+    assert diagnose("llama-batched-bench", -4, BATCHED_BENCH_SIGILL).reason == diagnose("llama-bench", -4, "").reason \
+        .replace("llama-bench", "llama-batched-bench")
+
+
 @pytest.mark.parametrize(("returncode", "name"), [(-4, "SIGILL"), (-11, "SIGSEGV"), (-9, "SIGKILL"), (1, None)])
 def test_the_signal_is_read_from_the_exit_status(returncode, name):
     sig = signal_of(returncode)

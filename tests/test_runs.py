@@ -162,12 +162,12 @@ def test_skipped_and_failed_rows_quote_no_path_of_this_machine(tmp_path, monkeyp
 
     from conftest import REPO
     from llmbench.engines.base import ToolUnavailable
-    from llmbench.engines.vllm import VllmServer, VllmSettings
+    from llmbench.engines.vllm import Vllm, VllmSettings
 
     monkeypatch.chdir(REPO)  # Snakemake runs every job in the project
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ToolUnavailable) as vllm_missing:
-        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
     reasons = [str(vllm_missing.value)]
     assert "(.venv)" in reasons[0] or Path(sys.prefix).name in reasons[0]
     lib = REPO / "res/llama.cpp/0.3.36-cpu/bin"

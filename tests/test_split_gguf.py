@@ -273,15 +273,15 @@ def test_a_shard_with_a_wrong_sha256_fails_alone_and_leaves_nothing(split_hub_ca
 
 
 def test_tools_that_take_one_file_end_skipped_with_the_reason(tmp_path):
-    from llmbench.engines.ollama import OllamaBackend
-    from llmbench.engines.transformers import TransformersBackend
-    from llmbench.engines.vllm import VllmServer, VllmSettings
+    from llmbench.engines.ollama import Ollama
+    from llmbench.engines.transformers import Transformers
+    from llmbench.engines.vllm import Vllm, VllmSettings
 
     first, _ = write_split_gguf(tmp_path, "Q8_0", 2)
     engines = {
-        "transformers": TransformersBackend(first),
-        "vLLM": VllmServer(VllmSettings(model=first), tmp_path / "vllm.log"),
-        "Ollama": OllamaBackend("llmbench-m:Q8_0", tmp_path / "ollama.log", host="127.0.0.1:9", gguf=first),
+        "transformers": Transformers(first),
+        "vLLM": Vllm(VllmSettings(model=first), tmp_path / "vllm.log"),
+        "Ollama": Ollama("llmbench-m:Q8_0", tmp_path / "ollama.log", host="127.0.0.1:9", gguf=first),
     }
     for name, engine in engines.items():
         with pytest.raises(ToolUnavailable, match=rf"(?i){name}.*split GGUF.*first of 2 shards|first of 2 shards"):

@@ -263,7 +263,7 @@ def test_a_kld_job_whose_tool_hangs_writes_a_failed_row_naming_the_limit(tmp_pat
 
 
 def test_a_hanging_llama_quantize_fails_the_job_naming_its_limit_and_leaves_no_file(tmp_path):
-    from llmbench.models import derive_quant
+    from llmbench.quantize import derive_quant
 
     src = write_tiny_gguf(tmp_path / "F16.gguf")
     record = tmp_path / "F16.json"

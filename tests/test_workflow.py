@@ -63,6 +63,7 @@ def write_config(work: Path, quants: list[str]) -> str:
     cfg["tools"]["llama-batched-bench"].update(n_prompt=32, n_gen=16, concurrency=[1, 2], quants=["Q8_0"])
     for slow_or_absent in ("transformers", "ollama", "vllm"):
         cfg["tools"][slow_or_absent]["quants"] = ["Q4_0"]
+    cfg["tools"]["llama-cpp-python"].pop("quants", None)  # every quant, as llama-server: adding one runs both
     # Quality on a smaller scale: six chunks of the corpus, one question of each category.
     cfg["quality"].update(chunks=6, questions="workflow/data/test-questions.yaml")
     questions = yaml.safe_load((work / "workflow/data/accuracy-questions.yaml").read_text())

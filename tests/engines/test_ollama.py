@@ -25,7 +25,7 @@ import pytest
 
 from conftest import REPO, bench_job, reply_json, trickle, write_tiny_gguf
 from llmbench.engines.base import EngineError, ToolUnavailable
-from llmbench.engines.ollama import OllamaBackend, file_type_name, loaded_model, parse_chat
+from llmbench.engines.ollama import Ollama, file_type_name, loaded_model, parse_chat
 from llmbench.engines.process import free_port
 from llmbench.measure import bench
 from llmbench.meters import EnergyMeter
@@ -205,7 +205,7 @@ def standin_ollama():
 
 def test_backend_pulls_a_missing_model_then_generates_with_the_options(standin_ollama, tmp_path):
     host, state = standin_ollama
-    with OllamaBackend("llama3.2:1b", tmp_path / "ollama.log", host=host, num_gpu=81, num_thread=8) as backend:
+    with Ollama("llama3.2:1b", tmp_path / "ollama.log", host=host, num_gpu=81, num_thread=8) as backend:
         g = backend.generate("What is the capital of France?", 32, 0.7, 1234)
         facts = backend.facts()
     assert g.generated_tokens == 298
@@ -225,7 +225,7 @@ def test_an_answer_that_trickles_is_given_up_at_its_deadline(standin_ollama, tmp
 
     host, state = standin_ollama
     log = tmp_path / "ollama.log"
-    with OllamaBackend("llama3.2:1b", log, host=host, request_timeout_s=1.0) as backend:
+    with Ollama("llama3.2:1b", log, host=host, request_timeout_s=1.0) as backend:
         assert backend.generate("hi", 8, 0.0, 1).generated_tokens == 298  # a whole answer: nothing cut
         state["trickle"] = True
         start = time.monotonic()
@@ -239,7 +239,7 @@ def test_an_answer_that_trickles_is_given_up_at_its_deadline(standin_ollama, tmp
 
 def test_a_study_gguf_is_imported_as_the_identical_file(standin_ollama, tmp_path, tiny_gguf):
     host, state = standin_ollama
-    with OllamaBackend("llmbench/smollm2-135m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
+    with Ollama("llmbench/smollm2-135m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
         backend.generate("What is the capital of France?", 32, 0.7, 1234)
     digest = "sha256:" + hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
     assert state["blobs"] == {digest: tiny_gguf.read_bytes()}
@@ -268,7 +268,7 @@ def test_repetitions_of_a_job_server_are_measured_uncached(tmp_path, monkeypatch
     exe.chmod(0o755)
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", start_timeout_s=30, num_ctx=4096) as backend:
+    with Ollama("llama3.1:8b", tmp_path / "ollama.log", start_timeout_s=30, num_ctx=4096) as backend:
         reps = [backend.generate("What is the capital of France?", 32, 0.7, 1234 + i) for i in range(3)]
     assert json.loads(env.read_text()) == {"OLLAMA_NUM_PARALLEL": "1"}
     assert [g.prefill_cached for g in reps] == [False] * 3
@@ -286,7 +286,7 @@ def test_a_server_at_ollama_host_is_evicted_but_its_prefill_is_not_vouched_for(s
     'not known' and give no prefill rate, rather than a rate that may be c06's."""
     host, state = standin_ollama
     state["cache"] = "What is the capital of France?"  # an earlier client of that server asked the same
-    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+    with Ollama("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
         reps = [backend.generate("What is the capital of France?", 32, 0.7, 1234 + i) for i in range(2)]
     paths = [p for p, _ in state["requests"] if p in ("/api/chat", "/api/generate")]
     assert paths == ["/api/generate", "/api/chat", "/api/generate", "/api/chat"]
@@ -341,7 +341,7 @@ def test_a_tag_that_moved_marks_its_rows_with_what_ran_and_its_digest(standin_ol
     with the real type, and name the weights the engine loaded."""
     host, state = standin_ollama
     c312_server(state)
-    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+    with Ollama("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
         rows = run_generations(backend, c312_plan("Q4_0"), EnergyMeter([], ["no sensor here"]), backend.facts())
     row = rows.row(0, named=True)
     assert (row["status"], row["quant"], row["output_text"], row["generated_tokens"]) == ("ok", "Q4_0", "42", 3)
@@ -357,7 +357,7 @@ def test_a_tag_that_moved_marks_its_rows_with_what_ran_and_its_digest(standin_ol
 def test_a_tag_labelled_as_what_it_holds_is_not_marked(standin_ollama, tmp_path):
     host, state = standin_ollama
     c312_server(state)
-    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+    with Ollama("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
         rows = run_generations(backend, c312_plan("Q4_K_M"), EnergyMeter([], ["no sensor here"]), backend.facts())
     assert rows["quant_label_note"].to_list() == [None] and rows["model_digest"].to_list() == [C312_WEIGHTS]
     assert loaded_quant_note("Q4_K", backend.facts()) is None  # the tensor type Q4_K_M is named after
@@ -401,7 +401,7 @@ def test_a_study_gguf_imported_into_ollama_agrees_with_its_label(standin_ollama,
 
 def test_an_imported_gguf_that_states_no_file_type_is_not_marked(standin_ollama, tmp_path, tiny_gguf):
     host, _ = standin_ollama
-    with OllamaBackend("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
+    with Ollama("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=tiny_gguf) as backend:
         facts = backend.facts()
     assert facts["loaded_quant"] is None and facts["quantization_level"] == "unknown"
     assert loaded_quant_note("Q8_0", facts) is None  # not known is not "different"
@@ -410,7 +410,7 @@ def test_an_imported_gguf_that_states_no_file_type_is_not_marked(standin_ollama,
 def test_an_imported_gguf_of_another_type_is_marked_naming_the_file(standin_ollama, tmp_path):
     host, _ = standin_ollama
     model = write_tiny_gguf(tmp_path / "m.gguf", metadata=lambda w: w.add_file_type(2))  # Q4_0
-    with OllamaBackend("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=model) as backend:
+    with Ollama("llmbench-m:Q8_0", tmp_path / "ollama.log", host=host, gguf=model) as backend:
         note = loaded_quant_note("Q8_0", backend.facts())
     assert note.startswith("Q8_0 is not what ran: Ollama's llmbench-m:Q8_0, imported from m.gguf, is Q4_0")
     assert "label the file Q4_0" in note
@@ -419,7 +419,7 @@ def test_an_imported_gguf_of_another_type_is_marked_naming_the_file(standin_olla
 def test_a_server_that_cannot_show_the_model_still_measures_and_says_the_label_is_unchecked(standin_ollama, tmp_path):
     host, state = standin_ollama
     state["show_fails"] = True  # /api/show answers 404 even after the pull
-    with OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
+    with Ollama("llama3.1:8b", tmp_path / "ollama.log", host=host) as backend:
         rows = run_generations(backend, c312_plan("Q4_0"), EnergyMeter([], ["no sensor here"]), backend.facts())
     row = rows.row(0, named=True)
     assert row["status"] == "ok" and row["quant_label_note"] is None and row["model_digest"] is None
@@ -429,26 +429,26 @@ def test_a_server_that_cannot_show_the_model_still_measures_and_says_the_label_i
 def test_missing_gguf_to_import_is_named(standin_ollama, tmp_path):
     host, _ = standin_ollama
     with pytest.raises(EngineError, match="no-such.gguf does not exist"):
-        OllamaBackend("m:q", tmp_path / "ollama.log", host=host, gguf=tmp_path / "no-such.gguf").start()
+        Ollama("m:q", tmp_path / "ollama.log", host=host, gguf=tmp_path / "no-such.gguf").start()
 
 
 def test_no_server_and_no_binary_means_skipped_with_the_reason(monkeypatch, tmp_path):
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolUnavailable, match="OLLAMA_HOST is unset and no `ollama` binary is on PATH"):
-        OllamaBackend("llama3.1:8b", tmp_path / "ollama.log").start()
+        Ollama("llama3.1:8b", tmp_path / "ollama.log").start()
 
 
 def test_dead_server_named_in_ollama_host_is_an_error(tmp_path):
     host = f"127.0.0.1:{free_port()}"
     with pytest.raises(EngineError, match=f"no Ollama server answers at {host}"):
-        OllamaBackend("llama3.1:8b", tmp_path / "ollama.log", host=host, start_timeout_s=2).start()
+        Ollama("llama3.1:8b", tmp_path / "ollama.log", host=host, start_timeout_s=2).start()
 
 
 @pytest.mark.skipif(shutil.which("ollama") is None, reason="no `ollama` binary on PATH")
 def test_real_ollama_server_starts_and_answers(tmp_path, monkeypatch):
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
-    backend = OllamaBackend("no-such-model-llmbench-test:latest", tmp_path / "ollama.log")
+    backend = Ollama("no-such-model-llmbench-test:latest", tmp_path / "ollama.log")
     with pytest.raises(EngineError, match="could not pull 'no-such-model-llmbench-test:latest'"):
         backend.start()
     assert backend.server.proc is None  # the server the job started was stopped

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_tiny_gguf
 from llmbench.engines.base import EngineError, ToolUnavailable
-from llmbench.engines.transformers import TransformersBackend, unsupported_quant_types
+from llmbench.engines.transformers import Transformers, unsupported_quant_types
 
 MiB = 1 << 20
 
@@ -41,7 +41,7 @@ def test_missing_transformers_is_unavailable_and_says_what_to_install(monkeypatc
     # None in sys.modules stands in for a machine without transformers: importing it then fails.
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ToolUnavailable, match=r"transformers is not installed here.*requirements.txt"):
-        TransformersBackend(tiny_gguf).start()
+        Transformers(tiny_gguf).start()
 
 
 def test_cuda_without_a_gpu_is_unavailable(tiny_gguf):
@@ -49,7 +49,7 @@ def test_cuda_without_a_gpu_is_unavailable(tiny_gguf):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(ToolUnavailable, match="no CUDA GPU visible to torch"):
-        TransformersBackend(tiny_gguf, device="cuda").start()
+        Transformers(tiny_gguf, device="cuda").start()
 
 
 @pytest.mark.parametrize("qtype, bad", [("F64", ["F64"]), ("Q8_0", []), ("Q4_1", []), ("F16", [])])
@@ -61,23 +61,23 @@ def test_unsupported_quant_type_is_an_error_naming_type_and_file(tmp_path):
     needs_stack()
     path = write_gguf(tmp_path / "model-f64.gguf", "F64")
     with pytest.raises(EngineError, match=r"cannot load .*model-f64\.gguf.* F64 tensors"):
-        TransformersBackend(path).start()
+        Transformers(path).start()
 
 
 def test_missing_model_file_is_named(tmp_path):
     needs_stack()
     with pytest.raises(EngineError, match="nope.gguf does not exist"):
-        TransformersBackend(tmp_path / "nope.gguf").start()
+        Transformers(tmp_path / "nope.gguf").start()
 
 
 def test_generate_before_start_is_an_error(tiny_gguf):
     with pytest.raises(EngineError, match="not started"):
-        TransformersBackend(tiny_gguf).generate("hi", 4, 0.0, 1)
+        Transformers(tiny_gguf).generate("hi", 4, 0.0, 1)
 
 
 def test_unknown_device_is_refused(tiny_gguf):
     with pytest.raises(ValueError, match="'mps'"):
-        TransformersBackend(tiny_gguf, device="mps")
+        Transformers(tiny_gguf, device="mps")
 
 
 @pytest.mark.e2e
@@ -86,7 +86,7 @@ def test_real_gguf_generates_with_the_engines_counts():
     if not path or not Path(path).is_file():
         pytest.skip(f"set LLMBENCH_TEST_GGUF to a real chat GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf); got {path!r}")
     needs_stack()
-    backend = TransformersBackend(Path(path), threads=1)
+    backend = Transformers(Path(path), threads=1)
     with backend:
         facts = backend.facts()
         assert facts["dtype"] in ("torch.float32", "torch.float16", "torch.bfloat16")

@@ -17,7 +17,7 @@ from conftest import REPO, TRICKLING_SSE_SERVER, StreamReplay, bench_job, nvml_w
 from llmbench.engines import registry
 from llmbench.engines import vllm as vllm_backend
 from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
-from llmbench.engines.vllm import VllmServer, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
+from llmbench.engines.vllm import Vllm, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
 from llmbench.measure import measure
 
 STREAM = REPO / "tests/data/vllm_chat_stream.txt"
@@ -156,7 +156,7 @@ def test_command_is_how_a_user_starts_vllm(tmp_path):
 def test_no_vllm_is_unavailable_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ToolUnavailable, match=r"vLLM is not installed .*pip install vllm; it needs an NVIDIA GPU"):
-        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
 
 
 def test_no_gpu_is_unavailable_with_the_reason(tmp_path, monkeypatch):
@@ -164,7 +164,7 @@ def test_no_gpu_is_unavailable_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: False)
     standin_distributions(monkeypatch)  # whatever vLLM this machine has, its GGUF check is not what is tested
     with pytest.raises(ToolUnavailable, match="vLLM needs an NVIDIA GPU"):
-        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
 
 
 def standin_distributions(monkeypatch, **installed: str) -> None:
@@ -190,7 +190,7 @@ def test_vllm_024_without_the_gguf_plugin_is_skipped_with_the_install_line(tmp_p
     standin_distributions(monkeypatch, vllm="0.24.1")
     refuse_server_start(monkeypatch)
     with pytest.raises(ToolUnavailable) as raised:
-        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
     why = str(raised.value)
     assert why.startswith("vLLM 0.24.1 (in ") and "distribution 'vllm-gguf-plugin' not found" in why
     assert "pip install vllm-gguf-plugin" in why and "PR #39612" in why and "vllm<0.24" in why
@@ -225,7 +225,7 @@ def test_a_vllm_that_can_load_the_gguf_runs_and_names_the_plugin(tmp_path, monke
     through the registry's package list, in the job's provenance)."""
     model = standin_vllm(tmp_path, SERVING, monkeypatch)
     standin_distributions(monkeypatch, **installed)
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
         g = server.generate("What is the capital of France?", 12, 0.0, 42)
         facts = server.facts()
     assert g.generated_tokens == 12 and facts["vllm_gguf_plugin"] == plugin
@@ -238,7 +238,7 @@ def test_no_vllm_is_skipped_as_before_whatever_the_plugin(tmp_path, monkeypatch)
     refuse_server_start(monkeypatch)
     with pytest.raises(ToolUnavailable, match=r"^vLLM is not installed in the job's Python environment .*: pip "
                                               r"install vllm; it needs an NVIDIA GPU$"):
-        VllmServer(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "m.gguf"), tmp_path / "engine.log").start()
 
 
 def test_the_plugin_is_not_asked_for_a_model_that_is_no_gguf(tmp_path, monkeypatch):
@@ -246,7 +246,7 @@ def test_the_plugin_is_not_asked_for_a_model_that_is_no_gguf(tmp_path, monkeypat
     monkeypatch.setattr(vllm_backend, "nvidia_gpu_present", lambda: False)
     standin_distributions(monkeypatch, vllm="0.24.0")
     with pytest.raises(ToolUnavailable, match="vLLM needs an NVIDIA GPU"):  # the next check, not the plugin's
-        VllmServer(VllmSettings(model=tmp_path / "hf-model-dir"), tmp_path / "engine.log").start()
+        Vllm(VllmSettings(model=tmp_path / "hf-model-dir"), tmp_path / "engine.log").start()
 
 
 @pytest.mark.skipif(nvml_works(), reason="this machine has a working NVML")
@@ -290,7 +290,7 @@ SERVING = f"""
 
 def test_generation_through_the_server_and_stop(tmp_path, monkeypatch):
     model = standin_vllm(tmp_path, SERVING, monkeypatch)
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
         proc = server.server.proc
         g = server.generate("What is the capital of France?", 12, 0.0, 42)
         facts = server.facts()
@@ -309,7 +309,7 @@ def test_server_dying_while_loading_says_why(tmp_path, monkeypatch):
         print("ValueError: No supported config format found in model.gguf")
         sys.exit(1)
     """, monkeypatch)
-    server = VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log")
+    server = Vllm(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log")
     with pytest.raises(EngineError, match=r"exited with code 1: .*No supported config format.*\(while loading"):
         server.start()
 
@@ -346,7 +346,7 @@ def serve_in_turn(tmp_path: Path, monkeypatch, *answers: list[bytes]) -> Path:
 
 def test_a_request_cut_short_runs_once_more(tmp_path, monkeypatch):
     model = serve_in_turn(tmp_path, monkeypatch, reasoning_stream()[:8], reasoning_stream())
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
         g = server.generate("What is 17 + 25?", 64, 0.0, 1)
     assert (g.text, g.generated_tokens) == ("42", 23)
     assert Path(f"{model}.requests").read_text() == "xx"
@@ -355,7 +355,7 @@ def test_a_request_cut_short_runs_once_more(tmp_path, monkeypatch):
 def test_a_request_cut_short_twice_fails_naming_the_engine_log(tmp_path, monkeypatch):
     model = serve_in_turn(tmp_path, monkeypatch, reasoning_stream()[:8])
     log = tmp_path / "engine.log"
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30), log) as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30), log) as server:
         with pytest.raises(StreamCutShort) as e:
             server.generate("What is 17 + 25?", 64, 0.0, 1)
     assert "cut short again when the request ran once more" in str(e.value) and str(log) in str(e.value)
@@ -387,7 +387,7 @@ TOKENIZING = """
 
 def test_a_context_at_a_depth_is_counted_by_vllms_own_tokenizer(tmp_path, monkeypatch):
     model = standin_vllm(tmp_path, TOKENIZING, monkeypatch)
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30), tmp_path / "engine.log") as server:
         assert server.context_text("one two three four five", 3) == "w0 w1 w2"
         with pytest.raises(EngineError, match="holds 5 tokens by vLLM's tokenizer, fewer than the depth 9"):
             server.context_text("one two three four five", 9)
@@ -400,7 +400,7 @@ def test_a_request_that_trickles_is_given_up_at_its_deadline(tmp_path, monkeypat
 
     model = standin_vllm(tmp_path, TRICKLING_SSE_SERVER, monkeypatch)
     log = tmp_path / "engine.log"
-    with VllmServer(VllmSettings(model=model, start_timeout_s=30, request_timeout_s=1.0), log) as server:
+    with Vllm(VllmSettings(model=model, start_timeout_s=30, request_timeout_s=1.0), log) as server:
         start = time.monotonic()
         with pytest.raises(EngineError) as e:
             server.generate("What is 17 + 25?", 64, 0.0, 1)

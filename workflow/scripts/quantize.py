@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from llmbench.logs import script_logging
-from llmbench.models import derive_quant
+from llmbench.quantize import derive_quant
 
 
 def main(snakemake):

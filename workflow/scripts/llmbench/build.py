@@ -22,10 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmbench.cpu_probe import AMX_CPUINFO_FLAGS, FEATURE, cpu_flags, not_probed, probe_amx
+from llmbench.engines.registry import llama_cpp_binaries
 from llmbench.logs import run_logged
 from llmbench.source_archive import trim_manifest
 
-TOOLS = ("llama-server", "llama-bench", "llama-batched-bench", "llama-quantize", "llama-perplexity")
+# The binaries built (cmake targets, build.json's tools): the bench tools' of the registry, then its
+# QUALITY_BINARIES (llama-quantize, llama-perplexity), so that a llama.cpp tool registered there is built.
+TOOLS = llama_cpp_binaries()
 
 # x86-64 extensions a build can leave out, with the GCC/Clang flags that turn each off (an explicit -mno-…
 # wins over -march=native whatever the order) and the /proc/cpuinfo flags that say a CPU has it.

@@ -145,39 +145,65 @@ def _batch_line(stdout: str, _log: str) -> str | None:
 
 
 def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.executable) -> list[SmokeResult]:
-    """Run each built tool of ``bin_dir`` on the tiny model with ``threads`` threads (at least 2: the AMX fault is
-    on worker threads); the results in tool order, every tool run even after one failed."""
+    """Run each built tool of ``bin_dir`` (smoke_tools: the registry's) on the tiny model with ``threads`` threads
+    (at least 2: the AMX fault is on worker threads); the results in that order, every tool run even after one
+    failed."""
     bin_dir, workdir = Path(bin_dir), Path(workdir)  # as given (relative to the study): build.json is shared
     workdir.mkdir(parents=True, exist_ok=True)
     model = smoke_model(workdir)
     threads = str(max(2, threads))
     corpus = workdir / "smoke-text.txt"
     corpus.write_text(SMOKE_TEXT + "\n")
-    results = [
-        _run("llama-quantize", [str(bin_dir / "llama-quantize"), "--allow-requantize", str(model),
-                                str(workdir / "requantized-Q8_0.gguf"), "Q8_0", threads], workdir / "quantize.log"),
+
+    def binding() -> SmokeResult:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), os.environ.get("PYTHONPATH", "")])}
+        run = _run("llama-cpp-python", [python, "-c", _BINDING_CHECK, str(model), str(bin_dir), threads,
+                                        SMOKE_PROMPT], workdir / "llama-cpp-python.log", env=env)
+        if run.returncode == 3:  # the binding is not installed here: nothing of this build to prove
+            return SmokeResult("llama-cpp-python", True, run.command, run.seconds, 3,
+                               reason="not checked: llama-cpp-python is not installed in this environment", log=run.log)
+        return run
+
+    checks = {
+        "llama-quantize": lambda: _run(
+            "llama-quantize", [str(bin_dir / "llama-quantize"), "--allow-requantize", str(model),
+                               str(workdir / "requantized-Q8_0.gguf"), "Q8_0", threads], workdir / "quantize.log"),
         # A prefill of 64 tokens: batched matrix products, where ggml takes its AMX (and other batched) kernels.
-        _run("llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "64", "-n", "8", "-r", "1",
-                             "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
+        "llama-bench": lambda: _run(
+            "llama-bench", [str(bin_dir / "llama-bench"), "-m", str(model), "-p", "64", "-n", "8", "-r", "1",
+                            "-t", threads, "-o", "jsonl"], workdir / "bench.log", check=_json_line),
         # Two sequences in one batch: the batched decode the load axis's reference runs. Eight tests: llama.cpp's
         # log prints from a thread never flushed at exit (llmbench.batched_bench), and a run of a few milliseconds
         # can end before it printed anything (2 tests: 4 runs of 20 printed nothing here; 8 tests: none of 50).
-        _run("llama-batched-bench", [str(bin_dir / "llama-batched-bench"), "-m", str(model), "-c", "512", "-npp", "32",
-                                     "-ntg", "8", "-npl", ",".join(["2"] * 8), "-t", threads, "--output-format",
-                                     "jsonl"],
-             workdir / "batched-bench.log", check=_batch_line),
-        _run("llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus),
-                                  "-c", "64", "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log"),
-        _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    binding = _run("llama-cpp-python", [python, "-c", _BINDING_CHECK, str(model), str(bin_dir), threads, SMOKE_PROMPT],
-                   workdir / "llama-cpp-python.log", env=env)
-    if binding.returncode == 3:  # the binding is not installed here: nothing of this build to prove
-        binding = SmokeResult("llama-cpp-python", True, binding.command, binding.seconds, 3,
-                              reason="not checked: llama-cpp-python is not installed in this environment",
-                              log=binding.log)
-    return [*results, binding]
+        "llama-batched-bench": lambda: _run(
+            "llama-batched-bench", [str(bin_dir / "llama-batched-bench"), "-m", str(model), "-c", "512", "-npp", "32",
+                                    "-ntg", "8", "-npl", ",".join(["2"] * 8), "-t", threads, "--output-format",
+                                    "jsonl"], workdir / "batched-bench.log", check=_batch_line),
+        "llama-perplexity": lambda: _run(
+            "llama-perplexity", [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(corpus), "-c", "64",
+                                 "-b", "64", "--chunks", "2", "-t", threads], workdir / "perplexity.log"),
+        "llama-server": lambda: _server(bin_dir / "llama-server", model, int(threads), workdir / "server.log"),
+        "llama-cpp-python": binding,  # libllama, loaded in-process: run in a process of its own
+    }
+    return [checks[t]() if t in checks else _no_check(t, bin_dir) for t in smoke_tools()]
+
+
+def smoke_tools() -> tuple[str, ...]:
+    """What the smoke test runs, from the registry: every binary the build makes (llmbench.build.TOOLS), then the
+    tools that load its libllama in-process (llama-cpp-python)."""
+    from llmbench.build import TOOLS as BINARIES
+    from llmbench.engines.registry import LIBLLAMA, TOOLS
+
+    return (*BINARIES, *(name for name, t in TOOLS.items() if LIBLLAMA in t.llama_cpp))
+
+
+def _no_check(tool: str, bin_dir: Path) -> SmokeResult:
+    """A llama.cpp tool the registry names that the smoke test has no run of: the build fails saying so, rather than
+    a job finding out that the tool cannot run on this machine."""
+    return SmokeResult(tool, False, str(bin_dir / tool), 0.0,
+                       reason=f"the build's smoke test has no run of {tool} (registered in llmbench/engines/registry.py):"
+                              " add one to llmbench/build_smoke.py, as every llama.cpp tool is proven before a job "
+                              "uses it")
 
 
 def first_crash(results: list[SmokeResult]) -> SmokeResult | None:

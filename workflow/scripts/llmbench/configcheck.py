@@ -54,13 +54,26 @@ def fill_defaults(instance, schema: dict, root: dict) -> None:
 
 
 def load_schema(path: str | Path) -> dict:
-    """The config schema, its tool names filled from the registry (llmbench.engines.registry): a tool registered
-    there is a tool the config may name, with no second list to keep."""
+    """The config schema, its tools filled from the registry (llmbench.engines.registry): a tool registered there
+    is a tool the config may name, and its section takes the keys every tool takes ($defs/tool) and the options its
+    record declares, with no second list to keep. A key no record of that tool declares is refused (_describe
+    names the tool's options)."""
     from llmbench.engines.registry import TOOLS
 
     with open(path) as fh:
         schema = yaml.safe_load(fh)
-    schema["properties"]["tools"]["propertyNames"] = {"enum": list(TOOLS)}
+    tools, common = schema["properties"]["tools"], schema["$defs"]["tool"]
+    tools["propertyNames"] = {"enum": list(TOOLS)}
+    tools["properties"] = {}
+    for name, record in TOOLS.items():
+        if clash := sorted(set(record.options) & set(common["properties"])):
+            raise ValueError(f"tool {name!r} declares the options {', '.join(clash)}, which are keys every tool "
+                             "takes ($defs/tool in the schema); rename them")
+        tools["properties"][name] = {
+            **common, "description": f"Settings of {name}: the keys every tool takes and its own options.",
+            "properties": {**common["properties"], **copy.deepcopy(dict(record.options))},
+            "x-tool": name, "x-options": list(record.options),
+        }
     return schema
 
 
@@ -114,12 +127,28 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
         bound, fix = ("at most", "shorten it") if v == "maxLength" else ("at least", "fill it in")
         yield (f"{where} = {_short(error.instance)} has {n} characters; it must have {bound} {limit}"
                f"{_why(error.schema)}; {fix}")
+    elif v == "additionalProperties" and "x-tool" in error.schema:
+        yield from _not_an_option(error, schema)
     elif v == "additionalProperties":
         yield f"{where}: {error.message}; remove it or check its spelling"
     elif v == "propertyNames":
         yield f"{where}: {error.message}"
     else:
         yield f"{where} = {error.instance!r}: {error.message}"
+
+
+def _not_an_option(error: jsonschema.ValidationError, schema: dict) -> Iterator[str]:
+    """A key under tools.<tool> that is neither one every tool takes nor an option of that tool: the tool, the key,
+    the options it takes, and the tools that take the key where some do."""
+    tool, options = error.schema["x-tool"], error.schema["x-options"]
+    where = key_path(error.absolute_path)
+    common = [k for k in error.schema["properties"] if k not in options]
+    tools = schema["properties"]["tools"].get("properties", {})
+    for key in (k for k in error.instance if k not in error.schema["properties"]):
+        others = [t for t, s in tools.items() if key in s.get("x-options", ())]
+        yield (f"{where}.{key}: {tool} takes no option {key}; its options: {', '.join(options) or 'none'}"
+               + (f" ({key} is an option of {', '.join(others)})" if others else "")
+               + f"; the keys every tool takes: {', '.join(common)}. Remove it or check its spelling")
 
 
 def _range(schema: dict) -> str:
@@ -410,7 +439,7 @@ def limit_problems(config: dict) -> list[str]:
                 f"{ctx * max(levels)} (ctx_size × load level), past llama.cpp's int32 limit {INT32_MAX}; allowed: "
                 f"ctx_size up to {INT32_MAX // max(levels)} at that level; lower either"
             )
-        if "n_prompt" in rec.settings and "n_gen" in rec.settings:
+        if "n_prompt" in rec.options and "n_gen" in rec.options:
             own = config["tools"][tool]
             n = max(levels) if rec.batches else 1
             for d in depths:
@@ -509,7 +538,8 @@ def validate_config(config: dict, schema: dict) -> dict:
         raise ConfigError(redact_text(
             "invalid study config:\n"
             + "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
-            + "\nFix these keys in the config file (see workflow/schemas/config.schema.yaml for every key)."
+            + "\nFix these keys in the config file (see workflow/schemas/config.schema.yaml for every key, and "
+            "workflow/scripts/llmbench/engines/registry.py for each tool's options)."
         ))
     fill_defaults(config, schema, schema)
     return config

@@ -1,8 +1,8 @@
 """Why an engine failed, named for what it is, with its fix: one reading of how it ended and of its own log.
 
-Every engine goes through :func:`diagnose` (llama-server, llama-bench, llama-perplexity, llama-quantize,
-llama-cpp-python, transformers, Ollama, vLLM, and the build's smoke test): the exit status or the signal that ended
-the process, then the engine's own words. A model file is called corrupt only when the GGUF check
+Every engine goes through :func:`diagnose` (llama-server, llama-bench, llama-batched-bench, llama-perplexity,
+llama-quantize, llama-cpp-python, transformers, Ollama, vLLM, and the build's smoke test): the exit status or the
+signal that ended the process, then the engine's own words. A model file is called corrupt only when the GGUF check
 (:func:`llmbench.models.check_gguf`: magic, version, tensor data inside the file) proves it; a loader that refused
 a sound file is quoted as such, since re-downloading a sound 40 GB file costs a user hours.
 
@@ -27,6 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmbench.engines.llama_log import OOM_FIX, out_of_memory_line
+from llmbench.engines.registry import llama_cpp_programs
+from llmbench.models import (
+    OTHER_FILE_FIX,
+    UNSUPPORTED_GGUF_FORMAT,
+    UNSUPPORTED_TENSOR_TYPE,
+    CorruptModelError,
+    ShardError,
+    UnloadableModelError,
+    check_gguf,
+)
 
 # Kinds of failure, as the `failure_kind` column of a failed row names them.
 ILLEGAL_INSTRUCTION = "illegal_instruction"
@@ -42,15 +52,15 @@ CONTEXT_EXCEEDED = "context_size_exceeded"
 CORRUPT_FILE = "corrupt_model_file"
 # A sound GGUF this llama.cpp does not load (llmbench.models.UnloadableModelError carries them): a ggml type it
 # removed or does not know; a GGUF version or byte order it does not read.
-UNSUPPORTED_TENSOR_TYPE = "unsupported_tensor_type"
-UNSUPPORTED_GGUF_FORMAT = "unsupported_gguf_format"
 GPU_LOST = "gpu_lost"  # the GPU fell off the bus mid-job (NVML: GPU is lost; Xid 79): llmbench.meters
 # A tool run or a request stopped at its wall-clock limit (llmbench.logs.tool_limit, bench.request_timeout_s).
 TIMED_OUT = "timed_out"
 EXITED = "exited"
 
-# Engines that run this workflow's own llama.cpp build: an illegal instruction there is fixed by rebuilding it.
-LLAMA_CPP_ENGINES = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-cpp-python")
+# Engines that run this workflow's own llama.cpp build: an illegal instruction there is fixed by rebuilding it. The
+# registry's list (the tools whose records name a llama.cpp binary or libllama, and llama-quantize and
+# llama-perplexity), so that a tool added there is diagnosed as one of the build's.
+LLAMA_CPP_ENGINES = llama_cpp_programs()
 REBUILD_FIX = (
     "this llama.cpp build uses an instruction this CPU cannot run: set llama_cpp.cpu_build: portable (ggml's "
     "runtime CPU dispatch, as llama.cpp's release binaries) or list the extension in llama_cpp.exclude_cpu_features "
@@ -65,7 +75,8 @@ VLLM_OOM_FIX = (
     "lower bench.ctx_size (vLLM's --max-model-len: the KV cache of one request that long must fit; vLLM's line "
     "says what would), serve fewer sequences at once (bench.concurrency or tools.vllm.concurrency: vLLM's "
     "--max-num-seqs), spread the model over more GPUs (tools.vllm.gpus: --tensor-parallel-size), or use a smaller "
-    "quant; vLLM takes gpu_memory_utilization (0.9) of each GPU's memory, so other processes on the GPU leave less"
+    "quant; vLLM takes gpu_memory_utilization (0.9 unless tools.vllm.gpu_memory_utilization says) of each GPU's "
+    "memory, so other processes on the GPU leave less"
 )
 OLLAMA_OOM_FIX = ("lower the layers Ollama offloads (tools.ollama.num_gpu, llama.cpp's n_gpu_layers) or "
                   "bench.ctx_size in the config")
@@ -210,7 +221,6 @@ def _file_check(model: Path | None) -> tuple[str, str] | None:
     wrongly (the lone-shard kind says it) or none given."""
     if model is None or not Path(model).is_file():
         return None
-    from llmbench.models import CorruptModelError, ShardError, UnloadableModelError, check_gguf
 
     try:
         check_gguf(model)
@@ -256,7 +266,6 @@ def _unloadable(engine: str, found: tuple[re.Match, str], model: Path | None, ki
     if checked is not None:
         return Diagnosis(checked[0], f"{engine} refused the model file (it logged {found[1]!r}): {checked[1]}",
                          found[1], _name(sig))
-    from llmbench.models import OTHER_FILE_FIX
 
     m = found[0]
     if kind == UNSUPPORTED_TENSOR_TYPE and m.re is _REMOVED_TYPE:

@@ -50,8 +50,9 @@ class Job:
 
     @classmethod
     def from_snakemake(cls, smk) -> Job:
-        """The job from Snakemake's script object. Params read: ``tool``, ``engine`` (the engine settings),
-        ``plan`` (a bench job's run plan), ``tool_settings``; input read: ``model``, ``build``."""
+        """The job from Snakemake's script object. Params read: ``tool``, ``engine`` (the engine settings, with a
+        generating tool's ``options``), ``plan`` (a bench job's run plan), ``tool_settings`` (a runner's options);
+        input read: ``model``, ``build``."""
         w, inp, params = smk.wildcards, smk.input, dict(smk.params.items())
         model_file = Path(inp.model) if "model" in inp.keys() else None
         record_file = model_file.with_suffix(".json") if model_file is not None else None
@@ -77,6 +78,9 @@ class Job:
             build_dir=build_file.parent if build_file else None, tag=engine.get("model_name"),
             concurrency=job.concurrency,
             tensor_split=tuple(float(x) for x in engine["tensor_split"]) if engine.get("tensor_split") else None,
+            # A generating tool's options come with its engine settings (accuracy jobs pass only those), a runner's
+            # (llama-bench's n_prompt, n_gen) as its tool_settings.
+            options=dict(engine.get("options") or job.tool_settings),
         )
         plan = None
         if p := params.get("plan"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class EngineSettings:
     tag: str | None = None  # Ollama's model name
     tensor_split: tuple[float, ...] | None = None  # llama.cpp's share of the model per GPU
     concurrency: int = 1  # requests the engine serves at once (a server's parallel slots)
+    # The tool's own options set under tools.<tool> (its registry record declares them: llama-server's flash_attn,
+    # transformers' dtype, …); an option absent here is left to the engine's own default.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 class Engine:

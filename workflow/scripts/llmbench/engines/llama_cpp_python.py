@@ -52,13 +52,15 @@ class LlamaCppPython(Engine):
 
     def __init__(self, model: Path, lib_dir: Path, *, n_gpu_layers: int | str = 0, split_mode: str = "none",
                  threads: int = 1, ctx_size: int = 2048, seed: int = 0,
-                 tensor_split: tuple[float, ...] | None = None, log_path: Path | None = None):
+                 tensor_split: tuple[float, ...] | None = None, log_path: Path | None = None,
+                 flash_attn: bool | None = None):
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode {split_mode!r} is not one of {sorted(SPLIT_MODES)}")
         check_offload(n_gpu_layers)
         self.model, self.lib_dir = Path(model), Path(lib_dir)
         self.n_gpu_layers, self.split_mode, self.threads = n_gpu_layers, split_mode, threads
         self.ctx_size, self.seed, self.tensor_split = ctx_size, seed, tensor_split
+        self.flash_attn = flash_attn  # None: the binding's default (off in 0.3.36)
         # llama.cpp's log of the load (it runs in this process): the offload and any failed allocation.
         self.log_path = Path(log_path) if log_path else None
         self.llm = None
@@ -70,7 +72,8 @@ class LlamaCppPython(Engine):
     @classmethod
     def from_settings(cls, s: EngineSettings, log_path: Path) -> LlamaCppPython:
         return cls(s.model, s.build_dir / "bin", n_gpu_layers=s.n_gpu_layers, split_mode=s.split, threads=s.threads,
-                   ctx_size=s.ctx_size, seed=s.seed, tensor_split=s.tensor_split, log_path=log_path)
+                   ctx_size=s.ctx_size, seed=s.seed, tensor_split=s.tensor_split, log_path=log_path,
+                   flash_attn=s.options.get("flash_attn"))
 
     def start(self) -> None:
         lc = import_llama_cpp(self.lib_dir)
@@ -85,6 +88,7 @@ class LlamaCppPython(Engine):
                     split_mode=getattr(lc, SPLIT_MODES[self.split_mode]), n_threads=self.threads,
                     n_threads_batch=self.threads, n_ctx=self.ctx_size, seed=self.seed, verbose=False,
                     tensor_split=list(self.tensor_split) if self.tensor_split else None,
+                    **({"flash_attn": self.flash_attn} if self.flash_attn is not None else {}),
                 )
                 error = None
             except (ValueError, RuntimeError) as e:

@@ -42,7 +42,13 @@ class LlamaServerSettings:
     parallel: int = 1  # slots: requests served at once (continuous batching)
     start_timeout_s: float = 300.0
     request_timeout_s: float = 900.0
+    flash_attn: str | None = None  # --flash-attn on, off or auto; None passes none (the build's default, auto)
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def flash_attn_value(value: bool | str | None) -> str | None:
+    """--flash-attn's value for the option tools.<tool>.flash_attn (YAML reads a bare on/off as true/false)."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 def offload_args(n_gpu_layers: int | str, tensor_split: tuple[float, ...] | None) -> list[str]:
@@ -81,6 +87,7 @@ def server_command(s: LlamaServerSettings, port: int) -> list[str]:
         # Level 4 adds llama.cpp's load lines (layers offloaded, allocation failures) to the log; it logs per
         # request, never per token.
         "--log-verbosity", "4",
+        *(["--flash-attn", s.flash_attn] if s.flash_attn is not None else []),
         *s.extra_args,
     ]
 
@@ -155,6 +162,8 @@ class LlamaServer(ServedEngine):
             split_mode=s.split, threads=s.threads, ctx_size=s.ctx_size, parallel=s.concurrency,
             start_timeout_s=s.start_timeout_s,
             request_timeout_s=s.request_timeout_s, tensor_split=s.tensor_split,
+            flash_attn=flash_attn_value(s.options.get("flash_attn")),
+            extra_args=tuple(s.options.get("extra_args") or ()),
         ), log_path)
 
     def start(self) -> None:

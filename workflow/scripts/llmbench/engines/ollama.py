@@ -198,7 +198,7 @@ def _manifest_digest(name: str, tags: dict) -> str | None:
     return None
 
 
-class OllamaBackend(Engine):
+class Ollama(Engine):
     tool = "ollama"
 
     def __init__(
@@ -236,7 +236,7 @@ class OllamaBackend(Engine):
         self._request = threading.local()  # the deadline of the generation this thread is waiting on
 
     @classmethod
-    def from_settings(cls, s: EngineSettings, log_path: Path) -> OllamaBackend:
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> Ollama:
         # Ollama fits layers to free memory itself when num_gpu is unset: that is its "auto".
         return cls(s.tag, log_path, num_gpu=None if s.n_gpu_layers == "auto" else s.n_gpu_layers,
                    num_thread=s.threads, num_ctx=s.ctx_size, start_timeout_s=s.start_timeout_s,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +44,8 @@ class Tool:
     ``engine`` ("module:Class" under llmbench) generates through the Engine interface; a tool without one runs
     through ``runner`` ("module:function", called as ``runner(job, engine_log) -> rows``), as llama-bench, which
     times synthetic tests and generates no text. ``llama_cpp`` names the binaries of this workflow's llama.cpp
-    build that its jobs run (``"libllama"``: the library, loaded in-process); ``settings`` its own keys under
-    ``tools.<name>`` that reach its jobs; ``model_name`` the name its engine knows a model by (Ollama's tag).
+    build that its jobs run (``"libllama"``: the library, loaded in-process); ``options`` its own keys under
+    ``tools.<name>``; ``model_name`` the name its engine knows a model by (Ollama's tag).
     """
 
     name: str
@@ -69,7 +69,12 @@ class Tool:
     # quality corpus, counted by its own tokenizer); the others' jobs there end 'skipped'.
     fills_depth: bool = False
     packages: tuple[str, ...] = ()  # pip distributions a job's provenance records
-    settings: tuple[str, ...] = ()
+    # Its own keys under tools.<name>: option name -> a JSON-schema fragment (type, range or enum, default,
+    # description). configcheck.load_schema adds them to the keys every tool takes ($defs/tool) as this tool's
+    # properties, so a key given to a tool that declares no such option is refused at parse time. A set value reaches
+    # the job as EngineSettings.options (null, the engines' default here, passes nothing: the engine's own default
+    # holds); "x-via" names the engine setting an option reaches the job through instead.
+    options: Mapping[str, dict] = field(default_factory=dict, compare=False)
     model_name: Callable[[str, str, dict], str] | None = field(default=None, compare=False)
 
     @property
@@ -129,6 +134,10 @@ def register(tool: Tool) -> Tool:
                          "with its sources")
     if (tool.engine is None) == (tool.runner is None):
         raise ValueError(f"tool {tool.name!r} needs exactly one of engine (it generates) or runner")
+    for name, spec in tool.options.items():
+        if not {"default", "description"} <= spec.keys():
+            raise ValueError(f"tool {tool.name!r} option {name!r} needs a default and a description: the schema "
+                             "shows both to whoever writes a config")
     TOOLS[tool.name] = tool
     return tool
 
@@ -150,9 +159,55 @@ def batching_tools() -> tuple[str, ...]:
     return tuple(name for name, t in TOOLS.items() if t.batches)
 
 
+def job_options(tool: str, section: Mapping | None) -> dict:
+    """The options of ``tool`` its config section (``tools.<tool>``) sets, as its jobs receive them: an option left
+    null (the engine's own default) or one that reaches the job through another setting ("x-via") is left out, so
+    that an option nobody sets changes no job's params."""
+    section = section or {}
+    return {name: section[name] for name, spec in TOOLS[tool].options.items()
+            if "x-via" not in spec and section.get(name) is not None}
+
+
+# llama.cpp binaries the build makes that no bench tool runs: llama-quantize derives a model's quant ladder from its
+# source file (rule quantize) and llama-perplexity measures each quant's KL divergence (the quality rules). They time
+# nothing, so they have no Tool record (no bench rule, no rows); they are named here so that the build, its smoke
+# test and the diagnosis take every llama.cpp program from this one module.
+QUALITY_BINARIES = ("llama-quantize", "llama-perplexity")
+LIBLLAMA = "libllama"  # a record's llama_cpp entry for the library, loaded in-process (llama-cpp-python)
+
+
+def llama_cpp_binaries() -> tuple[str, ...]:
+    """Every binary the llama.cpp build makes: the bench tools' (their records' ``llama_cpp``), then
+    QUALITY_BINARIES."""
+    bench = (b for t in TOOLS.values() for b in t.llama_cpp if b != LIBLLAMA)
+    return tuple(dict.fromkeys((*bench, *QUALITY_BINARIES)))
+
+
+def llama_cpp_programs() -> tuple[str, ...]:
+    """Every program that runs this workflow's llama.cpp build, by the name its failures are diagnosed under: the
+    tools whose records name a binary or libllama, then QUALITY_BINARIES."""
+    return tuple(dict.fromkeys((*(name for name, t in TOOLS.items() if t.uses_build), *QUALITY_BINARIES)))
+
+
 def ollama_model_name(model: str, quant: str, source: dict) -> str:
     """The library tag to pull, or the name a study's GGUF is imported under (Ollama's names are lower case)."""
     return source["tag"] if source["kind"] == "ollama" else f"llmbench-{model.lower()}:{quant}"
+
+
+def llama_cpp_bench_options(tool: str, n_prompt: str, n_gen: str) -> dict[str, dict]:
+    """n_prompt and n_gen of llama-bench and llama-batched-bench, described as ``tool`` runs them."""
+    return {
+        "n_prompt": {"type": "integer", "minimum": 0, "default": 512, "description": f"{tool}: {n_prompt}"},
+        "n_gen": {"type": "integer", "minimum": 0, "default": 128, "description": f"{tool}: {n_gen}"},
+    }
+
+
+def extra_args_option(tool: str, example: str) -> dict:
+    return {
+        "type": ["array", "null"], "items": {"type": "string"}, "default": None,
+        "description": (f"More {tool} arguments, appended to the command line each job builds (e.g. {example}); "
+                        "null adds none. They are part of the job's params (a change reruns its jobs) and provenance."),
+    }
 
 
 LLAMA_SERVER_FACTS = Facts(
@@ -184,6 +239,16 @@ register(Tool(
     llama_cpp=("llama-server",),
     serves=True,
     fills_depth=True,
+    options={
+        # YAML 1.1 reads a bare on/off as true/false: both spellings are taken.
+        "flash_attn": {
+            "enum": [True, False, "on", "off", "auto", None], "default": None,
+            "x-allowed": "on (or true), off (or false), auto, or null",
+            "description": ("llama-server's --flash-attn: on (true), off (false) or auto (llama.cpp turns it on where "
+                            "the device supports it); null passes none, so the build's default (auto) holds."),
+        },
+        "extra_args": extra_args_option("llama-server", "[--cache-type-k, q8_0, --cache-type-v, q8_0]"),
+    },
 ))
 register(Tool(
     "llama-bench",
@@ -200,7 +265,9 @@ register(Tool(
     runner="llmbench.llama_bench:run_job",
     llama_cpp=("llama-bench",),
     fills_depth=True,
-    settings=("n_prompt", "n_gen"),
+    options=llama_cpp_bench_options(
+        "llama-bench", "prompt tokens of its synthetic prefill test (-p).", "tokens of its synthetic decode test (-n).",
+    ),
 ))
 register(Tool(
     "llama-batched-bench",
@@ -221,7 +288,10 @@ register(Tool(
     llama_cpp=("llama-batched-bench",),
     batches=True,
     fills_depth=True,
-    settings=("n_prompt", "n_gen"),
+    options=llama_cpp_bench_options(
+        "llama-batched-bench", "prompt tokens of each sequence after the depth (-npp depth + n_prompt; at least 1).",
+        "tokens each sequence generates (-ntg).",
+    ),
 ))
 register(Tool(
     "llama-cpp-python",
@@ -241,8 +311,16 @@ register(Tool(
         ),
     ),
     engine="llmbench.engines.llama_cpp_python:LlamaCppPython",
-    llama_cpp=("libllama",),
+    llama_cpp=(LIBLLAMA,),
     packages=("llama-cpp-python",),
+    options={
+        "flash_attn": {
+            "type": ["boolean", "null"], "default": None,
+            "description": ("Llama(flash_attn=...): true turns flash attention on, false off; null passes none, so "
+                            "the binding's default holds (off in llama-cpp-python 0.3.36, where llama-server's "
+                            "default is auto)."),
+        },
+    },
 ))
 register(Tool(
     "transformers",
@@ -266,9 +344,16 @@ register(Tool(
             'https://huggingface.co/docs/accelerate/usage_guides/big_modeling',
         ),
     ),
-    engine="llmbench.engines.transformers:TransformersBackend",
+    engine="llmbench.engines.transformers:Transformers",
     prefill_is_ttft=True,
     packages=("torch", "transformers", "accelerate"),
+    options={
+        "dtype": {
+            "enum": ["float32", "bfloat16", "float16", None], "default": None,
+            "description": ("torch dtype the de-quantized weights are loaded and run in (from_pretrained(dtype=...)); "
+                            "null: float32 on the CPU, bfloat16 on a GPU."),
+        },
+    },
 ))
 register(Tool(
     "ollama",
@@ -290,11 +375,19 @@ register(Tool(
             'https://github.com/ollama/ollama/blob/main/docs/modelfile.md (num_gpu)',
         ),
     ),
-    engine="llmbench.engines.ollama:OllamaBackend",
+    engine="llmbench.engines.ollama:Ollama",
     sources=(*GGUF_SOURCES, "ollama"),
     serves=True,
     packages=("ollama",),
     model_name=ollama_model_name,
+    options={
+        "num_gpu": {
+            "type": ["integer", "null"], "minimum": 0, "default": None, "x-via": "n_gpu_layers",
+            "description": ("layers Ollama offloads (its num_gpu option) for a model given as an Ollama library tag; "
+                            "null lets Ollama decide. It reaches the job as its n_gpu_layers (a study's GGUF takes "
+                            "the model's n_gpu_layers)."),
+        },
+    },
 ))
 register(Tool(
     "vllm",
@@ -317,11 +410,20 @@ register(Tool(
             'https://github.com/vllm-project/vllm/pull/39612 (GGUF moved to vllm-gguf-plugin; RFC #39583)',
         ),
     ),
-    engine="llmbench.engines.vllm:VllmServer",
+    engine="llmbench.engines.vllm:Vllm",
     prefill_is_ttft=True,
     tensor_parallel=True,
     serves=True,
     fills_depth=True,
     # The plugin's version is recorded where it is installed: from vLLM 0.24 it is what loads a GGUF.
     packages=("vllm", "vllm-gguf-plugin"),
+    options={
+        "gpu_memory_utilization": {
+            "type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1, "default": None,
+            "description": ("vLLM's --gpu-memory-utilization: the share of each GPU's memory it takes for weights, "
+                            "activations and KV cache; null passes none, so vLLM's default (0.9) holds. Lower it "
+                            "where other processes share the GPU."),
+        },
+        "extra_args": extra_args_option("vLLM", "[--enforce-eager]"),
+    },
 ))

@@ -57,7 +57,7 @@ class _FirstTokenClock:
         pass
 
 
-class TransformersBackend(Engine):
+class Transformers(Engine):
     tool = "transformers"
 
     def __init__(self, model: Path, *, device: str = "cpu", threads: int | None = None, dtype: str | None = None):
@@ -73,8 +73,8 @@ class TransformersBackend(Engine):
         self._versions = ""
 
     @classmethod
-    def from_settings(cls, s: EngineSettings, log_path: Path) -> TransformersBackend:
-        return cls(s.model, device="cuda" if s.gpus else "cpu", threads=s.threads)
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> Transformers:
+        return cls(s.model, device="cuda" if s.gpus else "cpu", threads=s.threads, dtype=s.options.get("dtype"))
 
     def start(self) -> None:
         if self.model_path.is_file() and (shards := split_count(self.model_path)) > 1:

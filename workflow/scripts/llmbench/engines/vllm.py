@@ -56,6 +56,7 @@ class VllmSettings:
     start_timeout_s: float = 900.0
     request_timeout_s: float = 900.0
     python: str = sys.executable
+    gpu_memory_utilization: float | None = None  # share of each GPU's memory; None: vLLM's default (0.9)
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -67,7 +68,9 @@ def server_command(s: VllmSettings, port: int) -> list[str]:
         "--max-model-len", str(s.ctx_size), "--tensor-parallel-size", str(s.gpus),
         "--max-num-seqs", str(s.max_num_seqs),
         # Every repetition must process its whole prompt, or prefill times would mix cached and uncached.
-        "--no-enable-prefix-caching", *s.extra_args,
+        "--no-enable-prefix-caching",
+        *(["--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}"] if s.gpu_memory_utilization is not None else []),
+        *s.extra_args,
     ]
 
 
@@ -140,7 +143,7 @@ def nvidia_gpu_present(proc_file: Path = NVIDIA_PROC) -> bool:
     return proc_file.exists() or gpu_count()[0] > 0
 
 
-class VllmServer(ServedEngine):
+class Vllm(ServedEngine):
     tool = "vllm"
 
     def __init__(self, settings: VllmSettings, log_path: Path):
@@ -151,10 +154,12 @@ class VllmServer(ServedEngine):
         self.gguf_plugin: str | None = None  # vllm-gguf-plugin's version, where the model is a GGUF and it is there
 
     @classmethod
-    def from_settings(cls, s: EngineSettings, log_path: Path) -> VllmServer:
+    def from_settings(cls, s: EngineSettings, log_path: Path) -> Vllm:
         return cls(VllmSettings(model=s.model, ctx_size=s.ctx_size, gpus=max(s.gpus, 1), seed=s.seed,
                                 max_num_seqs=s.concurrency,
-                                start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s), log_path)
+                                start_timeout_s=s.start_timeout_s, request_timeout_s=s.request_timeout_s,
+                                gpu_memory_utilization=s.options.get("gpu_memory_utilization"),
+                                extra_args=tuple(s.options.get("extra_args") or ())), log_path)
 
     def start(self) -> None:
         model = Path(self.settings.model)
