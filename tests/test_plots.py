@@ -1,13 +1,15 @@
 """Figures: the Vega-Lite specs the charts compile to (fields, quant order, units, facets, colours, notes) and the
-files written. All data here is a stand-in frame shaped like results/summary/runs.parquet (RUN_SCHEMA)."""
+files written, through the catalog (llmbench/catalog.py) as the workflow draws them. All data here is a stand-in
+frame shaped like results/summary/runs.parquet (RUN_SCHEMA)."""
 
 from __future__ import annotations
 
 import polars as pl
 import pytest
 
-from llmbench import plots
-from llmbench.plots import FIGURES, OKABE_ITO, FigureDataError, write_figure
+from llmbench import catalog
+from llmbench.figures import boxes, common, frameworks
+from llmbench.figures.common import OKABE_ITO, FigureDataError
 from llmbench.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
 from llmbench.runs import RUN_SCHEMA
 
@@ -61,7 +63,7 @@ def inner(spec: dict) -> dict:
 
 
 def test_decode_chart_boxes_per_quant_coarse_to_fine_with_layers_on_gpu_in_labels():
-    spec = spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE))
+    spec = spec_of(boxes.metric_chart(stand_in_runs(), "s", boxes.DECODE))
     unit = inner(spec)
     assert unit["mark"]["type"] == "boxplot" and unit["mark"]["extent"] == 1.5
     x = unit["encoding"]["x"]
@@ -82,17 +84,17 @@ def test_layers_on_gpu_label_prefers_what_the_engine_offloaded():
         "n_gpu_layers_offloaded": [None, None, None, None, 33],
         "n_layers_total": [None, None, None, None, 33],
     })
-    assert rows.select(plots.ngl_text().alias("ngl"))["ngl"].to_list() == ["33", "auto", "default", "all", "33/33"]
+    assert rows.select(boxes.ngl_text().alias("ngl"))["ngl"].to_list() == ["33", "auto", "default", "all", "33/33"]
 
 
 def test_rows_without_offload_columns_still_get_labels():
     runs = stand_in_runs().drop("n_gpu_layers_auto", "n_gpu_layers_offloaded", "n_layers_total")
-    data, labels = plots.quant_labels(runs.filter(pl.col("status") == "ok"))
+    data, labels = boxes.quant_labels(runs.filter(pl.col("status") == "ok"))
     assert labels[0] == "Q2_K · ngl 33" and "Q2_K · ngl default" in labels
 
 
 def test_split_modes_side_by_side_in_colour_blind_safe_colours():
-    unit = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE)))
+    unit = inner(spec_of(boxes.metric_chart(stand_in_runs(), "s", boxes.DECODE)))
     enc = unit["encoding"]
     assert enc["xOffset"]["field"] == "split" and enc["color"]["field"] == "split"
     assert enc["color"]["scale"]["range"] == OKABE_ITO
@@ -100,7 +102,7 @@ def test_split_modes_side_by_side_in_colour_blind_safe_colours():
 
 
 def test_panels_are_tool_by_model_and_skipped_jobs_are_named_in_the_subtitle():
-    chart = plots.metric_chart(stand_in_runs(), "s", plots.DECODE)
+    chart = boxes.metric_chart(stand_in_runs(), "s", boxes.DECODE)
     panels = set(chart.data["panel"].to_list())
     assert panels == {"llama-server · llama31-8b", "llama-server · llama31-70b", "ollama · llama31-8b"}
     subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
@@ -112,29 +114,29 @@ def test_panels_are_tool_by_model_and_skipped_jobs_are_named_in_the_subtitle():
 
 def test_one_model_shares_the_y_range_and_several_models_do_not():
     one = stand_in_runs().filter(pl.col("model") == "llama31-8b")
-    y = inner(spec_of(plots.metric_chart(one, "s", plots.DECODE)))["encoding"]["y"]["scale"]
+    y = inner(spec_of(boxes.metric_chart(one, "s", boxes.DECODE)))["encoding"]["y"]["scale"]
     assert y["domain"] == [0, one["decode_tokens_per_s"].max()]
-    y = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.DECODE)))["encoding"]["y"]["scale"]
+    y = inner(spec_of(boxes.metric_chart(stand_in_runs(), "s", boxes.DECODE)))["encoding"]["y"]["scale"]
     assert "domain" not in y and y["zero"] is True
 
 
 def test_prefill_and_ttft_carry_their_units():
-    prefill = inner(spec_of(plots.metric_chart(stand_in_runs(), "s", plots.PREFILL)))
+    prefill = inner(spec_of(boxes.metric_chart(stand_in_runs(), "s", boxes.PREFILL)))
     assert prefill["encoding"]["y"]["title"] == "prefill speed [prompt tokens/s]"
-    ttft = spec_of(plots.metric_chart(stand_in_runs(), "s", plots.TTFT))
+    ttft = spec_of(boxes.metric_chart(stand_in_runs(), "s", boxes.TTFT))
     assert inner(ttft)["encoding"]["y"]["title"] == "time to first token [ms]"
     assert "time to first token not reported by llama-bench" in " ".join(ttft["title"]["subtitle"])
 
 
 def test_prefill_from_first_token_is_said_only_where_such_an_engine_ran():
     runs = stand_in_runs()
-    assert plots.prefill_notes(runs) == []
+    assert boxes.prefill_notes(runs) == []
     hf = runs.filter(pl.col("tool") == "ollama", pl.col("status") == "ok").with_columns(tool=pl.lit("transformers"))
-    assert "transformers report no prefill time" in plots.prefill_notes(pl.concat([runs, hf]))[0]
+    assert "transformers report no prefill time" in boxes.prefill_notes(pl.concat([runs, hf]))[0]
 
 
 def test_energy_per_token_is_window_energy_over_generated_tokens():
-    runs = plots.with_j_per_token(stand_in_runs())
+    runs = boxes.with_j_per_token(stand_in_runs())
     server = runs.filter(pl.col("tool") == "llama-server", pl.col("quant") == "Q2_K")
     # Stand-in: Q2_K is the 2nd quant listed (qi = 1), so 31 J over 100 tokens.
     assert server["j_per_token"].to_list() == pytest.approx([0.31] * server.height)
@@ -143,7 +145,7 @@ def test_energy_per_token_is_window_energy_over_generated_tokens():
 
 
 def test_energy_chart_draws_split_modes_side_by_side_and_names_what_was_not_measured():
-    spec = spec_of(plots.energy_chart(stand_in_runs(), "s"))
+    spec = spec_of(boxes.energy_chart(stand_in_runs(), "s"))
     enc = inner(spec)["encoding"]
     assert enc["y"]["field"] == "j_per_token" and enc["y"]["title"] == "energy per generated token [J/token]"
     assert enc["xOffset"]["field"] == "energy_kind"
@@ -159,30 +161,30 @@ def test_energy_estimates_are_labelled_as_such():
         energy_is_estimate=pl.when(pl.col("split") == "row").then(True).otherwise(pl.col("energy_is_estimate")),
         energy_source=pl.when(pl.col("split") == "row").then(pl.lit("estimate: 300 W assumed × window"))
         .otherwise(pl.col("energy_source")))
-    spec = spec_of(plots.energy_chart(runs, "s"))
+    spec = spec_of(boxes.energy_chart(runs, "s"))
     assert "row (estimate, not measured)" in inner(spec)["encoding"]["color"]["scale"]["domain"]
     assert "estimate, not a measurement: estimate: 300 W assumed × window" in " ".join(spec["title"]["subtitle"])
 
 
 def test_no_energy_measured_still_makes_a_figure_that_says_why(tmp_path):
     runs = stand_in_runs(energy=False)
-    spec = spec_of(plots.energy_chart(runs, "s"))
+    spec = spec_of(boxes.energy_chart(runs, "s"))
     assert spec["title"]["text"] == "s: energy per generated token: not measured in this study"
     subtitle = " ".join(spec["title"]["subtitle"])
     assert "energy not reported by llama-server: not measured: no NVIDIA GPU" in subtitle
     assert spec["mark"]["type"] == "text"
-    written = write_figure("energy_per_token", runs, "s", tmp_path / "energy_per_token.png")
+    written = catalog.output("energy_per_token").draw(runs, "s", tmp_path / "energy_per_token.png")
     assert all(p.stat().st_size > 0 for p in written)
 
 
 def test_short_energy_windows_are_flagged():
     runs = stand_in_runs().with_columns(energy_window_s=pl.lit(1.0))
-    notes = plots.energy_notes(plots.with_j_per_token(runs))
+    notes = boxes.energy_notes(boxes.with_j_per_token(runs))
     assert any("64 of 64 windows are shorter than 2 s" in n for n in notes)
 
 
 def test_frameworks_side_by_side_only_on_files_more_than_one_ran():
-    chart = plots.framework_chart(stand_in_runs(), "s")
+    chart = frameworks.framework_chart(stand_in_runs(), "s")
     spec = spec_of(chart)
     enc = inner(spec)["encoding"]
     assert enc["xOffset"]["field"] == "engine" and enc["color"]["field"] == "engine"
@@ -198,7 +200,7 @@ def test_frameworks_side_by_side_only_on_files_more_than_one_ran():
 
 def test_frameworks_figure_names_files_only_one_framework_ran():
     runs = stand_in_runs().filter(pl.col("split") != "row")
-    chart = plots.framework_chart(runs, "s")
+    chart = frameworks.framework_chart(runs, "s")
     subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
     assert "one framework only, not compared: llama31-70b F16 (llama-server (layer))" in subtitle
     assert set(chart.data["quant"].to_list()) == {"Q8_0"}
@@ -206,15 +208,24 @@ def test_frameworks_figure_names_files_only_one_framework_ran():
 
 def test_nothing_to_compare_still_makes_a_figure():
     runs = stand_in_runs().filter(pl.col("tool") == "llama-server", pl.col("split") == "layer")
-    spec = spec_of(plots.framework_chart(runs, "s"))
+    spec = spec_of(frameworks.framework_chart(runs, "s"))
     assert spec["mark"]["type"] == "text"
     (rows,) = spec["datasets"].values()
     assert rows[0]["message"].startswith("nothing to compare")
 
 
-@pytest.mark.parametrize("name", list(FIGURES))
+# The figures drawn from the study's rows (the Pareto figure is drawn from the quality table: tests/test_quality.py).
+RUNS_FIGURES = [f.name for f in catalog.figures() if dict(f.inputs) == catalog.RUNS]
+
+
+def draw(name: str, runs: pl.DataFrame, study: str = "s"):
+    """The chart of the catalog's figure ``name``, as its rule draws it."""
+    return catalog.output(name).function()(runs, study)
+
+
+@pytest.mark.parametrize("name", RUNS_FIGURES)
 def test_every_figure_is_written_as_png_svg_and_html(tmp_path, name):
-    written = write_figure(name, stand_in_runs(), "stand-in study", tmp_path / f"{name}.png")
+    written = catalog.output(name).draw(stand_in_runs(), "stand-in study", tmp_path / f"{name}.png")
     assert [p.suffix for p in written] == [".png", ".svg", ".html"]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in written[1].read_text()[:500]
@@ -224,25 +235,28 @@ def test_every_figure_is_written_as_png_svg_and_html(tmp_path, name):
 
 
 def test_unknown_figure_and_missing_columns_are_named():
-    with pytest.raises(FigureDataError, match="unknown figure 'speed'.*decode_tokens_per_s"):
-        write_figure("speed", stand_in_runs(), "s", "x.png")
+    with pytest.raises(ValueError, match="unknown output 'speed'.*decode_tokens_per_s"):
+        catalog.output("speed")
     with pytest.raises(FigureDataError, match="lacks column.*ttft_ms.*rerun"):
-        plots.metric_chart(stand_in_runs().drop("ttft_ms"), "s", plots.TTFT)
+        boxes.metric_chart(stand_in_runs().drop("ttft_ms"), "s", boxes.TTFT)
 
 
 
-def test_the_workflow_plans_exactly_the_figures_plots_draws():
-    from llmbench.study import FIGURE_NAMES
-
-    assert list(FIGURES) == list(FIGURE_NAMES)
+def test_each_figure_of_the_rows_is_drawn_by_its_family_module():
+    assert RUNS_FIGURES == ["decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "energy_per_token",
+                            "frameworks_decode_tokens_per_s", "serving_throughput", "energy_per_token_by_load",
+                            "latency_by_load", "decode_by_depth"]
+    assert draw("decode_tokens_per_s", stand_in_runs()).to_dict() == boxes.metric_chart(
+        stand_in_runs(), "s", boxes.DECODE).to_dict()
+    assert catalog.output("frameworks_decode_tokens_per_s").function() is frameworks.framework_chart
 
 
 def test_row_and_tensor_split_modes_carry_what_upstream_says_of_them():
     runs = pl.DataFrame({"split": ["layer", "row", "tensor", "tensor"], "status": ["ok", "ok", "ok", "failed"]})
-    notes = plots.split_mode_notes(runs)
+    notes = common.split_mode_notes(runs)
     assert len(notes) == 2 and "deprecated upstream" in notes[0] and "experimental" in notes[1]
-    assert plots.split_mode_notes(runs.filter(pl.col("split") == "layer")) == []
-    assert plots.split_mode_notes(runs.filter(pl.col("status") == "failed")) == []  # not drawn: not noted
+    assert common.split_mode_notes(runs.filter(pl.col("split") == "layer")) == []
+    assert common.split_mode_notes(runs.filter(pl.col("status") == "failed")) == []  # not drawn: not noted
 
 
 def stand_in_sweep() -> pl.DataFrame:
@@ -267,7 +281,7 @@ def stand_in_sweep() -> pl.DataFrame:
 @pytest.mark.parametrize("name", ["serving_throughput", "energy_per_token_by_load", "latency_by_load",
                                   "decode_by_depth"])
 def test_the_load_and_depth_figures_draw_one_point_per_level(name):
-    spec = FIGURES[name](stand_in_sweep(), "s").to_dict()
+    spec = draw(name, stand_in_sweep()).to_dict()
     data = [row for rows in spec["datasets"].values() for row in rows]
     assert data and not any("message" in row for row in data)
     if name == "decode_by_depth":
@@ -288,7 +302,7 @@ def test_the_load_and_depth_figures_draw_one_point_per_level(name):
 
 def test_without_a_sweep_the_load_figures_say_so():
     for name in ("serving_throughput", "latency_by_load", "decode_by_depth"):
-        spec = FIGURES[name](stand_in_runs(), "s").to_dict()
+        spec = draw(name, stand_in_runs()).to_dict()
         (rows,) = spec["datasets"].values()
         assert rows[0]["message"].startswith("no ") and "sweep" in rows[0]["message"], name
 
@@ -298,8 +312,8 @@ def test_box_figures_draw_one_request_on_an_empty_context_and_say_so():
     base = stand_in_runs()
     swept = pl.concat([base, base.filter(pl.col("tool") == "llama-server").with_columns(
         pl.lit(4, pl.Int64).alias("concurrency"), pl.lit(1.0).alias("decode_tokens_per_s"))])
-    for draw in (lambda r: plots.metric_chart(r, "s", plots.DECODE), lambda r: plots.energy_chart(r, "s"),
-                 lambda r: plots.framework_chart(r, "s")):
+    for draw in (lambda r: boxes.metric_chart(r, "s", boxes.DECODE), lambda r: boxes.energy_chart(r, "s"),
+                 lambda r: frameworks.framework_chart(r, "s")):
         chart, alone = draw(swept), draw(base)
         assert chart.data.height == alone.data.height
         assert 1.0 not in chart.data.get_column("decode_tokens_per_s", default=pl.Series([])).to_list()
@@ -311,7 +325,7 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
     runs = stand_in_runs().with_columns(
         pl.when(pl.col("quant") == "Q2_K").then(pl.lit("Q2_K here holds 52 % Q4_0 …")).alias("quant_label_note"),
         pl.when(pl.col("quant") == "Q2_K").then(pl.lit("52 % Q4_0, 35 % Q8_0, 13 % Q3_K")).alias("tensor_mix"))
-    chart = plots.metric_chart(runs, "s", plots.DECODE)
+    chart = boxes.metric_chart(runs, "s", boxes.DECODE)
     labels = inner(spec_of(chart))["encoding"]["x"]["sort"]
     assert labels[:2] == ["Q2_K ≠ · ngl 33", "Q2_K ≠ · ngl 60/81"] and "Q8_0 · ngl 33" in labels
     subtitle = spec_of(chart)["title"]["subtitle"]
@@ -319,8 +333,8 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
     assert sum("Q2_K (llama31-" in line and "52 % Q4_0, 35 % Q8_0, 13 % Q3_K" in line for line in subtitle) == 2
     # The frameworks figure marks its quant axis alike.
     all_q2 = runs.with_columns(pl.lit("Q2_K").alias("quant"), pl.lit("Q2_K here holds …").alias("quant_label_note"))
-    frameworks = plots.framework_chart(all_q2, "s")
-    assert inner(spec_of(frameworks))["encoding"]["x"]["sort"] == ["Q2_K ≠"]
+    compared = frameworks.framework_chart(all_q2, "s")
+    assert inner(spec_of(compared))["encoding"]["x"]["sort"] == ["Q2_K ≠"]
 
 
 def precision_of(rates, spec=None):
@@ -350,8 +364,8 @@ OLLAMA_LINE = "precision of ollama (95% CI of the median round decode rate): Q8_
 
 def test_the_box_notes_say_the_precision_each_job_reached():
     runs = with_precision(stand_in_runs().filter(pl.col("model") == "llama31-8b"), PRECISE)
-    assert plots.precision_notes(runs.filter(pl.col("status") == "ok")) == [LLAMA_SERVER_LINE, OLLAMA_LINE]
-    for chart in (plots.metric_chart(runs, "s", plots.DECODE), plots.framework_chart(runs, "s")):
+    assert common.precision_notes(runs.filter(pl.col("status") == "ok")) == [LLAMA_SERVER_LINE, OLLAMA_LINE]
+    for chart in (boxes.metric_chart(runs, "s", boxes.DECODE), frameworks.framework_chart(runs, "s")):
         subtitle = " ".join(spec_of(chart)["title"]["subtitle"])
         assert "precision of llama-server (95% CI of the median round decode rate): Q2_K (layer) target" in subtitle
         assert OLLAMA_LINE in subtitle
@@ -359,14 +373,14 @@ def test_the_box_notes_say_the_precision_each_job_reached():
     both = with_precision(stand_in_runs().filter(pl.col("split") != "row"),
                           {("llama-server", m, "F16", "layer"): precision_of(ROUNDS_48_52)
                            for m in ("llama31-8b", "llama31-70b")})
-    assert plots.precision_notes(both) == [
+    assert common.precision_notes(both) == [
         "precision of llama-server (95% CI of the median round decode rate): llama31-70b F16 ±4.0%, "
         "llama31-8b F16 ±4.0%"]
 
 
 def test_an_old_study_without_precision_says_nothing_of_it():
     runs = stand_in_runs()
-    assert plots.precision_notes(runs) == plots.precision_notes(runs.drop(PRECISION_COLUMNS)) == []
-    for chart in (plots.metric_chart(runs, "s", plots.DECODE), plots.energy_chart(runs, "s"),
-                  plots.framework_chart(runs, "s")):
+    assert common.precision_notes(runs) == common.precision_notes(runs.drop(PRECISION_COLUMNS)) == []
+    for chart in (boxes.metric_chart(runs, "s", boxes.DECODE), boxes.energy_chart(runs, "s"),
+                  frameworks.framework_chart(runs, "s")):
         assert "precision of" not in " ".join(spec_of(chart)["title"]["subtitle"])

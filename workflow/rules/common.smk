@@ -4,10 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from llmbench import runlock, study
+from llmbench import catalog, runlock, study
 from llmbench.build import TOOLS as LLAMA_TOOLS
 from llmbench.codedeps import code_files
-from llmbench.engines.registry import TOOLS
+from llmbench.engines.registry import TOOLS, job_options
 from llmbench.build import BuildSpec
 from llmbench.configcheck import load_schema, validate_config
 from llmbench.params import canonical_param
@@ -72,35 +72,40 @@ def resources(path):
     return f"{RES}/{path}"
 
 
-FORMATS = {"png": "PNG", "html": "interactive", "csv": "CSV", "md": "Markdown"}
+# The study's figures and tables: each described once in the catalog (llmbench/catalog.py), which names its files,
+# what makes it and its place in the report; the rules (rules/figures.smk, rules/tables.smk), the targets below,
+# the report and the archive read it.
 
 
-def reported(path, category, subcategory, label):
-    """A result the report shows, captioned by workflow/report/<its name>.rst."""
-    name, ext = Path(path).stem, Path(path).suffix[1:]
+def catalog_file(entry, ext):
+    """One of a catalog output's files, in the report where the catalog says so: under its category and
+    subcategory, listed by its label and format, captioned by workflow/report/<its name>.rst.
+    """
+    path = results(entry.paths()[ext])
+    if ext not in entry.reported:
+        return path
     return report(
-        results(path),
-        caption=f"../report/{name}.rst",
-        category=category,
-        subcategory=subcategory,
-        labels={category.lower()[:-1]: label, "format": FORMATS[ext]},
+        path,
+        caption=f"../report/{entry.caption_file}",
+        category=entry.category,
+        subcategory=entry.subcategory,
+        labels=entry.report_labels(ext),
     )
 
 
-def figure_outputs(name, subcategory, label):
-    """A figure as PNG and interactive HTML (both in the report) and SVG."""
-    return {
-        "png": reported(f"figures/{name}.png", "Figures", subcategory, label),
-        "svg": results(f"figures/{name}.svg"),
-        "html": reported(f"figures/{name}.html", "Figures", subcategory, label),
-    }
+def catalog_files(entry):
+    """A catalog output's files by format: a figure as PNG and interactive HTML (both in the report) and SVG, a
+    table as CSV and Markdown (both in the report)."""
+    return {ext: catalog_file(entry, ext) for ext in entry.formats}
 
 
-def table_outputs(name, subcategory, label):
-    """A table as CSV and Markdown, both in the report."""
+def catalog_rule_outputs(entry):
+    """What a catalog output's rule writes: its files, the summaries it assembles (aggregate: the rows), its extra
+    files."""
+    assembled = entry.inputs if entry.assembles else {}
     return {
-        ext: reported(f"tables/{name}.{ext}", "Tables", subcategory, label)
-        for ext in ("csv", "md")
+        **catalog_files(entry),
+        **{key: results(path) for key, path in {**assembled, **entry.extra}.items()},
     }
 
 
@@ -201,6 +206,7 @@ def tool_gpus(tool):
 def engine_params(tool):
     """A job's engine settings as plain values (a change reruns it); threads come from the job itself."""
     record = TOOLS[tool]
+    options = job_options(tool, config["tools"].get(tool))
 
     def params(wildcards):
         bench, model = config["bench"], config["models"][wildcards.model]
@@ -220,6 +226,9 @@ def engine_params(tool):
             ),
             # A runner (llama-bench, llama-batched-bench) runs a llama.cpp tool under a limit.
             **({} if record.generates else tool_timeout_params()),
+            # A generating tool's options set under tools.<tool>, only where any is set: a study that sets
+            # none keeps its jobs' params (a runner's come as its tool_settings).
+            **({"options": options} if record.generates and options else {}),
         }
 
     return params
@@ -235,8 +244,12 @@ def tool_timeout_params():
 
 
 def tool_settings(tool):
-    """The tool's own keys under tools.<tool> (its registry record names them: llama-bench's n_prompt, n_gen)."""
-    return {key: config["tools"].get(tool, {}).get(key) for key in TOOLS[tool].settings}
+    """A runner's options set under tools.<tool> (its registry record declares them: llama-bench's n_prompt,
+    n_gen); a generating tool's come with its engine settings (engine_params), so this is empty for it.
+    """
+    if TOOLS[tool].generates:
+        return {}
+    return job_options(tool, config["tools"].get(tool))
 
 
 def run_plan(wildcards):
@@ -376,13 +389,18 @@ def accuracy_engine(wildcards):
     }
 
 
-def quality_outputs(figures=True):
-    if not (kld_files() or ACCURACY_JOBS):
-        return []
-    return [
-        f"{RESULTS}/tables/quality_by_quant.md",
-        *([f"{RESULTS}/figures/pareto_speed_vs_kld.png"] if figures else []),
-    ]
+# A catalog output with ``when`` is made only in a study that measures that.
+WHEN = {"quality": lambda: bool(kld_files() or ACCURACY_JOBS)}
+
+
+def made(entry):
+    """Whether the study makes the catalog output ``entry``."""
+    return entry.when is None or WHEN[entry.when]()
+
+
+def catalog_targets(entries):
+    """The file of each output the study makes that its targets ask for (the others come with it)."""
+    return [results(entry.target) for entry in entries if made(entry)]
 
 
 def measurement_outputs():
@@ -397,21 +415,12 @@ def measurement_outputs():
     return [
         *all_run_files(),
         *[provenance_file(job) for job in JOBS],
-        f"{RESULTS}/summary/stats.csv",
-        f"{RESULTS}/tables/cost_per_1m_tokens.md",
-        f"{RESULTS}/tables/frameworks.md",
-        f"{RESULTS}/tables/decode_roofline.md",
-        f"{RESULTS}/tables/serving.md",
-        *quality_outputs(figures=False),
+        *catalog_targets(catalog.tables()),
     ]
 
 
 def final_outputs():
-    return [
-        *measurement_outputs(),
-        *[f"{RESULTS}/figures/{figure}.png" for figure in study.FIGURE_NAMES],
-        *quality_outputs(),
-    ]
+    return [*measurement_outputs(), *catalog_targets(catalog.figures())]
 
 
 # The archive's top folder inside is named <study>-<day measured>, read from the rows when it is made.
@@ -429,33 +438,15 @@ def archive_members():
             for m in study.kld_models(config)
         ],
         *[accuracy_file(job) for job in ACCURACY_JOBS],
-        f"{RESULTS}/summary/runs.parquet",
-        f"{RESULTS}/summary/stats.csv",
-        f"{RESULTS}/tables/cost_per_1m_tokens.csv",
-        f"{RESULTS}/tables/cost_per_1m_tokens.md",
-        *[
-            f"{RESULTS}/tables/{table}.{ext}"
-            for table in ("frameworks", "decode_roofline", "serving")
-            for ext in ("csv", "md")
-        ],
-        f"{RESULTS}/hardware/memory_bandwidth.json",
-        *[
-            f"{RESULTS}/figures/{figure}.{ext}"
-            for figure in study.FIGURE_NAMES
-            for ext in ("png", "svg", "html")
-        ],
+        # Every output the study makes, with the summaries it is made from (what rerender reads).
+        *dict.fromkeys(
+            f"{RESULTS}/{path}"
+            for entry in catalog.OUTPUTS.values()
+            if made(entry)
+            for path in [*entry.inputs.values(), *entry.paths().values()]
+        ),
         f"{RESULTS}/config/study.yaml",
     ]
-    if quality_outputs():
-        results += [
-            f"{RESULTS}/summary/quality.parquet",
-            f"{RESULTS}/tables/quality_by_quant.csv",
-            f"{RESULTS}/tables/quality_by_quant.md",
-            *[
-                f"{RESULTS}/figures/pareto_speed_vs_kld.{ext}"
-                for ext in ("png", "svg", "html")
-            ],
-        ]
     members = [[f"results/{Path(p).relative_to(RESULTS)}", p] for p in results]
     records = [f"{BUILD_DIR}/build.json"] + [
         study.model_record_path(config, RES, m, q)

@@ -1,27 +1,33 @@
-# The figures drawn from the study's rows (llmbench/study.py FIGURES names them, llmbench/plots.py draws them):
-# box plots per quant, one panel per tool × model, split modes side by side; where something was not measured the
-# figure says so, with the recorded reasons. One rule each, with the figure's own caption.
+# The study's figures, one rule each, from the catalog (llmbench/catalog.py names each figure's drawing function in
+# llmbench/figures, the summary file it is drawn from, its caption and place in the report): box plots per quant,
+# the frameworks side by side, lines over load and context depth, quality against speed or cost. Where something
+# was not measured the figure says so, with the recorded reasons.
 
 
-for _figure in study.FIGURES:
+# A figure whose rule a file included before this one still writes by hand (rules/quality.smk: plot_pareto) is left
+# to that rule.
+for _figure in catalog.figures():
+    if workflow.is_rule(_figure.rule):
+        continue
 
     rule:
         name:
             _figure.rule
         input:
-            runs=results("summary/runs.parquet"),
-            code=code("plot_figure.py"),
+            **catalog_rule_inputs(_figure),
+            code=code(_figure.script, *_figure.module_files()),
         output:
-            **figure_outputs(_figure.name, _figure.subcategory, _figure.label),
+            **catalog_rule_outputs(_figure),
         log:
             f"logs/{_figure.rule}.log",
         conda:
             ENV
         params:
+            **catalog_rule_params(_figure),
             study=config["study"],
             figure=_figure.name,
         script:
-            "../scripts/plot_figure.py"
+            catalog_script(locals().get("rule", _figure.rule))
 
 
 # Before a run's first job: the study's run lock (hold_run_lock, in common.smk), held until the run ends.

@@ -1,76 +1,7 @@
-# The study's tables: the statistics per group, energy and $ per 1M tokens, the framework table (facts beside
-# measurements), and the decode roofline (decode speed against the memory-bandwidth bound).
-
-
-rule aggregate:
-    input:
-        runs=all_run_files(),
-        code=code("aggregate.py"),
-    output:
-        runs=results("summary/runs.parquet"),
-        stats=results("summary/stats.parquet"),
-        stats_csv=report(
-            results("summary/stats.csv"),
-            caption="../report/stats.rst",
-            category="Tables",
-            subcategory="Statistics",
-            labels={"table": "statistics per group and metric", "format": "CSV"},
-        ),
-    log:
-        "logs/aggregate.log",
-    conda:
-        ENV
-    script:
-        "../scripts/aggregate.py"
-
-
-rule cost_table:
-    input:
-        runs=results("summary/runs.parquet"),
-        code=code("cost_table.py"),
-    output:
-        **table_outputs("cost_per_1m_tokens", "Cost", "energy and $ per 1M tokens"),
-    log:
-        "logs/cost_table.log",
-    conda:
-        ENV
-    params:
-        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
-        electricity_note=config["costs"]["electricity_note"],
-        cloud=canonical_param(config["costs"]["cloud"]),
-        hardware=canonical_param(config["costs"]["hardware"]),
-    script:
-        "../scripts/cost_table.py"
-
-
-rule serving_table:
-    input:
-        runs=results("summary/runs.parquet"),
-        code=code("serving_table.py"),
-    output:
-        **table_outputs("serving", "Load", "the served model per load level"),
-    log:
-        "logs/serving_table.log",
-    conda:
-        ENV
-    params:
-        usd_per_kwh=config["costs"]["electricity_usd_per_kwh"],
-    script:
-        "../scripts/serving_table.py"
-
-
-rule framework_table:
-    input:
-        runs=results("summary/runs.parquet"),
-        code=code("framework_table.py"),
-    output:
-        **table_outputs("frameworks", "Frameworks", "frameworks compared"),
-    log:
-        "logs/framework_table.log",
-    conda:
-        ENV
-    script:
-        "../scripts/framework_table.py"
+# The study's tables, one rule each, from the catalog (llmbench/catalog.py: every figure and table described
+# once, as rules/bench.smk loops over the engine registry): the statistics per group, energy and $ per 1M tokens,
+# the served model per load level, the framework table (facts beside measurements), the decode roofline (decode
+# speed against the memory-bandwidth bound), and quality per quant.
 
 
 # The study's GGUF files its bench jobs ran, as plain values: [model, quant, path] each.
@@ -86,6 +17,83 @@ JOB_PROVENANCE = sorted(
     [j.tool, j.model, j.quant, j.split, j.concurrency, j.depth, provenance_file(j)]
     for j in JOBS
 )
+
+# What a catalog output needs beside the study's summary files, by the name its entry gives: (rule inputs, rule
+# params) that only the workflow knows.
+NEEDS = {
+    "bench_files": ({"runs": all_run_files()}, {}),
+    "roofline_files": (
+        {
+            "models": [path for *_, path in ROOFLINE_MODELS],
+            "provenance": [path for *_, path in JOB_PROVENANCE],
+        },
+        {"files": ROOFLINE_MODELS, "provenance": JOB_PROVENANCE},
+    ),
+    "quality_files": (
+        {
+            "kld": kld_files(),
+            "accuracy": [accuracy_file(job) for job in ACCURACY_JOBS],
+            "runs": results("summary/runs.parquet"),
+            "models": quality_model_files(),
+        },
+        {
+            "files": quality_model_index(),
+            "tools": sorted({job.tool for job in ACCURACY_JOBS}),
+        },
+    ),
+}
+
+
+def catalog_rule_inputs(entry):
+    """A catalog output's rule inputs: the summary files it is made from (none where its rule writes them), then
+    what it needs."""
+    found = {} if entry.assembles else {k: results(p) for k, p in entry.inputs.items()}
+    for need in entry.needs:
+        found.update(NEEDS[need][0])
+    return found
+
+
+def catalog_rule_params(entry):
+    """A catalog output's rule params: its config keys' values (canonical: an equal config reruns nothing), then
+    what it needs."""
+    params = {k: canonical_param(v) for k, v in entry.config_params(config).items()}
+    for need in entry.needs:
+        params.update(NEEDS[need][1])
+    return params
+
+
+def catalog_script(rule_name):
+    """The script of the rule ``rule_name`` (a catalog output's), as a rule names it.
+
+    A rule's script is evaluated twice: where the rule is defined, and again in its job's run function, where a
+    loop variable holds its last value; there ``rule`` (the job's rule name) is one of the function's arguments.
+    So a rule made in a loop names it ``catalog_script(locals().get("rule", <its own name>))``.
+    """
+    return f"../scripts/{catalog.by_rule(rule_name).script}"
+
+
+# A table whose rule a file included before this one still writes by hand (rules/quality.smk: quality_table) is
+# left to that rule.
+for _table in catalog.tables():
+    if workflow.is_rule(_table.rule):
+        continue
+
+    rule:
+        name:
+            _table.rule
+        input:
+            **catalog_rule_inputs(_table),
+            code=code(_table.script),
+        output:
+            **catalog_rule_outputs(_table),
+        log:
+            f"logs/{_table.rule}.log",
+        conda:
+            ENV
+        params:
+            **catalog_rule_params(_table),
+        script:
+            catalog_script(locals().get("rule", _table.rule))
 
 
 rule measure_memory_bandwidth:
@@ -104,23 +112,3 @@ rule measure_memory_bandwidth:
         repetitions=10,
     script:
         "../scripts/measure_bandwidth.py"
-
-
-rule roofline_table:
-    input:
-        runs=results("summary/runs.parquet"),
-        bandwidth=results("hardware/memory_bandwidth.json"),
-        models=[path for *_, path in ROOFLINE_MODELS],
-        provenance=[path for *_, path in JOB_PROVENANCE],
-        code=code("roofline_table.py"),
-    output:
-        **table_outputs("decode_roofline", "Speed", "decode against bandwidth bound"),
-    log:
-        "logs/roofline_table.log",
-    conda:
-        ENV
-    params:
-        files=ROOFLINE_MODELS,
-        provenance=JOB_PROVENANCE,
-    script:
-        "../scripts/roofline_table.py"

@@ -1,4 +1,5 @@
-"""All bench runs in one table, Tukey outlier flags added, and the robust statistics per group."""
+"""All bench runs in one table, Tukey outlier flags added, and the robust statistics per group (catalog entry
+stats: the rule writes the rows it makes them from)."""
 
 import polars as pl
 
@@ -9,6 +10,12 @@ from llmbench.runs import RUN_SCHEMA
 from llmbench.stats import tukey_flags
 
 
+def make(inputs: dict, params: dict, outputs: dict) -> str:
+    """The statistics of the study's rows (``inputs["runs"]``: results/summary/runs.parquet)."""
+    stats = write_stats(pl.read_parquet(inputs["runs"]), outputs["stats"], outputs["csv"])
+    return f"{stats.height} statistics rows"
+
+
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
         # By name, in RUN_SCHEMA's order: a run file cut short, damaged or missing a column fails here, naming the
@@ -16,7 +23,7 @@ def main(snakemake):
         runs = pl.concat([read_parquet_checked(f, columns=list(RUN_SCHEMA)) for f in snakemake.input.runs])
         runs = tukey_flags(runs, "decode_tokens_per_s")
         write_atomically(snakemake.output.runs, runs.write_parquet)
-        stats = write_stats(runs, snakemake.output.stats, snakemake.output.stats_csv)
+        stats = write_stats(runs, snakemake.output.stats, snakemake.output.csv)
         log.info("%d generations from %d runs; %d statistics rows", runs.height, len(snakemake.input.runs), stats.height)
 
 

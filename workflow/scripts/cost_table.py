@@ -1,4 +1,5 @@
-"""Energy and $ per 1M generated tokens per group, beside the configured cloud prices; CSV and Markdown."""
+"""Energy and $ per 1M generated tokens per group, beside the configured cloud prices; CSV and Markdown (catalog
+entry cost_per_1m_tokens)."""
 
 import polars as pl
 
@@ -6,15 +7,17 @@ from llmbench.costs import write_cost_tables
 from llmbench.logs import script_logging
 
 
+def make(inputs: dict, params: dict, outputs: dict) -> str:
+    costs = {"electricity_usd_per_kwh": params["usd_per_kwh"], "electricity_note": params["electricity_note"],
+             "cloud": params["cloud"], "hardware": params["hardware"]}
+    table = write_cost_tables(pl.read_parquet(inputs["runs"]), costs, outputs["csv"], outputs["md"])
+    return (f"cost table: {table.height} groups, hardware amortization "
+            + ("included (estimate)" if params["hardware"] else "not configured"))
+
+
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        p = snakemake.params
-        costs = {"electricity_usd_per_kwh": p.usd_per_kwh, "electricity_note": p.electricity_note, "cloud": p.cloud,
-                 "hardware": p.hardware}
-        table = write_cost_tables(pl.read_parquet(snakemake.input.runs), costs, snakemake.output.csv,
-                                  snakemake.output.md)
-        log.info("cost table: %d groups, hardware amortization %s", table.height,
-                 "included (estimate)" if p.hardware else "not configured")
+        log.info(make(dict(snakemake.input.items()), dict(snakemake.params.items()), dict(snakemake.output.items())))
 
 
 if "snakemake" in globals():

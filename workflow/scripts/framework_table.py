@@ -1,18 +1,25 @@
 """One row per tool: how it installs here, GPU offload, multi-GPU modes, GGUF support, Python API (facts with their
-sources), then its measured load time, peak memory and decode speed, and why it did not run where it did not."""
+sources), then its measured load time, peak memory and decode speed, and why it did not run where it did not
+(catalog entry frameworks)."""
 
 import polars as pl
 
+from llmbench.files import write_atomically, write_text_atomically
+from llmbench.frameworks import framework_table, registry_facts, render_markdown
 from llmbench.logs import script_logging
-from llmbench.render import write_framework_table
+
+
+def make(inputs: dict, params: dict, outputs: dict) -> str:
+    table = framework_table(pl.read_parquet(inputs["runs"]), registry_facts())
+    write_atomically(outputs["csv"], table.write_csv)
+    write_text_atomically(outputs["md"], render_markdown(table))
+    return (f"framework table: {table.height} tools, compared on "
+            + (", ".join(table["compare_on"].drop_nulls().unique().to_list()) or "nothing (no tool ran)"))
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        runs = pl.read_parquet(snakemake.input.runs)
-        table = write_framework_table(runs, snakemake.output.csv, snakemake.output.md)
-        log.info("framework table: %d tools, compared on %s", table.height,
-                 ", ".join(table["compare_on"].drop_nulls().unique().to_list()) or "nothing (no tool ran)")
+        log.info(make(dict(snakemake.input.items()), dict(snakemake.params.items()), dict(snakemake.output.items())))
 
 
 if "snakemake" in globals():

@@ -1,16 +1,18 @@
-"""One of the figures drawn from the study's rows (llmbench.plots.FIGURES: box plots per quant, one panel per
-tool × model, split modes side by side), as PNG, SVG and interactive HTML."""
+"""A figure of the catalog (llmbench/catalog.py), drawn from its one summary file as PNG, SVG and interactive HTML:
+the rule's entry is found by the rule's name."""
 
 import polars as pl
 
+from llmbench.catalog import by_rule
 from llmbench.logs import script_logging
-from llmbench.plots import write_figure
 
 
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        runs = pl.read_parquet(snakemake.input.runs)
-        for path in write_figure(snakemake.params.figure, runs, snakemake.params.study, snakemake.output.png):
+        figure = by_rule(snakemake.rule)
+        (name,) = figure.inputs
+        frame = pl.read_parquet(snakemake.input[name])
+        for path in figure.draw(frame, snakemake.params.study, snakemake.output.png):
             log.info("wrote %s", path)
 
 

@@ -2,7 +2,8 @@
 
     python workflow/scripts/rerender.py UNPACKED/<study>-<date>
 
-where UNPACKED is where `tar -xzf results/archive/<study>-<date>.tar.gz` was run.
+where UNPACKED is where `tar -xzf results/archive/<study>-<date>.tar.gz` was run. Every output of the catalog
+(llmbench/catalog.py) is made again, but the decode roofline, which needs the model files (kept as archived).
 """
 
 import sys
@@ -12,6 +13,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from llmbench.catalog import OUTPUTS  # noqa: E402
 from llmbench.render import rerender  # noqa: E402
 
 
@@ -24,6 +26,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{config} does not exist: pass the folder the archive unpacked into (it holds results/)")
     for path in rerender(results, yaml.safe_load(config.read_text())):
         print(path)
+    for entry in OUTPUTS.values():
+        if entry.kept:
+            files = ", ".join(str(results / path) for path in entry.paths().values())
+            print(f"kept as archived: {files} ({entry.kept})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The served model per load level (llmbench.serving): throughput, latency percentiles and energy per output
-token of every job of a generating tool; CSV and Markdown."""
+token of every job of a generating tool; CSV and Markdown (catalog entry serving)."""
 
 import polars as pl
 
@@ -7,11 +7,15 @@ from llmbench.logs import script_logging
 from llmbench.serving import write_serving_table
 
 
+def make(inputs: dict, params: dict, outputs: dict) -> str:
+    table = write_serving_table(pl.read_parquet(inputs["runs"]), params["usd_per_kwh"], outputs["csv"],
+                                outputs["md"])
+    return f"serving table: {table.height} levels"
+
+
 def main(snakemake):
     with script_logging(snakemake.log[0]) as log:
-        table = write_serving_table(pl.read_parquet(snakemake.input.runs), snakemake.params.usd_per_kwh,
-                                    snakemake.output.csv, snakemake.output.md)
-        log.info("serving table: %d levels", table.height)
+        log.info(make(dict(snakemake.input.items()), dict(snakemake.params.items()), dict(snakemake.output.items())))
 
 
 if "snakemake" in globals():

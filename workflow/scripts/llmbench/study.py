@@ -13,32 +13,6 @@ from llmbench.quants import REFERENCE_QUANT, order_by_bits
 
 
 @dataclass(frozen=True)
-class Figure:
-    """A figure drawn from the study's rows (llmbench.plots.FIGURES draws it, under the same name): its rule, and
-    where the report shows it. Its caption is workflow/report/<name>.rst. Named here, where the workflow plans its
-    outputs, so that planning does not import the plotting stack."""
-
-    name: str
-    rule: str
-    subcategory: str
-    label: str
-
-
-FIGURES = (
-    Figure("decode_tokens_per_s", "plot_decode_speed", "Speed", "decode tokens/s per quant"),
-    Figure("prefill_tokens_per_s", "plot_prefill_speed", "Speed", "prefill tokens/s per quant"),
-    Figure("ttft_ms", "plot_ttft", "Speed", "time to first token"),
-    Figure("energy_per_token", "plot_energy_per_token", "Energy", "J per generated token"),
-    Figure("frameworks_decode_tokens_per_s", "plot_frameworks", "Frameworks", "decode tokens/s by framework"),
-    Figure("serving_throughput", "plot_serving_throughput", "Load", "server vs per-user tokens/s per load level"),
-    Figure("energy_per_token_by_load", "plot_energy_by_load", "Load", "J per output token against load"),
-    Figure("latency_by_load", "plot_latency_by_load", "Load", "TTFT and ITL against load"),
-    Figure("decode_by_depth", "plot_decode_by_depth", "Speed", "decode tokens/s against context depth"),
-)
-FIGURE_NAMES = tuple(f.name for f in FIGURES)
-
-
-@dataclass(frozen=True)
 class BenchJob:
     tool: str
     model: str
