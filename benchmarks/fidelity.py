@@ -21,11 +21,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow/scripts"))
 
+from llmbench.devices.meters import open_energy_meter  # noqa: E402
+from llmbench.engines.llama_bench import LlamaBenchSettings, bench_command, run_llama_bench  # noqa: E402
 from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings  # noqa: E402
-from llmbench.fidelity import Comparison, bare_decode_rate, interleaved, metered_decode_rate, verdicts, write_report  # noqa: E402
-from llmbench.llama_bench import LlamaBenchSettings, bench_command, run_llama_bench  # noqa: E402
-from llmbench.meters import open_energy_meter  # noqa: E402
-from llmbench.runs import Prompt, RunPlan  # noqa: E402
+from llmbench.engines.runs import Prompt, RunPlan  # noqa: E402
+from llmbench.study.fidelity import (  # noqa: E402
+    Comparison,
+    bare_decode_rate,
+    interleaved,
+    metered_decode_rate,
+    verdicts,
+    write_report,
+)
 
 PROMPT = "Write three paragraphs about the history of the bicycle."
 

@@ -4,11 +4,11 @@ llama-server jobs.
     .venv/bin/python benchmarks/precision.py    # after `snakemake --cores all` built llama.cpp and the quants
 
 For every llama-server job of the config (each quant at one client, the sweep quants at every load level), the
-workflow's own path (llmbench.runs.run_generations on a started llama-server, the config's prompts, warm-up,
+workflow's own path (llmbench.engines.runs.run_generations on a started llama-server, the config's prompts, warm-up,
 temperature and seed) measures twice: with fixed repetitions (bench.repetitions) and with a precision rule
 (bench.precision of the config, or --target/--confidence/--min/--max). For each: the machine time of the job's
 measurement (engine start to its last row) and the precision it reached (the median of the per-round decode rates
-and its order-statistic interval, llmbench.precision). Fixed repetitions are judged at the same confidence, so
+and its order-statistic interval, llmbench.core.precision). Fixed repetitions are judged at the same confidence, so
 the two columns say what each way bought.
 
 Writes benchmarks/results/precision-<date>-<host>.md (and prints it). Timings live here, never in tests.
@@ -30,11 +30,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow/scripts"))
 
+from llmbench.core.precision import PrecisionSpec  # noqa: E402
+from llmbench.devices.meters import open_energy_meter  # noqa: E402
 from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings  # noqa: E402
-from llmbench.meters import open_energy_meter  # noqa: E402
-from llmbench.precision import PrecisionSpec  # noqa: E402
-from llmbench.provenance import cpu_model  # noqa: E402
-from llmbench.runs import Prompt, RunPlan, run_generations  # noqa: E402
+from llmbench.engines.runs import Prompt, RunPlan, run_generations  # noqa: E402
+from llmbench.study.provenance import cpu_model  # noqa: E402
 
 
 def jobs(config: dict, model: str) -> list[tuple[str, int]]:

@@ -4,9 +4,9 @@
 
 For each load level N: llama-server started for N parallel requests (the workflow's own engine, with --ignore-eos
 so that every request generates exactly --tokens tokens and its N slots decode in lockstep), N clients sending the
-same prompt at once, --n requests each, through the workflow's own path (llmbench.runs.run_generations); then
+same prompt at once, --n requests each, through the workflow's own path (llmbench.engines.runs.run_generations); then
 llama-batched-bench at batch N, with each sequence's prompt as long as the server counted the prompt, and the same
-tokens. Checks (llmbench.fidelity.serving_check): the server's aggregate decode (N × the median request's decode
+tokens. Checks (llmbench.study.fidelity.serving_check): the server's aggregate decode (N × the median request's decode
 tokens/s, its own timings) against llama-batched-bench's median S_TG, within ±5 %; and llama-server's /metrics
 token counters over each level against the client's rows, exactly.
 
@@ -27,12 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow/scripts"))
 
-from llmbench.batched_bench import BatchedBenchSettings, batched_bench_command, run_batched_bench  # noqa: E402
+from llmbench.devices.meters import open_energy_meter  # noqa: E402
+from llmbench.engines.batched_bench import BatchedBenchSettings, batched_bench_command, run_batched_bench  # noqa: E402
 from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings  # noqa: E402
-from llmbench.fidelity import MAX_SERVING_GAP, serving_check, write_report  # noqa: E402
-from llmbench.meters import open_energy_meter  # noqa: E402
-from llmbench.provenance import cpu_model  # noqa: E402
-from llmbench.runs import Prompt, RunPlan, run_generations  # noqa: E402
+from llmbench.engines.runs import Prompt, RunPlan, run_generations  # noqa: E402
+from llmbench.study.fidelity import MAX_SERVING_GAP, serving_check, write_report  # noqa: E402
+from llmbench.study.provenance import cpu_model  # noqa: E402
 
 PROMPT = "Write three paragraphs about the history of the bicycle."
 

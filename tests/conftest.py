@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def nvml_works() -> bool:
     """Whether this machine has a working NVML (an NVIDIA driver); tests of the no-GPU path skip where it does."""
-    from llmbench.nvml import NvmlUnavailable, close_nvml, open_nvml
+    from llmbench.devices.nvml import NvmlUnavailable, close_nvml, open_nvml
 
     try:
         close_nvml(open_nvml())
@@ -34,7 +34,7 @@ def default_config() -> dict:
 
 @pytest.fixture(scope="session")
 def schema() -> dict:
-    from llmbench.configcheck import load_schema
+    from llmbench.study.configcheck import load_schema
 
     return load_schema(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -79,7 +79,7 @@ class Namespace(dict):
 
 
 def snakemake_standin(tmp_path: Path, *, wildcards: dict, input: dict, params: dict, threads: int = 2):
-    """A stand-in of the ``snakemake`` object a rule's script gets, for llmbench.job.Job.from_snakemake."""
+    """A stand-in of the ``snakemake`` object a rule's script gets, for llmbench.study.job.Job.from_snakemake."""
     return Namespace(wildcards=Namespace(wildcards), input=Namespace(input), params=Namespace(params),
                      threads=threads, log=[str(tmp_path / "job.log")])
 
@@ -88,9 +88,9 @@ def bench_job(tmp_path: Path, tool: str, model: Path | None, *, exe: Path | None
               n_gpu_layers: int | str | None = 0, quant: str = "Q4_0", repetitions: int = 1, max_tokens: int = 4,
               tool_settings: dict | None = None, gpus: int = 0, concurrency: int = 1, depth: int = 0,
               context: Path | None = None):
-    """A bench job as its rule would pass it (llmbench.job.Job), on a stand-in llama.cpp build whose every tool is
+    """A bench job as its rule would pass it (llmbench.study.job.Job), on a stand-in llama.cpp build whose every tool is
     ``exe`` where given."""
-    from llmbench.job import Job
+    from llmbench.study.job import Job
 
     inputs = {"model": str(model)} if model else {}
     if context is not None:

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from llmbench.accuracy import (
+from llmbench.study.accuracy import (
     CATEGORIES,
     Question,
     accuracy_table,

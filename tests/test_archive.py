@@ -6,8 +6,8 @@ import tarfile
 import polars as pl
 import pytest
 
-from llmbench.archive import MANIFEST, _info, build_archive, manifest_text, verify_archive
-from llmbench.files import DamagedResultError
+from llmbench.core.files import DamagedResultError
+from llmbench.outputs.archive import MANIFEST, _info, build_archive, manifest_text, verify_archive
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A failed measurement measured again (llmbench.attempts, and the command the run's summary prints): the
+"""A failed measurement measured again (llmbench.study.attempts, and the command the run's summary prints): the
 generations that finished stay until a retry finishes more; a retry without a failure replaces them."""
 
 import logging
@@ -8,9 +8,9 @@ import pytest
 from test_failed_jobs import ok_rows
 
 from conftest import REPO, bench_job
-from llmbench import attempts, measure
-from llmbench.failures import failed_measurements, summary
-from llmbench.runs import RunPlan, failed_run
+from llmbench.engines.runs import RunPlan, failed_run
+from llmbench.study import attempts, measure
+from llmbench.study.failures import failed_measurements, summary
 
 PLAN = RunPlan("llama-server", "m", "Q4_0", "none", (), 12, 0, 0.0, 0.7, 1, 0, 0, 2)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.batched_bench import (
+from llmbench.engines.base import EngineError
+from llmbench.engines.batched_bench import (
     BATCHED_BENCH_ENERGY,
     BatchedBenchSettings,
     batched_bench_command,
@@ -22,9 +23,8 @@ from llmbench.batched_bench import (
     parse_jsonl,
     run_batched_bench,
 )
-from llmbench.engines.base import EngineError
-from llmbench.llama_bench import IncompleteBenchOutput
-from llmbench.runs import RUN_SCHEMA, RunPlan
+from llmbench.engines.llama_bench import IncompleteBenchOutput
+from llmbench.engines.runs import RUN_SCHEMA, RunPlan
 
 RECORDED = REPO / "tests/data/llama_batched_bench.jsonl"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from llmbench.build import TOOLS as LLAMA_TOOLS
-from llmbench.build import BuildError, BuildSpec, CpuTarget, build_llama_cpp, cpu_flags, next_target
-from llmbench.build_smoke import SmokeResult, first_crash, smoke_test
-from llmbench.cpu_probe import ProbeVerdict
+from llmbench.toolchain.build import TOOLS as LLAMA_TOOLS
+from llmbench.toolchain.build import BuildError, BuildSpec, CpuTarget, build_llama_cpp, cpu_flags, next_target
+from llmbench.toolchain.build_smoke import SmokeResult, first_crash, smoke_test
+from llmbench.toolchain.cpu_probe import ProbeVerdict
 
 AMX_CPU = {"avx512f", "amx_tile", "amx_int8", "amx_bf16", "avx2"}
 EPYC_CPU = {"avx512f", "avx2"}
@@ -111,9 +111,9 @@ def test_the_real_smoke_test_names_each_tool_a_signal_ended(tmp_path):
 def test_the_binaries_built_and_smoke_tested_are_the_registrys():
     """One list: the bench tools' binaries of llmbench/engines/registry.py and its QUALITY_BINARIES are built; the
     smoke test runs each, and the tools that load libllama."""
-    from llmbench.build_smoke import smoke_tools
-    from llmbench.diagnosis import LLAMA_CPP_ENGINES
+    from llmbench.engines.diagnosis import LLAMA_CPP_ENGINES
     from llmbench.engines.registry import QUALITY_BINARIES, TOOLS
+    from llmbench.toolchain.build_smoke import smoke_tools
 
     bench = [b for t in TOOLS.values() for b in t.llama_cpp if b != "libllama"]
     assert LLAMA_TOOLS == (*bench, *QUALITY_BINARIES) == ("llama-server", "llama-bench", "llama-batched-bench",
@@ -123,18 +123,18 @@ def test_the_binaries_built_and_smoke_tested_are_the_registrys():
 
 
 def test_a_registered_binary_the_smoke_test_has_no_run_of_fails_the_build_saying_so(tmp_path, monkeypatch):
-    from llmbench import build_smoke
+    from llmbench.toolchain import build_smoke
 
     bin_dir = tmp_path / "bin"
     install_standins(bin_dir, "print('stand-in')\n")
     monkeypatch.setattr(build_smoke, "smoke_tools", lambda: ("llama-standin-new",))
     (r,) = smoke_test(bin_dir, tmp_path / "smoke", threads=2)
     assert (r.tool, r.ok, r.signal) == ("llama-standin-new", False, None) and first_crash([r]) is None
-    assert "has no run of llama-standin-new" in r.reason and "llmbench/build_smoke.py" in r.reason
+    assert "has no run of llama-standin-new" in r.reason and "llmbench/toolchain/build_smoke.py" in r.reason
 
 
 def standin_probe_says_amx_usable(flags):
-    """A stand-in for llmbench.cpu_probe.probe_amx: the probe passed, so the smoke test alone decides (a CPU that
+    """A stand-in for llmbench.toolchain.cpu_probe.probe_amx: the probe passed, so the smoke test alone decides (a CPU that
     lies to the probe); tests/test_cpu_probe.py puts recorded probe runs in its place."""
     run = {"feature": "amx", "cpu_flags": sorted(flags & {"amx_tile", "amx_int8", "amx_bf16"}), "compiler": "standin"}
     return run, ProbeVerdict(True, "stand-in probe: AMX usable", ("standin",))
@@ -212,7 +212,7 @@ def test_the_kernels_words_are_read_for_that_process(tmp_path, monkeypatch):
                      "libggml-cpu.so[7f+9000]'\n")
     dmesg.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    from llmbench.build_smoke import kernel_words
+    from llmbench.toolchain.build_smoke import kernel_words
 
     assert "llama-bench[4101] trap invalid opcode" in kernel_words("bin/llama-bench", 4101)
     assert "[4242]" in kernel_words("bin/llama-bench")

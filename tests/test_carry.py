@@ -10,7 +10,16 @@ import zipfile
 import pytest
 
 from conftest import REPO
-from llmbench.carry import MIB, CarryError, check_fits, closure, make_bundle, missing_parts, stored_wheel, unpack_bundle
+from llmbench.toolchain.carry import (
+    MIB,
+    CarryError,
+    check_fits,
+    closure,
+    make_bundle,
+    missing_parts,
+    stored_wheel,
+    unpack_bundle,
+)
 
 
 def files(tmp_path, sizes: dict[str, int]) -> dict:

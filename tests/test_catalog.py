@@ -1,4 +1,4 @@
-"""Every figure and table described once (llmbench/catalog.py): the rules, the study's targets, the report, the
+"""Every figure and table described once (llmbench/outputs/catalog.py): the rules, the study's targets, the report, the
 archive and rerender read the catalog, so a new figure is its drawing function, one entry and its caption.
 
 The figure added here is a stand-in (``standin_figure``, named as one): a bar per tool of the rows it is given,
@@ -21,9 +21,9 @@ import yaml
 from test_plots import stand_in_runs, stand_in_sweep
 
 from conftest import REPO
-from llmbench import catalog
-from llmbench.catalog import Figure, Table
-from llmbench.render import rerender
+from llmbench.outputs import catalog
+from llmbench.outputs.catalog import Figure, Table
+from llmbench.outputs.render import rerender
 
 STANDIN_MODULE = '''
 """A stand-in figure, for a test only: the generations per tool, one bar each."""
@@ -38,7 +38,7 @@ def standin_chart(runs: pl.DataFrame, study: str) -> alt.Chart:
 '''
 
 STANDIN_ENTRY = '''
-register(Figure("standin_figure", "plot_standin_figure", "llmbench.figures.standin:standin_chart", "Speed",
+register(Figure("standin_figure", "plot_standin_figure", "llmbench.outputs.figures.standin:standin_chart", "Speed",
                 "a stand-in figure"))
 '''
 
@@ -92,8 +92,8 @@ def standin_workflow(tmp_path: Path) -> Path:
     """A copy of the workflow where the stand-in figure is added in its one place: its function, its catalog entry
     and its caption."""
     work = copy_workflow(tmp_path)
-    (work / "workflow/scripts/llmbench/figures/standin.py").write_text(textwrap.dedent(STANDIN_MODULE))
-    with open(work / "workflow/scripts/llmbench/catalog.py", "a") as fh:
+    (work / "workflow/scripts/llmbench/outputs/figures/standin.py").write_text(textwrap.dedent(STANDIN_MODULE))
+    with open(work / "workflow/scripts/llmbench/outputs/catalog.py", "a") as fh:
         fh.write(STANDIN_ENTRY)
     (work / "workflow/report/standin_figure.rst").write_text(STANDIN_CAPTION)
     return work

@@ -1,11 +1,11 @@
-"""Each rule's code inputs are the package files its script imports, read from the source (llmbench.codedeps)."""
+"""Each rule's code inputs are the package files its script imports, read from the source (llmbench.core.codedeps)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from conftest import REPO
-from llmbench.codedeps import code_files
+from llmbench.core.codedeps import code_files
 from llmbench.engines.registry import TOOLS
 
 PKG = REPO / "workflow/scripts/llmbench"
@@ -19,9 +19,9 @@ def names(files: list[str]) -> set[str]:
 def test_the_lists_that_had_fallen_behind_are_complete():
     # A hand-kept list once missed these: quality_table without quants.py and synthetic.py, the
     # llama-cpp-python bench without llama_server.py (whose fitting it calls, inside a function).
-    assert {"quants.py", "synthetic.py", "quality.py", "__init__.py"} <= names(code_files(PKG, SCRIPTS / "quality_table.py"))
+    assert {"core/quants.py", "modelfiles/synthetic.py", "outputs/quality.py", "__init__.py"} <= names(code_files(PKG, SCRIPTS / "quality_table.py"))
     bench = names(code_files(PKG, SCRIPTS / "bench.py", *TOOLS["llama-cpp-python"].module_files()))
-    assert {"engines/llama_cpp_python.py", "engines/llama_server.py", "engines/__init__.py", "meters.py"} <= bench
+    assert {"engines/llama_cpp_python.py", "engines/llama_server.py", "engines/__init__.py", "devices/meters.py"} <= bench
 
 
 def test_only_what_is_imported_and_nothing_twice(tmp_path):

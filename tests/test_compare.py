@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from llmbench.compare import (
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.compare import (
     bootstrap_ratio,
     compare,
     j_per_token_stat,
@@ -18,7 +19,6 @@ from llmbench.compare import (
     ratio_cell,
     render_markdown,
 )
-from llmbench.runs import RUN_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 NO_RAPL = "not measured: CPU energy: no RAPL zones under /sys/class/powercap"

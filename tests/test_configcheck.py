@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO, load_config
-from llmbench import study
-from llmbench.configcheck import ConfigError, validate_config
+from llmbench.study import plan as study
+from llmbench.study.configcheck import ConfigError, validate_config
 
 
 def test_default_config_is_valid_and_gets_defaults(default_config, schema):

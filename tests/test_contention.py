@@ -1,6 +1,6 @@
-"""Contention seen: other processes' CPU time over a window (llmbench.contention), the rows measured beside another
+"""Contention seen: other processes' CPU time over a window (llmbench.devices.contention), the rows measured beside another
 load flagged and left out of the statistics with the reason, and the machine-wide measurement lock that keeps the
-study's own jobs apart (llmbench.gpu_slots.MachineLock) across processes, as two Snakemake runs would be."""
+study's own jobs apart (llmbench.devices.gpu_slots.MachineLock) across processes, as two Snakemake runs would be."""
 
 import os
 import subprocess
@@ -13,13 +13,13 @@ from test_meters import ScriptedSensor
 from test_runs import StandInBackend, plan
 
 from conftest import REPO
-from llmbench import meters
-from llmbench.contention import CONTENDED_CORES, CpuSample, CpuWatch, cpu_sample, judge
-from llmbench.costs import cost_table
-from llmbench.gpu_slots import MachineLock
-from llmbench.meters import EnergyMeter
-from llmbench.runs import run_generations
-from llmbench.stats import summarize_runs
+from llmbench.devices import meters
+from llmbench.devices.contention import CONTENDED_CORES, CpuSample, CpuWatch, cpu_sample, judge
+from llmbench.devices.gpu_slots import MachineLock
+from llmbench.devices.meters import EnergyMeter
+from llmbench.engines.runs import run_generations
+from llmbench.outputs.costs import cost_table
+from llmbench.outputs.stats import summarize_runs
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
 
@@ -131,7 +131,7 @@ def test_rows_measured_beside_another_load_are_flagged_and_left_out_of_the_stati
 MACHINE_JOB = """
 import sys, time
 from pathlib import Path
-from llmbench.gpu_slots import MachineLock
+from llmbench.devices.gpu_slots import MachineLock
 lock_dir, exclusive, k = Path(sys.argv[1]), sys.argv[2] == "cpu", sys.argv[3]
 with MachineLock(exclusive, lock_dir, timeout_s=30, poll_s=0.01, job=f"job-{k}"):
     start = time.monotonic(); time.sleep(0.2); end = time.monotonic()

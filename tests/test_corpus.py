@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from llmbench.corpus import parquet_text
+from llmbench.modelfiles.corpus import parquet_text
 
 
 def test_rows_are_joined_as_they_are(tmp_path):

@@ -5,7 +5,9 @@ import re
 import polars as pl
 import pytest
 
-from llmbench.costs import (
+from llmbench.core.precision import Rounds
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.costs import (
     RULE_NO_OUTLIERS,
     RULE_OUTLIERS,
     check_hardware,
@@ -14,10 +16,8 @@ from llmbench.costs import (
     usd_per_1m_tokens,
     write_cost_tables,
 )
-from llmbench.markdown import PRECISION_NOTE
-from llmbench.precision import Rounds
-from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import TABLE_PRECISION
+from llmbench.outputs.markdown import PRECISION_NOTE
+from llmbench.outputs.stats import TABLE_PRECISION
 
 ENERGY_NOT_MEASURED = "not measured: CPU energy: no RAPL zones under /sys/class/powercap (absent in many VMs)"
 SKIPPED = "Ollama is not installed here"
@@ -288,7 +288,7 @@ def test_no_credential_in_a_price_note_or_source_reaches_the_tables(tmp_path):
 
 
 def precision_of(rates):
-    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns), fixed repetitions."""
+    """A job's precision columns as the bench writes them (llmbench.core.precision.Rounds.columns), fixed repetitions."""
     rounds = Rounds(len(rates))
     for rate in rates:
         rounds.record(rate)

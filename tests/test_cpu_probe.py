@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from test_build import AMX_CPU, EPYC_CPU, crash, run_build
 
-from llmbench.build import CPU_FEATURES, UPSTREAM, CpuTarget, cpu_flags
-from llmbench.cpu_probe import ProbeVerdict, parse_probe, probe_amx, verdict_of
+from llmbench.toolchain.build import CPU_FEATURES, UPSTREAM, CpuTarget, cpu_flags
+from llmbench.toolchain.cpu_probe import ProbeVerdict, parse_probe, probe_amx, verdict_of
 
 DATA = Path(__file__).parent / "data" / "cpu_probe"
 
@@ -128,7 +128,7 @@ def test_the_live_path_compiles_runs_and_judges(tmp_path, monkeypatch):
     assert run["returncode"] == -4 and run["compiler_version"] == "standin-cc 0.0"
     assert v.exclude and "a worker thread died by SIGILL at its first tile instruction (ldtilecfg)" in v.reason
 
-    monkeypatch.setattr("llmbench.cpu_probe.RUN_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("llmbench.toolchain.cpu_probe.RUN_TIMEOUT_S", 0.5)
     hangs = "import time\nprint('xcomp_supp 0x602e7', flush=True)\ntime.sleep(30)\n"
     run, v = probe_amx(AMX_CPU, cc=write_standin_compiler(tmp_path / "standin-cc-hang", hangs))
     assert run["timed_out_after_s"] == 0.5 and v.exclude and "did not finish within 0.5 s" in v.reason
@@ -145,7 +145,7 @@ def test_the_live_path_compiles_runs_and_judges(tmp_path, monkeypatch):
 
 
 def test_the_compiler_is_the_one_cmake_takes(monkeypatch):
-    from llmbench.cpu_probe import compiler
+    from llmbench.toolchain.cpu_probe import compiler
 
     monkeypatch.delenv("CC", raising=False)
     assert compiler() == ["cc"]

@@ -1,7 +1,7 @@
 """Every engine failure named for what it is, with its fix, from real engines' outputs (../shared/cases).
 
 Each case goes through the product as a real job would: a stand-in engine (a small Python script or HTTP server,
-named as such) prints the engine's real output, and the bench job's own code (llmbench.measure) turns it into its
+named as such) prints the engine's real output, and the bench job's own code (llmbench.study.measure) turns it into its
 row. The real engines run in tests/test_workflow.py.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, bench_job, reply_json
-from llmbench.diagnosis import diagnose, signal_of
-from llmbench.measure import measure
+from llmbench.engines.diagnosis import diagnose, signal_of
+from llmbench.study.measure import measure
 
 CASES = REPO / "tests/data/cases"
 

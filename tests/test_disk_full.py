@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from llmbench.files import WriteFailed, write_atomically, write_failure, write_text_atomically
-from llmbench.measure import write_rows
-from llmbench.runs import RUN_SCHEMA
+from llmbench.core.files import WriteFailed, write_atomically, write_failure, write_text_atomically
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.study.measure import write_rows
 
 POLARS_FULL = "parquet: File out of specification: underlying IO error: No space left on device (os error 28)"
 

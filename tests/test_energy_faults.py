@@ -14,9 +14,9 @@ from nvml_replay import ReplayedGpu, replayed_nvml
 from test_runs import StandInBackend, plan
 
 from conftest import REPO
-from llmbench import meters
-from llmbench.meters import RaplZone, open_energy_meter
-from llmbench.runs import run_generations
+from llmbench.devices import meters
+from llmbench.devices.meters import RaplZone, open_energy_meter
+from llmbench.engines.runs import run_generations
 
 CASES = REPO / "tests/data/cases"
 
@@ -233,7 +233,7 @@ def test_a_gpu_without_an_energy_counter_lost_mid_job_is_never_read_from_a_stale
 def test_a_power_trace_with_a_hole_in_the_window_is_flagged():
     from test_gpu_telemetry import StandInNvml
 
-    from llmbench.gpu_telemetry import PowerSampler
+    from llmbench.devices.gpu_telemetry import PowerSampler
 
     sampler = PowerSampler(StandInNvml(), ["gpu0"], interval_s=0.02)
     for i in range(50):

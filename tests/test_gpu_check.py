@@ -6,7 +6,7 @@ import json
 
 import polars as pl
 
-from llmbench.gpu_check import counter_joules, counter_vs_sampled, server_vs_bench, speed, summary_markdown
+from llmbench.outputs.gpu_check import counter_joules, counter_vs_sampled, server_vs_bench, speed, summary_markdown
 
 COUNTER = "nvml-energy:GPU-1234"
 
@@ -81,7 +81,7 @@ def test_the_measurements_target_needs_no_plotting_stack():
                     "make_synthetic_gguf.py", "take_source_archive.py"]
     modules = sorted({node.module for s in rule_scripts for node in ast.parse((scripts / s).read_text()).body
                       if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmbench")})
-    assert "llmbench.render" in modules and "llmbench.measure" in modules  # what they import at their top
+    assert "llmbench.outputs.render" in modules and "llmbench.study.measure" in modules  # what they import at their top
     blocked = "import sys; sys.modules.update(altair=None, vl_convert=None); import " + ", ".join(modules)
     proc = subprocess.run([sys.executable, "-c", blocked], cwd=scripts, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

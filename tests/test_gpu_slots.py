@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, nvml_works
-from llmbench.gpu_slots import GpuSlots, NvmlDevice, default_lock_dir, gpu_count, visible_devices_env
+from llmbench.devices.gpu_slots import GpuSlots, NvmlDevice, default_lock_dir, gpu_count, visible_devices_env
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
 
@@ -19,7 +19,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
 WORKER = """
 import sys, time
 from pathlib import Path
-from llmbench.gpu_slots import GpuSlots
+from llmbench.devices.gpu_slots import GpuSlots
 lock_dir, go, k = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 (lock_dir.parent / f"ready-{k}").touch()
 while not go.exists():
@@ -35,7 +35,7 @@ print(gpu, repr(start), repr(end), flush=True)
 HOLDER = """
 import sys, time
 from pathlib import Path
-from llmbench.gpu_slots import GpuSlots
+from llmbench.devices.gpu_slots import GpuSlots
 with GpuSlots(0, 2, Path(sys.argv[1]), exclusive=True, job="doomed") as s:
     print("held", s.cuda_visible_devices, flush=True)
     time.sleep(60)
@@ -144,7 +144,7 @@ def test_gpu_count_without_a_gpu_says_why():
 
 
 def test_hold_gpus_sets_and_restores_what_cuda_sees(monkeypatch, tmp_path):
-    from llmbench import gpu_slots
+    from llmbench.devices import gpu_slots
 
     monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -159,7 +159,7 @@ def test_hold_gpus_sets_and_restores_what_cuda_sees(monkeypatch, tmp_path):
 
 
 def test_no_gpu_machine_gives_no_ids_and_leaves_the_environment(monkeypatch):
-    from llmbench import gpu_slots
+    from llmbench.devices import gpu_slots
 
     monkeypatch.setattr(gpu_slots, "nvml_devices", lambda: ([], "NVML could not start"))
     with gpu_slots.hold_gpus(2) as ids:
@@ -167,7 +167,7 @@ def test_no_gpu_machine_gives_no_ids_and_leaves_the_environment(monkeypatch):
 
 
 def test_under_slurm_the_job_holds_the_gpus_slurm_gave_without_a_lock(monkeypatch, tmp_path):
-    from llmbench import gpu_slots
+    from llmbench.devices import gpu_slots
 
     locks = tmp_path / "locks"
     monkeypatch.setenv("LLMBENCH_GPU_LOCK_DIR", str(locks))

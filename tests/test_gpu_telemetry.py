@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmbench.gpu_telemetry import (
+from llmbench.devices.gpu_telemetry import (
     AVERAGE,
     CLOCK_EVENT_REASONS,
     INSTANT,

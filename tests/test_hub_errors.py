@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from conftest import REPO
-from llmbench.fetch import HUB_TRIES, HUB_WAIT_CAP_S, FetchError, fetch_hf_file
+from llmbench.modelfiles.fetch import HUB_TRIES, HUB_WAIT_CAP_S, FetchError, fetch_hf_file
 
 CASE = REPO / "tests/data/cases/c313_hf_resolve_429.http"
 REPO_ID, FILENAME, COMMIT = "someone/tiny-GGUF", "tiny.Q4_0.gguf", "0123456789abcdef0123456789abcdef01234567"

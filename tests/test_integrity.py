@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 
 from conftest import REPO, Namespace, bench_job
-from llmbench.files import DamagedResultError, cached_sha256, sha256_file
-from llmbench.measure import bench, measure
-from llmbench.provenance import ModelHashMismatch, check_model_hashes, model_hashes
-from llmbench.runs import RUN_SCHEMA
+from llmbench.core.files import DamagedResultError, cached_sha256, sha256_file
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.study.measure import bench, measure
+from llmbench.study.provenance import ModelHashMismatch, check_model_hashes, model_hashes
 
 
 def flip(path, offset: int = -1) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 from llmbench.engines.base import EngineError, OutOfMemory
-from llmbench.llama_bench import (
+from llmbench.engines.llama_bench import (
     IncompleteBenchOutput,
     LlamaBenchSettings,
     bench_command,
@@ -25,7 +25,7 @@ from llmbench.llama_bench import (
     run_llama_bench,
     samples_to_rows,
 )
-from llmbench.runs import RUN_SCHEMA, RunPlan
+from llmbench.engines.runs import RUN_SCHEMA, RunPlan
 
 # llama.cpp out-of-memory lines, a stand-in written from the pinned source (see tests/engines/test_llama_log.py).
 CUDA_OOM = (REPO / "tests/data/llama_cuda_oom.standin.log").read_text()
@@ -195,7 +195,7 @@ def test_an_output_cut_short_twice_fails_naming_the_log(tmp_path):
 def test_rounds_run_as_many_samples_as_the_precision_rule_needs(tmp_path):
     """bench.precision: a first run with -r 6 (the rounds a 95 % interval of a median needs), then one round per
     run until the interval is within the target; each sample's round is its repetition."""
-    from llmbench.precision import PrecisionSpec
+    from llmbench.core.precision import PrecisionSpec
 
     # The recorded output's test lines with the stand-in's -r samples; tg rates wander, then settle.
     rates = [118.0, 126.0, 115.0, 124.0, 121.0, 117.0] + [122.0] * 14

@@ -1,8 +1,8 @@
-"""A command run with its output into a log file (llmbench.logs.run_logged)."""
+"""A command run with its output into a log file (llmbench.core.logs.run_logged)."""
 
 import sys
 
-from llmbench.logs import run_logged
+from llmbench.core.logs import run_logged
 
 PY = sys.executable
 BOTH = "import sys; print('out'); print('err', file=sys.stderr)"

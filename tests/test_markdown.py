@@ -1,6 +1,6 @@
 """The Markdown of the tables: pipe tables, number formatting, numbered footnotes."""
 
-from llmbench.markdown import Footnotes, fmt, pipe_table
+from llmbench.outputs.markdown import Footnotes, fmt, pipe_table
 
 
 def test_fmt_gives_floats_four_significant_digits_and_none_an_empty_cell():

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from conftest import REPO, nvml_works
-from llmbench import meters
-from llmbench.meters import (
+from llmbench.devices import meters
+from llmbench.devices.meters import (
     EnergyMeter,
     EnergyReading,
     RaplZone,
@@ -377,7 +377,7 @@ def test_meters_stays_light_to_import():
     import subprocess
     import sys
 
-    code = "import sys, llmbench.meters; print(sorted({'polars', 'numpy'} & set(sys.modules)))"
+    code = "import sys, llmbench.devices.meters; print(sorted({'polars', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO / "workflow/scripts")}).stdout
     assert out.strip() == "[]"

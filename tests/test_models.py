@@ -1,6 +1,6 @@
 import pytest
 
-from llmbench.models import CorruptModelError, check_gguf
+from llmbench.modelfiles.models import CorruptModelError, check_gguf
 
 
 def test_real_gguf_passes(tiny_gguf):

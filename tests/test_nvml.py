@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmbench.nvml import NvmlUnavailable, nvml, open_nvml
+from llmbench.devices.nvml import NvmlUnavailable, nvml, open_nvml
 
 
 class StandIn:

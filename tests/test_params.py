@@ -15,7 +15,7 @@ import polars as pl
 import yaml
 
 from conftest import REPO, load_config
-from llmbench.params import canonical, canonical_param
+from llmbench.core.params import canonical, canonical_param
 
 
 def reversed_keys(value):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from llmbench.perplexity import (
+from llmbench.engines.perplexity import (
     IncompleteOutput,
     PerplexityError,
     kld_command,

@@ -9,8 +9,8 @@ import time
 from collections import Counter
 
 from conftest import REPO, load_config
-from llmbench import study
-from llmbench.configcheck import validate_config
+from llmbench.study import plan as study
+from llmbench.study.configcheck import validate_config
 
 
 def dry_run(*args):

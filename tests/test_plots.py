@@ -1,5 +1,5 @@
 """Figures: the Vega-Lite specs the charts compile to (fields, quant order, units, facets, colours, notes) and the
-files written, through the catalog (llmbench/catalog.py) as the workflow draws them. All data here is a stand-in
+files written, through the catalog (llmbench/outputs/catalog.py) as the workflow draws them. All data here is a stand-in
 frame shaped like results/summary/runs.parquet (RUN_SCHEMA)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from llmbench import catalog
-from llmbench.figures import boxes, common, frameworks
-from llmbench.figures.common import OKABE_ITO, FigureDataError
-from llmbench.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
-from llmbench.runs import RUN_SCHEMA
+from llmbench.core.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs import catalog
+from llmbench.outputs.figures import boxes, common, frameworks
+from llmbench.outputs.figures.common import OKABE_ITO, FigureDataError
 
 # Stand-in quants listed out of order on purpose: the figures must sort them by bits per weight.
 QUANTS = ["Q8_0", "Q2_K", "Q4_K_M", "F16"]
@@ -338,7 +338,7 @@ def test_a_quant_whose_file_is_not_its_label_is_marked_in_the_boxes_and_named_in
 
 
 def precision_of(rates, spec=None):
-    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns)."""
+    """A job's precision columns as the bench writes them (llmbench.core.precision.Rounds.columns)."""
     rounds = Rounds(len(rates), spec)
     for rate in rates:
         rounds.record(rate)

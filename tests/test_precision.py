@@ -6,8 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from llmbench.meters import EnergyMeter
-from llmbench.precision import (
+from llmbench.core.precision import (
     PrecisionError,
     PrecisionSpec,
     Rounds,
@@ -18,7 +17,8 @@ from llmbench.precision import (
     round_rate,
     rounds_needed,
 )
-from llmbench.runs import Prompt, RunPlan, run_generations
+from llmbench.devices.meters import EnergyMeter
+from llmbench.engines.runs import Prompt, RunPlan, run_generations
 
 # Per-round decode rates [tokens/s] recorded from the default study's llama-server Q8_0 job on the 2-core VM
 # (each round: the six prompts once): a steady engine and one whose rounds wander by ±6 %.

@@ -10,8 +10,16 @@ import pytest
 from test_meters import StandInNvmlWithEnergy
 
 from conftest import REPO, nvml_works
-from llmbench import provenance
-from llmbench.provenance import ENVIRONMENT, assert_no_secrets, collect, config_sha256, looks_secret, redact, write
+from llmbench.study import provenance
+from llmbench.study.provenance import (
+    ENVIRONMENT,
+    assert_no_secrets,
+    collect,
+    config_sha256,
+    looks_secret,
+    redact,
+    write,
+)
 
 TOKEN = "hf_testsecret123456"
 

@@ -4,15 +4,15 @@ import polars as pl
 import pytest
 
 from conftest import REPO, write_tiny_gguf
-from llmbench.accuracy import wilson_interval
-from llmbench.costs import usd_per_1m_tokens
-from llmbench.markdown import PRECISION_NOTE
-from llmbench.perplexity import parse_kld_summary
-from llmbench.plots import pareto_chart, save_all
-from llmbench.precision import PRECISION_COLUMNS, Rounds
-from llmbench.quality import file_facts, quality_table, render_markdown
-from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import TABLE_PRECISION, pareto_front
+from llmbench.core.precision import PRECISION_COLUMNS, Rounds
+from llmbench.engines.perplexity import parse_kld_summary
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.costs import usd_per_1m_tokens
+from llmbench.outputs.markdown import PRECISION_NOTE
+from llmbench.outputs.plots import pareto_chart, save_all
+from llmbench.outputs.quality import file_facts, quality_table, render_markdown
+from llmbench.outputs.stats import TABLE_PRECISION, pareto_front
+from llmbench.study.accuracy import wilson_interval
 
 NO_RAPL = "not measured: CPU energy: no RAPL zones under /sys/class/powercap (absent in many VMs)"
 KLD_Q4_0 = parse_kld_summary((REPO / "tests/data/llama_perplexity_kld_q4_0.txt").read_text())
@@ -228,7 +228,7 @@ def test_a_pareto_point_whose_file_is_not_its_label_is_marked_and_named(table):
 
 
 def precision_of(rates):
-    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns), fixed repetitions."""
+    """A job's precision columns as the bench writes them (llmbench.core.precision.Rounds.columns), fixed repetitions."""
     rounds = Rounds(len(rates))
     for rate in rates:
         rounds.record(rate)

@@ -1,8 +1,8 @@
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from llmbench import quants
-from llmbench.quants import (
+from llmbench.core import quants
+from llmbench.core.quants import (
     KNOWN_QUANTS,
     NOMINAL_BITS_PER_WEIGHT,
     QUANTIZE_TYPES,

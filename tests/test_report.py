@@ -26,7 +26,7 @@ from docutils.core import publish_parts
 from jinja2 import Environment, StrictUndefined
 
 from conftest import REPO, load_config
-from llmbench.configcheck import fill_defaults, load_schema
+from llmbench.study.configcheck import fill_defaults, load_schema
 
 REPORT_DIR = REPO / "workflow/report"
 CHECK_ID = "llmbench-report-check"

@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 
 from conftest import write_tiny_gguf
-from llmbench import bandwidth, roofline
-from llmbench.runs import RUN_SCHEMA
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs import roofline
+from llmbench.study import bandwidth
 
 VOCAB, EMBD = 32, 8
 GB = 1e9
@@ -240,7 +241,7 @@ def test_array_size_follows_the_last_level_cache(tmp_path):
 
 
 def test_damaged_gguf_is_named_with_the_fix(tmp_path):
-    from llmbench.models import CorruptModelError
+    from llmbench.modelfiles.models import CorruptModelError
 
     whole = write_gguf(tmp_path / "whole.gguf", tied=True).read_bytes()
     cut = tmp_path / "cut.gguf"

@@ -1,4 +1,4 @@
-"""One run of the study at a time in a checkout (llmbench.runlock), through real Snakemake runs: a second run is
+"""One run of the study at a time in a checkout (llmbench.core.runlock), through real Snakemake runs: a second run is
 refused naming the live one, and `--unlock` while a run is alive is refused too; once the run is gone (even by
 SIGKILL: the kernel drops its lock) both work. The live run is a process holding the lock as a run's onstart
 hook does, so that no build has to be in progress."""
@@ -15,7 +15,7 @@ from conftest import REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
 # A stand-in for a live run: it takes the run lock as the workflow's onstart hook does and stays alive.
-LIVE_RUN = "from llmbench import runlock\nrunlock.take()\nprint('holding', flush=True)\nimport time\ntime.sleep(300)\n"
+LIVE_RUN = "from llmbench.core import runlock\nrunlock.take()\nprint('holding', flush=True)\nimport time\ntime.sleep(300)\n"
 
 
 def test_a_second_run_and_unlock_are_refused_while_a_run_is_alive(tmp_path):
@@ -44,7 +44,7 @@ def test_a_second_run_and_unlock_are_refused_while_a_run_is_alive(tmp_path):
 
 
 def test_the_lock_names_nobody_once_its_run_is_gone(tmp_path, monkeypatch):
-    from llmbench import runlock
+    from llmbench.core import runlock
 
     monkeypatch.chdir(tmp_path)
     assert runlock.holder() is None

@@ -8,10 +8,11 @@ import json
 import pytest
 from test_meters import ScriptedSensor
 
-from llmbench import meters, runs
+from llmbench.devices import meters
+from llmbench.devices.meters import EnergyMeter
+from llmbench.engines import runs
 from llmbench.engines.base import Engine, Generation, OutOfMemory
-from llmbench.meters import EnergyMeter
-from llmbench.runs import Prompt, RunPlan, run_generations
+from llmbench.engines.runs import Prompt, RunPlan, run_generations
 
 
 class StandInBackend(Engine):

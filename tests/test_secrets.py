@@ -9,10 +9,10 @@ import pytest
 import yaml
 from study_config import config_text
 
-from llmbench.archive import build_archive
-from llmbench.configcheck import ConfigError, validate_config
-from llmbench.provenance import redact
-from llmbench.secrets import SHAPES, find_secrets, redact_text
+from llmbench.core.secrets import SHAPES, find_secrets, redact_text
+from llmbench.outputs.archive import build_archive
+from llmbench.study.configcheck import ConfigError, validate_config
+from llmbench.study.provenance import redact
 
 # kind → (a text holding a made-up credential of that shape, the credential's part that must not survive)
 SAMPLES = {

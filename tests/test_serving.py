@@ -1,4 +1,4 @@
-"""The served model per load level (llmbench.serving): throughput, latency percentiles and energy per output token
+"""The served model per load level (llmbench.outputs.serving): throughput, latency percentiles and energy per output token
 from stand-in request rows (numbers invented for the test), checked by hand."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from llmbench.costs import cost_table
-from llmbench.markdown import PRECISION_NOTE
-from llmbench.precision import PRECISION_COLUMNS, Rounds
-from llmbench.runs import RUN_SCHEMA
-from llmbench.serving import level_table, render_markdown
-from llmbench.stats import TABLE_PRECISION
+from llmbench.core.precision import PRECISION_COLUMNS, Rounds
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.costs import cost_table
+from llmbench.outputs.markdown import PRECISION_NOTE
+from llmbench.outputs.serving import level_table, render_markdown
+from llmbench.outputs.stats import TABLE_PRECISION
 
 
 def level(energy_j: float | None = 60.0, reason: str | None = None, tool: str = "llama-server") -> pl.DataFrame:
@@ -99,7 +99,7 @@ def test_the_cost_of_a_batch_level_is_not_measured_and_its_throughput_is_the_bat
 
 
 def with_precision(frame: pl.DataFrame, rates: list[float]) -> pl.DataFrame:
-    """The job's precision columns as the bench writes them (llmbench.precision.Rounds.columns) on every row."""
+    """The job's precision columns as the bench writes them (llmbench.core.precision.Rounds.columns) on every row."""
     rounds = Rounds(len(rates))
     for rate in rates:
         rounds.record(rate)

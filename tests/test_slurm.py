@@ -178,14 +178,14 @@ def test_default_study_runs_through_a_real_slurm_scheduler(tmp_path_factory):
 
 
 def test_slurm_gpus_outside_a_job_are_none():
-    from llmbench.slurm import slurm_gpu_indices, slurm_nvml_ids
+    from llmbench.devices.slurm import slurm_gpu_indices, slurm_nvml_ids
 
     assert slurm_gpu_indices({}) is None
     assert slurm_nvml_ids(4, {"SLURM_JOB_ID": "7"}) is None  # a CPU job: no GPUs allocated
 
 
 def test_slurm_gpus_map_to_nvml_ids_with_and_without_cgroup_fencing():
-    from llmbench.slurm import slurm_nvml_ids
+    from llmbench.devices.slurm import slurm_nvml_ids
 
     # Stand-in environments as slurmd sets them for `sbatch --gpus=2` on a 4-GPU node.
     env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "3,1", "CUDA_VISIBLE_DEVICES": "1,3"}

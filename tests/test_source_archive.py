@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llmbench import build
-from llmbench.build import extract_sdist, git_commit
-from llmbench.source_archive import MANIFEST, TrimError, trim_manifest, trim_sdist
+from llmbench.toolchain import build
+from llmbench.toolchain.build import extract_sdist, git_commit
+from llmbench.toolchain.source_archive import MANIFEST, TrimError, trim_manifest, trim_sdist
 
 ROOT = "llama_cpp_python-0.3.36"
 
@@ -127,7 +127,7 @@ def test_the_configured_archive_is_taken_only_with_its_sha256(tmp_path):
     from types import SimpleNamespace
 
     from conftest import REPO
-    from llmbench.fetch import IntegrityError
+    from llmbench.modelfiles.fetch import IntegrityError
 
     spec = importlib.util.spec_from_file_location("take", REPO / "workflow/scripts/take_source_archive.py")
     take = importlib.util.module_from_spec(spec)
@@ -148,7 +148,7 @@ def test_the_configured_archive_is_taken_only_with_its_sha256(tmp_path):
 
 
 def test_an_archive_of_another_version_is_refused_before_building(standin_sdist, tmp_path):
-    from llmbench.build import BuildError, BuildSpec, build_llama_cpp
+    from llmbench.toolchain.build import BuildError, BuildSpec, build_llama_cpp
 
     sdist, _ = standin_sdist
     never = "the build must not start"

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO, write_tiny_gguf
-from llmbench import study
-from llmbench.configcheck import ConfigError, validate_config
 from llmbench.engines.base import ToolUnavailable
-from llmbench.models import CorruptModelError, MissingShardsError, check_gguf, split_count
+from llmbench.modelfiles.models import CorruptModelError, MissingShardsError, check_gguf, split_count
+from llmbench.study import plan as study
+from llmbench.study.configcheck import ConfigError, validate_config
 
 CASE = REPO / "tests/data/cases/c10_config_split_q8.yaml"
 SHARD_1 = "Meta-Llama-3.1-70B-Instruct-Q8_0/Meta-Llama-3.1-70B-Instruct-Q8_0-00001-of-00002.gguf"
@@ -258,7 +258,7 @@ def test_fetch_of_two_shards_with_sha256_records_both(split_hub_cache, tmp_path,
 
 
 def test_a_shard_with_a_wrong_sha256_fails_alone_and_leaves_nothing(split_hub_cache, tmp_path, schema):
-    from llmbench.fetch import IntegrityError
+    from llmbench.modelfiles.fetch import IntegrityError
 
     cfg = case_config()
     cfg["models"]["llama31-70b"]["source"]["files"]["Q8_0"]["shard_sha256"] = [split_hub_cache[0], "f" * 64]
@@ -289,7 +289,7 @@ def test_tools_that_take_one_file_end_skipped_with_the_reason(tmp_path):
 
 
 def test_the_roofline_reads_every_shard_of_a_split_gguf(tmp_path):
-    from llmbench.roofline import gguf_traffic
+    from llmbench.outputs.roofline import gguf_traffic
 
     first, second = write_split_gguf(tmp_path, "Q8_0", 2)
     whole = gguf_traffic(first)

@@ -1,9 +1,16 @@
 import polars as pl
 import pytest
 
-from llmbench.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
-from llmbench.runs import RUN_SCHEMA, RunPlan, skipped_run, with_all_columns
-from llmbench.stats import STATS_PRECISION, job_precision, precision_text, summarize, summarize_runs, tukey_flags
+from llmbench.core.precision import PRECISION_COLUMNS, PrecisionSpec, Rounds
+from llmbench.engines.runs import RUN_SCHEMA, RunPlan, skipped_run, with_all_columns
+from llmbench.outputs.stats import (
+    STATS_PRECISION,
+    job_precision,
+    precision_text,
+    summarize,
+    summarize_runs,
+    tukey_flags,
+)
 
 
 def frame(values, quant="Q4_0"):
@@ -60,7 +67,7 @@ def test_integer_and_float_metrics_stack_in_one_table():
 
 
 def precision_of(rates, spec=None):
-    """A job's precision columns as the bench writes them (llmbench.precision.Rounds.columns)."""
+    """A job's precision columns as the bench writes them (llmbench.core.precision.Rounds.columns)."""
     rounds = Rounds(len(rates), spec)
     for rate in rates:
         rounds.record(rate)

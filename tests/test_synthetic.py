@@ -15,12 +15,9 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from conftest import REPO, bench_job, load_config
-from llmbench import study
-from llmbench.configcheck import ConfigError, validate_config
-from llmbench.models import check_gguf
-from llmbench.quality import quality_table, render_markdown
-from llmbench.runs import RUN_SCHEMA
-from llmbench.synthetic import (
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.modelfiles.models import check_gguf
+from llmbench.modelfiles.synthetic import (
     BIAS_CARRIER,
     FIRST_FILLER,
     N_SPECIAL,
@@ -33,6 +30,9 @@ from llmbench.synthetic import (
     tensor_plan,
     vocabulary,
 )
+from llmbench.outputs.quality import quality_table, render_markdown
+from llmbench.study import plan as study
+from llmbench.study.configcheck import ConfigError, validate_config
 
 SERVER = REPO / "resources/llama.cpp" / f"{load_config()['llama_cpp']['version']}-cpu" / "bin/llama-server"
 
@@ -77,7 +77,7 @@ def test_file_is_a_labelled_llama_gguf_of_the_planned_types(tiny, quant):
     assert record["kind"] == "synthetic" and record["shape"] == "llama-tiny" and record["seed"] == 7
     r = GGUFReader(path)
     field = lambda k: r.fields[k].contents()  # noqa: E731
-    assert field("llmbench.synthetic") is True and field("llmbench.synthetic.shape") == "llama-tiny"
+    assert field("llmbench.modelfiles.synthetic") is True and field("llmbench.modelfiles.synthetic.shape") == "llama-tiny"
     assert field("llama.block_count") == 2 and field("llama.attention.head_count_kv") == 2
     assert field("tokenizer.ggml.model") == "llama" and len(field("tokenizer.ggml.tokens")) == 1024
     types = {t.name: t.tensor_type.name for t in r.tensors}
@@ -226,9 +226,9 @@ def test_synthetic_study_dry_run_writes_the_file_and_benches_it_on_one_gpu():
 def test_real_llama_server_at_two_concurrent_requests_counts_as_its_clients(tiny, tmp_path):
     """Two clients at once against the real llama-server (two slots): every request is a row with its client,
     its times and its inter-token gaps, and the server's own /metrics counters equal the rows' token counts."""
+    from llmbench.devices.meters import EnergyMeter
     from llmbench.engines.llama_server import LlamaServer, LlamaServerSettings
-    from llmbench.meters import EnergyMeter
-    from llmbench.runs import Prompt, RunPlan, run_generations
+    from llmbench.engines.runs import Prompt, RunPlan, run_generations
 
     if not SERVER.exists():
         pytest.skip(f"no llama.cpp build at {SERVER.parent} (run the workflow's rule build_llama_cpp)")
@@ -257,7 +257,7 @@ def test_real_llama_server_at_a_depth_follows_that_many_context_tokens(tiny, tmp
     tokenizer, so the engine counts at least 64 prompt tokens more than the prompt alone."""
     import logging
 
-    from llmbench.measure import measure
+    from llmbench.study.measure import measure
 
     if not SERVER.exists():
         pytest.skip(f"no llama.cpp build at {SERVER.parent} (run the workflow's rule build_llama_cpp)")

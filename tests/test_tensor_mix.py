@@ -1,4 +1,4 @@
-"""What a quant file really holds (llmbench.tensor_mix), read from real GGUF headers written here with the gguf
+"""What a quant file really holds (llmbench.modelfiles.tensor_mix), read from real GGUF headers written here with the gguf
 package (tensor data zeros: only the header is read), and llama-quantize's own fallback warnings recorded from this
 project's build deriving SmolLM2-135M's Q4_K_M (rows 576 wide)."""
 
@@ -10,8 +10,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import quant_shape_to_byte_shape
 
 from conftest import REPO, write_tiny_gguf
-from llmbench.models import CorruptModelError
-from llmbench.tensor_mix import HEADER_SOURCE, WARNING_SOURCE, quantize_warnings, tensor_mix
+from llmbench.modelfiles.models import CorruptModelError
+from llmbench.modelfiles.tensor_mix import HEADER_SOURCE, WARNING_SOURCE, quantize_warnings, tensor_mix
 
 RECORDED_LOG = REPO / "tests/data/llama_quantize_q4_k_m_fallbacks.log"
 
@@ -102,7 +102,7 @@ def test_a_damaged_file_is_named(tmp_path):
 
 
 def test_a_synthetic_file_is_recorded_as_holding_what_its_label_says(tmp_path):
-    from llmbench.synthetic import make_synthetic_model
+    from llmbench.modelfiles.synthetic import make_synthetic_model
 
     record = make_synthetic_model(tmp_path / "Q4_0.gguf", "llama-tiny", "Q4_0", 0, "tiny")
     mix = record["tensor_mix"]

@@ -26,13 +26,7 @@ import polars as pl
 import pytest
 
 from conftest import bench_job, snakemake_standin, trickle, write_tiny_gguf
-from llmbench.batched_bench import BatchedBenchSettings, run_batched_bench
-from llmbench.diagnosis import TIMED_OUT
-from llmbench.engines.base import Engine, EngineFailed, Generation, diagnosis_of
-from llmbench.engines.llama_server import parse_chat_stream
-from llmbench.engines.openai_stream import RequestTimedOut, post_stream, request_timed_out
-from llmbench.llama_bench import LlamaBenchSettings
-from llmbench.logs import (
+from llmbench.core.logs import (
     DECODE_BYTES_PER_S,
     LOAD_BYTES_PER_S,
     PREFILL_BYTES_PER_S,
@@ -42,9 +36,14 @@ from llmbench.logs import (
     run_logged,
     tool_limit,
 )
-from llmbench.measure import measure
-from llmbench.meters import EnergyMeter
-from llmbench.perplexity import (
+from llmbench.devices.meters import EnergyMeter
+from llmbench.engines.base import Engine, EngineFailed, Generation, diagnosis_of
+from llmbench.engines.batched_bench import BatchedBenchSettings, run_batched_bench
+from llmbench.engines.diagnosis import TIMED_OUT
+from llmbench.engines.llama_bench import LlamaBenchSettings
+from llmbench.engines.llama_server import parse_chat_stream
+from llmbench.engines.openai_stream import RequestTimedOut, post_stream, request_timed_out
+from llmbench.engines.perplexity import (
     PerplexityTimedOut,
     base_file_tokens,
     base_limit,
@@ -53,7 +52,8 @@ from llmbench.perplexity import (
     parse_kld_summary,
     run_and_parse,
 )
-from llmbench.runs import Prompt, RunPlan, run_generations
+from llmbench.engines.runs import Prompt, RunPlan, run_generations
+from llmbench.study.measure import measure
 
 # A stand-in llama.cpp tool that hangs: it writes its pid, starts a child that holds its output open, and sleeps.
 HANGS = """
@@ -132,7 +132,7 @@ def test_llama_bench_limits_count_every_test_repetition_warm_up_and_depth(tmp_pa
 
 
 def test_without_an_override_each_llama_bench_run_gets_its_derived_limit(tmp_path, monkeypatch):
-    from llmbench import llama_bench
+    from llmbench.engines import llama_bench
 
     exe = standin(tmp_path / "standin-llama-bench", f"""
         import sys
@@ -263,7 +263,7 @@ def test_a_kld_job_whose_tool_hangs_writes_a_failed_row_naming_the_limit(tmp_pat
 
 
 def test_a_hanging_llama_quantize_fails_the_job_naming_its_limit_and_leaves_no_file(tmp_path):
-    from llmbench.quantize import derive_quant
+    from llmbench.toolchain.quantize import derive_quant
 
     src = write_tiny_gguf(tmp_path / "F16.gguf")
     record = tmp_path / "F16.json"
@@ -352,7 +352,7 @@ def test_a_job_interrupted_while_its_tool_runs_kills_the_tool(tmp_path):
     job = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import signal, sys
-            from llmbench.logs import run_logged
+            from llmbench.core.logs import run_logged
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
             run_logged([{str(exe)!r}], {str(tmp_path / 'tool.log')!r}, capture_stdout=True)
         """)],

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, bench_job
 from llmbench.engines.base import diagnosis_of
-from llmbench.models import FIX, CorruptModelError, UnloadableModelError, check_gguf, read_tensor_table
+from llmbench.modelfiles.models import FIX, CorruptModelError, UnloadableModelError, check_gguf, read_tensor_table
 
 CASE = REPO / "tests/data/cases/c301_qwen25coder3b_q4_0_4_4.gguf"
 LLAMA_SAYS = next(line for line in (REPO / "tests/data/cases/c301_qwen25coder3b_q4_0_4_4.txt").read_text().splitlines()
@@ -245,7 +245,7 @@ def test_c301_the_fetch_says_unloadable_and_never_to_fetch_again(tmp_path, monke
 
 
 def test_c301_a_bench_job_ends_failed_with_the_unloadable_kind(tmp_path):
-    from llmbench.measure import measure
+    from llmbench.study.measure import measure
 
     # The file check runs before any engine: the stand-in llama-server is never started.
     exe = tmp_path / "standin-llama-server"
@@ -265,7 +265,7 @@ def test_diagnosis_of_the_error_gives_its_kind():
 
 
 def test_c301_llama_cpp_s_own_line_is_the_unloadable_kind_with_or_without_the_file(tmp_path):
-    from llmbench.diagnosis import diagnose
+    from llmbench.engines.diagnosis import diagnose
 
     log = f"{LLAMA_SAYS}\ngguf_init_from_file_impl: failed to read tensor info\n" \
           "llama_model_load: error loading model: llama_model_loader: failed to load model from m.gguf\n"
@@ -289,14 +289,14 @@ def test_c301_llama_cpp_s_own_line_is_the_unloadable_kind_with_or_without_the_fi
      "unsupported_tensor_type"),
 ])
 def test_other_wordings_of_an_unloadable_file(line, kind):
-    from llmbench.diagnosis import diagnose
+    from llmbench.engines.diagnosis import diagnose
 
     d = diagnose("Ollama", 1, f"{line}\nllama_model_load_from_file_impl: failed to load model\n")
     assert d.kind == kind and not advises_deleting(d.reason)
 
 
 def test_an_invalid_type_in_a_damaged_file_is_still_damaged(tmp_path):
-    from llmbench.diagnosis import diagnose
+    from llmbench.engines.diagnosis import diagnose
 
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(with_type(tmp_path, 99).read_bytes()[:700])
@@ -306,13 +306,13 @@ def test_an_invalid_type_in_a_damaged_file_is_still_damaged(tmp_path):
 
 
 def test_the_roofline_table_says_why_it_read_no_bytes_in_the_file_s_own_words():
-    from llmbench.roofline import traffic_table
+    from llmbench.outputs.roofline import traffic_table
 
     row = traffic_table({("qwen25coder3b", "Q4_0_4_4"): CASE}).row(0, named=True)
     assert "ggml type 31" in row["bytes_null_reason"] and not advises_deleting(row["bytes_null_reason"])
 
 
 def test_the_tensor_mix_of_the_fetch_record_is_left_out_not_called_damaged():
-    from llmbench.tensor_mix import file_mix
+    from llmbench.modelfiles.tensor_mix import file_mix
 
     assert file_mix(CASE, "Q4_0_4_4", record=json.loads("{}")) is None

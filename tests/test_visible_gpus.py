@@ -10,9 +10,10 @@ import pytest
 from nvml_replay import ReplayedGpu, replayed_nvml
 
 from conftest import REPO
-from llmbench import gpu_slots, provenance
-from llmbench.gpu_slots import NvmlDevice, hold_gpus, user_visible
-from llmbench.meters import open_energy_meter
+from llmbench.devices import gpu_slots
+from llmbench.devices.gpu_slots import NvmlDevice, hold_gpus, user_visible
+from llmbench.devices.meters import open_energy_meter
+from llmbench.study import provenance
 
 CASE = (REPO / "tests/data/cases/c305_cuda_visible_devices.txt").read_text()
 # The workstation as `nvidia-smi -L` lists it in the case: index, name, UUID.

@@ -22,10 +22,10 @@ from test_params import reversed_keys
 from test_report import assert_report_shows, render_report, require_chromium
 
 from conftest import REPO, load_config
-from llmbench.archive import verify_archive
-from llmbench.meters import open_energy_meter
-from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import GROUP
+from llmbench.devices.meters import open_energy_meter
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.archive import verify_archive
+from llmbench.outputs.stats import GROUP
 
 pytestmark = pytest.mark.e2e
 CACHE = REPO / "resources"

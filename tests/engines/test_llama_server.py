@@ -85,8 +85,8 @@ def test_a_reasoning_count_the_server_gives_is_kept():
 
 def test_thinking_is_booked_as_decode_energy():
     """The GPU energy split is cut at TTFT: with the first thinking token, thinking is decode, not prefill."""
-    from llmbench.meters import EnergyReading
-    from llmbench.runs import gpu_columns
+    from llmbench.devices.meters import EnergyReading
+    from llmbench.engines.runs import gpu_columns
 
     class ConstantPower:  # a stand-in meter: the GPU draws 100 W all through the window
         split_null_reason = None
@@ -103,8 +103,8 @@ def test_thinking_is_booked_as_decode_energy():
 
 
 def test_a_reasoning_run_row_has_the_thinking_count_column():
-    from llmbench.meters import EnergyMeter
-    from llmbench.runs import Prompt, RunPlan, run_generations
+    from llmbench.devices.meters import EnergyMeter
+    from llmbench.engines.runs import Prompt, RunPlan, run_generations
 
     replay = StreamReplay.of(REASONING)
     g = parse_chat_stream(replay, 0.0, clock=replay.clock)
@@ -519,7 +519,7 @@ def test_c315_counters_past_a_million_match_within_their_printed_precision(tmp_p
     import http.server
     import threading
 
-    from llmbench.runs import counter_deltas, level_columns
+    from llmbench.engines.runs import counter_deltas, level_columns
 
     pages = [(CASES / f"c315_llama_server_metrics_{w}.txt").read_bytes() for w in ("before", "after")]
 
@@ -548,7 +548,7 @@ def test_c315_counters_past_a_million_match_within_their_printed_precision(tmp_p
     counted = counter_deltas(before, after, "llama-server")
     rows = [{"prefill_tokens": 983_805 - 4_000, "generated_tokens": 4_000}, {"prefill_tokens": 4_000,
                                                                              "generated_tokens": 545}]
-    from llmbench.meters import EnergyReading
+    from llmbench.devices.meters import EnergyReading
 
     check = level_columns(EnergyReading(None, None, "not measured", 1.0), None, counted, rows)["server_counts_check"]
     assert check.startswith("match: 4545 generated and 983805 prompt tokens, server and client")

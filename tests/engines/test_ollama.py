@@ -24,12 +24,12 @@ import time
 import pytest
 
 from conftest import REPO, bench_job, reply_json, trickle, write_tiny_gguf
+from llmbench.devices.meters import EnergyMeter
 from llmbench.engines.base import EngineError, ToolUnavailable
 from llmbench.engines.ollama import Ollama, file_type_name, loaded_model, parse_chat
 from llmbench.engines.process import free_port
-from llmbench.measure import bench
-from llmbench.meters import EnergyMeter
-from llmbench.runs import Prompt, RunPlan, loaded_quant_note, run_generations
+from llmbench.engines.runs import Prompt, RunPlan, loaded_quant_note, run_generations
+from llmbench.study.measure import bench
 
 DATA = REPO / "tests/data/ollama"
 # Ollama's final object for a repeated prompt: prompt_eval_count 2410 (the whole prompt), prompt_eval_duration
@@ -364,7 +364,7 @@ def test_a_tag_labelled_as_what_it_holds_is_not_marked(standin_ollama, tmp_path)
 
 
 def test_the_bench_job_keeps_the_tags_mark_beside_the_files_mix(standin_ollama, tmp_path, monkeypatch):
-    """The whole job (llmbench.measure.bench): a library tag has no file of the study, so no tensor mix; the
+    """The whole job (llmbench.study.measure.bench): a library tag has no file of the study, so no tensor mix; the
     engine's mark must survive the step that writes the file's mix and note."""
     host, state = standin_ollama
     c312_server(state)

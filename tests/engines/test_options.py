@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, bench_job, snakemake_standin
-from llmbench.configcheck import ConfigError, load_schema, validate_config
 from llmbench.engines import llama_server, registry, vllm
 from llmbench.engines.registry import TOOLS, job_options
-from llmbench.job import Job
+from llmbench.study.configcheck import ConfigError, load_schema, validate_config
+from llmbench.study.job import Job
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 

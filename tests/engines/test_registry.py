@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from llmbench.configcheck import load_schema
 from llmbench.engines import registry
 from llmbench.engines.base import Engine
 from llmbench.engines.registry import TOOLS
+from llmbench.study.configcheck import load_schema
 
 STANDIN_ENGINE = '''
 """A stand-in engine, for a test only: it answers every prompt with fixed counts and times, starting nothing."""
@@ -88,7 +88,7 @@ def test_a_tool_registered_twice_or_with_both_or_neither_entry_is_refused():
     with pytest.raises(ValueError, match="'vllm' is registered already"):
         registry.register(tool)
     with pytest.raises(ValueError, match="exactly one of engine"):
-        registry.register(registry.Tool("x", tool.facts, engine=tool.engine, runner="llmbench.llama_bench:run_job"))
+        registry.register(registry.Tool("x", tool.facts, engine=tool.engine, runner="llmbench.engines.llama_bench:run_job"))
     with pytest.raises(ValueError, match="unknown tool 'mlx'; known tools: llama-server"):
         registry.tool("mlx")
 
@@ -96,7 +96,7 @@ def test_a_tool_registered_twice_or_with_both_or_neither_entry_is_refused():
 def test_a_vllm_jobs_provenance_records_the_gguf_plugin_version(monkeypatch):
     """vLLM 0.24 and later load GGUF through vllm-gguf-plugin (vLLM PR #39612): its version is part of how a vLLM
     job measured. The installed versions here are stand-ins (neither package is installed on this machine)."""
-    from llmbench import provenance
+    from llmbench.study import provenance
 
     standin = {"vllm": "0.24.0", "vllm-gguf-plugin": "0.1.2"}
     monkeypatch.setattr(provenance.metadata, "version", lambda name: standin.get(name) or "stand-in")

@@ -18,7 +18,7 @@ from llmbench.engines import registry
 from llmbench.engines import vllm as vllm_backend
 from llmbench.engines.base import EngineError, StreamCutShort, ToolUnavailable, diagnosis_of
 from llmbench.engines.vllm import Vllm, VllmSettings, nvidia_gpu_present, parse_vllm_stream, server_command
-from llmbench.measure import measure
+from llmbench.study.measure import measure
 
 STREAM = REPO / "tests/data/vllm_chat_stream.txt"
 

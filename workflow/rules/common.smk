@@ -4,19 +4,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from llmbench import catalog, runlock, study
-from llmbench.build import TOOLS as LLAMA_TOOLS
-from llmbench.codedeps import code_files
+from llmbench.core import runlock
+
+from llmbench.outputs import catalog
+
+from llmbench.study import plan as study
+from llmbench.toolchain.build import TOOLS as LLAMA_TOOLS
+from llmbench.core.codedeps import code_files
 from llmbench.engines.registry import TOOLS, job_options
-from llmbench.build import BuildSpec
-from llmbench.configcheck import load_schema, validate_config
-from llmbench.params import canonical_param
-from llmbench.quants import KNOWN_QUANTS, REFERENCE_QUANT
+from llmbench.toolchain.build import BuildSpec
+from llmbench.study.configcheck import load_schema, validate_config
+from llmbench.core.params import canonical_param
+from llmbench.core.quants import KNOWN_QUANTS, REFERENCE_QUANT
 
 validate_config(
     config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 )
-# `--unlock` while a run of the study is alive would let a second run measure beside it (llmbench/runlock.py).
+# `--unlock` while a run of the study is alive would let a second run measure beside it (llmbench/core/runlock.py).
 try:
     runlock.refuse_unlock()
 except runlock.RunLocked as _e:
@@ -72,7 +76,7 @@ def resources(path):
     return f"{RES}/{path}"
 
 
-# The study's figures and tables: each described once in the catalog (llmbench/catalog.py), which names its files,
+# The study's figures and tables: each described once in the catalog (llmbench/outputs/catalog.py), which names its files,
 # what makes it and its place in the report; the rules (rules/figures.smk, rules/tables.smk), the targets below,
 # the report and the archive read it.
 
@@ -237,7 +241,7 @@ def engine_params(tool):
 def tool_timeout_params():
     """bench.tool_timeout_s for a job that runs a llama.cpp tool (llama-bench, llama-batched-bench,
     llama-perplexity, llama-quantize), only where the config sets it: left null, each run's limit is derived
-    from its work (llmbench/logs.py) and no job's params change, so nothing reruns for a key it never used.
+    from its work (llmbench/core/logs.py) and no job's params change, so nothing reruns for a key it never used.
     """
     limit = config["bench"].get("tool_timeout_s")
     return {} if limit is None else {"tool_timeout_s": limit}
@@ -461,7 +465,7 @@ REPORT = f"{RESULTS}/report.html"
 
 
 def hold_run_lock():
-    """Hold the study's run lock for this run's life (llmbench.runlock): a second run in this checkout, or a run
+    """Hold the study's run lock for this run's life (llmbench.core.runlock): a second run in this checkout, or a run
     after `--unlock` beside a live one, is refused naming the live run."""
     try:
         runlock.take()
@@ -482,7 +486,7 @@ def make_report():
     import subprocess
     import sys
 
-    from llmbench.files import FILESYSTEM_ERRORS, write_failure
+    from llmbench.core.files import FILESYSTEM_ERRORS, write_failure
 
     # A run of one target (the build, `measurements`): the report would miss what it reports.
     unmade = [path for path in final_outputs() if not Path(path).exists()]
@@ -542,7 +546,7 @@ def fail_on_failed_measurements():
     """End a run that made something with the summary of its failed measurements and a non-zero exit status (so
     that a script can tell); the failed jobs' rows, every table, figure and the report are made by then.
     """
-    from llmbench.failures import failed_measurements, summary
+    from llmbench.study.failures import failed_measurements, summary
 
     failed = failed_measurements(
         f"{RESULTS}/summary/runs.parquet",

@@ -110,7 +110,7 @@ use rule quantize as quantize_reference with:
         allow_requantize=True,
 
 
-# Random weights in a real architecture's shapes (llmbench/synthetic.py): plans speed and energy before a download.
+# Random weights in a real architecture's shapes (llmbench/modelfiles/synthetic.py): plans speed and energy before a download.
 rule make_synthetic_gguf:
     input:
         code=code("make_synthetic_gguf.py"),

@@ -1,4 +1,4 @@
-# The study's tables, one rule each, from the catalog (llmbench/catalog.py: every figure and table described
+# The study's tables, one rule each, from the catalog (llmbench/outputs/catalog.py: every figure and table described
 # once, as rules/bench.smk loops over the engine registry): the statistics per group, energy and $ per 1M tokens,
 # the served model per load level, the framework table (facts beside measurements), the decode roofline (decode
 # speed against the memory-bandwidth bound), and quality per quant.

@@ -3,11 +3,11 @@ stats: the rule writes the rows it makes them from)."""
 
 import polars as pl
 
-from llmbench.files import read_parquet_checked, write_atomically
-from llmbench.logs import script_logging
-from llmbench.render import write_stats
-from llmbench.runs import RUN_SCHEMA
-from llmbench.stats import tukey_flags
+from llmbench.core.files import read_parquet_checked, write_atomically
+from llmbench.core.logs import script_logging
+from llmbench.engines.runs import RUN_SCHEMA
+from llmbench.outputs.render import write_stats
+from llmbench.outputs.stats import tukey_flags
 
 
 def make(inputs: dict, params: dict, outputs: dict) -> str:

@@ -4,14 +4,14 @@ engine that fails one 'failed' row with its diagnosis."""
 import signal
 import sys
 
-from llmbench.accuracy import ask_all, load_questions, not_asked
+from llmbench.core.logs import script_logging
+from llmbench.devices.gpu_slots import hold_gpus
 from llmbench.engines.base import EngineError, ToolUnavailable, diagnosis_of
 from llmbench.engines.registry import tool
-from llmbench.gpu_slots import hold_gpus
-from llmbench.job import Job
-from llmbench.logs import script_logging
-from llmbench.models import CorruptModelError, check_gguf
-from llmbench.provenance import check_model_hashes
+from llmbench.modelfiles.models import CorruptModelError, check_gguf
+from llmbench.study.accuracy import ask_all, load_questions, not_asked
+from llmbench.study.job import Job
+from llmbench.study.provenance import check_model_hashes
 
 
 def main(snakemake):

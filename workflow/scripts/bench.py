@@ -1,13 +1,13 @@
 """One bench job: the tool's engine started, every prompt × repetition generated, one row per generation
-(llmbench.measure), and how they were measured beside them."""
+(llmbench.study.measure), and how they were measured beside them."""
 
 import signal
 import sys
 from pathlib import Path
 
-from llmbench.job import Job
-from llmbench.logs import script_logging
-from llmbench.measure import bench
+from llmbench.core.logs import script_logging
+from llmbench.study.job import Job
+from llmbench.study.measure import bench
 
 
 def main(snakemake):

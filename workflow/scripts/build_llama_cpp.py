@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llmbench.build import BuildSpec, build_llama_cpp
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.toolchain.build import BuildSpec, build_llama_cpp
 
 
 def main(snakemake):

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> None:
-    from llmbench.compare import compare, load_study, render_markdown, study_label
-    from llmbench.plots import ratio_chart, save_all
+    from llmbench.outputs.compare import compare, load_study, render_markdown, study_label
+    from llmbench.outputs.plots import ratio_chart, save_all
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="study A (the baseline)")

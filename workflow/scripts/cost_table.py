@@ -3,8 +3,8 @@ entry cost_per_1m_tokens)."""
 
 import polars as pl
 
-from llmbench.costs import write_cost_tables
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.outputs.costs import write_cost_tables
 
 
 def make(inputs: dict, params: dict, outputs: dict) -> str:

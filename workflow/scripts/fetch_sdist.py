@@ -4,9 +4,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llmbench.fetch import pip_download, verify_sha256
-from llmbench.files import atomic_path
-from llmbench.logs import script_logging
+from llmbench.core.files import atomic_path
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.fetch import pip_download, verify_sha256
 
 
 def main(snakemake):

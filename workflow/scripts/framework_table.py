@@ -4,9 +4,9 @@ sources), then its measured load time, peak memory and decode speed, and why it 
 
 import polars as pl
 
-from llmbench.files import write_atomically, write_text_atomically
-from llmbench.frameworks import framework_table, registry_facts, render_markdown
-from llmbench.logs import script_logging
+from llmbench.core.files import write_atomically, write_text_atomically
+from llmbench.core.logs import script_logging
+from llmbench.outputs.frameworks import framework_table, registry_facts, render_markdown
 
 
 def make(inputs: dict, params: dict, outputs: dict) -> str:

@@ -5,11 +5,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.gpu_slots import hold_gpus
-from llmbench.job import Job
-from llmbench.logs import script_logging
-from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import (
+from llmbench.core.logs import script_logging
+from llmbench.devices.gpu_slots import hold_gpus
+from llmbench.engines.perplexity import (
     PerplexityError,
     failed_kld_row,
     kld_command,
@@ -17,7 +15,9 @@ from llmbench.perplexity import (
     parse_kld_summary,
     run_and_parse,
 )
-from llmbench.provenance import check_model_hashes
+from llmbench.modelfiles.models import CorruptModelError, check_gguf
+from llmbench.study.job import Job
+from llmbench.study.provenance import check_model_hashes
 
 
 def main(snakemake):

@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
-from llmbench.files import sha256_file
-from llmbench.gpu_slots import hold_gpus
-from llmbench.job import Job
-from llmbench.logs import script_logging
-from llmbench.models import CorruptModelError, check_gguf
-from llmbench.perplexity import PerplexityError, base_command, base_limit, parse_base_run, run_and_parse
+from llmbench.core.files import sha256_file
+from llmbench.core.logs import script_logging
+from llmbench.devices.gpu_slots import hold_gpus
+from llmbench.engines.perplexity import PerplexityError, base_command, base_limit, parse_base_run, run_and_parse
+from llmbench.modelfiles.models import CorruptModelError, check_gguf
+from llmbench.study.job import Job
 
 
 def main(snakemake):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from llmbench.archive import build_archive, measured_day, verify_archive
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.outputs.archive import build_archive, measured_day, verify_archive
 
 
 def main(snakemake):

@@ -4,8 +4,8 @@ import json
 import time
 from pathlib import Path
 
-from llmbench.logs import script_logging
-from llmbench.synthetic import make_synthetic_model
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.synthetic import make_synthetic_model
 
 
 def main(snakemake):

@@ -4,8 +4,8 @@ specification via NVML."""
 import json
 from pathlib import Path
 
-from llmbench.bandwidth import machine_bandwidth
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.study.bandwidth import machine_bandwidth
 
 
 def main(snakemake):

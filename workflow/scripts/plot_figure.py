@@ -1,10 +1,10 @@
-"""A figure of the catalog (llmbench/catalog.py), drawn from its one summary file as PNG, SVG and interactive HTML:
+"""A figure of the catalog (llmbench/outputs/catalog.py), drawn from its one summary file as PNG, SVG and interactive HTML:
 the rule's entry is found by the rule's name."""
 
 import polars as pl
 
-from llmbench.catalog import by_rule
-from llmbench.logs import script_logging
+from llmbench.core.logs import script_logging
+from llmbench.outputs.catalog import by_rule
 
 
 def main(snakemake):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.files import write_atomically, write_text_atomically
-from llmbench.logs import script_logging
-from llmbench.quality import file_facts, quality_table, render_markdown
+from llmbench.core.files import write_atomically, write_text_atomically
+from llmbench.core.logs import script_logging
+from llmbench.outputs.quality import file_facts, quality_table, render_markdown
 
 
 def read_all(paths) -> pl.DataFrame:

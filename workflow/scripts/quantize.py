@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llmbench.logs import script_logging
-from llmbench.quantize import derive_quant
+from llmbench.core.logs import script_logging
+from llmbench.toolchain.quantize import derive_quant
 
 
 def main(snakemake):

@@ -3,7 +3,7 @@
     python workflow/scripts/rerender.py UNPACKED/<study>-<date>
 
 where UNPACKED is where `tar -xzf results/archive/<study>-<date>.tar.gz` was run. Every output of the catalog
-(llmbench/catalog.py) is made again, but the decode roofline, which needs the model files (kept as archived).
+(llmbench/outputs/catalog.py) is made again, but the decode roofline, which needs the model files (kept as archived).
 """
 
 import sys
@@ -13,8 +13,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llmbench.catalog import OUTPUTS  # noqa: E402
-from llmbench.render import rerender  # noqa: E402
+from llmbench.outputs.catalog import OUTPUTS  # noqa: E402
+from llmbench.outputs.render import rerender  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from llmbench.files import write_atomically, write_text_atomically
-from llmbench.logs import script_logging
-from llmbench.roofline import device_table, render_markdown, roofline_table, traffic_table
+from llmbench.core.files import write_atomically, write_text_atomically
+from llmbench.core.logs import script_logging
+from llmbench.outputs.roofline import device_table, render_markdown, roofline_table, traffic_table
 
 
 def job_gpus(path: str) -> dict | None:

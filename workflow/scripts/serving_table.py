@@ -1,10 +1,10 @@
-"""The served model per load level (llmbench.serving): throughput, latency percentiles and energy per output
+"""The served model per load level (llmbench.outputs.serving): throughput, latency percentiles and energy per output
 token of every job of a generating tool; CSV and Markdown (catalog entry serving)."""
 
 import polars as pl
 
-from llmbench.logs import script_logging
-from llmbench.serving import write_serving_table
+from llmbench.core.logs import script_logging
+from llmbench.outputs.serving import write_serving_table
 
 
 def make(inputs: dict, params: dict, outputs: dict) -> str:

@@ -2,14 +2,14 @@
 
 import yaml
 
-from llmbench.files import write_text_atomically
-from llmbench.logs import script_logging
-from llmbench.provenance import assert_no_secrets, redact
+from llmbench.core.files import write_text_atomically
+from llmbench.core.logs import script_logging
+from llmbench.study.provenance import assert_no_secrets, redact
 
 
 def config_text(config: dict) -> str:
     """The config as YAML, keys sorted, with secret-keyed values, secret env values and credentials of a known shape
-    (llmbench.secrets) redacted; ValueError naming the variable if a secret env value still shows."""
+    (llmbench.core.secrets) redacted; ValueError naming the variable if a secret env value still shows."""
     text = yaml.safe_dump(redact(dict(config)), sort_keys=True)
     assert_no_secrets(text)
     return text

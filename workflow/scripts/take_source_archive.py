@@ -2,9 +2,9 @@
 
 import shutil
 
-from llmbench.fetch import verify_sha256
-from llmbench.files import atomic_path
-from llmbench.logs import script_logging
+from llmbench.core.files import atomic_path
+from llmbench.core.logs import script_logging
+from llmbench.modelfiles.fetch import verify_sha256
 
 
 def main(snakemake):

@@ -125,13 +125,13 @@ class StreamCutShort(EngineError):
 
 
 class EngineFailed(EngineError):
-    """An engine that failed, diagnosed (``llmbench.diagnosis.Diagnosis``: kind, the engine's line, the fix); a
+    """An engine that failed, diagnosed (``llmbench.engines.diagnosis.Diagnosis``: kind, the engine's line, the fix); a
     plain reason text is taken as a diagnosis of this class's ``kind``."""
 
     kind = "exited"
 
     def __init__(self, diagnosis):
-        from llmbench.diagnosis import Diagnosis
+        from llmbench.engines.diagnosis import Diagnosis
 
         if isinstance(diagnosis, str):
             diagnosis = Diagnosis(self.kind, diagnosis)
@@ -157,8 +157,8 @@ def diagnosis_of(error: Exception, engine: str, log_path: Path | None = None, mo
     sound file this llama.cpp does not load (UnloadableModelError: its kind, e.g. unsupported_tensor_type). An
     error that says no more than that the engine failed is given the root cause its log names.
     Every such error of a job becomes a 'failed' row with it (kind, reason), and the study goes on."""
-    from llmbench.diagnosis import CORRUPT_FILE, LONE_SHARD, Diagnosis, diagnose, root_cause
-    from llmbench.models import CorruptModelError, ShardError, UnloadableModelError
+    from llmbench.engines.diagnosis import CORRUPT_FILE, LONE_SHARD, Diagnosis, diagnose, root_cause
+    from llmbench.modelfiles.models import CorruptModelError, ShardError, UnloadableModelError
 
     if isinstance(error, EngineFailed):
         return error.diagnosis

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.diagnosis import EXITED, diagnose
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.diagnosis import EXITED, diagnose
 from llmbench.engines.llama_log import AUTO, Offload, check_offload, parse_offload
 from llmbench.engines.process import peak_rss_bytes
 

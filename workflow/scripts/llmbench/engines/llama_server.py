@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbench.diagnosis import diagnose
 from llmbench.engines.base import EngineError, EngineFailed, EngineSettings, Generation, engine_failure
+from llmbench.engines.diagnosis import diagnose
 from llmbench.engines.llama_log import AUTO, check_offload, out_of_memory_line, parse_offload
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
 from llmbench.engines.process import (

@@ -63,12 +63,12 @@ from pathlib import Path
 
 from gguf import LlamaFileType
 
-from llmbench.diagnosis import EXITED, diagnose
+from llmbench.core.quants import file_type_names
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.diagnosis import EXITED, diagnose
 from llmbench.engines.openai_stream import Deadline, request_timed_out
 from llmbench.engines.process import DIAGNOSIS_LINES, ServerProcess
-from llmbench.models import split_count
-from llmbench.quants import file_type_names
+from llmbench.modelfiles.models import split_count
 
 NS_PER_MS = 1e6
 

@@ -22,8 +22,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from llmbench.diagnosis import TIMED_OUT, timed_out
 from llmbench.engines.base import EngineError, EngineFailed, Generation, StreamCutShort
+from llmbench.engines.diagnosis import TIMED_OUT, timed_out
 from llmbench.engines.process import log_tail
 
 REQUEST_TIMEOUT_KEY = "bench.request_timeout_s"

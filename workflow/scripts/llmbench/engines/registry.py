@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for annotations only: the engines' base module needs the registry's lists (llmbench.diagnosis)
+if TYPE_CHECKING:  # for annotations only: the engines' base module needs the registry's lists (llmbench.engines.diagnosis)
     from llmbench.engines.base import Engine, EngineSettings
 
 # A synthetic model is a GGUF written here (random weights, a real architecture's shapes): every GGUF tool runs it.
@@ -264,7 +264,7 @@ register(Tool(
             'https://github.com/ggml-org/llama.cpp/blob/master/tools/llama-bench/README.md',
         ),
     ),
-    runner="llmbench.llama_bench:run_job",
+    runner="llmbench.engines.llama_bench:run_job",
     llama_cpp=("llama-bench",),
     fills_depth=True,
     options=llama_cpp_bench_options(
@@ -286,7 +286,7 @@ register(Tool(
             'https://github.com/ggml-org/llama.cpp/tree/master/tools/batched-bench',
         ),
     ),
-    runner="llmbench.batched_bench:run_job",
+    runner="llmbench.engines.batched_bench:run_job",
     llama_cpp=("llama-batched-bench",),
     batches=True,
     fills_depth=True,

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from llmbench.diagnosis import diagnose
 from llmbench.engines.base import Engine, EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.diagnosis import diagnose
 from llmbench.engines.process import peak_rss_bytes
-from llmbench.models import split_count
+from llmbench.modelfiles.models import split_count
 
 INSTALL_HINT = "the pins of requirements.txt (torch, transformers, accelerate, gguf)"
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from llmbench.diagnosis import diagnose
+from llmbench.devices.gpu_slots import gpu_count
 from llmbench.engines.base import EngineError, EngineSettings, Generation, ToolUnavailable, engine_failure
+from llmbench.engines.diagnosis import diagnose
 from llmbench.engines.openai_stream import ChatStream, post_stream_once_more, reasoning_tokens
 from llmbench.engines.process import DIAGNOSIS_LINES, ServedEngine, ServerProcess, http_json
-from llmbench.gpu_slots import gpu_count
-from llmbench.models import split_count
+from llmbench.modelfiles.models import split_count
 
 NVIDIA_PROC = Path("/proc/driver/nvidia/version")
 GGUF_PLUGIN = "vllm-gguf-plugin"
