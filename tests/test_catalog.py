@@ -247,3 +247,44 @@ def test_an_output_registered_twice_or_drawn_from_two_files_is_refused():
     with pytest.raises(ValueError, match="unknown output 'mlx'; known outputs: stats"):
         catalog.output("mlx")
     assert isinstance(catalog.output("serving"), Table) and catalog.output("serving").script == "serving_table.py"
+
+
+STANDIN_TABLE_MODULE = '''
+"""A stand-in table, for a test only: the generations per tool."""
+
+import polars as pl
+
+
+def make(inputs: dict, params: dict, outputs: dict) -> str:
+    counts = pl.read_parquet(inputs["runs"]).group_by("tool").len().sort("tool")
+    counts.write_csv(outputs["csv"])
+    with open(outputs["md"], "w") as fh:
+        fh.write("| tool | generations |\\n| --- | ---: |\\n")
+        fh.writelines(f"| {t} | {n} |\\n" for t, n in counts.iter_rows())
+    return f"stand-in table: {counts.height} tools"
+'''
+
+STANDIN_TABLE_ENTRY = '''
+register(Table("standin_table", "standin_table", "llmbench.outputs.standin_table:make", "Speed", "a stand-in table"))
+'''
+
+
+def test_a_table_added_in_one_place_is_planned_made_and_reported(tmp_path):
+    """Its function in the package, one catalog entry and its caption: the rule runs make_table.py."""
+    work = copy_workflow(tmp_path)
+    (work / "workflow/scripts/llmbench/outputs/standin_table.py").write_text(textwrap.dedent(STANDIN_TABLE_MODULE))
+    with open(work / "workflow/scripts/llmbench/outputs/catalog.py", "a") as fh:
+        fh.write(STANDIN_TABLE_ENTRY)
+    (work / "workflow/report/standin_table.rst").write_text("A stand-in table, for a test only.\n")
+    plan = run_snakemake(work, "-n")
+    assert "rule standin_table:" in plan and re.search(r"^standin_table\s+1$", plan, re.M)
+    rule = workflow_rules(work)["standin_table"]
+    assert rule["script"] == "../scripts/make_table.py"
+    assert rule["outputs"]["results/tables/standin_table.md"] == {
+        "caption": "workflow/report/standin_table.rst", "category": "Tables", "subcategory": "Speed",
+        "labels": {"table": "a stand-in table", "format": "Markdown"}}
+    (work / "results/summary").mkdir(parents=True)
+    stand_in_runs().write_parquet(work / "results/summary/runs.parquet")
+    run_snakemake(work, "results/tables/standin_table.md", "--allowed-rules", "standin_table")
+    assert (work / "results/tables/standin_table.md").read_text().startswith("| tool | generations |")
+    assert pl.read_csv(work / "results/tables/standin_table.csv").height == stand_in_runs()["tool"].n_unique()

@@ -386,8 +386,12 @@ def test_the_same_config_with_keys_in_another_order_reruns_nothing(study):
 def test_build_was_proven_here_before_any_job_used_it(study):
     build = json.loads((study / "res/llama.cpp/0.3.36-cpu/build.json").read_text())
     tools = [r["tool"] for r in build["smoke_test"]]
-    assert tools == ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-server",
-                     "llama-cpp-python"]
+    # Every binary built, in the order the registry lists them (llmbench.engines.registry), then the binding.
+    from llmbench.toolchain.build_smoke import smoke_tools
+
+    assert tools == list(smoke_tools())
+    assert set(tools) == {"llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-server",
+                          "llama-cpp-python"}
     assert all(r["ok"] for r in build["smoke_test"]), build["smoke_test"]
     # Native where it runs (an AMD EPYC); "native without amx" where the native build died (an Intel Xeon with AMX),
     # with the tool, the signal and the upstream reference in build.json.

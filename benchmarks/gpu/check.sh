@@ -20,12 +20,12 @@ exec > >(tee -a "$OUT/check.log") 2>&1
 export PYTHONPATH=$PWD/workflow/scripts PYTHONUNBUFFERED=1
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin  # where the CUDA image keeps nvcc
 
-missing=$($PY -c 'from llmbench.carry import missing_parts; print(" ".join(missing_parts(".gpu/bundle")))') || exit 2
+missing=$($PY -c 'from llmbench.toolchain.carry import missing_parts; print(" ".join(missing_parts(".gpu/bundle")))') || exit 2
 if [ -n "$missing" ]; then
   echo "staged; still to carry, one call each while this machine is held: $missing"
   exit 0
 fi
-$PY -c 'from llmbench.carry import unpack_bundle; from pathlib import Path; unpack_bundle(Path(".gpu/bundle"), Path(".gpu/unpacked"))' || exit 2
+$PY -c 'from llmbench.toolchain.carry import unpack_bundle; from pathlib import Path; unpack_bundle(Path(".gpu/bundle"), Path(".gpu/unpacked"))' || exit 2
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/llmbench-site \
   .gpu/unpacked/wheels/*.whl || exit 2
 export PYTHONPATH=/tmp/llmbench-site:$PYTHONPATH PATH=/tmp/llmbench-site/bin:$PATH

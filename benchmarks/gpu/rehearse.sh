@@ -19,7 +19,7 @@ mkdir -p "$WORK/tree/.gpu" && cp -r "$REPO/.gpu/bundle" "$WORK/tree/.gpu/"
 have=$(cd "$REPO" && "$REPO/.venv/bin/python" - <<'EOF'
 import sys
 sys.path[:0] = ["workflow/scripts", "benchmarks/gpu"]
-from llmbench.carry import closure
+from llmbench.toolchain.carry import closure
 from prepare import ROOTS, device_packages
 # What the bundle's packages need from that machine, and what the workflow imports directly of its packages.
 needed = closure([*ROOTS, "pyyaml", "numpy", "huggingface-hub", "prometheus-client", "nvidia-ml-py"], "3.12")

@@ -1,5 +1,5 @@
 # The study's figures, one rule each, from the catalog (llmbench/outputs/catalog.py names each figure's drawing function in
-# llmbench/figures, the summary file it is drawn from, its caption and place in the report): box plots per quant,
+# llmbench/outputs/figures, the summary file it is drawn from, its caption and place in the report): box plots per quant,
 # the frameworks side by side, lines over load and context depth, quality against speed or cost. Where something
 # was not measured the figure says so, with the recorded reasons.
 

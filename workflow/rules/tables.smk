@@ -83,7 +83,7 @@ for _table in catalog.tables():
             _table.rule
         input:
             **catalog_rule_inputs(_table),
-            code=code(_table.script),
+            code=code(_table.script, *_table.module_files()),
         output:
             **catalog_rule_outputs(_table),
         log:

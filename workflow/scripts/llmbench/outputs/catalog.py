@@ -8,9 +8,10 @@ it takes, and where the report shows it. The workflow reads the catalog for ever
 and the report's results (rules/common.smk), the archive's members, and ``rerender`` (llmbench/outputs/render.py), which
 makes every output again from an unpacked archive.
 
-A new figure is its drawing function (in a module of llmbench/figures), one ``register(Figure(...))`` here and its
-caption. A new table is its rule's script (workflow/scripts/<script>.py) with the function that writes the table,
-``make(inputs, params, outputs)``, one ``register(Table(...))`` and its caption.
+A new figure is its drawing function (in a module of llmbench/outputs/figures), one ``register(Figure(...))`` here and
+its caption. A new table the same: its function ``make(inputs, params, outputs)`` in a module of the package (its rule
+runs workflow/scripts/make_table.py), one ``register(Table(...))`` and its caption; the older tables keep theirs in
+their own rule scripts.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ class Table(Output):
 
     @property
     def script(self) -> str:
-        """Its rule's script, under workflow/scripts: the one ``make`` is in."""
-        return _module_file(self.make).name
+        """Its rule's script, under workflow/scripts: make_table.py where ``make`` is in the package (a new table
+        is its function, its entry and its caption), else the script ``make`` is in."""
+        return "make_table.py" if self.make.startswith("llmbench.") else _module_file(self.make).name
 
     def write(self, inputs: Mapping, params: Mapping, outputs: Mapping) -> str:
         return self.function()(dict(inputs), dict(params), dict(outputs))

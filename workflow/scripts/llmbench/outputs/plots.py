@@ -1,4 +1,4 @@
-"""The figures' public names as they were before each chart family became a module of llmbench/figures, for the
+"""The figures' public names as they were before each chart family became a module of llmbench/outputs/figures, for the
 callers that still import them from here (workflow/scripts/compare.py: ratio_chart, save_all; tests/test_quality.py:
 pareto_chart, save_all). New code imports the family module; which function draws which figure is the catalog's
 (llmbench/outputs/catalog.py)."""
