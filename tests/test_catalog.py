@@ -160,7 +160,7 @@ def test_the_catalogs_outputs_are_the_workflows_rules_with_their_files_and_capti
             if ext not in entry.reported:
                 assert report is None, path
                 continue
-            assert report == {"caption": f"workflow/report/{entry.name}.rst", "category": entry.category,
+            assert report == {"caption": f"workflow/report/{entry.name}.rst", "category": entry.section,
                               "subcategory": entry.subcategory, "labels": entry.report_labels(ext)}, path
         assert rules[entry.rule]["log"] == [f"logs/{entry.rule}.log"]
         assert rules[entry.rule]["script"] == f"../scripts/{entry.script}", entry.rule
@@ -179,6 +179,7 @@ def test_the_rules_keep_their_names_and_files():
         "frameworks_decode_tokens_per_s": "plot_frameworks", "serving_throughput": "plot_serving_throughput",
         "energy_per_token_by_load": "plot_energy_by_load", "latency_by_load": "plot_latency_by_load",
         "decode_by_depth": "plot_decode_by_depth", "pareto_speed_vs_kld": "plot_pareto",
+        "decision": "decision_table", "decision_cost_vs_kld": "plot_decision",
     }
     assert catalog.output("stats").paths() == {"csv": "summary/stats.csv"}
     assert catalog.output("serving").paths() == {"csv": "tables/serving.csv", "md": "tables/serving.md"}

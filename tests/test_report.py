@@ -35,7 +35,7 @@ REPORTED_FOLDERS = ("figures", "tables")
 REPORTED_EXTS = (".png", ".html", ".csv", ".md")
 
 # Appended to a copy of the report: it clicks through the app the way a reader would (each category, each
-# subcategory's results list), decodes every embedded image, and leaves the Speed figure open for the screenshot.
+# subcategory's results list), decodes every embedded image, and leaves a figure open for the screenshot.
 # What it saw goes into <pre id=CHECK_ID> as JSON, read back from Chromium's --dump-dom.
 DRIVER_JS = r"""
 <script>
@@ -195,7 +195,7 @@ def render_caption(path: Path, config: dict) -> str:
     snakemake = Snakemake()
     snakemake.config = config
     # Snakemake appends link targets for its panels and the report's categories, which captions may refer to.
-    links = "\n\n" + "".join(f".. _{name}: javascript:void(0)\n" for name in ("Workflow", "Statistics", "Figures", "Tables"))
+    links = "\n\n" + "".join(f".. _{name}: javascript:void(0)\n" for name in ("Workflow", "Statistics", "Decision", "Figures", "Tables"))
     text = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined).from_string(
         path.read_text() + links).render(snakemake=snakemake)
     # Docutils reports a malformed caption as a system message inside the HTML; halt instead.
@@ -234,7 +234,7 @@ def test_every_figure_and_table_is_in_the_report_with_a_caption(config_name):
     for path, o in shown.items():
         caption = Path(str(o["report"].caption)).resolve()
         assert caption.parent == REPORT_DIR and caption.is_file(), f"{path}: caption {caption} is missing"
-        assert o["report"].category in ("Figures", "Tables") and o["report"].subcategory, path
+        assert o["report"].category in ("Decision", "Figures", "Tables") and o["report"].subcategory, path
         assert set(o["report"].labels) >= {"format"}, path
     assert outputs[f"{results}/summary/stats.csv"]["report"] is not None
 
@@ -344,6 +344,6 @@ def test_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outco
 
 if __name__ == "__main__":
     report, png = Path(sys.argv[1]), Path(sys.argv[2])
-    seen = render_report(report, show=sys.argv[3] if len(sys.argv) > 3 else "results/figures/decode_tokens_per_s.png",
+    seen = render_report(report, show=sys.argv[3] if len(sys.argv) > 3 else "results/figures/decision_cost_vs_kld.png",
                          screenshot=png, window=(1960, 1400))
     print(json.dumps({p: {k: v for k, v in r.items() if k != "caption"} for p, r in seen["results"].items()}, indent=1))

@@ -91,7 +91,7 @@ def catalog_file(entry, ext):
     return report(
         path,
         caption=f"../report/{entry.caption_file}",
-        category=entry.category,
+        category=entry.section,
         subcategory=entry.subcategory,
         labels=entry.report_labels(ext),
     )
@@ -402,6 +402,16 @@ def made(entry):
     return entry.when is None or WHEN[entry.when]()
 
 
+def made_inputs(entry):
+    """The summary files a catalog output is made from, by name, under results/: an optional one only where the
+    study makes it."""
+    return {
+        name: path
+        for name, path in entry.inputs.items()
+        if name not in entry.optional or WHEN[entry.optional[name]]()
+    }
+
+
 def catalog_targets(entries):
     """The file of each output the study makes that its targets ask for (the others come with it)."""
     return [results(entry.target) for entry in entries if made(entry)]
@@ -447,7 +457,7 @@ def archive_members():
             f"{RESULTS}/{path}"
             for entry in catalog.OUTPUTS.values()
             if made(entry)
-            for path in [*entry.inputs.values(), *entry.paths().values()]
+            for path in [*made_inputs(entry).values(), *entry.paths().values()]
         ),
         f"{RESULTS}/config/study.yaml",
     ]

@@ -45,9 +45,13 @@ NEEDS = {
 
 
 def catalog_rule_inputs(entry):
-    """A catalog output's rule inputs: the summary files it is made from (none where its rule writes them), then
-    what it needs."""
-    found = {} if entry.assembles else {k: results(p) for k, p in entry.inputs.items()}
+    """A catalog output's rule inputs: the summary files it is made from (none where its rule writes them; an
+    optional one only where the study makes it), then what it needs."""
+    found = (
+        {}
+        if entry.assembles
+        else {k: results(p) for k, p in made_inputs(entry).items()}
+    )
     for need in entry.needs:
         found.update(NEEDS[need][0])
     return found

@@ -83,6 +83,8 @@ class Output:
     extra: Mapping[str, str] = field(default_factory=dict)
     when: str | None = None
     kept: str | None = None
+    optional: Mapping[str, str] = field(default_factory=dict)
+    report_section: str = ""
     caption: str = ""
     folder: str = ""
     formats: tuple[str, ...] = ()
@@ -94,6 +96,11 @@ class Output:
     def caption_file(self) -> str:
         """Its caption under workflow/report."""
         return self.caption or f"{self.name}.rst"
+
+    @property
+    def section(self) -> str:
+        """The report's category it is listed under."""
+        return self.report_section or self.category
 
     @property
     def labels_key(self) -> str:
@@ -239,6 +246,18 @@ register(Table(
     assembles=True, when="quality",
 ))
 
+# The answer: every serving configuration judged against config ``decision`` and ranked by cost (made from the
+# serving, cost and quality tables above; the quality table where the study measures quality). Its Parquet is the
+# decision figure's input. "Decision" sorts first in the report's menu: the report opens with it.
+DECISION = {"table": "summary/decision.parquet"}
+register(Table(
+    "decision", "decision_table", "llmbench.outputs.decision:make", "Which setup", "decision: service levels, "
+    "quality floor, cost", inputs={**RUNS, "serving": "tables/serving.csv", "costs": "tables/cost_per_1m_tokens.csv",
+                                    "quality": "tables/quality_by_quant.csv"},
+    optional={"quality": "quality"}, params={"decision": "decision", "cloud": "costs.cloud"}, extra=DECISION,
+    report_section="Decision",
+))
+
 # --- the figures ------------------------------------------------------------------------------------------------
 
 register(Figure("decode_tokens_per_s", "plot_decode_speed", "llmbench.outputs.figures.boxes:decode_chart", "Speed",
@@ -260,3 +279,6 @@ register(Figure("decode_by_depth", "plot_decode_by_depth", "llmbench.outputs.fig
                 "decode tokens/s against context depth"))
 register(Figure("pareto_speed_vs_kld", "plot_pareto", "llmbench.outputs.figures.quality:pareto_figure", "Quality",
                 "speed or cost vs KLD", inputs=QUALITY, when="quality"))
+register(Figure("decision_cost_vs_kld", "plot_decision", "llmbench.outputs.figures.decision:decision_figure",
+                "Which setup", "decision: cost vs KLD, service levels marked", inputs=DECISION,
+                report_section="Decision"))

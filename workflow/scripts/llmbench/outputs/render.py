@@ -31,14 +31,16 @@ def rerender(results: Path, config: dict) -> list[Path]:
     runs), with the params ``config`` (the study's, as run) gives; the files written.
 
     Left as archived: an output the catalog says is ``kept`` (the decode roofline: it needs the model files), and
-    one the study did not measure (``when``: the quality outputs where neither KLD nor accuracy ran)."""
+    one the study did not measure (``when``: the quality outputs where neither KLD nor accuracy ran); an
+    ``optional`` input the study did not make is left out of its output's inputs."""
     results = Path(results)
     frames: dict[Path, pl.DataFrame] = {}
     written: list[Path] = []
     for entry in OUTPUTS.values():
         if entry.kept:
             continue
-        inputs = {name: results / path for name, path in entry.inputs.items()}
+        inputs = {name: results / path for name, path in entry.inputs.items()
+                  if name not in entry.optional or (results / path).exists()}
         if entry.when and not all(path.exists() for path in inputs.values()):
             continue
         outputs = {key: results / path for key, path in {**entry.paths(), **entry.extra}.items()}

@@ -518,6 +518,11 @@ def semantic_problems(config: dict) -> list[str]:
         problems.append(f"llama_cpp.source_archive.path = {archive['path']!r} is not a file here ({Path.cwd()}): "
                         "make it (benchmarks/gpu/prepare.py writes the trimmed source) or drop the key to fetch the "
                         "sdist from PyPI")
+    floor = (config.get("decision") or {}).get("quality") or {}
+    for key, measured in (("max_kld", "kld"), ("min_accuracy", "accuracy")):
+        if key in floor and (config.get("quality") or {}).get(measured) is False:
+            problems.append(f"decision.quality.{key} = {floor[key]!r} judges a measurement this study turns off "
+                            f"(quality.{measured}: false): set quality.{measured}: true or drop decision.quality.{key}")
     ids = [p["id"] for p in config.get("bench", {}).get("prompts", [])]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"bench.prompts: id {dup!r} is used twice; prompt ids must be unique")
