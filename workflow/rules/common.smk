@@ -113,6 +113,39 @@ def catalog_rule_outputs(entry):
     }
 
 
+def catalog_rule_inputs(entry):
+    """A catalog output's rule inputs: the summary files it is made from (none where its rule writes them; an
+    optional one only where the study makes it), then what it needs (rules/tables.smk's ``NEEDS``).
+    """
+    found = (
+        {}
+        if entry.assembles
+        else {k: results(p) for k, p in made_inputs(entry).items()}
+    )
+    for need in entry.needs:
+        found.update(NEEDS[need][0])
+    return found
+
+
+def catalog_rule_params(entry):
+    """A catalog output's rule params: its config keys' values (canonical: an equal config reruns nothing), then
+    what it needs."""
+    params = {k: canonical_param(v) for k, v in entry.config_params(config).items()}
+    for need in entry.needs:
+        params.update(NEEDS[need][1])
+    return params
+
+
+def catalog_script(rule_name):
+    """The script of the rule ``rule_name`` (a catalog output's), as a rule names it.
+
+    A rule's script is evaluated twice: where the rule is defined, and again in its job's run function, where a
+    loop variable holds its last value; there ``rule`` (the job's rule name) is one of the function's arguments.
+    So a rule made in a loop names it ``catalog_script(locals().get("rule", <its own name>))``.
+    """
+    return f"../scripts/{catalog.by_rule(rule_name).script}"
+
+
 def gguf_and_record(stem):
     """A model file and the record beside it, under the model's folder."""
     folder = f"{RES}/models/{{model}}"

@@ -211,6 +211,15 @@ def _why_missing(c: Constraint, r: dict, quality_measured: bool) -> str:
             "(quality.accuracy_tools and the tool's quants choose where it runs)")
 
 
+def _interval_note(r: dict, floor: float) -> str:
+    """Where the accuracy's Wilson 95 % interval reaches both sides of the floor, that the question set cannot
+    tell: the verdict stands on the measured share, the note says how sure it is."""
+    low, high, n = r.get("accuracy_low"), r.get("accuracy_high"), r.get("accuracy_n")
+    if low is None or high is None or not low < floor < high:
+        return ""
+    return f" (uncertain: its Wilson 95 % interval {low:.2f}–{high:.2f} over {n} answers spans the floor)"
+
+
 def _cost(r: dict, hardware: bool) -> tuple[float | None, str]:
     energy, hw = r["energy_usd_per_1m_output_tokens"], r["hardware_usd_per_1m_output_tokens"]
     if energy is None:
@@ -272,6 +281,8 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
         missed, misses, unjudged = [], [], []
         for c in CONSTRAINTS:
             verdict, note = judge(r.get(c.column), limit.get(c.name), c.upper, _why_missing(c, r, quality_measured))
+            if c.name == "accuracy" and verdict in (MET, MISSED):
+                note += _interval_note(r, limit[c.name])
             out |= {f"{c.name}_limit": limit.get(c.name), f"{c.name}_verdict": verdict, f"{c.name}_note": note}
             if verdict == MISSED:
                 missed.append(f"{c.label} {note}")
@@ -469,7 +480,10 @@ def _cell(r: dict, c: Constraint, note) -> str:
         return f"not judged {note(r[f'{c.name}_note'])}"
     if verdict == NO_LIMIT:
         return value or "—"
-    return f"{value} {'✓' if verdict == MET else '✗'}"
+    mark = "✓" if verdict == MET else "✗"
+    note_text = r[f"{c.name}_note"]
+    return f"{value} {mark}" + (f" {note(note_text.split(' (', 1)[1].rstrip(')'))}" if "(uncertain" in note_text
+                                else "")
 
 
 def render_markdown(table: pl.DataFrame, decision: Mapping | None, cloud: Sequence[Mapping]) -> str:
@@ -522,7 +536,9 @@ METHOD = (
     "client's clock, ITL the gaps between streamed tokens pooled over the level's requests. Mean KLD is the quality "
     "table's (llama-perplexity --kl-divergence against the model's reference quant); accuracy the configuration's "
     "own tool's share of the question set answered right (Wilson 95 % interval in the CSV), judged on the measured "
-    "share. Goodput: the level's completed requests that met every service level on their own TTFT, inter-token "
+    "share (where its Wilson interval spans the floor, a note says the question set cannot tell). TTFT and ITL "
+    "p99 of a level with fewer than 100 requests (or gaps) lie between its largest ones: more requests make them "
+    "firmer. Goodput: the level's completed requests that met every service level on their own TTFT, inter-token "
     "latency ((end-to-end − TTFT) / (output tokens − 1)) and decode speed, per second of the serving table's window "
     "(AIPerf's goodput). $ per 1M output tokens is the cost table's (tables/cost_per_1m_tokens.csv): energy pooled "
     "over the configuration's generations at the configured electricity price, plus the hardware amortization "
