@@ -89,16 +89,16 @@ def test_the_closure_follows_requirements_and_leaves_out_what_the_machine_has():
 
 
 def test_the_gpu_config_plans_every_job_without_a_gpu(tmp_path):
-    """The dry run of benchmarks/gpu/h200.yaml: every job the GPU check runs, each bench job holding one GPU."""
+    """The dry run of benchmarks/gpu/gpu.yaml: every job the GPU check runs, each bench job holding one GPU."""
     import yaml
     from test_plan import planned
 
-    config = yaml.safe_load((REPO / "benchmarks/gpu/h200.yaml").read_text())
+    config = yaml.safe_load((REPO / "benchmarks/gpu/gpu.yaml").read_text())
     archive = tmp_path / config["llama_cpp"]["source_archive"]["path"]
     archive.parent.mkdir(parents=True)
     archive.write_bytes(b"")  # stand-in: the dry run reads no archive, it needs one to exist
     proc = subprocess.run([sys.executable, "-m", "snakemake", "measurements", "-n", "--cores", "16", "--directory",
-                           str(tmp_path), "--configfile", str(REPO / "benchmarks/gpu/h200.yaml"),
+                           str(tmp_path), "--configfile", str(REPO / "benchmarks/gpu/gpu.yaml"),
                            "--resources", "gpu=1"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned(proc.stdout)

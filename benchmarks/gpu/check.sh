@@ -2,7 +2,7 @@
 # The GPU check, run on the GPU machine in the repository's root (benchmarks/gpu/README.md says how to call it):
 #   carry .gpu/bundle/part-NN and .gpu/bundle/bundle.json (made by benchmarks/gpu/prepare.py); run this script.
 # With a part still missing it only stages the carried one (the next call carries the next). With all there it
-# unpacks them, installs the wheels, builds llama.cpp with CUDA (timed) and runs benchmarks/gpu/h200.yaml through
+# unpacks them, installs the wheels, builds llama.cpp with CUDA (timed) and runs benchmarks/gpu/gpu.yaml through
 # Snakemake (--resources gpu=1), then the harness benchmark on the 8B Q4_0, within CHECK_BUDGET_S seconds, and
 # writes under $OUT: summary.md, build.json, results.tar.gz (rows, provenance, tables, logs, nvidia-smi) and
 # check.log. What finished before the budget ran out is kept and returned.
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/.gpu/out}
 BUDGET=${CHECK_BUDGET_S:-480}
 PY=${PYTHON:-python3}
-CONFIG=${CHECK_CONFIG:-benchmarks/gpu/h200.yaml}  # rehearse.sh, on a CPU machine, gives a CPU variant
+CONFIG=${CHECK_CONFIG:-benchmarks/gpu/gpu.yaml}  # rehearse.sh, on a CPU machine, gives a CPU variant
 BUILD=${CHECK_BUILD:-resources/llama.cpp/0.3.36-cuda}
 t0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - t0))); }

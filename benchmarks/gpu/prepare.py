@@ -27,7 +27,7 @@ from llmbench.modelfiles.fetch import pip_download, verify_sha256  # noqa: E402
 from llmbench.toolchain.carry import MIB, check_fits, closure, make_bundle, normalized, stored_wheel, tree_bytes  # noqa: E402
 from llmbench.toolchain.source_archive import trim_sdist  # noqa: E402
 
-CONFIG = REPO / "benchmarks/gpu/h200.yaml"
+CONFIG = REPO / "benchmarks/gpu/gpu.yaml"
 # What the workflow imports on the GPU machine to plan, measure and tabulate (not the figures: altair and
 # vl-convert stay here, and workflow/scripts/rerender.py draws them from the returned results).
 ROOTS = ["snakemake", "polars", "jsonschema", "gguf", "llama-cpp-python"]

@@ -4,7 +4,7 @@
 # It copies the working tree as the device tool does (tracked and untracked-not-ignored files, and the carried
 # .gpu/bundle), makes a CPython 3.12 environment holding only what the GPU machine's image has of the workflow's
 # needs (benchmarks/gpu/device-packages.txt; no torch, so transformers ends 'skipped'), and runs check.sh there with
-# a CPU variant of h200.yaml (cuda off, no layers offloaded, the tiny synthetic shape in the 8B's place). A
+# a CPU variant of gpu.yaml (cuda off, no layers offloaded, the tiny synthetic shape in the 8B's place). A
 # wheel missing from the bundle, a wrong path or a script error shows here. Needs python3.12 and PyPI.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,7 +29,7 @@ EOF
 "$WORK/venv/bin/pip" install -q --disable-pip-version-check $have
 
 # The CPU variant of the GPU config: same jobs and paths, nothing the CPU cannot do.
-"$REPO/.venv/bin/python" - "$REPO/benchmarks/gpu/h200.yaml" "$WORK/tree/.gpu/rehearsal.yaml" <<'EOF'
+"$REPO/.venv/bin/python" - "$REPO/benchmarks/gpu/gpu.yaml" "$WORK/tree/.gpu/rehearsal.yaml" <<'EOF'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 cfg["study"] += "-cpu-rehearsal"
