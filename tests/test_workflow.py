@@ -236,6 +236,10 @@ REPORTED = {
     "results/figures/frameworks_decode_tokens_per_s.png": "decode tokens/s by framework",
     "results/tables/frameworks.md": "frameworks compared",
     "results/tables/decode_roofline.md": "decode against bandwidth bound",
+    "results/tables/decision.md": "decision: service levels, quality floor, cost",
+    "results/tables/decision.csv": "decision: service levels, quality floor, cost",
+    "results/figures/decision_cost_vs_kld.png": "decision: cost vs KLD, service levels marked",
+    "results/figures/decision_cost_vs_kld.html": "decision: cost vs KLD, service levels marked",
 }
 
 
@@ -249,7 +253,7 @@ def test_study_run_makes_the_report_and_chromium_shows_every_figure(study, tmp_p
     shot = tmp_path / "report.png"
     seen = render_report(report, show="results/figures/decode_tokens_per_s.png", screenshot=shot)
     assert_report_shows(seen, REPORTED)
-    assert set(seen["categories"]) == {"Figures", "Tables"}
+    assert set(seen["categories"]) == {"Decision", "Figures", "Tables"}
     assert seen["shown"]["path"] == "results/figures/decode_tokens_per_s.png" and seen["shown"]["width"] > 100
     assert "not measured" in seen["results"]["results/tables/cost_per_1m_tokens.md"]["caption"].lower()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
