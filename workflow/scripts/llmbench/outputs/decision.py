@@ -92,7 +92,7 @@ SCHEMA = {
     "workload_requests_per_day": pl.Float64, "workload_output_tokens_per_day": pl.Float64,
     "capacity_requests_per_day": pl.Float64, "machines_needed": pl.Int64, "machines_null_reason": pl.String,
     "local_usd_per_day": pl.Float64, "local_usd_per_day_null_reason": pl.String,
-    "precision": pl.String,
+    "precision": pl.String, "precision_relative": pl.Float64, "tied_with_rank_1": pl.Boolean,
 }
 
 
@@ -252,7 +252,8 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
                               "window_s": pl.Float64, "output_tokens": pl.Float64, "prompt_tokens": pl.Float64,
                               "server_output_tokens_per_s": pl.Float64, "requests_per_s": pl.Float64,
                               "per_user_decode_tokens_per_s": pl.Float64, "ttft_ms_p99": pl.Float64,
-                              "itl_ms_p99": pl.Float64, "precision": pl.String})
+                              "itl_ms_p99": pl.Float64, "precision": pl.String, "precision_low": pl.Float64,
+                              "precision_high": pl.Float64, "precision_median": pl.Float64})
     serving = serving.filter(pl.col("tool").is_in(candidate_tools()))
     cost_columns = {"usd_per_1m_tokens": pl.Float64, "hardware_usd_per_1m_tokens": pl.Float64,
                     "hardware_usd_per_day": pl.Float64, "energy_status": pl.String, "not_run_reason": pl.String}
@@ -310,6 +311,9 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
         if out.get("goodput_requests_per_s") is None:
             out["goodput_null_reason"] = (f"not run: {r['not_run_reason']}" if r["not_run_reason"]
                                           else r.get("goodput_null_reason") or "no requests of this level in the rows")
+        low, high, mid = r.get("precision_low"), r.get("precision_high"), r.get("precision_median")
+        if low is not None and high is not None and mid:
+            out["precision_relative"] = max(mid - low, high - mid) / abs(mid)  # as stats.precision_text says it
         out["energy_usd_per_1m_output_tokens"] = r["usd_per_1m_tokens"]
         out["hardware_usd_per_1m_output_tokens"] = r["hardware_usd_per_1m_tokens"]
         out["usd_per_1m_output_tokens"], out["cost_basis"] = _cost(out | {"energy_status": r["energy_status"]},
@@ -384,9 +388,30 @@ def _ranked(table: pl.DataFrame) -> pl.DataFrame:
                          pl.col("goodput_output_tokens_per_s"), descending=[False, False, True],
                          nulls_last=True)
     ranks = order.select("_i", *GROUP).with_row_index("rank", offset=1).select(*GROUP, pl.col("rank").cast(pl.Int64))
-    return table.drop("rank").join(ranks, on=GROUP, how="left", nulls_equal=True, maintain_order="left").with_columns(
+    ranked = table.drop("rank").join(ranks, on=GROUP, how="left", nulls_equal=True, maintain_order="left")
+    return ranked.with_columns(
         pl.when(pl.col("rank").is_not_null()).then(pl.col("cost_basis")).alias("rank_basis"),
+        _tied_with_best(ranked).alias("tied_with_rank_1"),
     ).select(table.columns)
+
+
+def _tied_with_best(ranked: pl.DataFrame) -> pl.Expr:
+    """Whether a ranked row's value (its cost, or goodput output tokens/s where it has none) differs from rank 1's
+    by less than the precision of either job's median decode rate (``precision_relative``, a share): the
+    measurement cannot tell them apart. Null off the ranking, for rank 1, where the two are ranked on different
+    bases, or where a precision is unknown."""
+    best = ranked.filter(pl.col("rank") == 1)
+    if best.is_empty():
+        return pl.lit(None, pl.Boolean)
+    b = best.row(0, named=True)
+    column = "usd_per_1m_output_tokens" if b["usd_per_1m_output_tokens"] is not None else "goodput_output_tokens_per_s"
+    value, rel = b[column], b["precision_relative"]
+    if not value or rel is None:
+        return pl.lit(None, pl.Boolean)
+    gap = (pl.col(column) - value).abs() / abs(value)
+    return (pl.when(pl.col("rank").is_not_null() & (pl.col("rank") > 1) & pl.col(column).is_not_null()
+                    & pl.col("precision_relative").is_not_null())
+            .then(gap <= pl.max_horizontal(pl.col("precision_relative"), pl.lit(rel))))
 
 
 def nearest(table: pl.DataFrame, n: int = 3) -> pl.DataFrame:
@@ -457,6 +482,13 @@ def answer_text(table: pl.DataFrame, cloud: Sequence[Mapping]) -> str:
         text += (f"; of the {passing} that do, it serves the most output tokens/s within the service levels "
                  f"({fmt(r['goodput_output_tokens_per_s'])}). Ranked by {r['cost_basis']}: no cost to rank by")
     text += ". "
+    tied = table.filter(pl.col("tied_with_rank_1").fill_null(False)).sort("rank")
+    if not tied.is_empty():
+        names = ", ".join(f"{t['tool']} {t['quant']}" + (f" ×{t['concurrency']}" if t["concurrency"] > 1 else "")
+                          for t in tied.iter_rows(named=True))
+        text += (f"Within the measurement's precision of it (the wider of the two jobs' intervals of the median "
+                 f"decode rate; its own ±{r['precision_relative']:.1%}): {names}; this machine cannot tell them "
+                 "apart. ")
     if r["machines_needed"] is not None:
         text += (f"The workload ({r['workload_requests_per_day']:,.0f} requests per day) needs "
                  f"{r['machines_needed']} machine{'s' * (r['machines_needed'] != 1)} like the one measured (each "
@@ -502,12 +534,13 @@ def render_markdown(table: pl.DataFrame, decision: Mapping | None, cloud: Sequen
         for r in ranked.iter_rows(named=True):
             cost = (_money(r["usd_per_1m_output_tokens"]) if r["usd_per_1m_output_tokens"] is not None
                     else f"— {note(r['cost_basis'])}")
-            body.append([str(r["rank"]), r["tool"], r["model"], r["quant"], r["split"], str(r["concurrency"]),
+            rank = str(r["rank"]) + (" ≈" if r["tied_with_rank_1"] else "")
+            body.append([rank, r["tool"], r["model"], r["quant"], r["split"], str(r["concurrency"]),
                          str(r["depth"]), cost, fmt(r["goodput_requests_per_s"]), fmt(r["goodput_output_tokens_per_s"]),
                          fmt(r["machines_needed"]) or f"— {note(r['machines_null_reason'])}",
                          _money(r["local_usd_per_day"]) or f"— {note(r['local_usd_per_day_null_reason'])}",
                          *[_money(r[CLOUD_DAY.format(**c)]) or "—" for c in cloud]])
-        parts += ["## Passing, ranked\n\n", pipe_table(
+        parts += ["## Passing, ranked\n\n", "≈: within the measurement's precision of rank 1.\n\n", pipe_table(
             ["rank", "tool", "model", "quant", "split", "clients", "depth", "$ per 1M output tokens",
              "goodput req/s", "goodput output tok/s", "machines for the workload", "local $/day", *cloud_headers],
             body), "\n"]
@@ -547,7 +580,10 @@ METHOD = (
     "per day, rounded up (a machine: the devices one job of the configuration held). Local $/day: the workload's "
     "output tokens at the energy price, plus each machine's hardware amortization per day where configured; cloud "
     "$/day: the same requests' prompt and output tokens at each API's input and output price. A passing "
-    "configuration meets every configured constraint; one that cannot be judged on some constraint does not pass."
+    "configuration meets every configured constraint; one that cannot be judged on some constraint does not pass. "
+    "≈ marks a passing configuration whose cost (or goodput) is closer to rank 1's than the wider of the two jobs' "
+    "precision (the confidence interval of each job's median round decode rate, as a share): the measurement cannot "
+    "tell them apart."
 )
 
 
