@@ -325,7 +325,8 @@ def test_adding_a_quant_reruns_only_that_quant_and_what_follows(study):
                     "quality_table": 1, "plot_pareto": 1, "plot_prefill_speed": 1, "plot_ttft": 1,
                     "plot_energy_per_token": 1, "plot_frameworks": 1, "framework_table": 1, "roofline_table": 1,
                     "serving_table": 1, "plot_serving_throughput": 1, "plot_energy_by_load": 1,
-                    "plot_latency_by_load": 1, "plot_decode_by_depth": 1, "all": 1}
+                    "plot_latency_by_load": 1, "plot_decode_by_depth": 1,
+                    "decision_table": 1, "plot_decision": 1, "all": 1}
     snakemake(study, "--configfile", cfg)
     assert kept.stat().st_mtime_ns == before
     assert pl.read_parquet(study / "results/summary/runs.parquet")["quant"].n_unique() == 3

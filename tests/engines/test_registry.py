@@ -126,6 +126,7 @@ def standin_study(tmp_path: Path) -> Path:
         bench={**config["bench"], "repetitions": 2, "precision": None, "warmup": 0, "idle_s": 0,
                "prompts": [{"id": "short", "text": "Say hi.", "max_tokens": 8}]},
         quality={"kld": False, "accuracy": False},
+        decision=None,  # its floor judges KLD and accuracy, which this study turns off
     )
     (work / "config").mkdir()
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
