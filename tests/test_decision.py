@@ -169,7 +169,11 @@ def test_the_workload_gives_machines_and_cost_per_day_beside_each_cloud_price():
     # A workload in output tokens is turned into requests at the level's own output tokens per request.
     tokens = row(table({**DEFAULT["decision"], "workload": {"output_tokens_per_day": 3_000_000}}), quant="Q8_0")
     assert tokens["workload_requests_per_day"] == pytest.approx(3_000_000 / r["output_tokens_per_request"])
-    none = row(table({"service_levels": {"ttft_ms_p99": 250}}), quant="Q8_0")
+    # Sized for the busiest hour: three times the average rate needs three times the capacity.
+    peak = row(table({**decision, "workload": {"requests_per_day": 1_000_000, "peak_to_average": 3}}), quant="Q8_0")
+    assert peak["machines_needed"] == math.ceil(3 * 1_000_000 / capacity)
+    assert peak["local_usd_per_day"] is None and peak[f"GPT-4o usd_per_day ({gpt4o['as_of']})"] == pytest.approx(expected)
+    none = row(table({"service_levels": {"ttft_ms_p99": 250}, "workload": {"peak_to_average": 1}}), quant="Q8_0")
     assert none["machines_needed"] is None and none["machines_null_reason"] == "no workload configured (decision.workload)"
 
 
@@ -279,17 +283,22 @@ def test_a_decision_block_is_checked_with_the_key_and_the_fix_named():
 
     schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["decision"]["service_levels"]["ttft_ms_p99"] = 0
+    config["decision"]["workload"]["peak_to_average"] = 0.5
+    with pytest.raises(ConfigError) as e:
+        validate_config(config, schema)
+    assert "decision.service_levels.ttft_ms_p99 = 0 is too small; it must be > 0" in str(e.value)
+    assert "decision.workload.peak_to_average = 0.5 is too small; it must be >= 1" in str(e.value)
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["quality"]["kld"] = False
     config["decision"]["workload"] = {"requests_per_day": 10, "output_tokens_per_day": 100}
-    config["decision"]["service_levels"]["ttft_ms_p99"] = 0
     with pytest.raises(ConfigError) as e:
         validate_config(config, schema)
     said = str(e.value)
-    assert "decision.service_levels.ttft_ms_p99 = 0 is too small; it must be > 0" in said
-    assert ("decision.workload = {'requests_per_day': 10, 'output_tokens_per_day': 100} is not allowed; write one of "
-            "requests_per_day or output_tokens_per_day") in said
-    config["decision"]["workload"] = {"requests_per_day": 10}
-    config["decision"]["service_levels"]["ttft_ms_p99"] = 250
-    with pytest.raises(ConfigError, match=r"decision.quality.max_kld = 0.1 judges a measurement this study turns off "
-                                          r"\(quality.kld: false\): set quality.kld: true or drop"):
+    assert ("decision.workload = {'requests_per_day': 10, 'output_tokens_per_day': 100} gives requests_per_day and "
+            "output_tokens_per_day: give one of requests_per_day or output_tokens_per_day") in said
+    assert ("decision.quality.max_kld = 0.1 judges a measurement this study turns off (quality.kld: false): set "
+            "quality.kld: true or drop decision.quality.max_kld") in said
+    config["decision"]["workload"] = {"peak_to_average": 3}
+    with pytest.raises(ConfigError, match=r"decision.workload = \{'peak_to_average': 3\} gives no volume"):
         validate_config(config, schema)

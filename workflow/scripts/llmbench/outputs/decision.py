@@ -108,6 +108,13 @@ def limits(decision: Mapping | None) -> dict[str, float]:
             if (v := (decision.get(c.section) or {}).get(c.key)) is not None}
 
 
+def workload_of(decision: Mapping | None) -> dict:
+    """``decision.workload`` where it gives a volume (requests or output tokens per day), else {} (the schema's
+    defaults fill ``peak_to_average`` into an empty one)."""
+    workload = dict((decision or {}).get("workload") or {})
+    return workload if {"requests_per_day", "output_tokens_per_day"} & workload.keys() else {}
+
+
 def judge(value: float | None, limit: float | None, upper: bool, why_missing: str | None) -> tuple[str, str]:
     """(verdict, note): "met"/"not met" with the measured value beside the limit ("279 > 250"), "not judged" with
     ``why_missing`` (the value is None), or "no limit" where none is configured."""
@@ -246,7 +253,7 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
     cloud price. Passing rows are ranked (``rank`` 1 = the answer) by cost; without a cost, after those with one,
     by goodput output tokens/s. ``shortfall``: for a row that misses, its largest miss as a share of the limit."""
     limit = limits(decision)
-    workload = (decision or {}).get("workload") or {}
+    workload = workload_of(decision)
     quality_measured = quality is not None
     serving = _cast(serving, {"concurrency": pl.Int64, "depth": pl.Int64, "requests": pl.Int64,
                               "window_s": pl.Float64, "output_tokens": pl.Float64, "prompt_tokens": pl.Float64,
@@ -341,7 +348,8 @@ def _cloud_schema(cloud: Sequence[Mapping]) -> dict:
 def _workload(out: dict, r: dict, workload: Mapping, cloud: Sequence[Mapping]) -> None:
     """The machines a configuration needs for the workload and its cost per day, locally and at each cloud price,
     into ``out``. A workload in output tokens per day is turned into requests at this level's own output tokens
-    per request (the study's prompts); the cloud is charged input and output at its prices for the same requests."""
+    per request (the study's prompts); machines are sized for the busiest hour (``peak_to_average`` times the day's
+    average rate); the cloud is charged input and output at its prices for the same requests."""
     for c in cloud:
         out[CLOUD_PRICE.format(**c)] = float(c["output_usd_per_1m"])
     per_request_out, per_request_in = out.get("output_tokens_per_request"), out.get("prompt_tokens_per_request")
@@ -365,7 +373,8 @@ def _workload(out: dict, r: dict, workload: Mapping, cloud: Sequence[Mapping]) -
     rps = out.get("goodput_requests_per_s")
     if rps:
         out["capacity_requests_per_day"] = rps * SECONDS_PER_DAY
-        out["machines_needed"] = max(1, math.ceil(requests_day / out["capacity_requests_per_day"] - 1e-9))
+        peak = float(workload.get("peak_to_average", 1))
+        out["machines_needed"] = max(1, math.ceil(requests_day * peak / out["capacity_requests_per_day"] - 1e-9))
     else:
         out["machines_null_reason"] = (out["goodput_null_reason"]
                                        or "no request met the service levels: no goodput to serve the workload")
@@ -439,7 +448,7 @@ def _money(value: float | None) -> str:
 def constraints_text(decision: Mapping | None) -> str:
     """The configured constraints and workload in one paragraph."""
     limit = limits(decision)
-    workload = (decision or {}).get("workload") or {}
+    workload = workload_of(decision)
 
     def listed(group):
         return ", ".join(f"{c.label} {'≤' if c.upper else '≥'} {limit[c.name]:g}{' ' + c.unit if c.unit else ''}"
@@ -456,6 +465,8 @@ def constraints_text(decision: Mapping | None) -> str:
         text += "Workload: none configured (decision.workload), so no machine count or cost per day"
     if workload:
         text += " at this study's prompt and output lengths"
+        if workload.get("peak_to_average", 1) != 1:
+            text += f", its busiest hour {workload['peak_to_average']:g}× the day's average"
     return text + ".\n"
 
 
@@ -577,7 +588,8 @@ METHOD = (
     "over the configuration's generations at the configured electricity price, plus the hardware amortization "
     "estimate where costs.hardware is set; where energy was not measured, the ranking falls back to goodput output "
     "tokens/s and says so. Machines for the workload: the workload's requests per day over one machine's goodput "
-    "per day, rounded up (a machine: the devices one job of the configuration held). Local $/day: the workload's "
+    "per day, rounded up, at the busiest hour's rate (decision.workload.peak_to_average times the average; a "
+    "machine: the devices one job of the configuration held). Local $/day: the workload's "
     "output tokens at the energy price, plus each machine's hardware amortization per day where configured; cloud "
     "$/day: the same requests' prompt and output tokens at each API's input and output price. A passing "
     "configuration meets every configured constraint; one that cannot be judged on some constraint does not pass. "

@@ -518,6 +518,11 @@ def semantic_problems(config: dict) -> list[str]:
         problems.append(f"llama_cpp.source_archive.path = {archive['path']!r} is not a file here ({Path.cwd()}): "
                         "make it (benchmarks/gpu/prepare.py writes the trimmed source) or drop the key to fetch the "
                         "sdist from PyPI")
+    workload = (config.get("decision") or {}).get("workload") or {}
+    volumes = [k for k in ("requests_per_day", "output_tokens_per_day") if k in workload]
+    if workload and len(volumes) != 1:
+        problems.append(f"decision.workload = {workload!r} gives {' and '.join(volumes) or 'no volume'}: give one of "
+                        "requests_per_day or output_tokens_per_day")
     floor = (config.get("decision") or {}).get("quality") or {}
     for key, measured in (("max_kld", "kld"), ("min_accuracy", "accuracy")):
         if key in floor and (config.get("quality") or {}).get(measured) is False:
