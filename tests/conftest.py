@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,55 @@ def nvml_works() -> bool:
         return True
     except NvmlUnavailable:
         return False
+
+
+# A framework added by a test (tests/engines/test_registry.py, test_options.py): this module written as
+# workflow/scripts/llmbench/engines/standin_echo.py of a copy of the workflow, with its record in the registry.
+STANDIN_ECHO_ENGINE = '''
+"""A stand-in engine, for a test only: it answers every prompt with the text its option echo_text gives (else
+"echo"), with fixed counts and times, starting nothing."""
+
+from llmbench.engines.base import Engine, Generation
+
+
+class StandInEcho(Engine):
+    tool = "standin-echo"
+
+    def __init__(self, text="echo"):
+        self.text = text
+
+    @classmethod
+    def from_settings(cls, settings, log_path):
+        return cls(settings.options.get("echo_text", "echo"))
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def generate(self, prompt, max_tokens, temperature, seed):
+        return Generation(prompt_tokens=12, prefill_tokens=12, generated_tokens=max_tokens, prefill_ms=3.0,
+                          decode_ms=2.0 * max_tokens, prefill_tokens_per_s=4000.0, decode_tokens_per_s=500.0,
+                          wall_ms=3.0 + 2.0 * max_tokens, finish_reason="length", text=self.text, ttft_ms=3.5)
+
+    def facts(self):
+        return {"engine_build": "stand-in 1"}
+'''
+
+
+def copy_workflow(tmp_path: Path) -> Path:
+    """A copy of the workflow (Snakefile, workflow/, profiles/) and the default config under ``tmp_path``/study: where
+    a test adds a framework, figure or table in its one place without touching the repository."""
+    work = tmp_path / "study"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "profiles"):
+        src = REPO / item
+        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy2(src, work / item))
+    (work / "config").mkdir()
+    shutil.copy2(REPO / "config/config.yaml", work / "config/config.yaml")
+    return work
 
 
 def load_config(name: str = "config.yaml") -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from test_plots import stand_in_runs, stand_in_sweep
 
-from conftest import REPO
+from conftest import REPO, copy_workflow
 from llmbench.outputs import catalog
 from llmbench.outputs.catalog import Figure, Table
 from llmbench.outputs.render import rerender
@@ -74,18 +73,6 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         }
     json.dump(rules, sys.stdout)
 '''
-
-
-def copy_workflow(tmp_path: Path) -> Path:
-    work = tmp_path / "study"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "profiles"):
-        src = REPO / item
-        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy2(src, work / item))
-    (work / "config").mkdir()
-    shutil.copy2(REPO / "config/config.yaml", work / "config/config.yaml")
-    return work
 
 
 def standin_workflow(tmp_path: Path) -> Path:

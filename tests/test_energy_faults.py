@@ -123,7 +123,7 @@ def test_the_meter_thread_reads_a_fast_wrapping_counter_often_enough(tmp_path):
         meter.close()
     assert counted["steps"] * 0.01 > 5  # more than one whole range: a two-read difference would lose a wrap
     assert r.energy_j == pytest.approx(counted["steps"] * 0.01, abs=1e-6)
-    assert meter.poller._thread is None  # stopped with the meter
+    assert not meter.poller.running  # stopped with the meter
 
 
 def test_a_rapl_file_that_vanishes_mid_job_nulls_its_windows_with_the_reason_and_keeps_the_rows(tmp_path, monkeypatch):

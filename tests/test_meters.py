@@ -240,7 +240,7 @@ def test_gpu_job_reads_counter_or_sampled_power_and_gpu_state(monkeypatch, tmp_p
         assert r.source.startswith("nvml-sampled-power:GPU-standin-gpu0") and "no energy counter" in r.source
         assert r.energy_j > 0 and r.boundary == "GPU (NVML sampled power)"
     assert r.by_sensor_j == pytest.approx({r.source: r.energy_j})
-    assert meter.sampler._thread is None  # closed with the job
+    assert not meter.sampler.running  # closed with the job
 
 
 def test_cpu_only_job_says_why_there_is_no_prefill_decode_split(tmp_path):

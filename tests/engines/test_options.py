@@ -3,8 +3,8 @@ them under their tool, a job receives those its config sets as EngineSettings.op
 its command line or into its call. An option the tool does not take is refused at parse time
 (tests/test_configcheck.py).
 
-The framework added here is a stand-in (``StandInEcho``, named as one, as in test_registry.py): an engine that starts
-no process and answers with the text its option says; the real engines' options are checked on the command line or
+The framework added here is a stand-in (``StandInEcho``, named as one: conftest.STANDIN_ECHO_ENGINE): an engine
+that starts no process and answers with the text its option says; the real engines' options are checked on the command line or
 call they build, the llama-cpp-python binding replaced by a stand-in that records its arguments.
 """
 
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, bench_job, snakemake_standin
+from conftest import REPO, STANDIN_ECHO_ENGINE, bench_job, snakemake_standin
 from llmbench.engines import llama_server, registry, vllm
 from llmbench.engines.registry import TOOLS, job_options
 from llmbench.study.configcheck import ConfigError, load_schema, validate_config
@@ -24,33 +24,6 @@ from llmbench.study.job import Job
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
-STANDIN_ENGINE = '''
-"""A stand-in engine, for a test only: it answers every prompt with the text its option echo_text gives."""
-
-from llmbench.engines.base import Engine, Generation
-
-
-class StandInEcho(Engine):
-    tool = "standin-echo"
-
-    def __init__(self, text):
-        self.text = text
-
-    @classmethod
-    def from_settings(cls, settings, log_path):
-        return cls(settings.options.get("echo_text", "echo"))
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def generate(self, prompt, max_tokens, temperature, seed):
-        return Generation(prompt_tokens=12, prefill_tokens=12, generated_tokens=max_tokens, prefill_ms=3.0,
-                          decode_ms=2.0 * max_tokens, prefill_tokens_per_s=4000.0, decode_tokens_per_s=500.0,
-                          wall_ms=3.0 + 2.0 * max_tokens, finish_reason="length", text=self.text, ttft_ms=3.5)
-'''
 
 
 def job(tmp_path: Path, tool: str, section: dict, *, gpus: int = 0) -> Job:
@@ -103,7 +76,7 @@ def test_the_schema_lists_each_tools_options():
 
 
 def test_an_option_a_record_declares_is_in_the_schema_and_reaches_its_engine(tmp_path, monkeypatch, default_config):
-    (tmp_path / "standin_echo_options.py").write_text(textwrap.dedent(STANDIN_ENGINE))
+    (tmp_path / "standin_echo_options.py").write_text(textwrap.dedent(STANDIN_ECHO_ENGINE))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "TOOLS", dict(TOOLS))  # the record is registered for this test only
     registry.register(registry.Tool(

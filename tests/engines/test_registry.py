@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,39 +19,11 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, STANDIN_ECHO_ENGINE, copy_workflow
 from llmbench.engines import registry
 from llmbench.engines.base import Engine
 from llmbench.engines.registry import TOOLS
 from llmbench.study.configcheck import load_schema
-
-STANDIN_ENGINE = '''
-"""A stand-in engine, for a test only: it answers every prompt with fixed counts and times, starting nothing."""
-
-from llmbench.engines.base import Engine, Generation
-
-
-class StandInEcho(Engine):
-    tool = "standin-echo"
-
-    @classmethod
-    def from_settings(cls, settings, log_path):
-        return cls()
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def generate(self, prompt, max_tokens, temperature, seed):
-        return Generation(prompt_tokens=12, prefill_tokens=12, generated_tokens=max_tokens, prefill_ms=3.0,
-                          decode_ms=2.0 * max_tokens, prefill_tokens_per_s=4000.0, decode_tokens_per_s=500.0,
-                          wall_ms=3.0 + 2.0 * max_tokens, finish_reason="length", text="echo", ttft_ms=3.5)
-
-    def facts(self):
-        return {"engine_build": "stand-in 1"}
-'''
 
 STANDIN_RECORD = '''
 register(Tool(
@@ -106,14 +77,9 @@ def test_a_vllm_jobs_provenance_records_the_gguf_plugin_version(monkeypatch):
 
 def standin_study(tmp_path: Path) -> Path:
     """A copy of the workflow where the stand-in framework is added in its one place: its module and its record."""
-    work = tmp_path / "study"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "profiles"):
-        src = REPO / item
-        (shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy2(src, work / item))
+    work = copy_workflow(tmp_path)
     engines = work / "workflow/scripts/llmbench/engines"
-    (engines / "standin_echo.py").write_text(textwrap.dedent(STANDIN_ENGINE))
+    (engines / "standin_echo.py").write_text(textwrap.dedent(STANDIN_ECHO_ENGINE))
     with open(engines / "registry.py", "a") as fh:
         fh.write(STANDIN_RECORD)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -128,7 +94,6 @@ def standin_study(tmp_path: Path) -> Path:
         quality={"kld": False, "accuracy": False},
         decision=None,  # its floor judges KLD and accuracy, which this study turns off
     )
-    (work / "config").mkdir()
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
     return work
 

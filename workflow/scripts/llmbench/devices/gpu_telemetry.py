@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
+
+from llmbench.core.periodic import Periodic
 
 INSTANT = "nvml-field:POWER_INSTANT"
 AVERAGE = "nvml-power-usage (1 s trailing average on Ampere and newer, except GA100)"
@@ -41,8 +42,7 @@ class PowerSampler:
         self.samples: list[tuple[float, tuple[float, ...]]] = []  # (t, watts per GPU); one list: appends are atomic
         self.errors: list[str] = []
         self.last_error: Exception | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Periodic(self.sample, interval_s, "nvml-power-sampler", clock)
         self.source = self._pick_source()
 
     def _instant_w(self, handle: Any) -> float:
@@ -88,25 +88,16 @@ class PowerSampler:
         """Append one sample (the sampling thread's path, and how tests inject a trace)."""
         self.samples.append((t, tuple(watts)))
 
-    def _run(self) -> None:
-        next_t = self._clock()
-        while not self._stop.is_set():
-            next_t += self.interval_s
-            self._stop.wait(max(0.0, next_t - self._clock()))
-            if not self._stop.is_set():
-                self.sample()
+    @property
+    def running(self) -> bool:
+        return self._ticker.running
 
     def start(self) -> None:
-        self._stop.clear()
         self.sample()
-        self._thread = threading.Thread(target=self._run, name="nvml-power-sampler", daemon=True)
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._ticker.stop()
         self.sample()
 
     def energy_j(self, t0: float, t1: float) -> float | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from llmbench.core.periodic import Periodic
 from llmbench.devices.contention import Contention, CpuWatch
 
 POWERCAP = Path("/sys/class/powercap")
@@ -223,8 +224,11 @@ class CounterPoller:
         self.interval_s = min(s.poll_s for s in sensors)
         self.errors: list[tuple[float, str]] = []  # (when, what failed)
         self._clock = clock or _now
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Periodic(self.poll, self.interval_s, "rapl-wrap-poller", self._clock)
+
+    @property
+    def running(self) -> bool:
+        return self._ticker.running
 
     def poll(self) -> None:
         for s in self.sensors:
@@ -233,19 +237,11 @@ class CounterPoller:
             except (SensorError, OSError) as e:
                 self.errors.append((self._clock(), str(e)))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.poll()
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rapl-wrap-poller", daemon=True)
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._ticker.stop()
 
 
 # A trace of a GPU without an energy counter may miss this many samples in a row before a window over it is not
