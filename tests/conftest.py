@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,15 @@ def copy_workflow(tmp_path: Path) -> Path:
     (work / "config").mkdir()
     shutil.copy2(REPO / "config/config.yaml", work / "config/config.yaml")
     return work
+
+
+def run_snakemake(work: Path, *args: str, cores: int = 1) -> str:
+    """``snakemake --cores <cores> <args>`` in a copy of the workflow (copy_workflow); its output, or the test fails
+    with the end of its output and log."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), *args], cwd=work,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def load_config(name: str = "config.yaml") -> dict:

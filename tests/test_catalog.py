@@ -19,7 +19,7 @@ import pytest
 import yaml
 from test_plots import stand_in_runs, stand_in_sweep
 
-from conftest import REPO, copy_workflow
+from conftest import REPO, copy_workflow, run_snakemake
 from llmbench.outputs import catalog
 from llmbench.outputs.catalog import Figure, Table
 from llmbench.outputs.render import rerender
@@ -84,13 +84,6 @@ def standin_workflow(tmp_path: Path) -> Path:
         fh.write(STANDIN_ENTRY)
     (work / "workflow/report/standin_figure.rst").write_text(STANDIN_CAPTION)
     return work
-
-
-def run_snakemake(work: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=work,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def workflow_rules(work: Path) -> dict[str, dict]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, STANDIN_ECHO_ENGINE, copy_workflow
+from conftest import REPO, STANDIN_ECHO_ENGINE, copy_workflow, run_snakemake
 from llmbench.engines import registry
 from llmbench.engines.base import Engine
 from llmbench.engines.registry import TOOLS
@@ -98,19 +96,12 @@ def standin_study(tmp_path: Path) -> Path:
     return work
 
 
-def run_snakemake(work: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=work,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
 def test_a_framework_added_in_one_place_is_planned_run_drawn_tabled_and_recorded(tmp_path):
     work = standin_study(tmp_path)
-    plan = run_snakemake(work, "-n")
+    plan = run_snakemake(work, "-n", cores=2)
     assert "rule bench_standin_echo:" in plan and re.search(r"^bench_standin_echo\s+2$", plan, re.M)  # two quants
     figure, table = "results/figures/decode_tokens_per_s.png", "results/tables/frameworks.md"
-    run_snakemake(work, figure, table, "results/tables/frameworks.csv")
+    run_snakemake(work, figure, table, "results/tables/frameworks.csv", cores=2)
     runs = pl.read_parquet(work / "results/summary/runs.parquet")
     assert runs["tool"].unique().to_list() == ["standin-echo"]
     assert runs.height == 2 * 2 and set(runs["status"]) == {"ok"}  # quants × repetitions

@@ -104,7 +104,7 @@ def catalog_files(entry):
 
 
 def catalog_rule_outputs(entry):
-    """What a catalog output's rule writes: its files, the summaries it assembles (aggregate: the rows), its extra
+    """What a catalog output's rule writes — its files, the summaries it assembles (the aggregate rule's rows), its extra
     files."""
     assembled = entry.inputs if entry.assembles else {}
     return {
@@ -114,7 +114,7 @@ def catalog_rule_outputs(entry):
 
 
 def catalog_rule_inputs(entry):
-    """A catalog output's rule inputs: the summary files it is made from (none where its rule writes them; an
+    """A catalog output's rule inputs — the summary files it is made from (none where its rule writes them; an
     optional one only where the study makes it), then what it needs (rules/tables.smk's ``NEEDS``).
     """
     found = (
@@ -128,7 +128,7 @@ def catalog_rule_inputs(entry):
 
 
 def catalog_rule_params(entry):
-    """A catalog output's rule params: its config keys' values (canonical: an equal config reruns nothing), then
+    """A catalog output's rule params — its config keys' values (canonical, so that an equal config reruns nothing), then
     what it needs."""
     params = {k: canonical_param(v) for k, v in entry.config_params(config).items()}
     for need in entry.needs:

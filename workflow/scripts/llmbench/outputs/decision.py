@@ -227,13 +227,14 @@ def _interval_note(r: dict, floor: float) -> str:
     return f" (uncertain: its Wilson 95 % interval {low:.2f}–{high:.2f} over {n} answers spans the floor)"
 
 
-def _cost(r: dict, hardware: bool) -> tuple[float | None, str]:
-    energy, hw = r["energy_usd_per_1m_output_tokens"], r["hardware_usd_per_1m_output_tokens"]
+def _cost(energy: float | None, hardware: float | None, energy_status: str | None) -> tuple[float | None, str]:
+    """The cost a configuration is ranked by ($ per 1M output tokens: energy, plus hardware where the cost table has
+    its amortization) and what it is, or None and why it is ranked by throughput instead."""
     if energy is None:
-        return None, f"throughput: energy {_not_measured(r['energy_status'])}"
-    if hardware and hw is not None:
-        return energy + hw, "$ per 1M output tokens: energy + hardware amortization (estimate)"
-    return energy, "$ per 1M output tokens: energy only" + (" (an estimate)" if "estimate" in (r["energy_status"] or "")
+        return None, f"throughput: energy {_not_measured(energy_status)}"
+    if hardware is not None:
+        return energy + hardware, "$ per 1M output tokens: energy + hardware amortization (estimate)"
+    return energy, "$ per 1M output tokens: energy only" + (" (an estimate)" if "estimate" in (energy_status or "")
                                                            else "")
 
 
@@ -267,20 +268,17 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
     costs = _cast(costs if costs is not None else pl.DataFrame(schema={c: pl.String for c in GROUP}),
                   {"concurrency": pl.Int64, "depth": pl.Int64, **cost_columns})
     costs = costs.filter(pl.col("tool").is_in(candidate_tools()))
-    hardware = costs["hardware_usd_per_1m_tokens"].is_not_null().any()
     not_run = costs.filter(pl.col("not_run_reason").fill_null("") != "").join(serving.select(GROUP), on=GROUP,
                                                                                how="anti")
     configs = pl.concat([serving, not_run.select(GROUP)], how="diagonal_relaxed").join(
         costs.select(*GROUP, *cost_columns), on=GROUP, how="left", nulls_equal=True)
-    if quality is not None:
-        kld = _cast(quality, {"kld_mean": pl.Float64, "kld_mean_unc": pl.Float64, "reference_quant": pl.String,
-                              "kld_null_reason": pl.String})
-        configs = configs.join(kld.select("model", "quant", "kld_mean", "kld_mean_unc", "reference_quant",
-                                          "kld_null_reason"), on=["model", "quant"], how="left")
-    configs = configs.join(accuracy_long(quality), on=["model", "quant", "tool"], how="left")
-    judged = _cast(configs, {"kld_mean": pl.Float64, "kld_mean_unc": pl.Float64, "reference_quant": pl.String,
-                             "kld_null_reason": pl.String}).join(
-        goodput(runs, limit), on=GROUP, how="left", nulls_equal=True)
+    kld_columns = {"kld_mean": pl.Float64, "kld_mean_unc": pl.Float64, "reference_quant": pl.String,
+                   "kld_null_reason": pl.String}
+    kld = _cast(quality if quality is not None else pl.DataFrame(schema={"model": pl.String, "quant": pl.String}),
+                kld_columns).select("model", "quant", *kld_columns)
+    judged = (configs.join(kld, on=["model", "quant"], how="left")
+              .join(accuracy_long(quality), on=["model", "quant", "tool"], how="left")
+              .join(goodput(runs, limit), on=GROUP, how="left", nulls_equal=True))
 
     rows = []
     for r in judged.sort(GROUP).iter_rows(named=True):
@@ -323,8 +321,8 @@ def decision_table(serving: pl.DataFrame, costs: pl.DataFrame | None, quality: p
             out["precision_relative"] = max(mid - low, high - mid) / abs(mid)  # as stats.precision_text says it
         out["energy_usd_per_1m_output_tokens"] = r["usd_per_1m_tokens"]
         out["hardware_usd_per_1m_output_tokens"] = r["hardware_usd_per_1m_tokens"]
-        out["usd_per_1m_output_tokens"], out["cost_basis"] = _cost(out | {"energy_status": r["energy_status"]},
-                                                                   hardware)
+        out["usd_per_1m_output_tokens"], out["cost_basis"] = _cost(r["usd_per_1m_tokens"],
+                                                                   r["hardware_usd_per_1m_tokens"], r["energy_status"])
         _workload(out, r, workload, cloud)
         rows.append(out)
     table = pl.DataFrame(rows, schema={**SCHEMA, **_cloud_schema(cloud)}, strict=False)
